@@ -1,0 +1,17 @@
+//! Tollgate's proxy-wasm filter.
+//!
+//! Everything that decides something is plain Rust with no proxy-wasm types, tested natively with
+//! `cargo test`: masking ([`mask`]), JSON-RPC parsing ([`jsonrpc`]), the request decision
+//! ([`flow`]), audit records ([`record`]), configuration ([`config`]). The Envoy glue lives in
+//! `glue/` and is compiled only for `wasm32`.
+
+pub mod config;
+pub mod flow;
+pub mod identity;
+pub mod jsonrpc;
+pub mod mask;
+pub mod record;
+pub mod timefmt;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;

@@ -10,6 +10,7 @@ pub mod flow;
 pub mod identity;
 pub mod jsonrpc;
 pub mod mask;
+pub mod policy;
 pub mod record;
 pub mod timefmt;
 

@@ -1,0 +1,1 @@
+//! The policy engine: ordered rules deciding each MCP message.

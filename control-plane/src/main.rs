@@ -1,1 +1,23 @@
-fn main() {}
+//! `tollgate`: the control plane server and the operator's command line.
+
+mod chain;
+mod cli;
+mod issuer;
+mod service;
+mod store;
+
+use tollgate_proto::pb;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.run().await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            std::process::ExitCode::from(cli::EXIT_ERROR)
+        }
+    }
+}

@@ -199,6 +199,26 @@ mod tests {
     }
 
     #[test]
+    fn matches_the_test_vector_in_docs_audit_chain_md() {
+        let h0 = chain(
+            &GENESIS,
+            br#"{"event":"test","receivedAt":"2025-01-31T12:00:00.000000Z"}"#,
+        );
+        assert_eq!(
+            hex::encode(h0),
+            "b9c6fcc0c23abaf167b8a09a7c7ba0343acfdf912a00d1d9b7501094b62b9e61"
+        );
+        let h1 = chain(
+            &h0,
+            br#"{"event":"test","n":1,"receivedAt":"2025-01-31T12:00:00.000001Z"}"#,
+        );
+        assert_eq!(
+            hex::encode(h1),
+            "ab1284390c5722afa02e21d5fda0357eb7e81cbbeae66c62bef7e207a1ee23df"
+        );
+    }
+
+    #[test]
     fn canonical_form_sorts_keys_and_normalises_numbers_and_strings() {
         let object =
             parse_object(br#"{ "b": 1.0, "a": [ "\u0041", 1e2 ], "\u00e9": "x" }"#).unwrap();

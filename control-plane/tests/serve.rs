@@ -1,91 +1,17 @@
 //! Starts the real `tollgate serve` binary on a free port with a temporary home, and drives it
 //! over gRPC and through the `tollgate audit` commands.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output};
 
+use common::{Server, BIN};
 use tollgate_proto::pb;
-use tollgate_proto::pb::audit_client::AuditClient;
 use tonic::transport::Channel;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 /// An address where no control plane listens, so `audit` commands read the store directly.
 const NO_SERVER: &str = "http://127.0.0.1:1";
-
-/// A running `tollgate serve`; killed when dropped, so a failing test leaves nothing behind.
-struct Server {
-    child: Child,
-    address: String,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(home: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("TOLLGATE_HOME", home)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tollgate serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        // Read the readiness line on a thread so a server that never gets ready fails the test
-        // after a bound instead of hanging it.
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut line = String::new();
-            stdout.read_line(&mut line).unwrap();
-            tx.send(line).unwrap();
-            stdout
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("tollgate serve did not print its readiness line");
-            }
-        };
-        let address = line
-            .trim_end()
-            .strip_prefix("tollgate control plane listening on ")
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
-            .to_string();
-        Self {
-            child,
-            address,
-            _stdout: reader.join().unwrap(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    async fn client(&self) -> AuditClient<Channel> {
-        AuditClient::connect(self.url()).await.expect("connect")
-    }
-
-    /// SIGTERM, then wait: a graceful stop.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn tollgate(home: &Path, args: &[&str]) -> Output {
     Command::new(BIN)

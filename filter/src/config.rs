@@ -1,0 +1,97 @@
+//! The plugin configuration: the JSON in Envoy's wasm `configuration` (or an Istio WasmPlugin's
+//! `pluginConfig`). Parsed once per configuration load; a bad one is refused whole.
+
+use serde::Deserialize;
+
+use crate::mask::MaskConfig;
+
+/// Tollgate filter configuration. Every field has a safe default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Envoy cluster of the control plane's gRPC API (needs `http2_protocol_options`).
+    #[serde(default = "default_control_plane_cluster")]
+    pub control_plane_cluster: String,
+    /// How long to wait for the control plane to acknowledge an audit append before failing
+    /// closed.
+    #[serde(default = "default_audit_timeout_ms")]
+    pub audit_timeout_ms: u64,
+    /// The jwt_authn provider's `payload_in_metadata` key: where the verified claims are.
+    #[serde(default = "default_jwt_metadata_key")]
+    pub jwt_metadata_key: String,
+    /// The jwt_authn provider's `forward_payload_header`: the verified payload, base64url JSON.
+    #[serde(default = "default_jwt_payload_header")]
+    pub jwt_payload_header: String,
+    /// URL of the OAuth protected resource metadata (RFC 9728) named in 401 answers.
+    #[serde(default)]
+    pub resource_metadata_url: Option<String>,
+    /// Largest request body the filter buffers; past it the request gets 413.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Largest `application/json` response the filter buffers to mask; past it the response is
+    /// refused rather than passed unmasked.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Name of the upstream MCP server, as it appears in audit records.
+    #[serde(default = "default_upstream")]
+    pub upstream: String,
+    /// Claims copied into audit records beside the standard ones (e.g. CI tokens' `actor`,
+    /// `repository`, `workflow`).
+    #[serde(default)]
+    pub extra_claims: Vec<String>,
+    /// Card-number masking.
+    #[serde(default)]
+    pub mask: MaskConfig,
+}
+
+fn default_control_plane_cluster() -> String {
+    "tollgate_control_plane".to_owned()
+}
+fn default_audit_timeout_ms() -> u64 {
+    5_000
+}
+fn default_jwt_metadata_key() -> String {
+    "jwt_payload".to_owned()
+}
+fn default_jwt_payload_header() -> String {
+    "x-tollgate-jwt-payload".to_owned()
+}
+fn default_max_request_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_response_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_upstream() -> String {
+    "mcp".to_owned()
+}
+
+impl FilterConfig {
+    /// Parses the plugin configuration; an empty configuration means all defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, String> {
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            bytes
+        };
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid tollgate configuration: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let config = FilterConfig::from_json(b"").unwrap();
+        assert_eq!(config.control_plane_cluster, "tollgate_control_plane");
+        assert_eq!(config.max_request_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = FilterConfig::from_json(br#"{"auditTimeoutMS": 5}"#).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

@@ -51,19 +51,30 @@ impl Identity {
         has_token: bool,
     ) -> Result<Identity, IdentityError> {
         let Some(verified_sub) = verified_sub.filter(|s| !s.is_empty()) else {
-            return Err(if has_token { IdentityError::NotVerified } else { IdentityError::Missing });
+            return Err(if has_token {
+                IdentityError::NotVerified
+            } else {
+                IdentityError::Missing
+            });
         };
         let claims = payload_header.and_then(decode_payload).unwrap_or_default();
         if claims.get("sub").and_then(Value::as_str) != Some(verified_sub) {
             return Err(IdentityError::Mismatch);
         }
-        Ok(Identity { sub: verified_sub.to_owned(), claims })
+        Ok(Identity {
+            sub: verified_sub.to_owned(),
+            claims,
+        })
     }
 
     /// The identity as it goes into audit records: the standard claims plus `extra` ones.
     pub fn audit_json(&self, extra: &[String]) -> Value {
         let mut out = Map::new();
-        for key in STANDARD_CLAIMS.iter().copied().chain(extra.iter().map(String::as_str)) {
+        for key in STANDARD_CLAIMS
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+        {
             if let Some(v) = self.claims.get(key) {
                 out.insert(key.to_owned(), v.clone());
             }
@@ -120,7 +131,10 @@ mod tests {
             Identity::from_jwt_authn(None, Some(&forged), false),
             Err(IdentityError::Missing)
         );
-        assert_eq!(Identity::from_jwt_authn(None, None, true), Err(IdentityError::NotVerified));
+        assert_eq!(
+            Identity::from_jwt_authn(None, None, true),
+            Err(IdentityError::NotVerified)
+        );
     }
 
     #[test]

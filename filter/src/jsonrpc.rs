@@ -103,7 +103,9 @@ pub fn parse(body: &[u8]) -> Result<Body, ParseError> {
             })
             .collect::<Result<_, _>>()
             .map(Body::Batch),
-        other => message(other).map(Body::Single).map_err(ParseError::Invalid),
+        other => message(other)
+            .map(Body::Single)
+            .map_err(ParseError::Invalid),
     }
 }
 
@@ -121,26 +123,45 @@ fn message(value: Value) -> Result<Message, String> {
         Some(_) => return Err("\"id\" must be a string or a number".to_owned()),
     };
     let params = obj.remove("params");
-    if params.as_ref().is_some_and(|p| !p.is_object() && !p.is_array()) {
+    if params
+        .as_ref()
+        .is_some_and(|p| !p.is_object() && !p.is_array())
+    {
         return Err("\"params\" must be an object or an array".to_owned());
     }
     match obj.remove("method") {
         Some(Value::String(method)) => Ok(Message {
-            kind: if id.is_some() { Kind::Request } else { Kind::Notification },
+            kind: if id.is_some() {
+                Kind::Request
+            } else {
+                Kind::Notification
+            },
             id,
             method: Some(method),
             params,
         }),
         Some(_) => Err("\"method\" must be a string".to_owned()),
         None if id.is_some() && (obj.contains_key("result") || obj.contains_key("error")) => {
-            Ok(Message { kind: Kind::Response, id, method: None, params: None })
+            Ok(Message {
+                kind: Kind::Response,
+                id,
+                method: None,
+                params: None,
+            })
         }
-        None => Err("neither a request (\"method\") nor a response (\"result\"/\"error\")".to_owned()),
+        None => {
+            Err("neither a request (\"method\") nor a response (\"result\"/\"error\")".to_owned())
+        }
     }
 }
 
 /// A JSON-RPC error response body.
-pub fn error_response(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
+pub fn error_response(
+    id: Option<&Value>,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Vec<u8> {
     let mut error = Map::new();
     error.insert("code".to_owned(), code.into());
     error.insert("message".to_owned(), message.into());
@@ -162,7 +183,9 @@ mod tests {
     #[test]
     fn parses_request_with_tool() {
         let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_customer","arguments":{"customer_id":"cus_1"}}}"#;
-        let Body::Single(m) = parse(body).unwrap() else { panic!("not single") };
+        let Body::Single(m) = parse(body).unwrap() else {
+            panic!("not single")
+        };
         assert_eq!(m.kind, Kind::Request);
         assert_eq!(m.target(), Some("get_customer"));
         assert_eq!(m.id, Some(7.into()));
@@ -171,7 +194,9 @@ mod tests {
     #[test]
     fn parses_batch_of_notification_and_response() {
         let body = br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":"s1","result":{}}]"#;
-        let Body::Batch(ms) = parse(body).unwrap() else { panic!("not batch") };
+        let Body::Batch(ms) = parse(body).unwrap() else {
+            panic!("not batch")
+        };
         assert_eq!(ms[0].kind, Kind::Notification);
         assert_eq!(ms[1].kind, Kind::Response);
     }
@@ -181,9 +206,20 @@ mod tests {
         assert_eq!(parse(b"{").unwrap_err().code(), PARSE_ERROR);
         assert_eq!(parse(b"\xff\xfe").unwrap_err().code(), PARSE_ERROR);
         assert_eq!(parse(b"[]").unwrap_err().code(), INVALID_REQUEST);
-        assert_eq!(parse(br#"{"id":1,"method":"x"}"#).unwrap_err().code(), INVALID_REQUEST);
-        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).unwrap_err().code(), INVALID_REQUEST);
-        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":1}"#).unwrap_err().code(), INVALID_REQUEST);
+        assert_eq!(
+            parse(br#"{"id":1,"method":"x"}"#).unwrap_err().code(),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#)
+                .unwrap_err()
+                .code(),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":1}"#).unwrap_err().code(),
+            INVALID_REQUEST
+        );
     }
 
     #[test]

@@ -1,0 +1,112 @@
+//! The host calls the filter uses, through the `Result`-returning `hostcalls` so that a host
+//! error is handled (logged, treated as absent) instead of panicking inside the VM.
+
+use std::time::{Duration, SystemTime};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(kind, 0, size) {
+        Ok(bytes) => bytes.unwrap_or_default(),
+        Err(status) => {
+            log(
+                LogLevel::Warn,
+                &format!("tollgate: reading buffer failed: {status:?}"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+pub fn set_buffer(kind: BufferType, size: usize, value: &[u8]) -> bool {
+    hostcalls::set_buffer(kind, 0, size, value).is_ok()
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+}
+
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
+/// A property as UTF-8 text (Envoy returns strings raw).
+pub fn property(path: Vec<&str>) -> Option<String> {
+    let bytes = hostcalls::get_property(path).ok().flatten()?;
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
+pub fn now() -> SystemTime {
+    hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+pub fn send_reply(status: u32, headers: &[(String, String)], body: &[u8]) {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if let Err(status) = hostcalls::send_http_response(status, headers, Some(body)) {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: sending local reply failed: {status:?}"),
+        );
+    }
+}
+
+pub fn resume_request() {
+    if let Err(status) = hostcalls::resume_http_request() {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: resuming request failed: {status:?}"),
+        );
+    }
+}
+
+/// Starts a unary gRPC call; its answer arrives in `on_grpc_call_response` of the calling
+/// context.
+pub fn grpc_call(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout: Duration,
+) -> Option<u32> {
+    match hostcalls::dispatch_grpc_call(
+        cluster,
+        service,
+        method,
+        Vec::new(),
+        Some(message),
+        timeout,
+    ) {
+        Ok(token) => Some(token),
+        Err(status) => {
+            log(
+                LogLevel::Warn,
+                &format!("tollgate: gRPC call to {cluster} failed to start: {status:?}"),
+            );
+            None
+        }
+    }
+}
+
+pub fn grpc_response(size: usize) -> Vec<u8> {
+    buffer(BufferType::GrpcReceiveBuffer, size)
+}

@@ -1,0 +1,298 @@
+use std::rc::Rc;
+use std::time::Duration;
+
+use prost::Message as _;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, LogLevel};
+use tollgate_proto::pb::{AppendRequest, AppendResponse};
+
+use super::host;
+use super::root::Runtime;
+use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
+use crate::identity::Identity;
+use crate::mask::{MaskReport, StreamMasker};
+use crate::record::RequestInfo;
+use crate::timefmt::rfc3339_micros;
+
+const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
+
+/// One HTTP request through the gateway.
+pub struct TollgateHttp {
+    runtime: Rc<Runtime>,
+    info: RequestInfo,
+    identity: Option<Identity>,
+    /// Set once the request is decided; later body callbacks only keep it paused.
+    decided: bool,
+    /// The audit append in flight and what to do once it is acknowledged.
+    pending: Option<(u32, Next)>,
+    request_body: Option<Vec<u8>>,
+    /// The filter answered itself; its own reply passes back through it untouched.
+    replied_locally: bool,
+    response_mode: ResponseMode,
+    stream: StreamMasker,
+    masked: MaskReport,
+}
+
+impl TollgateHttp {
+    pub fn new(runtime: Rc<Runtime>) -> Self {
+        TollgateHttp {
+            runtime,
+            info: RequestInfo::default(),
+            identity: None,
+            decided: false,
+            pending: None,
+            request_body: None,
+            replied_locally: false,
+            response_mode: ResponseMode::Pass,
+            stream: StreamMasker::default(),
+            masked: MaskReport::default(),
+        }
+    }
+
+    fn read_request_info(&mut self) {
+        self.info = RequestInfo {
+            time: rfc3339_micros(host::now()),
+            http_method: host::request_header(":method").unwrap_or_default(),
+            path: host::request_header(":path").unwrap_or_default(),
+            source: host::property(vec!["source", "address"]),
+            node: host::property(vec!["node", "id"]),
+            session_id: host::request_header("mcp-session-id"),
+            request_id: host::request_header("x-request-id"),
+            peer_principal: host::property(vec!["connection", "uri_san_peer_certificate"]),
+        };
+    }
+
+    fn verify_identity(&self) -> Result<Identity, crate::identity::IdentityError> {
+        let config = &self.runtime.config;
+        let sub = host::property(vec![
+            "metadata",
+            "filter_metadata",
+            JWT_AUTHN_METADATA,
+            &config.jwt_metadata_key,
+            "sub",
+        ]);
+        let payload = host::request_header(&config.jwt_payload_header);
+        let has_token = host::request_header("authorization").is_some();
+        Identity::from_jwt_authn(sub.as_deref(), payload.as_deref(), has_token)
+    }
+
+    /// Appends the step's record; the request waits for the acknowledgement.
+    fn audit_then(&mut self, step: Step) -> Action {
+        self.decided = true;
+        let config = &self.runtime.config;
+        let message = AppendRequest {
+            record_json: step.record.to_string().into_bytes(),
+        }
+        .encode_to_vec();
+        let timeout = Duration::from_millis(config.audit_timeout_ms);
+        match host::grpc_call(
+            &config.control_plane_cluster,
+            tollgate_proto::service::AUDIT,
+            "Append",
+            &message,
+            timeout,
+        ) {
+            Some(token) => {
+                self.pending = Some((token, step.next));
+                Action::Pause
+            }
+            None => {
+                self.audit_failed(step.next);
+                Action::Pause
+            }
+        }
+    }
+
+    /// No acknowledged record: a forward becomes a 503; a refusal is still sent.
+    fn audit_failed(&mut self, next: Next) {
+        let reply = match next {
+            Next::Forward => flow::audit_unavailable(self.request_body.as_deref()),
+            Next::Reply(reply) => reply,
+        };
+        self.send(&reply);
+    }
+
+    fn send(&mut self, reply: &LocalReply) {
+        self.replied_locally = true;
+        self.response_mode = ResponseMode::Pass;
+        host::send_reply(reply.status, &reply.headers, &reply.body);
+    }
+}
+
+impl Context for TollgateHttp {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some((token, next)) = self.pending.take() else {
+            return;
+        };
+        if token != token_id {
+            self.pending = Some((token, next));
+            return;
+        }
+        // An empty or undecodable reply is a failure, the same as a gRPC error.
+        let acked = status_code == 0
+            && AppendResponse::decode(host::grpc_response(response_size).as_slice())
+                .is_ok_and(|ack| !ack.chain_hash.is_empty());
+        if !acked {
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "tollgate: audit append failed (grpc status {status_code}); failing closed"
+                ),
+            );
+            self.audit_failed(next);
+            return;
+        }
+        match next {
+            Next::Forward => host::resume_request(),
+            Next::Reply(reply) => self.send(&reply),
+        }
+    }
+}
+
+impl HttpContext for TollgateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.read_request_info();
+        // Masking needs plain bytes: ask the upstream not to compress.
+        host::set_request_header("accept-encoding", None);
+        let runtime = Rc::clone(&self.runtime);
+        let identity = self.verify_identity();
+        // The upstream learns nothing from the forwarded claims header; keep it inside Envoy.
+        host::set_request_header(&runtime.config.jwt_payload_header, None);
+        match identity {
+            Err(error) => {
+                self.audit_then(flow::unauthenticated(&runtime.config, &self.info, &error))
+            }
+            Ok(identity) if end_of_stream => {
+                let step = flow::request(
+                    &runtime.config,
+                    &runtime.masker,
+                    &self.info,
+                    &identity,
+                    None,
+                );
+                self.identity = Some(identity);
+                self.audit_then(step)
+            }
+            Ok(identity) => {
+                self.identity = Some(identity);
+                // The headers go on to Envoy's buffer filter, which holds them (and the router)
+                // until this filter releases the body: the upstream sees nothing of an undecided
+                // call. (Pausing here would stop the body from reaching this filter at all.)
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.decided {
+            return Action::Pause;
+        }
+        let runtime = Rc::clone(&self.runtime);
+        let Some(identity) = self.identity.clone() else {
+            return Action::Pause;
+        };
+        if body_size > runtime.config.max_request_bytes {
+            return self.audit_then(flow::too_large(
+                &runtime.config,
+                &runtime.masker,
+                &self.info,
+                &identity,
+            ));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = host::buffer(BufferType::HttpRequestBody, body_size);
+        let step = flow::request(
+            &runtime.config,
+            &runtime.masker,
+            &self.info,
+            &identity,
+            Some(&body),
+        );
+        self.request_body = Some(body);
+        self.audit_then(step)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if end_of_stream || self.replied_locally {
+            return Action::Continue;
+        }
+        self.response_mode =
+            ResponseMode::for_content_type(host::response_header("content-type").as_deref());
+        if self.response_mode == ResponseMode::Pass {
+            return Action::Continue;
+        }
+        if let Some(encoding) = host::response_header("content-encoding")
+            .filter(|e| !e.eq_ignore_ascii_case("identity"))
+        {
+            self.send(&flow::compressed_response_refused(&encoding));
+            return Action::Pause;
+        }
+        // Masking changes the length.
+        host::set_response_header("content-length", None);
+        match self.response_mode {
+            // Held until the body is masked, so that an oversized body can still be refused.
+            ResponseMode::Buffer => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let runtime = Rc::clone(&self.runtime);
+        match self.response_mode {
+            ResponseMode::Pass => Action::Continue,
+            ResponseMode::Buffer => {
+                if body_size > runtime.config.max_response_bytes {
+                    let reason = format!(
+                        "response body exceeds {} bytes",
+                        runtime.config.max_response_bytes
+                    );
+                    self.send(&LocalReply::jsonrpc_error(
+                        502,
+                        None,
+                        crate::jsonrpc::GATEWAY_ERROR,
+                        &reason,
+                        None,
+                    ));
+                    return Action::Pause;
+                }
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = host::buffer(BufferType::HttpResponseBody, body_size);
+                let masked = runtime.masker.mask_body(&body, &mut self.masked);
+                if masked != body
+                    && !host::set_buffer(BufferType::HttpResponseBody, body_size, &masked)
+                {
+                    self.send(&LocalReply::jsonrpc_error(
+                        502,
+                        None,
+                        crate::jsonrpc::GATEWAY_ERROR,
+                        "masking failed",
+                        None,
+                    ));
+                    return Action::Pause;
+                }
+                Action::Continue
+            }
+            ResponseMode::Stream => {
+                let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
+                let mut out = self.stream.push(&runtime.masker, &chunk, &mut self.masked);
+                if end_of_stream {
+                    out.extend(self.stream.finish(&runtime.masker, &mut self.masked));
+                }
+                if out != chunk && !host::set_buffer(BufferType::HttpResponseBody, body_size, &out)
+                {
+                    // The chunk cannot be replaced: end the stream rather than leak it.
+                    host::log(
+                        LogLevel::Error,
+                        "tollgate: could not replace a stream chunk; resetting",
+                    );
+                    let _ = proxy_wasm::hostcalls::reset_http_response();
+                }
+                Action::Continue
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Extra detectors in the same pass: card verification codes named in text, magnetic-stripe track
+//! data, and named custom regular expressions.
+
+use regex_lite::Regex;
+
+use super::edit::Edit;
+use super::scan::may_hold_digits;
+use super::{Finding, MaskReport};
+
+/// Compiled extra detectors.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extra {
+    cvv_text: Option<Regex>,
+    track1: Option<Regex>,
+    track2: Option<Regex>,
+    custom: Vec<(String, Regex)>,
+}
+
+impl Extra {
+    pub(crate) fn new(cvv: bool, track: bool, custom: Vec<(String, Regex)>) -> Self {
+        let re = |s: &str| Regex::new(s).ok();
+        Self {
+            cvv_text: if cvv {
+                re(
+                    r#"(?i)\b(?:cvv2?|cvc2?|cvn|cid|csc|security[ _-]?code)["']?[ \t:=]{1,4}["']?(\d{3,4})\b"#,
+                )
+            } else {
+                None
+            },
+            track1: if track {
+                re(r"B(\d{12,19})\^[^\^\r\n]{0,26}\^(\d[^?\r\n]{6,})")
+            } else {
+                None
+            },
+            track2: if track {
+                re(r"(\d{12,19})=(\d{7,})")
+            } else {
+                None
+            },
+            custom,
+        }
+    }
+
+    pub(crate) fn needs_all_text(&self) -> bool {
+        !self.custom.is_empty()
+    }
+
+    /// Appends edits for what the extra detectors find in `text` (at absolute position `base`).
+    pub(crate) fn edits(
+        &self,
+        text: &[u8],
+        base: usize,
+        edits: &mut Vec<Edit>,
+        report: &mut MaskReport,
+    ) {
+        let digits = may_hold_digits(text);
+        let cvv = digits && self.cvv_text.is_some() && mentions_cvv(text);
+        let track = digits
+            && (self.track1.is_some() || self.track2.is_some())
+            && text.iter().any(|&b| b == b'=' || b == b'^');
+        if !cvv && !track && self.custom.is_empty() {
+            return;
+        }
+        let mut off = 0;
+        for chunk in text.utf8_chunks() {
+            let s = chunk.valid();
+            let at = base + off;
+            if cvv {
+                if let Some(re) = &self.cvv_text {
+                    for c in re.captures_iter(s) {
+                        if let Some(g) = c.get(1) {
+                            star_digits(s, at, g.start(), g.end(), 0, edits);
+                            note(
+                                report,
+                                "cvv",
+                                at + g.start(),
+                                &masked_digits(&s[g.start()..g.end()], 0),
+                            );
+                        }
+                    }
+                }
+            }
+            if track {
+                for (name, re) in [("track1", &self.track1), ("track2", &self.track2)] {
+                    let Some(re) = re else { continue };
+                    for c in re.captures_iter(s) {
+                        let (Some(all), Some(pan), Some(rest)) = (c.get(0), c.get(1), c.get(2))
+                        else {
+                            continue;
+                        };
+                        star_digits(s, at, pan.start(), pan.end(), 4, edits);
+                        star_digits(s, at, rest.start(), rest.end(), 0, edits);
+                        let shown = format!(
+                            "{}{}{}",
+                            &s[all.start()..pan.start()],
+                            masked_digits(pan.as_str(), 4),
+                            masked_digits(&s[pan.end()..all.end()], 0)
+                        );
+                        note(report, name, at + all.start(), &shown);
+                    }
+                }
+            }
+            for (name, re) in &self.custom {
+                for c in re.captures_iter(s) {
+                    let Some(g) = c.get(1).or_else(|| c.get(0)) else {
+                        continue;
+                    };
+                    if g.start() == g.end() {
+                        continue;
+                    }
+                    let mut shown = String::new();
+                    for (k, ch) in s[g.start()..g.end()].char_indices() {
+                        if ch.is_alphanumeric() {
+                            let p = at + g.start() + k;
+                            edits.push(Edit::star(p, p + ch.len_utf8(), false));
+                            shown.push('*');
+                        } else {
+                            shown.push(ch);
+                        }
+                    }
+                    note(report, name, at + g.start(), &shown);
+                }
+            }
+            off += s.len() + chunk.invalid().len();
+        }
+    }
+}
+
+fn note(report: &mut MaskReport, name: &str, offset: usize, shown: &str) {
+    report.add_detector(name);
+    if report.detail {
+        report.push_finding(Finding {
+            kind: name.to_string(),
+            offset,
+            masked: shown.to_string(),
+        });
+    }
+}
+
+/// Stars the ASCII digits of `s[from..to]`, keeping the last `keep`.
+fn star_digits(s: &str, at: usize, from: usize, to: usize, keep: usize, edits: &mut Vec<Edit>) {
+    let bytes = &s.as_bytes()[from..to];
+    let total = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+    let mut seen = 0;
+    for (k, b) in bytes.iter().enumerate() {
+        if b.is_ascii_digit() {
+            if seen + keep < total {
+                let p = at + from + k;
+                edits.push(Edit::star(p, p + 1, false));
+            }
+            seen += 1;
+        }
+    }
+}
+
+fn masked_digits(s: &str, keep: usize) -> String {
+    let total = s.chars().filter(char::is_ascii_digit).count();
+    let mut seen = 0;
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_digit() {
+                seen += 1;
+                if seen + keep <= total {
+                    return '*';
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+fn mentions_cvv(text: &[u8]) -> bool {
+    const WORDS: [&[u8]; 6] = [b"cvv", b"cvc", b"cvn", b"cid", b"csc", b"security"];
+    text.iter().enumerate().any(|(i, &b)| {
+        matches!(b | 0x20, b'c' | b's')
+            && WORDS.iter().any(|w| {
+                text.get(i..i + w.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(w))
+            })
+    })
+}

@@ -1,0 +1,538 @@
+//! The card-number detector over text: a resumable scanner that finds runs of digit groups and
+//! masks every window of whole groups that is a card number.
+//!
+//! A *group* is a maximal run of digits (ASCII, any Unicode decimal digit, or `\uXXXX` escapes of
+//! them). Groups joined by exactly one separator form a *chain*. A *window* is a sequence of
+//! consecutive groups of a chain holding 13–19 digits, whose first group is not glued to an ASCII
+//! letter on its left and whose last group is not glued to one on its right. A window whose digits
+//! pass the Luhn check and fall in an issuer range is a card number. This is the definition that the
+//! independent checker (`shared/smoke/pan.py`) uses, so whatever it would flag is masked.
+//!
+//! Masking a window can leave kept digits (the last four, the BIN) next to other digits, where they
+//! could form a new window: the scanner looks again until no window is a card number, masking such
+//! secondary windows entirely. Memory is bounded: only the last [`HOLD_DIGITS`] digits of a chain are
+//! kept open, and a group longer than any card number is a barrier that is never stored.
+
+use super::edit::Edit;
+use super::luhn::{brand_of_values, luhn_values};
+use super::unicode::{decode, Class, Decoded, Unit, BYTE_CLASS, TRIGGER};
+use super::{Display, Finding, MaskReport, Masker};
+
+const MIN_PAN: usize = 13;
+const MAX_PAN: usize = 19;
+/// Digits of an open chain kept undecided: a future window (≤ 19 digits) and a secondary window
+/// left of its kept BIN (≤ 13 more) both lie within the last 32.
+const HOLD_DIGITS: usize = 40;
+
+#[derive(Debug, Clone)]
+struct DigitRec {
+    start: usize,
+    end: usize,
+    value: u8,
+    escaped: bool,
+    group_start: bool,
+    left_ok: bool,
+    group_end: bool,
+    right_ok: bool,
+    masked: bool,
+    covered: bool,
+    token: Option<(usize, Box<[u8]>)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Eff {
+    first: usize,
+    last: usize,
+    left_ok: bool,
+    right_ok: bool,
+    linked: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    #[default]
+    Idle,
+    InGroup,
+    AfterSep,
+}
+
+/// Resumable scanner over a byte stream at absolute positions.
+#[derive(Debug, Clone)]
+pub(crate) struct TextScan {
+    state: State,
+    prev: Class,
+    pos: usize,
+    tail: Vec<DigitRec>,
+    group_len: usize,
+    oversize: bool,
+    next_left_ok: bool,
+    eff: Vec<Eff>,
+}
+
+impl Default for TextScan {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl TextScan {
+    pub(crate) fn new(pos: usize) -> Self {
+        Self {
+            state: State::Idle,
+            prev: Class::Other,
+            pos,
+            tail: Vec::new(),
+            group_len: 0,
+            oversize: false,
+            next_left_ok: true,
+            eff: Vec::new(),
+        }
+    }
+
+    /// Starts again at `pos` with no context, keeping the allocations.
+    pub(crate) fn reset(&mut self, pos: usize) {
+        self.state = State::Idle;
+        self.prev = Class::Other;
+        self.pos = pos;
+        self.tail.clear();
+        self.group_len = 0;
+        self.oversize = false;
+        self.next_left_ok = true;
+    }
+
+    /// Everything before this position is decided (its edits were emitted).
+    pub(crate) fn stable_until(&self) -> usize {
+        self.tail.first().map_or(self.pos, |d| d.start)
+    }
+
+    /// Scans `buf`, which holds the stream from absolute position `base` and must cover everything
+    /// from [`Self::stable_until`] on. With `last`, the input ends with `buf`. Edits for decided
+    /// digits are appended to `edits` in order.
+    pub(crate) fn feed(
+        &mut self,
+        m: &Masker,
+        buf: &[u8],
+        base: usize,
+        last: bool,
+        edits: &mut Vec<Edit>,
+        report: &mut MaskReport,
+    ) {
+        let mut cx = Cx {
+            m,
+            buf,
+            base,
+            edits,
+            report,
+        };
+        loop {
+            let Some(rel) = self.pos.checked_sub(base) else {
+                // Input that starts after our position: nothing sensible to do but resync.
+                self.pos = base;
+                continue;
+            };
+            if rel >= buf.len() {
+                break;
+            }
+            if self.state == State::Idle {
+                let t = find_trigger(buf, rel);
+                if t > rel {
+                    self.prev = if buf[t - 1].is_ascii_alphabetic() {
+                        Class::Alpha
+                    } else {
+                        Class::Other
+                    };
+                    self.pos = base + t;
+                }
+                if t >= buf.len() {
+                    break;
+                }
+            }
+            let rel = self.pos - base;
+            let u = match decode(buf, rel) {
+                Decoded::Unit(u) => u,
+                Decoded::Incomplete if last => Unit {
+                    len: 1,
+                    class: Class::Other,
+                    value: 0,
+                    escaped: false,
+                    ch: '\u{FFFD}',
+                },
+                Decoded::Incomplete => break,
+            };
+            let (start, end) = (self.pos, self.pos + u.len);
+            match (self.state, u.class) {
+                (State::Idle, Class::Digit) => {
+                    self.next_left_ok = self.prev != Class::Alpha;
+                    self.push_digit(&mut cx, start, end, &u);
+                    self.state = State::InGroup;
+                }
+                (State::Idle, c) => self.prev = c,
+                (State::InGroup, Class::Digit) => self.push_digit(&mut cx, start, end, &u),
+                (State::InGroup, Class::Sep) => {
+                    self.close_group(&mut cx, true);
+                    self.state = State::AfterSep;
+                    self.prev = Class::Sep;
+                }
+                (State::InGroup, c) => {
+                    self.close_group(&mut cx, c != Class::Alpha);
+                    self.end_chain(&mut cx);
+                    self.prev = c;
+                }
+                (State::AfterSep, Class::Digit) => {
+                    self.next_left_ok = true;
+                    self.push_digit(&mut cx, start, end, &u);
+                    self.state = State::InGroup;
+                }
+                (State::AfterSep, c) => {
+                    self.end_chain(&mut cx);
+                    self.prev = c;
+                }
+            }
+            self.pos = end;
+        }
+        if last {
+            if self.state == State::InGroup {
+                self.close_group(&mut cx, true);
+            }
+            self.end_chain(&mut cx);
+        }
+    }
+
+    fn push_digit(&mut self, cx: &mut Cx<'_, '_>, start: usize, end: usize, u: &Unit) {
+        self.group_len += 1;
+        if self.oversize {
+            return;
+        }
+        if self.group_len > MAX_PAN {
+            // Longer than any card number: a barrier. Drop its digits and settle what came before.
+            let keep = self.tail.len().saturating_sub(self.group_len - 1);
+            self.tail.truncate(keep);
+            self.oversize = true;
+            let all = self.tail.len();
+            self.finalize(cx, all);
+            return;
+        }
+        self.tail.push(DigitRec {
+            start,
+            end,
+            value: u.value,
+            escaped: u.escaped,
+            group_start: self.group_len == 1,
+            left_ok: self.next_left_ok,
+            group_end: false,
+            right_ok: false,
+            masked: false,
+            covered: false,
+            token: None,
+        });
+    }
+
+    fn close_group(&mut self, cx: &mut Cx<'_, '_>, right_ok: bool) {
+        self.group_len = 0;
+        if self.oversize {
+            self.oversize = false;
+            return;
+        }
+        if let Some(d) = self.tail.last_mut() {
+            d.group_end = true;
+            d.right_ok = right_ok;
+        }
+        self.settle(cx);
+    }
+
+    fn end_chain(&mut self, cx: &mut Cx<'_, '_>) {
+        let all = self.tail.len();
+        self.finalize(cx, all);
+        self.state = State::Idle;
+        self.group_len = 0;
+        self.oversize = false;
+    }
+
+    /// Masks every card-number window among the open digits, then releases old groups.
+    fn settle(&mut self, cx: &mut Cx<'_, '_>) {
+        if self.tail.len() >= MIN_PAN {
+            self.effective_groups();
+            // Windows ending at the group that just closed: primary hits, displayed as configured.
+            if let Some(j) = self.eff.len().checked_sub(1) {
+                if let Some((a, b)) = self.find_window_ending_at(j) {
+                    self.hit(cx, a, b, true);
+                    // Anything found from here on was uncovered by masking: mask it whole.
+                    loop {
+                        self.effective_groups();
+                        let found = (0..self.eff.len())
+                            .rev()
+                            .find_map(|j| self.find_window_ending_at(j));
+                        match found {
+                            Some((a, b)) => self.hit(cx, a, b, false),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        // Release groups that no future window can reach.
+        while let Some(first_end) = self.tail.iter().position(|d| d.group_end) {
+            let mut cut = first_end + 1;
+            if self.tail.len() - cut < HOLD_DIGITS {
+                break;
+            }
+            let token_end = self.tail[..cut]
+                .iter()
+                .filter_map(|d| d.token.as_ref().map(|t| t.0))
+                .max();
+            if let Some(te) = token_end {
+                while cut < self.tail.len() && self.tail[cut].start < te {
+                    cut += 1;
+                }
+            }
+            self.finalize(cx, cut);
+        }
+    }
+
+    fn effective_groups(&mut self) {
+        self.eff.clear();
+        let t = &self.tail;
+        let n = t.len();
+        let mut k = 0;
+        while k < n {
+            if t[k].masked {
+                k += 1;
+                continue;
+            }
+            let first = k;
+            let left_ok = if t[k].group_start { t[k].left_ok } else { true };
+            let linked = t[k].group_start && k > 0 && !t[k - 1].masked && t[k - 1].group_end;
+            while k + 1 < n && !t[k].group_end && !t[k + 1].masked {
+                k += 1;
+            }
+            let right_ok = if t[k].group_end {
+                t[k].right_ok
+            } else {
+                // Followed by a masked digit (now `*`), or the group is still open.
+                k + 1 < n
+            };
+            self.eff.push(Eff {
+                first,
+                last: k,
+                left_ok,
+                right_ok,
+                linked,
+            });
+            k += 1;
+        }
+    }
+
+    /// The longest card-number window ending at effective group `j`, as tail indices.
+    fn find_window_ending_at(&self, j: usize) -> Option<(usize, usize)> {
+        let ej = self.eff.get(j)?;
+        if !ej.right_ok {
+            return None;
+        }
+        let mut values = [0u8; MAX_PAN];
+        let mut found = None;
+        let mut count = 0usize;
+        for i in (0..=j).rev() {
+            let ei = self.eff[i];
+            count += ei.last - ei.first + 1;
+            if count > MAX_PAN {
+                break;
+            }
+            if count >= MIN_PAN && ei.left_ok {
+                let digits = &self.tail[ei.first..=ej.last];
+                for (v, d) in values.iter_mut().zip(digits) {
+                    *v = d.value;
+                }
+                let vals = &values[..digits.len()];
+                if luhn_values(vals.iter().copied()) && brand_of_values(vals).is_some() {
+                    found = Some((ei.first, ej.last));
+                }
+            }
+            if !ei.linked {
+                break;
+            }
+        }
+        found
+    }
+
+    /// Masks the window `a..=b` of the tail: as displayed for a primary hit, whole otherwise.
+    fn hit(&mut self, cx: &mut Cx<'_, '_>, a: usize, b: usize, primary: bool) {
+        let values: Vec<u8> = self.tail[a..=b].iter().map(|d| d.value).collect();
+        let brand = brand_of_values(&values).unwrap_or("unknown");
+        let n = values.len();
+        let display = if primary {
+            cx.m.display
+        } else {
+            Display::LastFour
+        };
+        let (keep_head, keep_tail) = match (display, primary) {
+            (_, false) => (0, 0),
+            (Display::LastFour, _) => (0, 4),
+            (Display::BinLastFour, _) => (6, 4),
+            (Display::PanRef, _) => (0, 0),
+        };
+        for (k, d) in self.tail[a..=b].iter_mut().enumerate() {
+            if k >= keep_head && k + keep_tail < n {
+                d.masked = true;
+            }
+        }
+        let mut token_text = None;
+        if display == Display::PanRef && primary {
+            let ascii: Vec<u8> = values.iter().map(|v| b'0' + v).collect();
+            let tok = cx.m.pan_ref_token(&ascii);
+            let end = self.tail[b].end;
+            for d in &mut self.tail[a + 1..=b] {
+                d.covered = true;
+            }
+            self.tail[a].token = Some((end, tok.clone().into_bytes().into_boxed_slice()));
+            token_text = Some(tok);
+        }
+        cx.report.add(brand);
+        if cx.report.detail {
+            let masked = match token_text {
+                Some(t) => t,
+                None => self.render(cx, a, b),
+            };
+            cx.report.push_finding(Finding {
+                kind: brand.to_string(),
+                offset: self.tail[a].start,
+                masked,
+            });
+        }
+    }
+
+    /// The masked form of `a..=b` for a report: ASCII digits, `*`, separators as decoded.
+    fn render(&self, cx: &Cx<'_, '_>, a: usize, b: usize) -> String {
+        let mut s = String::new();
+        let (Some(lo), Some(hi)) = (
+            self.tail[a].start.checked_sub(cx.base),
+            self.tail[b].end.checked_sub(cx.base),
+        ) else {
+            return s;
+        };
+        let mut digits = self.tail[a..=b].iter();
+        let mut i = lo;
+        while i < hi && i < cx.buf.len() {
+            match decode(cx.buf, i) {
+                Decoded::Unit(u) => {
+                    if u.class == Class::Digit {
+                        match digits.next() {
+                            Some(d) if !d.masked => s.push(char::from(b'0' + d.value)),
+                            _ => s.push('*'),
+                        }
+                    } else {
+                        s.push(u.ch);
+                    }
+                    i += u.len;
+                }
+                Decoded::Incomplete => break,
+            }
+        }
+        s
+    }
+
+    /// Emits the edits of the first `cut` tail digits and forgets them.
+    fn finalize(&mut self, cx: &mut Cx<'_, '_>, cut: usize) {
+        let cut = cut.min(self.tail.len());
+        for d in self.tail.drain(..cut) {
+            if let Some((end, tok)) = d.token {
+                cx.edits.push(Edit {
+                    start: d.start,
+                    end,
+                    rep: super::edit::Rep::Owned(tok),
+                });
+            } else if d.masked && !d.covered {
+                cx.edits.push(Edit::star(d.start, d.end, d.escaped));
+            }
+        }
+    }
+}
+
+struct Cx<'a, 'b> {
+    m: &'a Masker,
+    buf: &'a [u8],
+    base: usize,
+    edits: &'b mut Vec<Edit>,
+    report: &'b mut MaskReport,
+}
+
+/// Index of the first byte at or after `from` where a digit may start, or `buf.len()`.
+pub(crate) fn find_trigger(buf: &[u8], from: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= buf.len() {
+        let Ok(chunk) = <[u8; 8]>::try_from(&buf[i..i + 8]) else {
+            break;
+        };
+        let x = u64::from_le_bytes(chunk);
+        // ASCII digits: bytes b with 0x30 <= b <= 0x39, for bytes below 0x80.
+        let low7 = x & !HI;
+        let ge_30 = low7.wrapping_add(LO * (0x80 - 0x30));
+        let gt_39 = low7.wrapping_add(LO * (0x80 - 0x3A));
+        let digit = ge_30 & !gt_39 & !x & HI;
+        let bs = x ^ (LO * u64::from(b'\\'));
+        let backslash = bs.wrapping_sub(LO) & !bs & HI;
+        if digit | backslash | (x & HI) == 0 {
+            i += 8;
+            continue;
+        }
+        for (k, &b) in chunk.iter().enumerate() {
+            if TRIGGER[usize::from(b)] {
+                return i + k;
+            }
+        }
+        i += 8;
+    }
+    while i < buf.len() {
+        if TRIGGER[usize::from(buf[i])] {
+            return i;
+        }
+        i += 1;
+    }
+    buf.len()
+}
+
+/// True when `buf` holds anything the detector could read as a digit.
+pub(crate) fn may_hold_digits(buf: &[u8]) -> bool {
+    find_trigger(buf, 0) < buf.len()
+}
+
+#[allow(dead_code)]
+pub(crate) fn is_ascii_alpha_class(b: u8) -> bool {
+    BYTE_CLASS[usize::from(b)] == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_search_matches_scalar() {
+        let samples: [&[u8]; 6] = [
+            b"hello world, nothing here at all!!",
+            b"abcdefghijklmnop7",
+            b"abcdefgh\\ijk",
+            "abcdefghij\u{00e9}klm".as_bytes(),
+            b"/:;<=>?@ `{|}~[]^_",
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0",
+        ];
+        for s in samples {
+            let scalar = s
+                .iter()
+                .position(|&b| TRIGGER[usize::from(b)])
+                .unwrap_or(s.len());
+            assert_eq!(
+                find_trigger(s, 0),
+                scalar,
+                "{:?}",
+                String::from_utf8_lossy(s)
+            );
+        }
+        for b in 0u8..=255 {
+            let mut s = vec![b'a'; 16];
+            s[9] = b;
+            let want = if TRIGGER[usize::from(b)] { 9 } else { 16 };
+            assert_eq!(find_trigger(&s, 0), want, "{b}");
+        }
+    }
+}

@@ -1,0 +1,306 @@
+use super::*;
+
+fn mask(s: &str) -> (String, u64) {
+    let mut report = MaskReport::default();
+    let out = Masker::default().mask_body(s.as_bytes(), &mut report);
+    (String::from_utf8(out).unwrap(), report.total())
+}
+
+fn mask_json_str(m: &Masker, s: &str) -> (String, MaskReport) {
+    let mut report = MaskReport::detailed();
+    let out = m.mask_json(s.as_bytes(), &mut report).unwrap();
+    (String::from_utf8(out).unwrap(), report)
+}
+
+#[test]
+fn masks_grouped_and_plain_pans() {
+    assert_eq!(
+        mask("card 4111111111111111 ok"),
+        ("card ************1111 ok".into(), 1)
+    );
+    assert_eq!(
+        mask(r#"{"pan":"5555-5555-5555-4444"}"#),
+        (r#"{"pan":"****-****-****-4444"}"#.into(), 1)
+    );
+    assert_eq!(
+        mask("amex 3782 822463 10005"),
+        ("amex **** ****** *0005".into(), 1)
+    );
+    assert_eq!(
+        mask("dots 4111.1111.1111.1111."),
+        ("dots ****.****.****.1111.".into(), 1)
+    );
+    assert_eq!(
+        mask("nbsp 4111\u{a0}1111\u{a0}1111\u{a0}1111"),
+        ("nbsp ****\u{a0}****\u{a0}****\u{a0}1111".into(), 1)
+    );
+    assert_eq!(
+        mask("unionpay 6250 9410 0652 8599 123"),
+        ("unionpay **** **** **** 8599 123".into(), 1)
+    );
+}
+
+#[test]
+fn leaves_non_pans_alone() {
+    for s in [
+        "4111111111111112",
+        "order 12345678901234567890123",
+        "id a4111111111111111",
+        "id 4111111111111111b",
+        "imei 352099001761481",
+        "iccid 8944500102198304826",
+        "ts 1700000000000",
+        "phone +1 415-555-0132",
+        "uuid 123e4567-e89b-12d3-a456-426614174000",
+        "iban DE89 3704 0044 0532 0130 00",
+        "sha 3b4c4111111111111111a9",
+        "double  space 4111  1111  1111  1111",
+    ] {
+        assert_eq!(mask(s), (s.into(), 0), "{s}");
+    }
+}
+
+#[test]
+fn sub_windows_of_longer_runs() {
+    // The checker looks at every window of whole groups; so do we.
+    assert_eq!(
+        mask("ref 12 4111 1111 1111 1111 99"),
+        ("ref 12 **** **** **** 1111 99".into(), 1)
+    );
+    assert_eq!(
+        mask("x1234 4111 1111 1111 1111"),
+        ("x1234 **** **** **** 1111".into(), 1)
+    );
+    assert_eq!(
+        mask("4111 1111 1111 1111 1234y"),
+        ("**** **** **** 1111 1234y".into(), 1)
+    );
+}
+
+#[test]
+fn unicode_and_escaped_digits() {
+    assert_eq!(
+        mask("\u{FF14}\u{FF11}\u{FF11}\u{FF11}111111111111"),
+        (
+            "***************1".replace("***************1", "************") + "1111",
+            1
+        )
+    );
+    let (out, n) = mask(r"pan \u0034111111111111111 end");
+    assert_eq!((out.as_str(), n), (r"pan \u002a***********1111 end", 1));
+    let (out, n) = mask("\u{0664}\u{0661}\u{0661}\u{0661}-1111-1111-1111");
+    assert_eq!((out.as_str(), n), ("****-****-****-1111", 1));
+}
+
+#[test]
+fn displays() {
+    let bin = Masker::new(MaskConfig {
+        display: Display::BinLastFour,
+        ..MaskConfig::default()
+    })
+    .unwrap();
+    let mut r = MaskReport::default();
+    assert_eq!(
+        bin.mask_body(b"4111 1111 1111 1111", &mut r),
+        b"4111 11** **** 1111"
+    );
+    let cfg: MaskConfig =
+        serde_json::from_str(r#"{"display":"panRef","panRefKey":"0123456789abcdef0123"}"#).unwrap();
+    let pr = Masker::new(cfg).unwrap();
+    let a = pr.mask_body(b"a 4111 1111 1111 1111 b", &mut r);
+    let b = pr.mask_body(b"4111111111111111", &mut r);
+    let a = String::from_utf8(a).unwrap();
+    let b = String::from_utf8(b).unwrap();
+    assert!(a.starts_with("a pan_ref:") && a.ends_with(" b"), "{a}");
+    assert_eq!(&a[2..a.len() - 2], b);
+    assert_eq!(b.len(), "pan_ref:".len() + 24);
+}
+
+#[test]
+fn config_errors() {
+    let bad = |j: &str| Masker::new(serde_json::from_str(j).unwrap()).unwrap_err();
+    assert_eq!(
+        bad(r#"{"display":"panRef"}"#),
+        MaskConfigError::MissingPanRefKey
+    );
+    assert_eq!(
+        bad(r#"{"display":"panRef","panRefKey":"short"}"#),
+        MaskConfigError::ShortPanRefKey
+    );
+    assert!(matches!(
+        bad(r#"{"customPatterns":[{"name":"x","regex":"("}]}"#),
+        MaskConfigError::InvalidPattern { .. }
+    ));
+    assert!(matches!(
+        bad(r#"{"customPatterns":[{"name":"x","regex":"a*"}]}"#),
+        MaskConfigError::EmptyMatch { .. }
+    ));
+    assert!(serde_json::from_str::<MaskConfig>(r#"{"nope":1}"#).is_err());
+    let dbg = format!(
+        "{:?}",
+        MaskConfig {
+            pan_ref_key: Some("supersecretkey-123456".into()),
+            ..MaskConfig::default()
+        }
+    );
+    assert!(!dbg.contains("supersecret"), "{dbg}");
+}
+
+#[test]
+fn json_values_numbers_escapes_nested() {
+    let m = Masker::default();
+    let (out, r) = mask_json_str(
+        &m,
+        r#"{"a": 4111111111111111, "b": "\u0034111111111111111", "n": 12}"#,
+    );
+    assert_eq!(
+        out,
+        r#"{"a": "************1111", "b": "************1111", "n": 12}"#
+    );
+    assert_eq!(r.total(), 2);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    // JSON inside an MCP text content item.
+    let body = r#"{"result":{"content":[{"type":"text","text":"{\"card\":4111111111111111,\"cvv\":\"123\"}"}]}}"#;
+    let (out, r) = mask_json_str(&m, body);
+    assert_eq!(
+        out,
+        r#"{"result":{"content":[{"type":"text","text":"{\"card\":\"************1111\",\"cvv\":\"***\"}"}]}}"#
+    );
+    assert_eq!((r.total(), r.detector_total()), (1, 1));
+    assert_eq!(r.findings[0].offset, body.find("4111").unwrap());
+    assert_eq!(r.findings[0].masked, "************1111");
+    // Double-escaped digits inside a string are still digits.
+    let (out, _) = mask_json_str(&m, r#"["\\u0034111111111111111"]"#);
+    assert_eq!(out, r#"["************1111"]"#);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    // Keys are masked too; unchanged documents are byte-identical.
+    let (out, _) = mask_json_str(&m, r#"{"4111111111111111":1}"#);
+    assert_eq!(out, r#"{"************1111":1}"#);
+    let doc = "{\n  \"x\" : [1, 2.5e3, true, null, \"caf\\u00e9 1700000000000\"]\n}";
+    assert_eq!(mask_json_str(&m, doc).0, doc);
+}
+
+#[test]
+fn cvv_by_key() {
+    let m = Masker::default();
+    let (out, r) = mask_json_str(
+        &m,
+        r#"{"CVV":"123","card_cvc":456,"security_code":"7890","cvvNote":"abc"}"#,
+    );
+    assert_eq!(
+        out,
+        r#"{"CVV":"***","card_cvc":456,"security_code":"****","cvvNote":"abc"}"#
+    );
+    assert_eq!(r.by_detector.get("cvv"), Some(&2));
+    assert_eq!(mask("exp 12/27 CVV: 123 ok").0, "exp 12/27 CVV: *** ok");
+    let off = Masker::new(MaskConfig {
+        cvv_keys: vec![],
+        ..MaskConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        mask_json_str(&off, r#"{"cvv":"123"}"#).0,
+        r#"{"cvv":"123"}"#
+    );
+}
+
+#[test]
+fn track_data_and_custom() {
+    let (out, _) = mask(";4111111111111111=25121011234567890?");
+    assert_eq!(out, ";************1111=*****************?");
+    let (out, _) = mask("%B4111111111111111^DOE/JOHN^2512101123400000?");
+    assert_eq!(out, "%B************1111^DOE/JOHN^****************?");
+    let cfg: MaskConfig = serde_json::from_str(
+        r#"{"customPatterns":[{"name":"ssn","regex":"\\b(\\d{3}-\\d{2}-\\d{4})\\b"}]}"#,
+    )
+    .unwrap();
+    let m = Masker::new(cfg).unwrap();
+    let mut r = MaskReport::default();
+    assert_eq!(
+        m.mask_body(b"ssn 123-45-6789.", &mut r),
+        b"ssn ***-**-****."
+    );
+    assert_eq!(r.by_detector.get("ssn"), Some(&1));
+}
+
+#[test]
+fn content_types() {
+    let m = Masker::default();
+    let mut r = MaskReport::default();
+    // Invalid JSON claimed as JSON is masked as text, escapes included.
+    let out = m.mask_content(
+        Some("application/json"),
+        br#"{"a":"\u0034111111111111111" oops"#,
+        &mut r,
+    );
+    assert_eq!(out, br#"{"a":"\u002a***********1111" oops"#);
+    let out = m.mask_content(
+        Some("application/json; charset=utf-8"),
+        br#"{"a":4111111111111111}"#,
+        &mut r,
+    );
+    assert_eq!(out, br#"{"a":"************1111"}"#);
+    let out = m.mask_content(Some("text/plain"), b"4111111111111111", &mut r);
+    assert_eq!(out, b"************1111");
+    let out = m.mask_content(
+        Some("text/event-stream"),
+        b"data: {\"a\":4111111111111111}\n\n",
+        &mut r,
+    );
+    assert_eq!(out, b"data: {\"a\":\"************1111\"}\n\n");
+}
+
+#[test]
+fn idempotent_on_examples() {
+    let m = Masker::default();
+    for s in [
+        "4111 1111 1111 1111 4111 1111 1111 1111",
+        "3782 822463 10005 1234 5678 9012",
+        "x 5555555555554444 y",
+    ] {
+        let mut r = MaskReport::default();
+        let once = m.mask_body(s.as_bytes(), &mut r);
+        let twice = m.mask_body(&once, &mut r);
+        assert_eq!(once, twice, "{s}");
+    }
+}
+
+#[test]
+fn stream_catches_split_pan() {
+    let masker = Masker::default();
+    let mut stream = StreamMasker::default();
+    let mut report = MaskReport::default();
+    let mut out = stream.push(&masker, b"data: {\"pan\":\"41111111", &mut report);
+    out.extend(stream.push(&masker, b"11111111\"}\n\n", &mut report));
+    out.extend(stream.finish(&masker, &mut report));
+    assert_eq!(out, b"data: {\"pan\":\"************1111\"}\n\n");
+    assert_eq!(report.total(), 1);
+}
+
+#[test]
+fn stream_releases_complete_events_and_bounds_memory() {
+    let cfg = MaskConfig {
+        max_event_bytes: 4096,
+        ..MaskConfig::default()
+    };
+    let m = Masker::new(cfg).unwrap();
+    let mut s = StreamMasker::default();
+    let mut r = MaskReport::default();
+    let out = s.push(
+        &m,
+        b"event: message\ndata: {\"x\":1}\n\ndata: {\"y\":",
+        &mut r,
+    );
+    assert_eq!(out, b"event: message\ndata: {\"x\":1}\n\n");
+    // An event that never ends: released as text, holding only open digit groups.
+    let mut total = out.len();
+    for _ in 0..2000 {
+        let o = s.push(&m, b"lorem ipsum 4111 1111 1111 1111 dolor ", &mut r);
+        total += o.len();
+        assert!(s.held() < 8192, "held {}", s.held());
+        assert!(!String::from_utf8_lossy(&o).contains("4111 1111"));
+    }
+    total += s.finish(&m, &mut r).len();
+    assert!(total > 70_000);
+    assert_eq!(r.total(), 2000);
+}

@@ -4,7 +4,6 @@
 use regex_lite::Regex;
 
 use super::edit::Edit;
-use super::scan::may_hold_digits;
 use super::{Finding, MaskReport};
 
 /// Compiled extra detectors.
@@ -45,61 +44,96 @@ impl Extra {
         !self.custom.is_empty()
     }
 
-    /// Appends edits for what the extra detectors find in `text` (at absolute position `base`).
+    /// True when the scanner should note windows for the CVV and track detectors.
+    pub(crate) fn wants_windows(&self) -> bool {
+        self.cvv_text.is_some() || self.track1.is_some() || self.track2.is_some()
+    }
+
+    /// Appends edits for what the CVV and track detectors find in the `windows` (absolute ranges,
+    /// noted by the scanner) of `text` (at absolute position `base`), and for what the custom
+    /// patterns find anywhere in `text`.
     pub(crate) fn edits(
+        &self,
+        text: &[u8],
+        base: usize,
+        windows: &[(usize, usize, bool)],
+        edits: &mut Vec<Edit>,
+        report: &mut MaskReport,
+    ) {
+        let mut last_end = [0usize; 2];
+        for &(s, e, track) in windows {
+            let s = s.max(base).max(last_end[usize::from(track)]);
+            let e = e.min(base + text.len());
+            if s >= e {
+                continue;
+            }
+            last_end[usize::from(track)] = e;
+            self.builtin(&text[s - base..e - base], s, track, edits, report);
+        }
+        if !self.custom.is_empty() {
+            self.custom_edits(text, base, edits, report);
+        }
+    }
+
+    fn builtin(
+        &self,
+        text: &[u8],
+        base: usize,
+        track: bool,
+        edits: &mut Vec<Edit>,
+        report: &mut MaskReport,
+    ) {
+        let mut off = 0;
+        for chunk in text.utf8_chunks() {
+            let s = chunk.valid();
+            let at = base + off;
+            if let Some(re) = self.cvv_text.as_ref().filter(|_| !track) {
+                for c in re.captures_iter(s) {
+                    if let Some(g) = c.get(1) {
+                        star_digits(s, at, g.start(), g.end(), 0, edits);
+                        note(
+                            report,
+                            "cvv",
+                            at + g.start(),
+                            &masked_digits(&s[g.start()..g.end()], 0),
+                        );
+                    }
+                }
+            }
+            for (name, re) in [("track1", &self.track1), ("track2", &self.track2)] {
+                let Some(re) = re.as_ref().filter(|_| track) else {
+                    continue;
+                };
+                for c in re.captures_iter(s) {
+                    let (Some(all), Some(pan), Some(rest)) = (c.get(0), c.get(1), c.get(2)) else {
+                        continue;
+                    };
+                    star_digits(s, at, pan.start(), pan.end(), 4, edits);
+                    star_digits(s, at, rest.start(), rest.end(), 0, edits);
+                    let shown = format!(
+                        "{}{}{}",
+                        &s[all.start()..pan.start()],
+                        masked_digits(pan.as_str(), 4),
+                        masked_digits(&s[pan.end()..all.end()], 0)
+                    );
+                    note(report, name, at + all.start(), &shown);
+                }
+            }
+            off += s.len() + chunk.invalid().len();
+        }
+    }
+
+    fn custom_edits(
         &self,
         text: &[u8],
         base: usize,
         edits: &mut Vec<Edit>,
         report: &mut MaskReport,
     ) {
-        let digits = may_hold_digits(text);
-        let cvv = digits && self.cvv_text.is_some() && mentions_cvv(text);
-        let track = digits
-            && (self.track1.is_some() || self.track2.is_some())
-            && text.iter().any(|&b| b == b'=' || b == b'^');
-        if !cvv && !track && self.custom.is_empty() {
-            return;
-        }
         let mut off = 0;
         for chunk in text.utf8_chunks() {
             let s = chunk.valid();
             let at = base + off;
-            if cvv {
-                if let Some(re) = &self.cvv_text {
-                    for c in re.captures_iter(s) {
-                        if let Some(g) = c.get(1) {
-                            star_digits(s, at, g.start(), g.end(), 0, edits);
-                            note(
-                                report,
-                                "cvv",
-                                at + g.start(),
-                                &masked_digits(&s[g.start()..g.end()], 0),
-                            );
-                        }
-                    }
-                }
-            }
-            if track {
-                for (name, re) in [("track1", &self.track1), ("track2", &self.track2)] {
-                    let Some(re) = re else { continue };
-                    for c in re.captures_iter(s) {
-                        let (Some(all), Some(pan), Some(rest)) = (c.get(0), c.get(1), c.get(2))
-                        else {
-                            continue;
-                        };
-                        star_digits(s, at, pan.start(), pan.end(), 4, edits);
-                        star_digits(s, at, rest.start(), rest.end(), 0, edits);
-                        let shown = format!(
-                            "{}{}{}",
-                            &s[all.start()..pan.start()],
-                            masked_digits(pan.as_str(), 4),
-                            masked_digits(&s[pan.end()..all.end()], 0)
-                        );
-                        note(report, name, at + all.start(), &shown);
-                    }
-                }
-            }
             for (name, re) in &self.custom {
                 for c in re.captures_iter(s) {
                     let Some(g) = c.get(1).or_else(|| c.get(0)) else {
@@ -169,7 +203,7 @@ fn masked_digits(s: &str, keep: usize) -> String {
         .collect()
 }
 
-fn mentions_cvv(text: &[u8]) -> bool {
+pub(crate) fn mentions_cvv(text: &[u8]) -> bool {
     const WORDS: [&[u8]; 6] = [b"cvv", b"cvc", b"cvn", b"cid", b"csc", b"security"];
     text.iter().enumerate().any(|(i, &b)| {
         matches!(b | 0x20, b'c' | b's')

@@ -270,7 +270,14 @@ impl<'m> JsonMasker<'m> {
         let (decoded, map) = unescape(raw);
         let mut local = Vec::new();
         let first_finding = report.findings.len();
-        self.value_edits(&decoded, 0, cvv, nesting, &mut local, report);
+        if has_paired_digit(raw) {
+            // A digit written as an escaped surrogate pair reads as a digit once decoded and as two
+            // lone surrogates to a checker of the raw bytes: the two readings group digits
+            // differently, so no single reading is safe. Mask every digit of such a string.
+            star_all_digits(&decoded, &mut local);
+        } else {
+            self.value_edits(&decoded, 0, cvv, nesting, &mut local, report);
+        }
         let to_src = |p: usize| cs + map.get(p).copied().unwrap_or(raw.len());
         for f in &mut report.findings[first_finding..] {
             f.offset = to_src(f.offset);
@@ -324,11 +331,12 @@ impl<'m> JsonMasker<'m> {
             }
         }
         let first = edits.len();
+        self.scan.reset(base);
         if may_hold_digits(text) {
-            self.scan.reset(base);
             self.scan.feed(self.m, text, base, true, edits, report);
         }
-        self.m.extra_text_edits(text, base, edits, report);
+        self.m
+            .extra_text_edits(text, base, &self.scan.extra_windows, edits, report);
         if edits.len() > first {
             let mut mine = edits.split_off(first);
             normalize(&mut mine);
@@ -393,6 +401,43 @@ fn mask_cvv(text: &[u8], base: usize, edits: &mut Vec<Edit>) -> bool {
         true
     } else {
         false
+    }
+}
+
+/// True when the raw string body writes a digit as an escaped surrogate pair.
+fn has_paired_digit(raw: &[u8]) -> bool {
+    let hex = |at: usize| -> Option<u32> {
+        let h = raw.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    raw.windows(2).enumerate().any(|(at, w)| {
+        w == b"\\u"
+            && hex(at + 2).is_some_and(|hi| (0xD800..0xDC00).contains(&hi))
+            && raw.get(at + 6..at + 8) == Some(&b"\\u"[..])
+            && match (hex(at + 2), hex(at + 8)) {
+                (Some(hi), Some(lo)) if (0xDC00..0xE000).contains(&lo) => {
+                    char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                        .and_then(super::unicode::unicode_digit)
+                        .is_some()
+                }
+                _ => false,
+            }
+    })
+}
+
+/// Stars every digit of a decoded string.
+fn star_all_digits(text: &[u8], edits: &mut Vec<Edit>) {
+    let mut i = 0;
+    while i < text.len() {
+        match decode(text, i) {
+            Decoded::Unit(u) => {
+                if u.class == Class::Digit {
+                    edits.push(Edit::star(i, i + u.len, u.escaped));
+                }
+                i += u.len;
+            }
+            Decoded::Incomplete => i += 1,
+        }
     }
 }
 

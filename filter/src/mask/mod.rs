@@ -362,7 +362,7 @@ impl Masker {
             key,
             extra: extra::Extra::new(!cvv_keys.is_empty(), config.track_data, custom),
             cvv_keys,
-            max_event_bytes: config.max_event_bytes.max(1024),
+            max_event_bytes: config.max_event_bytes.max(256),
         })
     }
 
@@ -415,21 +415,28 @@ impl Masker {
     }
 
     fn text_edits(&self, body: &[u8], edits: &mut Vec<Edit>, report: &mut MaskReport) {
+        let mut s = scan::TextScan::new(0);
         if scan::may_hold_digits(body) {
-            let mut s = scan::TextScan::new(0);
             s.feed(self, body, 0, true, edits, report);
         }
-        self.extra_text_edits(body, 0, edits, report);
+        self.extra_text_edits(body, 0, &s.extra_windows, edits, report);
     }
 
+    /// Edits of the extra detectors: CVV and track data in the scanner's `windows`, custom
+    /// patterns anywhere in `text` (at absolute position `base`).
     pub(crate) fn extra_text_edits(
         &self,
         text: &[u8],
         base: usize,
+        windows: &[(usize, usize, bool)],
         edits: &mut Vec<Edit>,
         report: &mut MaskReport,
     ) {
-        self.extra.edits(text, base, edits, report);
+        self.extra.edits(text, base, windows, edits, report);
+    }
+
+    pub(crate) fn extra_wants_windows(&self) -> bool {
+        self.extra.wants_windows()
     }
 
     pub(crate) fn needs_all_text(&self) -> bool {
@@ -441,8 +448,14 @@ impl Masker {
     }
 
     pub(crate) fn is_cvv_key(&self, key: &[u8]) -> bool {
-        let k = normalize_key(key);
-        self.cvv_keys.contains(&k)
+        let mut k = key
+            .iter()
+            .filter(|b| !matches!(b, b'_' | b'-' | b' '))
+            .map(u8::to_ascii_lowercase);
+        let Some(first) = k.next() else { return false };
+        self.cvv_keys
+            .iter()
+            .any(|c| c.first() == Some(&first) && c[1..].iter().copied().eq(k.clone()))
     }
 
     pub(crate) fn max_event_bytes(&self) -> usize {

@@ -67,6 +67,10 @@ pub(crate) struct TextScan {
     oversize: bool,
     next_left_ok: bool,
     eff: Vec<Eff>,
+    group_start_pos: usize,
+    /// Byte ranges (absolute) worth showing the extra detectors: a 3–4 digit group right after a
+    /// CVV keyword, a 12–19 digit group followed by `=` or `^` (track data).
+    pub(crate) extra_windows: Vec<(usize, usize, bool)>,
 }
 
 impl Default for TextScan {
@@ -86,6 +90,8 @@ impl TextScan {
             oversize: false,
             next_left_ok: true,
             eff: Vec::new(),
+            group_start_pos: pos,
+            extra_windows: Vec::new(),
         }
     }
 
@@ -98,6 +104,7 @@ impl TextScan {
         self.group_len = 0;
         self.oversize = false;
         self.next_left_ok = true;
+        self.extra_windows.clear();
     }
 
     /// Everything before this position is decided (its edits were emitted).
@@ -145,6 +152,13 @@ impl TextScan {
                 }
                 if t >= buf.len() {
                     break;
+                }
+                if buf[t].is_ascii_digit() {
+                    if let Some(end) = self.skip_short_chain(&cx, t, last) {
+                        self.pos = base + end;
+                        self.prev = Class::Other;
+                        continue;
+                    }
                 }
             }
             let rel = self.pos - base;
@@ -198,8 +212,51 @@ impl TextScan {
         }
     }
 
+    /// Fast path for the common case: a run of ASCII digit groups, starting at `t`, that holds
+    /// fewer digits than any card number and certainly ends inside `buf`. Returns its end, having
+    /// noted what the extra detectors need; `None` sends the run through the full scanner.
+    fn skip_short_chain(&mut self, cx: &Cx<'_, '_>, t: usize, last: bool) -> Option<usize> {
+        let buf = cx.buf;
+        let n = buf.len();
+        let is_sep = |b: u8| matches!(b, b' ' | b'-' | b'.');
+        let want_extra = cx.m.extra_wants_windows();
+        let mut i = t;
+        let mut digits = 0;
+        loop {
+            let gs = i;
+            while i < n && buf[i].is_ascii_digit() {
+                i += 1;
+            }
+            digits += i - gs;
+            if digits >= MIN_PAN {
+                return None;
+            }
+            if want_extra {
+                self.note_extra_window(cx, cx.base + gs, cx.base + i, i - gs);
+            }
+            if i + 1 < n && is_sep(buf[i]) && buf[i + 1].is_ascii_digit() {
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        // What follows must end the run for certain: no escape, no non-ASCII digit or separator,
+        // no separator followed by one.
+        let ends = |b: u8| b.is_ascii() && b != b'\\' && !b.is_ascii_digit();
+        match (buf.get(i), buf.get(i + 1)) {
+            (None, _) if last => Some(i),
+            (Some(&b), _) if ends(b) && !is_sep(b) => Some(i),
+            (Some(&b), Some(&c)) if is_sep(b) && ends(c) => Some(i),
+            (Some(&b), None) if is_sep(b) && last => Some(i),
+            _ => None,
+        }
+    }
+
     fn push_digit(&mut self, cx: &mut Cx<'_, '_>, start: usize, end: usize, u: &Unit) {
         self.group_len += 1;
+        if self.group_len == 1 {
+            self.group_start_pos = start;
+        }
         if self.oversize {
             return;
         }
@@ -228,7 +285,10 @@ impl TextScan {
     }
 
     fn close_group(&mut self, cx: &mut Cx<'_, '_>, right_ok: bool) {
-        self.group_len = 0;
+        let len = std::mem::take(&mut self.group_len);
+        if cx.m.extra_wants_windows() {
+            self.note_extra_window(cx, self.group_start_pos, self.pos, len);
+        }
         if self.oversize {
             self.oversize = false;
             return;
@@ -238,6 +298,19 @@ impl TextScan {
             d.right_ok = right_ok;
         }
         self.settle(cx);
+    }
+
+    fn note_extra_window(&mut self, cx: &Cx<'_, '_>, start: usize, end: usize, len: usize) {
+        let rel = |p: usize| p.saturating_sub(cx.base).min(cx.buf.len());
+        if (12..=19).contains(&len) && matches!(cx.buf.get(rel(end)), Some(b'=' | b'^')) {
+            self.extra_windows
+                .push((start.saturating_sub(2), end + 160, true));
+        } else if (3..=4).contains(&len) {
+            let from = start.saturating_sub(24).max(cx.base);
+            if super::extra::mentions_cvv(&cx.buf[rel(from)..rel(start)]) {
+                self.extra_windows.push((from, end, false));
+            }
+        }
     }
 
     fn end_chain(&mut self, cx: &mut Cx<'_, '_>) {
@@ -251,21 +324,24 @@ impl TextScan {
     /// Masks every card-number window among the open digits, then releases old groups.
     fn settle(&mut self, cx: &mut Cx<'_, '_>) {
         if self.tail.len() >= MIN_PAN {
-            self.effective_groups();
-            // Windows ending at the group that just closed: primary hits, displayed as configured.
-            if let Some(j) = self.eff.len().checked_sub(1) {
-                if let Some((a, b)) = self.find_window_ending_at(j) {
-                    self.hit(cx, a, b, true);
-                    // Anything found from here on was uncovered by masking: mask it whole.
-                    loop {
-                        self.effective_groups();
-                        let found = (0..self.eff.len())
-                            .rev()
-                            .find_map(|j| self.find_window_ending_at(j));
-                        match found {
-                            Some((a, b)) => self.hit(cx, a, b, false),
-                            None => break,
-                        }
+            // Windows of the input ending at the group that just closed: primary hits, each shown as
+            // configured (overlapping hits keep only what every one of them keeps).
+            let mut primary = [(0usize, 0usize); MAX_PAN];
+            let found = self.primary_windows(&mut primary);
+            for &(a, b) in &primary[..found] {
+                self.hit(cx, a, b, true);
+            }
+            if found > 0 || self.tail.iter().any(|d| d.masked) {
+                // Windows that only exist next to masked digits (kept digits of a hit joined with
+                // their neighbours): not cards of the input, but the output must not show one.
+                loop {
+                    self.effective_groups();
+                    let next = (0..self.eff.len())
+                        .rev()
+                        .find_map(|j| self.find_window_ending_at(j));
+                    match next {
+                        Some((a, b)) => self.hit(cx, a, b, false),
+                        None => break,
                     }
                 }
             }
@@ -287,6 +363,47 @@ impl TextScan {
             }
             self.finalize(cx, cut);
         }
+    }
+
+    /// Card-number windows of the input (whole original groups, masking ignored) that end at the
+    /// last digit, longest first. Returns how many were written to `out`.
+    fn primary_windows(&self, out: &mut [(usize, usize); MAX_PAN]) -> usize {
+        let n = self.tail.len();
+        let Some(last) = self.tail.last() else {
+            return 0;
+        };
+        if !last.group_end || !last.right_ok {
+            return 0;
+        }
+        let mut found = 0;
+        let mut values = [0u8; MAX_PAN];
+        let mut s = n;
+        while s > 0 {
+            // Start of the group before `s`.
+            s -= 1;
+            while s > 0 && !self.tail[s].group_start {
+                s -= 1;
+            }
+            let len = n - s;
+            if len > MAX_PAN {
+                break;
+            }
+            if len >= MIN_PAN && self.tail[s].left_ok {
+                for (v, d) in values.iter_mut().zip(&self.tail[s..]) {
+                    *v = d.value;
+                }
+                let vals = &values[..len];
+                if luhn_values(vals.iter().copied())
+                    && brand_of_values(vals).is_some()
+                    && found < MAX_PAN
+                {
+                    out[found] = (s, n - 1);
+                    found += 1;
+                }
+            }
+        }
+        out[..found].reverse();
+        found
     }
 
     fn effective_groups(&mut self) {
@@ -359,6 +476,9 @@ impl TextScan {
         let values: Vec<u8> = self.tail[a..=b].iter().map(|d| d.value).collect();
         let brand = brand_of_values(&values).unwrap_or("unknown");
         let n = values.len();
+        // One card is counted once: a window overlapping an earlier hit, or uncovered by masking,
+        // is masked but not counted again.
+        let counted = primary && self.tail[a..=b].iter().all(|d| !d.masked && !d.covered);
         let display = if primary {
             cx.m.display
         } else {
@@ -380,11 +500,23 @@ impl TextScan {
             let ascii: Vec<u8> = values.iter().map(|v| b'0' + v).collect();
             let tok = cx.m.pan_ref_token(&ascii);
             let end = self.tail[b].end;
-            for d in &mut self.tail[a + 1..=b] {
-                d.covered = true;
+            // Overlapping an earlier token: extend that one instead of starting a second.
+            let mut holder = a;
+            while self.tail[holder].covered && holder > 0 {
+                holder -= 1;
             }
-            self.tail[a].token = Some((end, tok.clone().into_bytes().into_boxed_slice()));
+            for d in &mut self.tail[holder + 1..=b] {
+                d.covered = true;
+                d.token = None;
+            }
+            match &mut self.tail[holder].token {
+                Some((e, _)) => *e = (*e).max(end),
+                slot => *slot = Some((end, tok.clone().into_bytes().into_boxed_slice())),
+            }
             token_text = Some(tok);
+        }
+        if !counted {
+            return;
         }
         cx.report.add(brand);
         if cx.report.detail {

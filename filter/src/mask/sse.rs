@@ -69,6 +69,14 @@ impl StreamMasker {
                 } else {
                     scan.stable_until().min(limit)
                 };
+                let windows = std::mem::take(&mut scan.extra_windows);
+                m.extra_text_edits(
+                    &self.buf[..release - self.base],
+                    self.base,
+                    &windows,
+                    &mut edits,
+                    report,
+                );
                 self.release(release, &edits, out);
                 if done {
                     if end.is_none() {
@@ -197,7 +205,7 @@ fn mask_event(m: &Masker, ev: &[u8], base: usize, report: &mut MaskReport) -> Ve
     for (s, e) in others {
         scan.reset(base + s);
         scan.feed(m, &ev[..e], base, true, &mut edits, report);
-        m.extra_text_edits(&ev[s..e], base + s, &mut edits, report);
+        m.extra_text_edits(&ev[s..e], base + s, &scan.extra_windows, &mut edits, report);
     }
     normalize(&mut edits);
     edits

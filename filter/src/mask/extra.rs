@@ -100,8 +100,14 @@ impl Extra {
                     }
                 }
             }
-            for (name, re) in [("track1", &self.track1), ("track2", &self.track2)] {
-                let Some(re) = re.as_ref().filter(|_| track) else {
+            // The scanner opened the window on the separator after the number: `^` for track 1,
+            // `=` for track 2.
+            let caret = s.contains('^');
+            for (name, re, want) in [
+                ("track1", &self.track1, caret),
+                ("track2", &self.track2, !caret),
+            ] {
+                let Some(re) = re.as_ref().filter(|_| track && want) else {
                     continue;
                 };
                 for c in re.captures_iter(s) {

@@ -8,7 +8,7 @@
 //! masks the 3–4 digit value that follows it.
 
 use super::edit::{json_escape, normalize, Edit, Rep};
-use super::scan::{may_hold_digits, TextScan};
+use super::scan::TextScan;
 use super::unicode::{decode, Class, Decoded};
 use super::{MaskReport, Masker};
 
@@ -262,6 +262,13 @@ impl<'m> JsonMasker<'m> {
             return;
         }
         let raw = &src[cs..ce];
+        if flags & (STOP | HIGH) == 0
+            && !self.m.needs_all_text()
+            && raw.iter().filter(|b| b.is_ascii_digit()).count() < 3
+        {
+            // Too few digits for any detector.
+            return;
+        }
         if flags & STOP == 0 {
             // No escapes: the raw bytes are the value.
             self.value_edits(raw, cs, cvv, nesting, edits, report);
@@ -270,7 +277,7 @@ impl<'m> JsonMasker<'m> {
         let (decoded, map) = unescape(raw);
         let mut local = Vec::new();
         let first_finding = report.findings.len();
-        if has_paired_digit(raw) {
+        if map.paired_digit {
             // A digit written as an escaped surrogate pair reads as a digit once decoded and as two
             // lone surrogates to a checker of the raw bytes: the two readings group digits
             // differently, so no single reading is safe. Mask every digit of such a string.
@@ -278,10 +285,12 @@ impl<'m> JsonMasker<'m> {
         } else {
             self.value_edits(&decoded, 0, cvv, nesting, &mut local, report);
         }
-        let to_src = |p: usize| cs + map.get(p).copied().unwrap_or(raw.len());
+        let mut hint = 0;
         for f in &mut report.findings[first_finding..] {
-            f.offset = to_src(f.offset);
+            f.offset = cs + map.raw_from(f.offset, &mut hint);
         }
+        let mut hint = 0;
+        let mut to_src = |p: usize| cs + map.raw_from(p, &mut hint);
         for e in local {
             let rep = match e.rep {
                 Rep::Star | Rep::EscStar => Rep::Star,
@@ -332,9 +341,7 @@ impl<'m> JsonMasker<'m> {
         }
         let first = edits.len();
         self.scan.reset(base);
-        if may_hold_digits(text) {
-            self.scan.feed(self.m, text, base, true, edits, report);
-        }
+        self.scan.feed(self.m, text, base, true, edits, report);
         self.m
             .extra_text_edits(text, base, &self.scan.extra_windows, edits, report);
         if edits.len() > first {
@@ -355,6 +362,9 @@ impl<'m> JsonMasker<'m> {
         report: &mut MaskReport,
     ) {
         let tok = &src[s..e];
+        if tok.len() < 13 && !cvv {
+            return;
+        }
         if cvv && (3..=4).contains(&tok.len()) && tok.iter().all(u8::is_ascii_digit) {
             let stars = if tok.len() == 3 {
                 &b"\"***\""[..]
@@ -404,27 +414,6 @@ fn mask_cvv(text: &[u8], base: usize, edits: &mut Vec<Edit>) -> bool {
     }
 }
 
-/// True when the raw string body writes a digit as an escaped surrogate pair.
-fn has_paired_digit(raw: &[u8]) -> bool {
-    let hex = |at: usize| -> Option<u32> {
-        let h = raw.get(at..at + 4)?;
-        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
-    };
-    raw.windows(2).enumerate().any(|(at, w)| {
-        w == b"\\u"
-            && hex(at + 2).is_some_and(|hi| (0xD800..0xDC00).contains(&hi))
-            && raw.get(at + 6..at + 8) == Some(&b"\\u"[..])
-            && match (hex(at + 2), hex(at + 8)) {
-                (Some(hi), Some(lo)) if (0xDC00..0xE000).contains(&lo) => {
-                    char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
-                        .and_then(super::unicode::unicode_digit)
-                        .is_some()
-                }
-                _ => false,
-            }
-    })
-}
-
 /// Stars every digit of a decoded string.
 fn star_all_digits(text: &[u8], edits: &mut Vec<Edit>) {
     let mut i = 0;
@@ -463,7 +452,25 @@ fn scan_string(src: &[u8], q: usize) -> Option<StrInfo> {
     let mut flags = 0u8;
     let n = src.len();
     loop {
-        // Fast run over bytes that need no attention.
+        // Fast run over bytes that need no attention, eight at a time where no byte ends the
+        // string or needs an escape check (digits and non-ASCII only set flags).
+        while i + 8 <= n {
+            let Ok(chunk) = <[u8; 8]>::try_from(&src[i..i + 8]) else {
+                break;
+            };
+            let x = u64::from_le_bytes(chunk);
+            let (stop, digit, high) = swar_classes(x);
+            if stop {
+                break;
+            }
+            if digit {
+                flags |= TRIG;
+            }
+            if high {
+                flags |= HIGH | TRIG;
+            }
+            i += 8;
+        }
         while i < n && STR_TABLE[usize::from(src[i])] == 0 {
             i += 1;
         }
@@ -494,6 +501,23 @@ fn scan_string(src: &[u8], q: usize) -> Option<StrInfo> {
         return None;
     }
     Some(StrInfo { end: i + 1, flags })
+}
+
+/// For eight bytes: any quote, backslash or control character; any ASCII digit; any non-ASCII.
+fn swar_classes(x: u64) -> (bool, bool, bool) {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI != 0;
+    let low7 = x & !HI;
+    let high = x & HI != 0;
+    // Control characters: bytes below 0x20 (with the high bit clear).
+    let ctrl = !low7.wrapping_add(LO * (0x80 - 0x20)) & !x & HI != 0;
+    let stop =
+        has_zero(x ^ (LO * u64::from(b'"'))) || has_zero(x ^ (LO * u64::from(b'\\'))) || ctrl;
+    let ge_30 = low7.wrapping_add(LO * (0x80 - 0x30));
+    let gt_39 = low7.wrapping_add(LO * (0x80 - 0x3A));
+    let digit = ge_30 & !gt_39 & !x & HI != 0;
+    (stop, digit, high)
 }
 
 /// Validates the number at `src[s]`; returns its end.
@@ -534,11 +558,43 @@ fn scan_number(src: &[u8], s: usize) -> Option<usize> {
     Some(i)
 }
 
-/// Unescapes a validated JSON string body. Returns the bytes and, for each decoded byte (and one
-/// past the end), the raw position it came from. Lone surrogates decode to U+FFFD.
-pub(crate) fn unescape(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
+/// Where decoded bytes came from: runs copied as they are, and escapes.
+#[derive(Debug, Default)]
+pub(crate) struct PosMap {
+    /// (decoded start, raw start, is an escape), in order.
+    marks: Vec<(usize, usize, bool)>,
+    raw_len: usize,
+    /// A digit was written as an escaped surrogate pair.
+    pub(crate) paired_digit: bool,
+}
+
+impl PosMap {
+    /// Like [`Self::raw`], fast for rising positions: `hint` remembers where the last one was.
+    pub(crate) fn raw_from(&self, p: usize, hint: &mut usize) -> usize {
+        let ok = self.marks.get(*hint).is_some_and(|m| m.0 <= p);
+        if !ok {
+            *hint = self.marks.partition_point(|m| m.0 <= p).saturating_sub(1);
+        }
+        while self.marks.get(*hint + 1).is_some_and(|m| m.0 <= p) {
+            *hint += 1;
+        }
+        match self.marks.get(*hint) {
+            Some(&(_, r, true)) => r,
+            Some(&(d, r, false)) if d <= p => (r + (p - d)).min(self.raw_len),
+            _ => p.min(self.raw_len),
+        }
+    }
+}
+
+/// Unescapes a validated JSON string body. Returns the bytes and where each came from. Lone
+/// surrogates decode to U+FFFD.
+pub(crate) fn unescape(raw: &[u8]) -> (Vec<u8>, PosMap) {
     let mut out = Vec::with_capacity(raw.len());
-    let mut map = Vec::with_capacity(raw.len() + 1);
+    let mut map = PosMap {
+        marks: Vec::with_capacity(raw.len() / 8 + 2),
+        raw_len: raw.len(),
+        paired_digit: false,
+    };
     let mut i = 0;
     let hex = |b: &[u8]| -> Option<u32> {
         let mut v = 0u32;
@@ -548,11 +604,14 @@ pub(crate) fn unescape(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
         Some(v)
     };
     while i < raw.len() {
-        let b = raw[i];
-        if b != b'\\' {
-            out.push(b);
-            map.push(i);
-            i += 1;
+        let run = raw[i..]
+            .iter()
+            .position(|&b| b == b'\\')
+            .unwrap_or(raw.len() - i);
+        if run > 0 {
+            map.marks.push((out.len(), i, false));
+            out.extend_from_slice(&raw[i..i + run]);
+            i += run;
             continue;
         }
         let start = i;
@@ -574,11 +633,12 @@ pub(crate) fn unescape(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
                         .and_then(hex)
                         .filter(|lo| (0xDC00..0xE000).contains(lo));
                     match lo {
-                        Some(lo) => (
-                            char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
-                                .unwrap_or('\u{FFFD}'),
-                            12,
-                        ),
+                        Some(lo) => {
+                            let c = char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                                .unwrap_or('\u{FFFD}');
+                            map.paired_digit |= super::unicode::unicode_digit(c).is_some();
+                            (c, 12)
+                        }
                         None => ('\u{FFFD}', 6),
                     }
                 }
@@ -587,14 +647,12 @@ pub(crate) fn unescape(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
             },
             _ => ('\\', 1),
         };
+        map.marks.push((out.len(), start, true));
         let mut buf = [0u8; 4];
-        for &x in ch.encode_utf8(&mut buf).as_bytes() {
-            out.push(x);
-            map.push(start);
-        }
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
         i += len;
     }
-    map.push(raw.len());
+    map.marks.push((out.len(), raw.len(), false));
     (out, map)
 }
 
@@ -606,7 +664,24 @@ mod tests {
     fn unescape_maps_positions() {
         let (d, m) = unescape(br#"a\u0034\n\ud83d\ude00b"#);
         assert_eq!(d, "a4\n\u{1F600}b".as_bytes());
-        assert_eq!(m, vec![0, 1, 7, 9, 9, 9, 9, 21, 22]);
+        let mut hint = 0;
+        let raw: Vec<usize> = (0..=d.len()).map(|p| m.raw_from(p, &mut hint)).collect();
+        assert_eq!(raw, vec![0, 1, 7, 9, 9, 9, 9, 21, 22]);
+    }
+
+    #[test]
+    fn swar_matches_table() {
+        for b in 0u8..=255 {
+            for pos in 0..8 {
+                let mut chunk = [b'a'; 8];
+                chunk[pos] = b;
+                let (stop, digit, high) = swar_classes(u64::from_le_bytes(chunk));
+                let c = STR_TABLE[usize::from(b)];
+                assert_eq!(stop, c & STOP != 0, "{b}");
+                assert_eq!(digit, b.is_ascii_digit(), "{b}");
+                assert_eq!(high, b >= 0x80, "{b}");
+            }
+        }
     }
 
     #[test]

@@ -268,6 +268,8 @@ pub struct Masker {
     display: Display,
     key: Vec<u8>,
     cvv_keys: Vec<Vec<u8>>,
+    /// First bytes of the normalised CVV keys, for a quick no.
+    cvv_first: [bool; 256],
     extra: extra::Extra,
     max_event_bytes: usize,
 }
@@ -278,6 +280,7 @@ impl Default for Masker {
         Self {
             display: config.display,
             key: Vec::new(),
+            cvv_first: first_bytes(&config.cvv_keys),
             cvv_keys: config
                 .cvv_keys
                 .iter()
@@ -287,6 +290,16 @@ impl Default for Masker {
             max_event_bytes: config.max_event_bytes,
         }
     }
+}
+
+fn first_bytes(keys: &[String]) -> [bool; 256] {
+    let mut t = [false; 256];
+    for k in keys {
+        if let Some(&b) = normalize_key(k.as_bytes()).first() {
+            t[usize::from(b)] = true;
+        }
+    }
+    t
 }
 
 fn normalize_key(k: &[u8]) -> Vec<u8> {
@@ -361,6 +374,7 @@ impl Masker {
             display: config.display,
             key,
             extra: extra::Extra::new(!cvv_keys.is_empty(), config.track_data, custom),
+            cvv_first: first_bytes(&config.cvv_keys),
             cvv_keys,
             max_event_bytes: config.max_event_bytes.max(256),
         })
@@ -448,14 +462,26 @@ impl Masker {
     }
 
     pub(crate) fn is_cvv_key(&self, key: &[u8]) -> bool {
-        let mut k = key
-            .iter()
-            .filter(|b| !matches!(b, b'_' | b'-' | b' '))
-            .map(u8::to_ascii_lowercase);
-        let Some(first) = k.next() else { return false };
+        let first = key.iter().find(|b| !matches!(b, b'_' | b'-' | b' '));
+        if !first.is_some_and(|b| self.cvv_first[usize::from(b.to_ascii_lowercase())]) {
+            return false;
+        }
+        let mut norm = [0u8; 48];
+        let mut n = 0;
+        for &b in key {
+            if matches!(b, b'_' | b'-' | b' ') {
+                continue;
+            }
+            let Some(slot) = norm.get_mut(n) else {
+                return false;
+            };
+            *slot = b.to_ascii_lowercase();
+            n += 1;
+        }
+        let k = &norm[..n];
         self.cvv_keys
             .iter()
-            .any(|c| c.first() == Some(&first) && c[1..].iter().copied().eq(k.clone()))
+            .any(|c| c.len() == n && c.first() == k.first() && c.as_slice() == k)
     }
 
     pub(crate) fn max_event_bytes(&self) -> usize {

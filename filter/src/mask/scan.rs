@@ -71,6 +71,7 @@ pub(crate) struct TextScan {
     /// Byte ranges (absolute) worth showing the extra detectors: a 3–4 digit group right after a
     /// CVV keyword, a 12–19 digit group followed by `=` or `^` (track data).
     pub(crate) extra_windows: Vec<(usize, usize, bool)>,
+    plain_groups: Vec<(usize, usize)>,
 }
 
 impl Default for TextScan {
@@ -92,6 +93,7 @@ impl TextScan {
             eff: Vec::new(),
             group_start_pos: pos,
             extra_windows: Vec::new(),
+            plain_groups: Vec::new(),
         }
     }
 
@@ -154,7 +156,7 @@ impl TextScan {
                     break;
                 }
                 if buf[t].is_ascii_digit() {
-                    if let Some(end) = self.skip_short_chain(&cx, t, last) {
+                    if let Some(end) = self.skip_plain_chain(&cx, t, last) {
                         self.pos = base + end;
                         self.prev = Class::Other;
                         continue;
@@ -212,28 +214,29 @@ impl TextScan {
         }
     }
 
-    /// Fast path for the common case: a run of ASCII digit groups, starting at `t`, that holds
-    /// fewer digits than any card number and certainly ends inside `buf`. Returns its end, having
-    /// noted what the extra detectors need; `None` sends the run through the full scanner.
-    fn skip_short_chain(&mut self, cx: &Cx<'_, '_>, t: usize, last: bool) -> Option<usize> {
+    /// Fast path for the common case: a run of ASCII digit groups, starting at `t`, that certainly
+    /// ends inside `buf` and holds no card-number window. Returns its end, having noted what the
+    /// extra detectors need; `None` sends the run through the full scanner.
+    fn skip_plain_chain(&mut self, cx: &Cx<'_, '_>, t: usize, last: bool) -> Option<usize> {
+        const MAX_GROUPS: usize = 48;
         let buf = cx.buf;
         let n = buf.len();
         let is_sep = |b: u8| matches!(b, b' ' | b'-' | b'.');
-        let want_extra = cx.m.extra_wants_windows();
+        let mut groups = std::mem::take(&mut self.plain_groups);
+        groups.clear();
+        let mut total = 0;
         let mut i = t;
-        let mut digits = 0;
         loop {
             let gs = i;
             while i < n && buf[i].is_ascii_digit() {
                 i += 1;
             }
-            digits += i - gs;
-            if digits >= MIN_PAN {
+            if groups.len() == MAX_GROUPS {
+                self.plain_groups = groups;
                 return None;
             }
-            if want_extra {
-                self.note_extra_window(cx, cx.base + gs, cx.base + i, i - gs);
-            }
+            groups.push((gs, i));
+            total += i - gs;
             if i + 1 < n && is_sep(buf[i]) && buf[i + 1].is_ascii_digit() {
                 i += 1;
                 continue;
@@ -243,13 +246,54 @@ impl TextScan {
         // What follows must end the run for certain: no escape, no non-ASCII digit or separator,
         // no separator followed by one.
         let ends = |b: u8| b.is_ascii() && b != b'\\' && !b.is_ascii_digit();
-        match (buf.get(i), buf.get(i + 1)) {
-            (None, _) if last => Some(i),
-            (Some(&b), _) if ends(b) && !is_sep(b) => Some(i),
-            (Some(&b), Some(&c)) if is_sep(b) && ends(c) => Some(i),
-            (Some(&b), None) if is_sep(b) && last => Some(i),
-            _ => None,
+        let certain = match (buf.get(i), buf.get(i + 1)) {
+            (None, _) => last,
+            (Some(&b), _) if ends(b) && !is_sep(b) => true,
+            (Some(&b), Some(&c)) => is_sep(b) && ends(c),
+            (Some(&b), None) => is_sep(b) && last,
+        };
+        let found = certain && !(total >= MIN_PAN && self.plain_chain_has_window(buf, &groups, i));
+        if found && cx.m.extra_wants_windows() {
+            for (k, &(gs, ge)) in groups.iter().enumerate() {
+                self.note_extra_window(cx, cx.base + gs, cx.base + ge, ge - gs, k == 0);
+            }
         }
+        self.plain_groups = groups;
+        found.then_some(i)
+    }
+
+    /// True when some window of the plain ASCII chain `groups` (ending at `end`) is a card number.
+    fn plain_chain_has_window(&self, buf: &[u8], groups: &[(usize, usize)], end: usize) -> bool {
+        let i = end;
+        {
+            let left_ok = self.prev != Class::Alpha;
+            let right_ok = !buf.get(i).is_some_and(u8::is_ascii_alphabetic);
+            let mut values = [0u8; MAX_PAN];
+            for a in 0..groups.len() {
+                if a == 0 && !left_ok {
+                    continue;
+                }
+                let mut len = 0;
+                for (b, &(gs, ge)) in groups.iter().enumerate().skip(a) {
+                    if len + (ge - gs) > MAX_PAN {
+                        break;
+                    }
+                    for (v, d) in values[len..].iter_mut().zip(&buf[gs..ge]) {
+                        *v = d - b'0';
+                    }
+                    len += ge - gs;
+                    let closes = b + 1 < groups.len() || right_ok;
+                    if len >= MIN_PAN
+                        && closes
+                        && luhn_values(values[..len].iter().copied())
+                        && brand_of_values(&values[..len]).is_some()
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
     }
 
     fn push_digit(&mut self, cx: &mut Cx<'_, '_>, start: usize, end: usize, u: &Unit) {
@@ -287,7 +331,13 @@ impl TextScan {
     fn close_group(&mut self, cx: &mut Cx<'_, '_>, right_ok: bool) {
         let len = std::mem::take(&mut self.group_len);
         if cx.m.extra_wants_windows() {
-            self.note_extra_window(cx, self.group_start_pos, self.pos, len);
+            self.note_extra_window(
+                cx,
+                self.group_start_pos,
+                self.pos,
+                len,
+                self.tail.len() == len,
+            );
         }
         if self.oversize {
             self.oversize = false;
@@ -300,12 +350,21 @@ impl TextScan {
         self.settle(cx);
     }
 
-    fn note_extra_window(&mut self, cx: &Cx<'_, '_>, start: usize, end: usize, len: usize) {
+    /// `first`: the group starts its run (a card verification code stands alone; the later groups
+    /// of a grouped card number are not worth the keyword check).
+    fn note_extra_window(
+        &mut self,
+        cx: &Cx<'_, '_>,
+        start: usize,
+        end: usize,
+        len: usize,
+        first: bool,
+    ) {
         let rel = |p: usize| p.saturating_sub(cx.base).min(cx.buf.len());
         if (12..=19).contains(&len) && matches!(cx.buf.get(rel(end)), Some(b'=' | b'^')) {
             self.extra_windows
-                .push((start.saturating_sub(2), end + 160, true));
-        } else if (3..=4).contains(&len) {
+                .push((start.saturating_sub(2), end + 100, true));
+        } else if first && (3..=4).contains(&len) {
             let from = start.saturating_sub(24).max(cx.base);
             if super::extra::mentions_cvv(&cx.buf[rel(from)..rel(start)]) {
                 self.extra_windows.push((from, end, false));

@@ -1,10 +1,18 @@
 //! `tollgate`: the control plane server and the operator's command line.
 
+mod bundle;
+mod canonical;
 mod chain;
 mod cli;
+mod clock;
 mod issuer;
+mod keys;
+mod merkle;
+mod note;
+mod operator;
 mod service;
 mod store;
+mod verify;
 
 use tollgate_proto::pb;
 

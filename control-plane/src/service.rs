@@ -3,14 +3,20 @@
 
 use std::sync::Arc;
 
+use serde_json::Map;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::bundle::{self, Selection};
+use crate::clock;
+use crate::operator::Operator;
 use crate::pb;
 use crate::store::{Store, StoreError};
 
 /// Records buffered between the store iterator and a slow `ListRecords` reader.
 const LIST_BUFFER: usize = 256;
+/// Export bundles are streamed in pieces of this size.
+const EXPORT_CHUNK: usize = 1 << 20;
 
 pub struct AuditService {
     store: Arc<Store>,
@@ -26,20 +32,51 @@ impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {
             // Messages name the problem and never quote the record (see `chain::parse_object`).
-            StoreError::Record(_) | StoreError::ReservedField => {
+            StoreError::Record(_) | StoreError::ReservedField | StoreError::ReservedEvent => {
                 Status::invalid_argument(error.to_string())
             }
+            StoreError::Range(_) => Status::out_of_range(error.to_string()),
             StoreError::Failed | StoreError::Closed => Status::unavailable(error.to_string()),
             StoreError::Io(_) => {
                 eprintln!("tollgate: {error}");
                 Status::unavailable("audit store i/o failed")
             }
-            StoreError::Corrupt(_) => Status::data_loss(error.to_string()),
-            StoreError::NotFound(_) | StoreError::Open { .. } | StoreError::Format(_) => {
-                Status::internal(error.to_string())
+            StoreError::Corrupt(_) | StoreError::Inconsistent(_) => {
+                Status::data_loss(error.to_string())
             }
+            StoreError::NotFound(_)
+            | StoreError::Open { .. }
+            | StoreError::Format(_)
+            | StoreError::Key(_)
+            | StoreError::Task(_) => Status::internal(error.to_string()),
         }
     }
+}
+
+/// The operator the interceptor found for this call (nobody in particular without one).
+fn operator<T>(request: &Request<T>) -> Operator {
+    request
+        .extensions()
+        .get::<Operator>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn blocking_error(error: tokio::task::JoinError) -> Status {
+    Status::internal(format!("internal task failed: {error}"))
+}
+
+fn optional(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.is_empty())
+}
+
+fn time_bound(text: String, name: &str) -> Result<Option<u64>, Status> {
+    optional(text)
+        .map(|t| {
+            clock::parse(&t)
+                .ok_or_else(|| Status::invalid_argument(format!("{name} must be an RFC 3339 time")))
+        })
+        .transpose()
 }
 
 #[tonic::async_trait]
@@ -61,7 +98,15 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::ListRecordsRequest>,
     ) -> Result<Response<Self::ListRecordsStream>, Status> {
+        let operator = operator(&request);
         let pb::ListRecordsRequest { from_seq, limit } = request.into_inner();
+        // The read is on record, durably, before any record leaves.
+        let mut extra = Map::new();
+        extra.insert("fromSeq".into(), from_seq.into());
+        extra.insert("limit".into(), limit.into());
+        self.store
+            .append_event(&operator.read_event("grpc", extra))
+            .await?;
         let records = self.store.records(from_seq, limit);
         let (tx, rx) = tokio::sync::mpsc::channel(LIST_BUFFER);
         // sled reads block; iterate on a blocking thread and stop when the reader goes away.
@@ -79,5 +124,137 @@ impl pb::audit_server::Audit for AuditService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn log_info(
+        &self,
+        _request: Request<pb::LogInfoRequest>,
+    ) -> Result<Response<pb::LogInfoResponse>, Status> {
+        Ok(Response::new(pb::LogInfoResponse {
+            origin: self.store.origin().to_string(),
+            verifier_keys: self.store.verifiers()?.iter().map(|k| k.encode()).collect(),
+            size: self.store.durable_len(),
+        }))
+    }
+
+    async fn checkpoint(
+        &self,
+        _request: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::SignedCheckpoint>, Status> {
+        let checkpoint = self.store.checkpoint().await?;
+        Ok(Response::new(pb::SignedCheckpoint {
+            number: checkpoint.number,
+            note: checkpoint.note,
+        }))
+    }
+
+    type ListCheckpointsStream = ReceiverStream<Result<pb::SignedCheckpoint, Status>>;
+
+    async fn list_checkpoints(
+        &self,
+        _request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<Self::ListCheckpointsStream>, Status> {
+        let store = self.store.clone();
+        let checkpoints = tokio::task::spawn_blocking(move || store.reader().checkpoints())
+            .await
+            .map_err(blocking_error)??;
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_BUFFER);
+        tokio::spawn(async move {
+            for checkpoint in checkpoints {
+                let item = pb::SignedCheckpoint {
+                    number: checkpoint.number,
+                    note: checkpoint.note,
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn inclusion_proof(
+        &self,
+        request: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProofResponse>, Status> {
+        let pb::InclusionProofRequest { seq, tree_size } = request.into_inner();
+        let store = self.store.clone();
+        let (hashes, leaf) = tokio::task::spawn_blocking(move || {
+            let reader = store.reader();
+            Ok::<_, StoreError>((reader.inclusion_proof(seq, tree_size)?, reader.leaf(seq)?))
+        })
+        .await
+        .map_err(blocking_error)??;
+        Ok(Response::new(pb::InclusionProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            leaf_hash: leaf.to_vec(),
+        }))
+    }
+
+    async fn consistency_proof(
+        &self,
+        request: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        let pb::ConsistencyProofRequest { from_size, to_size } = request.into_inner();
+        let store = self.store.clone();
+        let hashes = tokio::task::spawn_blocking(move || {
+            store.reader().consistency_proof(from_size, to_size)
+        })
+        .await
+        .map_err(blocking_error)??;
+        Ok(Response::new(pb::ConsistencyProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    type ExportStream = ReceiverStream<Result<pb::ExportChunk, Status>>;
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let operator = operator(&request);
+        let pb::ExportRequest {
+            from,
+            to,
+            sub,
+            session,
+        } = request.into_inner();
+        let selection = Selection {
+            from: time_bound(from, "from")?,
+            to: time_bound(to, "to")?,
+            sub: optional(sub),
+            session: optional(session),
+        };
+        let bundle = bundle::export(&self.store, selection, &operator, "grpc").await?;
+        let bytes = serde_json::to_vec_pretty(&bundle)
+            .map_err(|e| Status::internal(format!("cannot encode the bundle: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for chunk in bytes.chunks(EXPORT_CHUNK) {
+                let item = pb::ExportChunk {
+                    data: chunk.to_vec(),
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let operator = operator(&request);
+        let mut event = Map::new();
+        event.insert("operator".into(), operator.to_json());
+        event.insert("via".into(), "grpc".into());
+        let (appended, key) = self.store.rotate_key(event).await?;
+        Ok(Response::new(pb::RotateKeyResponse {
+            verifier_key: key.encode(),
+            seq: appended.seq,
+        }))
     }
 }

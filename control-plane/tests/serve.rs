@@ -1,94 +1,33 @@
 //! Starts the real `tollgate serve` binary on a free port with a temporary home, and drives it
-//! over gRPC and through the `tollgate audit` commands.
+//! over gRPC and through the `tollgate` commands.
 
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
-use common::{Server, BIN};
+use base64::Engine;
+use common::{
+    append_concurrently, json_of, list, record, stdout, tollgate, Server, BIN, NO_SERVER,
+};
+use serde_json::{json, Value};
 use tollgate_proto::pb;
 use tonic::transport::Channel;
-/// An address where no control plane listens, so `audit` commands read the store directly.
-const NO_SERVER: &str = "http://127.0.0.1:1";
 
-fn tollgate(home: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("TOLLGATE_HOME", home)
-        .output()
-        .expect("run tollgate")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn record(writer: usize, n: usize) -> Vec<u8> {
-    serde_json::json!({
-        "event": "mcp.request",
-        "time": "2025-01-31T12:00:00.000001Z",
-        "sub": format!("writer{writer}@example.com"),
-        "httpMethod": "POST",
-        "route": "/mcp",
-        "messages": [{"kind": "request", "id": n, "method": "tools/call", "target": "get_customer", "arguments": {"id": n}}],
-        "decision": "allow"
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// Appends from `writers` concurrent tasks, `each` records per task; returns seq → chain hash.
-async fn append_concurrently(server: &Server, writers: usize, each: usize) -> HashMap<u64, String> {
-    let client = server.client().await;
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                let mut acks = Vec::new();
-                for n in 0..each {
-                    let ack = client
-                        .append(pb::AppendRequest {
-                            record_json: record(w, n),
-                        })
-                        .await
-                        .unwrap();
-                    acks.push(ack.into_inner());
-                }
-                acks
-            })
-        })
-        .collect();
-    let mut acks = HashMap::new();
-    for task in tasks {
-        for ack in task.await.unwrap() {
-            assert!(
-                acks.insert(ack.seq, ack.chain_hash).is_none(),
-                "seq {} acknowledged twice",
-                ack.seq
-            );
-        }
-    }
-    acks
-}
-
-async fn list(server: &Server) -> Vec<pb::StoredRecord> {
-    let mut stream = server
-        .client()
-        .await
-        .list_records(pb::ListRecordsRequest {
-            from_seq: 0,
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut records = Vec::new();
-    while let Some(record) = stream.message().await.unwrap() {
-        records.push(record);
-    }
+fn events(records: &[Value]) -> Vec<&str> {
     records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap_or("-"))
+        .collect()
+}
+
+fn json_lines(output: &std::process::Output) -> Vec<Value> {
+    stdout(output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,28 +54,47 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    // Record 0 is the control plane's own start.
     let acks = append_concurrently(&server, 16, 25).await;
     assert_eq!(acks.len(), 400);
     assert!(
-        (0..400).all(|seq| acks.contains_key(&seq)),
+        (1..=400).all(|seq| acks.contains_key(&seq)),
         "sequence numbers are dense"
     );
 
     let records = list(&server).await;
-    assert_eq!(records.len(), 400);
-    for (seq, record) in records.iter().enumerate() {
+    // 401 plus the record of this very read.
+    assert_eq!(records.len(), 402);
+    let values = json_of(&records);
+    assert_eq!(values[0]["event"], "controlPlane.start");
+    assert_eq!(values[0]["recovered"], false);
+    assert!(values[0]["signingKey"]
+        .as_str()
+        .unwrap()
+        .starts_with("tollgate.local/audit/"));
+    assert_eq!(values[401]["event"], "controlPlane.auditRead");
+    assert_eq!(values[401]["operator"]["verified"], false);
+    for (seq, record) in records.iter().enumerate().skip(1).take(400) {
         assert_eq!(record.seq, seq as u64);
         assert_eq!(record.chain_hash, acks[&record.seq]);
-        let object: serde_json::Value = serde_json::from_slice(&record.canonical_json).unwrap();
-        assert!(object["receivedAt"].as_str().unwrap().ends_with('Z'));
     }
+    let times: Vec<&str> = values
+        .iter()
+        .map(|v| v["receivedAt"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "receivedAt never decreases"
+    );
 
-    // Bad bodies are refused with a message that does not repeat them.
+    // Bad bodies are refused with a message that does not repeat them; so are records that
+    // pretend to be the control plane's.
     let mut client = server.client().await;
     for body in [
         &b"[\"4111111111111111\"]"[..],
         b"{\"pan\":\"4111111111111111\"",
         b"{\"receivedAt\":\"x\"}",
+        b"{\"event\":\"controlPlane.stop\"}",
     ] {
         let status = client
             .append(pb::AppendRequest {
@@ -151,9 +109,15 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
 
     let verify = tollgate(home.path(), &["audit", "verify", "--server", &server.url()]);
     assert_eq!(verify.status.code(), Some(0), "{verify:?}");
-    assert_eq!(
-        stdout(&verify),
-        format!("audit chain intact: 400 records, head {}\n", acks[&399])
+    let text = stdout(&verify);
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.starts_with("audit chain intact: 403 records, head "),
+        "{text}"
+    );
+    assert!(
+        text.contains("checkpoints verified; latest covers 402 records"),
+        "{text}"
     );
 
     let query = tollgate(
@@ -169,10 +133,7 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         ],
     );
     assert_eq!(query.status.code(), Some(0), "{query:?}");
-    let lines: Vec<serde_json::Value> = stdout(&query)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&query);
     assert_eq!(lines.len(), 25);
     for line in &lines {
         assert_eq!(line["record"]["sub"], "writer3@example.com");
@@ -194,7 +155,7 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
     );
     assert_eq!(stdout(&query).lines().count(), 1, "only the header");
 
-    // A graceful stop, then a restart continues the chain from the recovered head.
+    // A graceful stop records itself, then a restart continues the chain.
     assert!(server.terminate().success());
     let server = Server::start(home.path());
     let ack = server
@@ -206,20 +167,34 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ack.seq, 400);
+    let values = json_of(&list(&server).await);
+    let tail: Vec<&str> = events(&values)[404..].to_vec();
+    assert_eq!(
+        tail,
+        vec![
+            "controlPlane.auditRead",
+            "controlPlane.stop",
+            "controlPlane.start",
+            "-",
+            "controlPlane.auditRead"
+        ],
+        "a clean stop leaves no recovery record"
+    );
+    assert_eq!(ack.seq, 407);
+    assert_eq!(values[405]["signal"], "SIGTERM");
     let verify = tollgate(
         home.path(),
         &["audit", "verify", "--server", &server.url(), "--json"],
     );
-    let summary: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
-    assert_eq!(
-        summary,
-        serde_json::json!({"intact": true, "records": 401, "head": ack.chain_hash})
-    );
+    let summary: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(summary["intact"], true, "{summary}");
+    assert_eq!(summary["records"], 410);
+    assert_eq!(summary["latestCheckpoint"]["size"], 409);
+    assert_eq!(summary["uncoveredRecords"], 1, "only the verify's own read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_appends_survive_sigkill() {
+async fn acknowledged_appends_survive_sigkill_and_the_recovery_is_recorded() {
     let home = tempfile::tempdir().unwrap();
     let mut server = Server::start(home.path());
     let client = server.client().await;
@@ -249,7 +224,7 @@ async fn acknowledged_appends_survive_sigkill() {
         .collect();
     drop(acked_tx);
     let mut acked = HashMap::new();
-    while acked.len() < 500 {
+    while acked.len() < 3000 {
         let (seq, hash) = acked_rx.recv().await.expect("writers stopped early");
         acked.insert(seq, hash);
     }
@@ -262,10 +237,14 @@ async fn acknowledged_appends_survive_sigkill() {
         acked.insert(seq, hash);
     }
     drop(server);
+    let last_acked = *acked.keys().max().unwrap();
 
     let server = Server::start(home.path());
     let records = list(&server).await;
-    let stored: HashMap<u64, String> = records.into_iter().map(|r| (r.seq, r.chain_hash)).collect();
+    let stored: HashMap<u64, String> = records
+        .iter()
+        .map(|r| (r.seq, r.chain_hash.clone()))
+        .collect();
     for (seq, hash) in &acked {
         assert_eq!(
             stored.get(seq),
@@ -273,20 +252,69 @@ async fn acknowledged_appends_survive_sigkill() {
             "acknowledged record {seq} lost or changed"
         );
     }
+    // The restart's first records: the recovery, then the start.
+    let values = json_of(&records);
+    let recovery = values
+        .iter()
+        .position(|v| v["event"] == "controlPlane.recovery")
+        .expect("a recovery record");
+    assert!(recovery as u64 > last_acked);
+    assert_eq!(values[recovery + 1]["event"], "controlPlane.start");
+    assert_eq!(values[recovery + 1]["recovered"], true);
+    assert_eq!(values[recovery]["records"], recovery as u64);
+    assert!(values[recovery]["previousRun"]["pid"].is_u64());
     let verify = tollgate(home.path(), &["audit", "verify", "--server", &server.url()]);
     assert_eq!(verify.status.code(), Some(0), "{verify:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_reads_the_store_offline_and_names_the_first_bad_record() {
+async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad_record() {
     let home = tempfile::tempdir().unwrap();
     let server = Server::start(home.path());
     append_concurrently(&server, 4, 5).await;
     assert!(server.terminate().success());
 
-    let verify = tollgate(home.path(), &["audit", "verify", "--server", NO_SERVER]);
+    let verify = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "verify",
+            "--server",
+            NO_SERVER,
+            "--operator",
+            "auditor-1",
+        ],
+    );
     assert_eq!(verify.status.code(), Some(0), "{verify:?}");
-    assert!(stdout(&verify).starts_with("audit chain intact: 20 records, head "));
+    // start + 20 + stop + the verify's own read.
+    assert!(
+        stdout(&verify).starts_with("audit chain intact: 23 records, head "),
+        "{verify:?}"
+    );
+
+    // The offline read is on record, with who did it.
+    let query = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "query",
+            "--server",
+            NO_SERVER,
+            "--event",
+            "controlPlane.auditRead",
+            "--json",
+        ],
+    );
+    let reads = json_lines(&query);
+    assert_eq!(reads.len(), 2, "the verify's read and this query's own");
+    assert_eq!(reads[0]["record"]["purpose"], "verify");
+    assert_eq!(reads[0]["record"]["via"], "store");
+    assert_eq!(reads[0]["record"]["operator"]["name"], "auditor-1");
+    assert_eq!(reads[1]["record"]["purpose"], "query");
+    assert_eq!(
+        reads[1]["record"]["filter"]["event"],
+        "controlPlane.auditRead"
+    );
 
     // Change one byte of record 7's JSON, as someone with write access to the files could.
     let path: PathBuf = home.path().join("audit.sled");
@@ -310,7 +338,7 @@ async fn verify_reads_the_store_offline_and_names_the_first_bad_record() {
         home.path(),
         &["audit", "verify", "--server", NO_SERVER, "--json"],
     );
-    let summary: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let summary: Value = serde_json::from_slice(&verify.stdout).unwrap();
     assert_eq!(summary["intact"], false);
     assert_eq!(summary["firstBadSeq"], 7);
     assert_eq!(summary["verifiedRecords"], 7);
@@ -319,6 +347,295 @@ async fn verify_reads_the_store_offline_and_names_the_first_bad_record() {
     let empty = tempfile::tempdir().unwrap();
     let verify = tollgate(empty.path(), &["audit", "verify", "--server", NO_SERVER]);
     assert_eq!(verify.status.code(), Some(2), "{verify:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_over_grpc_are_recorded_with_the_claimed_operator() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start(home.path());
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(br#"{"sub":"carol@example.com","iss":"https://idp"}"#);
+    let token = format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln");
+    let output = Command::new(BIN)
+        .args([
+            "audit",
+            "query",
+            "--server",
+            &server.url(),
+            "--decision",
+            "deny",
+            "--operator",
+            "carol",
+        ])
+        .env("TOLLGATE_HOME", home.path())
+        .env("TOLLGATE_TOKEN", &token)
+        .env("USER", "ops")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let values = json_of(&list(&server).await);
+    let read = values
+        .iter()
+        .find(|v| v["event"] == "controlPlane.auditRead" && v["purpose"] == "query")
+        .unwrap();
+    assert_eq!(
+        read["operator"],
+        json!({"name": "carol", "osUser": "ops", "tokenSub": "carol@example.com",
+               "peer": read["operator"]["peer"], "verified": false})
+    );
+    assert!(read["operator"]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(read["filter"], json!({"decision": "deny"}));
+    assert_eq!(read["via"], "grpc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_list_and_replay_show_who_what_and_which_decision() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start(home.path());
+    let mut client = server.client().await;
+    let records = [
+        json!({"event": "mcp.request", "session": "s-1", "sub": "alice", "time": "2025-01-31T12:00:00.000001Z",
+               "identity": {"sub": "alice", "email": "alice@example.com", "act": {"sub": "ci-runner"}},
+               "messages": [{"kind": "request", "id": 1, "method": "tools/call", "target": "get_customer",
+                             "arguments": {"customerId": "cus_1"}}],
+               "decision": "allow", "outcome": "forwarded"}),
+        json!({"event": "mcp.response", "session": "s-1", "sub": "alice", "status": 200, "bytes": 512,
+               "durationMs": 7, "maskedPans": {"visa": 2}, "result": "card ************1111"}),
+        json!({"event": "mcp.request", "requestId": "r-9", "sub": "bob",
+               "messages": [{"kind": "request", "id": 2, "method": "tools/call", "target": "delete_merchant",
+                             "arguments": {"merchant": "m-1"}}],
+               "decision": "deny", "rule": "no-deletes", "reason": "never", "outcome": "refused", "status": 403}),
+        json!({"event": "mcp.request", "session": "s-1", "sub": "alice",
+               "messages": [{"kind": "request", "id": 3, "method": "tools/call", "target": "refund_payment",
+                             "arguments": {"amount": 5}}],
+               "decision": "deny", "rule": "refunds", "outcome": "refused", "status": 403}),
+    ];
+    for r in &records {
+        client
+            .append(pb::AppendRequest {
+                record_json: r.to_string().into_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+    let list = tollgate(
+        home.path(),
+        &["sessions", "list", "--server", &server.url(), "--json"],
+    );
+    assert!(list.status.success(), "{list:?}");
+    let sessions = json_lines(&list);
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions[0]["session"], "s-1");
+    assert_eq!(sessions[0]["records"], 3);
+    assert_eq!(sessions[0]["calls"], 2);
+    assert_eq!(sessions[0]["denied"], 1);
+    assert_eq!(sessions[0]["onBehalfOf"], json!(["ci-runner (act)"]));
+    assert_eq!(
+        sessions[0]["tools"],
+        json!(["get_customer", "refund_payment"])
+    );
+    assert_eq!(sessions[1]["session"], "request:r-9");
+    let table = tollgate(
+        home.path(),
+        &["sessions", "list", "--server", &server.url()],
+    );
+    assert!(stdout(&table).starts_with("SESSION"));
+
+    let replay = tollgate(
+        home.path(),
+        &["sessions", "replay", "s-1", "--server", &server.url()],
+    );
+    assert!(replay.status.success(), "{replay:?}");
+    let text = stdout(&replay);
+    for part in [
+        "session s-1: 3 records",
+        "who: alice (email alice@example.com), on behalf of ci-runner (act)",
+        "tools/call get_customer {\"customerId\":\"cus_1\"}",
+        "decision allow",
+        "status 200; 512 bytes; 7 ms; masked PANs: visa 2",
+        "result (masked): card ************1111",
+        "decision deny; rule refunds",
+    ] {
+        assert!(text.contains(part), "{part:?} in\n{text}");
+    }
+    assert!(text.find("get_customer").unwrap() < text.find("refund_payment").unwrap());
+    let replay = tollgate(
+        home.path(),
+        &[
+            "sessions",
+            "replay",
+            "s-1",
+            "--server",
+            &server.url(),
+            "--json",
+        ],
+    );
+    let lines = json_lines(&replay);
+    assert_eq!(lines.len(), 3);
+    assert!(lines
+        .windows(2)
+        .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    let missing = tollgate(
+        home.path(),
+        &["sessions", "replay", "nope", "--server", &server.url()],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+
+    // Query by decision and time; SIEM exports.
+    let denied = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "query",
+            "--server",
+            &server.url(),
+            "--decision",
+            "deny",
+            "--from",
+            "1h",
+            "--json",
+        ],
+    );
+    assert_eq!(json_lines(&denied).len(), 2);
+    let none = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "query",
+            "--server",
+            &server.url(),
+            "--to",
+            "2020-01-01",
+            "--json",
+        ],
+    );
+    assert_eq!(json_lines(&none).len(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("out.jsonl");
+    let csv = dir.path().join("out.csv");
+    for (format, path) in [("jsonl", &jsonl), ("csv", &csv)] {
+        let export = tollgate(
+            home.path(),
+            &[
+                "audit",
+                "export",
+                "--server",
+                &server.url(),
+                "--format",
+                format,
+                "--event",
+                "mcp.request",
+                "--out",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(export.status.success(), "{export:?}");
+    }
+    let jsonl = std::fs::read_to_string(jsonl).unwrap();
+    assert_eq!(jsonl.lines().count(), 3);
+    let first: Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["record"]["session"], "s-1");
+    let csv = std::fs::read_to_string(csv).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 4);
+    assert!(rows[0].starts_with("seq,receivedAt,time,event,sub,session"));
+    assert!(
+        rows[3].contains(",deny,refused,403,tools/call,refund_payment,"),
+        "{}",
+        rows[3]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_checkpoints_keep_coming_and_rotation_keeps_old_ones_verifiable() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_with(home.path(), &["--checkpoint-interval", "200ms"]);
+    let mut client = server.client().await;
+    client
+        .append(pb::AppendRequest {
+            record_json: b"{}".to_vec(),
+        })
+        .await
+        .unwrap();
+    let checkpoints = |mut client: pb::audit_client::AuditClient<Channel>| async move {
+        let mut stream = client
+            .list_checkpoints(pb::ListCheckpointsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let mut notes = Vec::new();
+        while let Some(c) = stream.message().await.unwrap() {
+            notes.push(c.note);
+        }
+        notes
+    };
+    let before = checkpoints(client.clone()).await.len();
+    // Poll: at least three more idle checkpoints, same size, later times.
+    let mut notes = Vec::new();
+    for _ in 0..100 {
+        notes = checkpoints(client.clone()).await;
+        if notes.len() >= before + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(notes.len() >= before + 3, "{notes:?}");
+    let bodies: Vec<Vec<&str>> = notes[notes.len() - 3..]
+        .iter()
+        .map(|n| n.lines().collect())
+        .collect();
+    assert_eq!(bodies[0][1], bodies[2][1], "same size");
+    assert_eq!(bodies[0][2], bodies[2][2], "same root");
+    assert!(bodies[0][4] < bodies[2][4], "later time: {bodies:?}");
+
+    let rotate = tollgate(home.path(), &["keys", "rotate", "--server", &server.url()]);
+    assert!(rotate.status.success(), "{rotate:?}");
+    assert!(stdout(&rotate).starts_with("new checkpoint key tollgate.local/audit/"));
+    let show = tollgate(home.path(), &["keys", "show"]);
+    assert_eq!(
+        stdout(&show)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .count(),
+        2
+    );
+    let verify = tollgate(
+        home.path(),
+        &["audit", "verify", "--server", &server.url(), "--json"],
+    );
+    let summary: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(summary["intact"], true, "{summary}");
+    let new_key =
+        stdout(&rotate).lines().next().unwrap()["new checkpoint key ".len()..].to_string();
+    let mut parts = new_key.splitn(3, '+');
+    let label = format!("{}+{}", parts.next().unwrap(), parts.next().unwrap());
+    assert_eq!(summary["latestCheckpoint"]["key"], label);
+
+    // Only the old key: the new checkpoints are not trusted.
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.vkey");
+    let first_key = stdout(&show)
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    std::fs::write(&old, format!("{first_key}\n")).unwrap();
+    let verify = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "verify",
+            "--server",
+            &server.url(),
+            "--key",
+            old.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(verify.status.code(), Some(1), "{verify:?}");
+    assert!(stdout(&verify).contains("is not signed by a trusted key"));
 }
 
 #[test]

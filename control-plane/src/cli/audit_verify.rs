@@ -1,62 +1,167 @@
-//! `tollgate audit verify`: recompute the chain and name the first bad record.
+//! `tollgate audit verify`: recompute the chain, the Merkle roots and every checkpoint
+//! signature, and name the first bad record. Or, with `--bundle`, verify an export offline.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use serde_json::json;
+use anyhow::Context;
+use serde_json::{json, Value};
 
-use super::records::{self, SourceArgs};
-use crate::chain::{Break, Verifier};
+use super::records::{OperatorArgs, Source, SourceArgs};
+use crate::bundle;
+use crate::keys::{self, KeyDir};
+use crate::note::NoteVerifier;
+use crate::verify::{self, LogCheck, Report};
 
-/// Exit code when the chain is not intact.
+/// Exit code when the log is not intact.
 const EXIT_BROKEN: u8 = 1;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
+    /// Verify this export bundle instead of the store: offline, no store or server needed.
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
+    /// Trusted verifier keys (signed-note `name+id+key` lines), repeatable. Default: the log's
+    /// own list, <home>/keys/checkpoint.vkeys (for a bundle: the keys inside it).
+    #[arg(long = "key", value_name = "FILE")]
+    keys: Vec<PathBuf>,
+    /// A checkpoint seen before (a signed note, or a bundle whose checkpoint is taken),
+    /// repeatable: the log must still contain it (detects roll-back, truncation and forks).
+    #[arg(long = "checkpoint", value_name = "FILE")]
+    checkpoints: Vec<PathBuf>,
+    /// After a successful check, write the latest verified checkpoint here (pass it back with
+    /// --checkpoint next time).
+    #[arg(long, value_name = "FILE")]
+    save_checkpoint: Option<PathBuf>,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
-pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
-    let mut verifier = Verifier::new();
-    let mut broken: Option<Break> = None;
-    records::for_each(home, &args.source, |record| match verifier.check(&record) {
-        Ok(()) => Ok(true),
-        Err(b) => {
-            broken = Some(b);
-            Ok(false)
+pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::Result<ExitCode> {
+    let external = read_checkpoints(&args.checkpoints)?;
+    let trusted = read_keys(&args.keys)?;
+    let report = match &args.bundle {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            bundle::verify(&bytes, trusted.as_deref(), &external)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
-    })
-    .await?;
-    let head = hex::encode(verifier.head());
-    match broken {
         None => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"intact": true, "records": verifier.count(), "head": head})
-                );
-            } else {
-                println!(
-                    "audit chain intact: {} records, head {head}",
-                    verifier.count()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            let keys = match trusted {
+                Some(keys) => keys,
+                None => KeyDir::at(home).verifiers().with_context(|| {
+                    "no verifier keys to check checkpoints with; pass --key FILE"
+                })?,
+            };
+            verify_log(home, operator, args, &keys, &external).await?
         }
-        Some(b) => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"intact": false, "firstBadSeq": b.seq, "problem": b.problem.to_string(), "verifiedRecords": verifier.count(), "head": head})
-                );
-            } else {
-                println!("audit chain broken at record {}: {}", b.seq, b.problem);
-            }
-            Ok(ExitCode::from(EXIT_BROKEN))
+    };
+    let what = if args.bundle.is_some() {
+        "audit bundle"
+    } else {
+        "audit chain"
+    };
+    if args.json {
+        let mut out = report.to_json();
+        if !report.intact() && args.bundle.is_none() {
+            out["verifiedRecords"] = report.records.into();
+        }
+        println!("{out}");
+    } else {
+        for line in report.lines(what) {
+            println!("{line}");
         }
     }
+    if !report.intact() {
+        return Ok(ExitCode::from(EXIT_BROKEN));
+    }
+    if let (Some(path), Some(latest)) = (&args.save_checkpoint, &report.latest) {
+        std::fs::write(path, &latest.note)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify_log(
+    home: &Path,
+    operator: &OperatorArgs,
+    args: &Args,
+    keys: &[NoteVerifier],
+    external: &[(String, String)],
+) -> anyhow::Result<Report> {
+    let operator = operator.operator().with_purpose(
+        "verify",
+        Some(json!({"checkpoints": args.checkpoints.len()})),
+    );
+    let mut source = Source::open(home, &args.source, &operator).await?;
+    // Checkpoints before records: every checkpoint then covers records that will be read.
+    source.fresh_checkpoint().await?;
+    let stored = source.checkpoints().await?;
+    let Some(origin) = source.origin().await? else {
+        anyhow::bail!("the store has never been opened by a control plane: it has no origin");
+    };
+    let stored: Vec<(String, String)> = stored
+        .into_iter()
+        .map(|c| (format!("checkpoint #{}", c.number), c.note))
+        .collect();
+    let mut findings = Vec::new();
+    let trusted = verify::check_checkpoints(&origin, &stored, external, keys, &mut findings);
+    let latest = trusted
+        .iter()
+        .rfind(|t| t.label.starts_with("checkpoint #"))
+        .cloned();
+    let mut check = LogCheck::new(&trusted);
+    source
+        .for_each(&operator, |record| Ok(check.check(&record)))
+        .await?;
+    source.close().await?;
+    let summary = check.finish();
+    findings.extend(summary.findings);
+    Ok(Report {
+        records: summary.records,
+        head: Some(summary.head),
+        root: Some(summary.root),
+        checkpoints_matched: summary.checkpoints_matched,
+        latest,
+        uncovered: summary.uncovered,
+        findings,
+        notes: Vec::new(),
+    })
+}
+
+fn read_keys(paths: &[PathBuf]) -> anyhow::Result<Option<Vec<NoteVerifier>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut all = Vec::new();
+    for path in paths {
+        all.extend(keys::read_verifiers(path)?);
+    }
+    Ok(Some(all))
+}
+
+/// Reads `--checkpoint` files: a signed note, or a bundle (its checkpoint).
+fn read_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let note = if text.trim_start().starts_with('{') {
+                let bundle: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a bundle", path.display()))?;
+                bundle["checkpoint"]
+                    .as_str()
+                    .with_context(|| format!("{} has no checkpoint", path.display()))?
+                    .to_string()
+            } else {
+                text
+            };
+            Ok((format!("the checkpoint in {}", path.display()), note))
+        })
+        .collect()
 }

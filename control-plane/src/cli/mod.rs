@@ -5,12 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit_export;
 mod audit_query;
 mod audit_verify;
 mod dev_init;
 mod dev_token;
+mod filter;
+mod keys_cmd;
 mod records;
 mod serve;
+mod sessions;
 
 /// Exit code of a command that could not do its work (bad input, unreachable store, I/O).
 pub const EXIT_ERROR: u8 = 2;
@@ -19,7 +23,8 @@ pub const EXIT_ERROR: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version)]
 pub struct Cli {
-    /// State directory: the audit store (`audit.sled`) and the dev issuer (`dev/`).
+    /// State directory: the audit store (`audit.sled`), checkpoint keys (`keys/`) and the dev
+    /// issuer (`dev/`).
     #[arg(
         long,
         global = true,
@@ -27,6 +32,9 @@ pub struct Cli {
         default_value = ".tollgate"
     )]
     home: PathBuf,
+
+    #[command(flatten)]
+    operator: records::OperatorArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -39,9 +47,15 @@ enum Command {
     /// The development token issuer (a stand-in for a real OIDC provider).
     #[command(subcommand)]
     Dev(DevCommand),
-    /// Read and check the audit chain.
+    /// Read, check and export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The gateway's records grouped by MCP session.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// The keys that sign checkpoints.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,21 +68,61 @@ enum DevCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check every record's hash and sequence; exit 0 if intact, 1 naming the first bad record.
+    /// Check every record's hash, the Merkle roots and every checkpoint signature (or an export
+    /// bundle, offline); exit 0 if intact, 1 naming the first bad record, 2 if it could not
+    /// check.
     Verify(audit_verify::Args),
     /// Print records matching filters.
     Query(audit_query::Args),
+    /// Write a verifiable bundle (or JSON lines / CSV for a SIEM) of the records matching
+    /// filters.
+    Export(audit_export::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// One line per session: when, who, how many calls and refusals, which tools.
+    List(sessions::ListArgs),
+    /// A session in order: who, when, each call with its arguments, each decision, each
+    /// (masked) result.
+    Replay(sessions::ReplayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print every verifier key the log has signed with (hand these to auditors).
+    Show(keys_cmd::ShowArgs),
+    /// Replace the signing key; checkpoints signed before stay verifiable with the old key.
+    Rotate(keys_cmd::RotateArgs),
 }
 
 impl Cli {
     pub async fn run(&self) -> anyhow::Result<ExitCode> {
         let home = &self.home;
+        let operator = &self.operator;
         match &self.command {
             Command::Serve(args) => serve::run(home, args).await,
             Command::Dev(DevCommand::Init(args)) => dev_init::run(home, args),
             Command::Dev(DevCommand::Token(args)) => dev_token::run(home, args),
-            Command::Audit(AuditCommand::Verify(args)) => audit_verify::run(home, args).await,
-            Command::Audit(AuditCommand::Query(args)) => audit_query::run(home, args).await,
+            Command::Audit(AuditCommand::Verify(args)) => {
+                audit_verify::run(home, operator, args).await
+            }
+            Command::Audit(AuditCommand::Query(args)) => {
+                audit_query::run(home, operator, args).await
+            }
+            Command::Audit(AuditCommand::Export(args)) => {
+                audit_export::run(home, operator, args).await
+            }
+            Command::Sessions(SessionsCommand::List(args)) => {
+                sessions::list(home, operator, args).await
+            }
+            Command::Sessions(SessionsCommand::Replay(args)) => {
+                sessions::replay(home, operator, args).await
+            }
+            Command::Keys(KeysCommand::Show(args)) => keys_cmd::show(home, args),
+            Command::Keys(KeysCommand::Rotate(args)) => {
+                keys_cmd::rotate(home, operator, args).await
+            }
         }
     }
 }

@@ -1,14 +1,26 @@
-//! Where `tollgate audit` commands read records: the running control plane over gRPC, or, when
-//! none answers, the store under `--home` directly (sled allows one process at a time).
+//! Where `tollgate audit`, `sessions` and `keys` commands read and act: the running control
+//! plane over gRPC, or, when none answers, the store under `--home` directly (sled allows one
+//! process at a time).
+//!
+//! Every read of audit data is recorded in the log first, with who asked: over gRPC the server
+//! writes the record (from the operator metadata sent here); directly, this process does. Only
+//! when the store cannot be opened for writing (it refuses because it is inconsistent, or the
+//! signing key is not readable) are records read without that record, with a warning.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde_json::{Map, Value};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::chain::StoredRecord;
+use crate::operator::Operator;
 use crate::pb;
-use crate::store::Reader;
+use crate::pb::audit_client::AuditClient;
+use crate::store::{Options, Reader, Store, StoredCheckpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -23,57 +35,258 @@ pub struct SourceArgs {
     server: String,
 }
 
-/// Calls `each` with every record in sequence order until it returns `false`.
-pub async fn for_each(
-    home: &Path,
-    source: &SourceArgs,
-    mut each: impl FnMut(StoredRecord) -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let endpoint = tonic::transport::Endpoint::from_shared(source.server.clone())
-        .with_context(|| format!("invalid --server {:?}", source.server))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    match endpoint.connect().await {
-        Ok(channel) => {
-            let mut client = pb::audit_client::AuditClient::new(channel);
-            let mut stream = client
-                .list_records(pb::ListRecordsRequest {
-                    from_seq: 0,
-                    limit: 0,
-                })
-                .await
-                .with_context(|| format!("listing records from {}", source.server))?
-                .into_inner();
-            while let Some(record) = stream
-                .message()
-                .await
-                .with_context(|| format!("reading records from {}", source.server))?
-            {
-                let record = StoredRecord {
-                    seq: record.seq,
-                    canonical_json: record.canonical_json,
-                    chain_hash: record.chain_hash,
-                };
-                if !each(record)? {
-                    break;
-                }
-            }
+/// Who runs this command, for the records of what it reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Your name as the operator, recorded with every read of the audit log (unverified until
+    /// operator sign-in exists; the OS user and the `sub` of TOLLGATE_TOKEN are recorded too).
+    #[arg(long, global = true, env = "TOLLGATE_OPERATOR")]
+    pub operator: Option<String>,
+}
+
+impl OperatorArgs {
+    pub fn operator(&self) -> Operator {
+        Operator::local(self.operator.clone(), token().as_deref())
+    }
+}
+
+fn token() -> Option<String> {
+    std::env::var("TOLLGATE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// Adds the operator to every call.
+#[derive(Clone)]
+pub struct Claims {
+    operator: Operator,
+    token: Option<String>,
+}
+
+impl tonic::service::Interceptor for Claims {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        self.operator
+            .attach(request.metadata_mut(), self.token.as_deref());
+        Ok(request)
+    }
+}
+
+pub type Client = AuditClient<InterceptedService<Channel, Claims>>;
+
+/// An open source of records.
+pub enum Source {
+    Server {
+        client: Box<Client>,
+        address: String,
+    },
+    /// The store, opened for writing: reads are recorded.
+    Store(Arc<Store>),
+    /// The store, read only: reads are not recorded.
+    Reader(Reader),
+}
+
+impl Source {
+    /// Connects to the server, or opens the store under `home`. `operator` (with its purpose
+    /// and filter) is sent along or recorded here.
+    pub async fn open(
+        home: &Path,
+        source: &SourceArgs,
+        operator: &Operator,
+    ) -> anyhow::Result<Self> {
+        let endpoint = tonic::transport::Endpoint::from_shared(source.server.clone())
+            .with_context(|| format!("invalid --server {:?}", source.server))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Ok(channel) = endpoint.connect().await {
+            let claims = Claims {
+                operator: operator.clone(),
+                token: token(),
+            };
+            return Ok(Self::Server {
+                client: Box::new(
+                    AuditClient::with_interceptor(channel, claims)
+                        .max_decoding_message_size(64 << 20),
+                ),
+                address: source.server.clone(),
+            });
         }
-        Err(_) => {
-            let path = home.join("audit.sled");
-            eprintln!(
-                "tollgate: no control plane at {}; reading {} directly",
-                source.server,
-                path.display()
-            );
-            let reader = Reader::open(&path).with_context(|| {
-                "is `tollgate serve` running with this home? then pass its address as --server"
-            })?;
-            for record in reader.records(0, 0) {
-                if !each(record?)? {
-                    break;
-                }
+        let path = home.join("audit.sled");
+        eprintln!(
+            "tollgate: no control plane at {}; reading {} directly",
+            source.server,
+            path.display()
+        );
+        if !path.exists() {
+            // Reader::open names the missing store.
+            Reader::open(&path)?;
+        }
+        let mut options = Options::new(home);
+        options.create_key = false;
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path, &options)).await?
+        };
+        match opened {
+            Ok(store) => Ok(Self::Store(Arc::new(store))),
+            Err(error) => {
+                eprintln!(
+                    "tollgate: warning: cannot open the store for writing ({error}); reading it without recording this access"
+                );
+                let reader = Reader::open(&path).with_context(|| {
+                    "is `tollgate serve` running with this home? then pass its address as --server"
+                })?;
+                Ok(Self::Reader(reader))
             }
         }
     }
-    Ok(())
+
+    /// Records a read by `operator` when reading the store directly (the server records its
+    /// own reads).
+    async fn record_read(&self, operator: &Operator) -> anyhow::Result<()> {
+        if let Self::Store(store) = self {
+            store
+                .append_event(&operator.read_event("store", Map::new()))
+                .await
+                .context("recording this read in the audit log")?;
+        }
+        Ok(())
+    }
+
+    /// Calls `each` with every record in sequence order until it returns `false`; the read is
+    /// recorded first.
+    pub async fn for_each(
+        &mut self,
+        operator: &Operator,
+        mut each: impl FnMut(StoredRecord) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        self.record_read(operator).await?;
+        match self {
+            Self::Server { client, address } => {
+                let mut stream = client
+                    .list_records(pb::ListRecordsRequest {
+                        from_seq: 0,
+                        limit: 0,
+                    })
+                    .await
+                    .with_context(|| format!("listing records from {address}"))?
+                    .into_inner();
+                while let Some(record) = stream
+                    .message()
+                    .await
+                    .with_context(|| format!("reading records from {address}"))?
+                {
+                    let record = StoredRecord {
+                        seq: record.seq,
+                        canonical_json: record.canonical_json,
+                        chain_hash: record.chain_hash,
+                    };
+                    if !each(record)? {
+                        break;
+                    }
+                }
+            }
+            Self::Store(store) => {
+                for record in store.records(0, 0) {
+                    if !each(record?)? {
+                        break;
+                    }
+                }
+            }
+            Self::Reader(reader) => {
+                for record in reader.records(0, 0) {
+                    if !each(record?)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The log's origin.
+    pub async fn origin(&mut self) -> anyhow::Result<Option<String>> {
+        Ok(match self {
+            Self::Server { client, .. } => Some(
+                client
+                    .log_info(pb::LogInfoRequest {})
+                    .await?
+                    .into_inner()
+                    .origin,
+            ),
+            Self::Store(store) => Some(store.origin().to_string()),
+            Self::Reader(reader) => reader.origin()?,
+        })
+    }
+
+    /// Signs a checkpoint now, when the source can (so that verification covers everything).
+    pub async fn fresh_checkpoint(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Server { client, .. } => {
+                client.checkpoint(pb::CheckpointRequest {}).await?;
+            }
+            Self::Store(store) => {
+                store.checkpoint().await?;
+            }
+            Self::Reader(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Every stored checkpoint, oldest first, as stored.
+    pub async fn checkpoints(&mut self) -> anyhow::Result<Vec<StoredCheckpoint>> {
+        match self {
+            Self::Server { client, .. } => {
+                let mut stream = client
+                    .list_checkpoints(pb::ListCheckpointsRequest {})
+                    .await?
+                    .into_inner();
+                let mut out = Vec::new();
+                while let Some(c) = stream.message().await? {
+                    out.push(StoredCheckpoint {
+                        number: c.number,
+                        note: c.note,
+                    });
+                }
+                Ok(out)
+            }
+            Self::Store(store) => Ok(store.reader().checkpoints()?),
+            Self::Reader(reader) => Ok(reader.checkpoints()?),
+        }
+    }
+
+    /// Closes a store opened here (marking a clean shutdown).
+    pub async fn close(self) -> anyhow::Result<()> {
+        if let Self::Store(store) = self {
+            tokio::task::spawn_blocking(move || store.close()).await??;
+        }
+        Ok(())
+    }
+}
+
+/// A record's JSON, for commands that read fields.
+pub fn parse(stored: &StoredRecord) -> anyhow::Result<Value> {
+    serde_json::from_slice(&stored.canonical_json).with_context(|| {
+        format!(
+            "record {} is not json; run `tollgate audit verify`",
+            stored.seq
+        )
+    })
+}
+
+/// `{"seq":..,"chainHash":..,"record":{..}}`: one line of `--json` output.
+pub fn json_line(seq: u64, chain_hash: &str, record: &Value) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct JsonLine<'a> {
+        seq: u64,
+        chain_hash: &'a str,
+        record: &'a Value,
+    }
+    Ok(serde_json::to_string(&JsonLine {
+        seq,
+        chain_hash,
+        record,
+    })?)
 }

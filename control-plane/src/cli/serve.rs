@@ -10,10 +10,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tonic::transport::server::TcpIncoming;
 
+use serde_json::{Map, Value};
+
 use crate::issuer::DevIssuer;
+use crate::operator;
 use crate::pb::audit_server::AuditServer;
 use crate::service::AuditService;
-use crate::store::Store;
+use crate::store::{Options, Store};
 
 /// How long open calls and connections may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -23,6 +26,16 @@ pub struct Args {
     /// Address for gRPC; port 0 picks a free port (the address taken is printed).
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Sign a checkpoint at least every this many records.
+    #[arg(long, env = "TOLLGATE_CHECKPOINT_EVERY", default_value_t = 1000)]
+    checkpoint_every: u64,
+    /// ... and at least this often, also when no record arrives (its time shows liveness).
+    #[arg(long, env = "TOLLGATE_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    checkpoint_interval: Duration,
+    /// Origin line of the checkpoints (the log's name, e.g. audit.example.com/tollgate); used
+    /// when the store is created, checked against it afterwards. Default: a random name.
+    #[arg(long, env = "TOLLGATE_ORIGIN")]
+    origin: Option<String>,
 }
 
 pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
@@ -35,12 +48,55 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         );
     }
     let store_path = home.join("audit.sled");
-    let store = Arc::new(Store::open(&store_path)?);
+    let options = Options {
+        origin: args.origin.clone(),
+        checkpoint_every: args.checkpoint_every,
+        checkpoint_interval: args.checkpoint_interval,
+        ..Options::new(home)
+    };
+    let store = {
+        let path = store_path.clone();
+        Arc::new(tokio::task::spawn_blocking(move || Store::open(&path, &options)).await??)
+    };
+    let opened = store.opened().clone();
     eprintln!(
-        "tollgate: audit store {} holds {} records",
+        "tollgate: audit store {} holds {} records (log {})",
         store_path.display(),
-        store.durable_len()
+        opened.records,
+        store.origin()
     );
+    if opened.unclean.is_some() {
+        eprintln!(
+            "tollgate: the previous run did not shut down cleanly; recovered {} records ({} Merkle leaves rebuilt) and recorded it",
+            opened.records, opened.merkle_rebuilt
+        );
+    }
+    let started = std::time::Instant::now();
+    let signing_key = store
+        .verifiers()?
+        .last()
+        .map(|k| k.label())
+        .unwrap_or_default();
+    let mut event = Map::new();
+    event.insert("event".into(), "controlPlane.start".into());
+    event.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    event.insert("process".into(), operator::process_json());
+    event.insert("origin".into(), store.origin().into());
+    event.insert("signingKey".into(), signing_key.into());
+    event.insert("records".into(), opened.records.into());
+    event.insert("recovered".into(), opened.unclean.is_some().into());
+    event.insert("checkpointEvery".into(), args.checkpoint_every.into());
+    event.insert(
+        "checkpointIntervalMillis".into(),
+        u64::try_from(args.checkpoint_interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .into(),
+    );
+    event.insert("listen".into(), args.listen.to_string().into());
+    store
+        .append_event(&event)
+        .await
+        .context("recording the start in the audit log")?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -52,13 +108,16 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServer<AuditService>>().await;
 
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuditServer::new(AuditService::new(store.clone())))
+        .add_service(AuditServer::with_interceptor(
+            AuditService::new(store.clone()),
+            operator::intercept,
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
-            shutdown_signal().await;
-            let _ = stopping_tx.send(());
+            let signal = shutdown_signal().await;
+            let _ = stopping_tx.send(signal);
         });
 
     let mut stdout = std::io::stdout().lock();
@@ -68,11 +127,16 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
 
     // Graceful shutdown waits for open connections; a client that keeps one open (Envoy does)
     // must not hold the process forever, so the wait is bounded.
-    let grace = async {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
+    let signal = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let grace = {
+        let signal = signal.clone();
+        async move {
+            if let Ok(name) = stopping_rx.await {
+                *signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
         }
     };
     tokio::select! {
@@ -80,26 +144,44 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         () = grace => eprintln!("tollgate: connections still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
     health.set_not_serving::<AuditServer<AuditService>>().await;
-    // Appends still queued are answered and flushed before the process exits.
     let (records, flushes) = (store.durable_len(), store.flushes());
+    let mut event = Map::new();
+    event.insert("event".into(), "controlPlane.stop".into());
+    event.insert("process".into(), operator::process_json());
+    let signal = *signal.lock().unwrap_or_else(|e| e.into_inner());
+    event.insert("signal".into(), signal.map_or(Value::Null, Value::from));
+    event.insert("records".into(), records.into());
+    event.insert("flushes".into(), flushes.into());
+    event.insert(
+        "checkpointsSigned".into(),
+        store.checkpoints_signed().into(),
+    );
+    event.insert("uptimeSeconds".into(), started.elapsed().as_secs().into());
+    if let Err(e) = store.append_event(&event).await {
+        eprintln!("tollgate: cannot record the stop in the audit log: {e}");
+    }
+    // Appends still queued are answered, a last checkpoint signed and everything flushed
+    // before the process exits; the clean-shutdown marker is cleared last.
     tokio::task::spawn_blocking(move || store.close()).await??;
     eprintln!("tollgate: stopped; {records} records, {flushes} flushes this run");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGINT or SIGTERM and says which.
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
             eprintln!("tollgate: cannot watch SIGTERM ({e}); stop with SIGINT");
             let _ = tokio::signal::ctrl_c().await;
-            return;
+            return "SIGINT";
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let name = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
     eprintln!("tollgate: shutting down");
+    name
 }

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -18,10 +18,37 @@ pub struct Server {
     _stdout: BufReader<ChildStdout>,
 }
 
+/// An address where no control plane listens, so commands read the store directly.
+#[allow(dead_code)]
+pub const NO_SERVER: &str = "http://127.0.0.1:1";
+
+/// Runs the `tollgate` command line with `home`.
+#[allow(dead_code)]
+pub fn tollgate(home: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("TOLLGATE_HOME", home)
+        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_TOKEN")
+        .output()
+        .expect("run tollgate")
+}
+
+#[allow(dead_code)]
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 impl Server {
     pub fn start(home: &Path) -> Self {
+        Self::start_with(home, &[])
+    }
+
+    /// Starts `tollgate serve` with extra arguments (e.g. checkpoint settings).
+    pub fn start_with(home: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("TOLLGATE_HOME", home)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -81,4 +108,90 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A request record as the filter writes one.
+#[allow(dead_code)]
+pub fn record(writer: usize, n: usize) -> Vec<u8> {
+    serde_json::json!({
+        "event": "mcp.request",
+        "time": "2025-01-31T12:00:00.000001Z",
+        "sub": format!("writer{writer}@example.com"),
+        "httpMethod": "POST",
+        "route": "/mcp",
+        "session": format!("session-{writer}"),
+        "messages": [{"kind": "request", "id": n, "method": "tools/call", "target": "get_customer", "arguments": {"id": n}}],
+        "decision": "allow"
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Appends from `writers` concurrent tasks, `each` records per task; returns seq -> chain hash.
+#[allow(dead_code)]
+pub async fn append_concurrently(
+    server: &Server,
+    writers: usize,
+    each: usize,
+) -> std::collections::HashMap<u64, String> {
+    use tollgate_proto::pb;
+    let client = server.client().await;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                for n in 0..each {
+                    let ack = client
+                        .append(pb::AppendRequest {
+                            record_json: record(w, n),
+                        })
+                        .await
+                        .unwrap();
+                    acks.push(ack.into_inner());
+                }
+                acks
+            })
+        })
+        .collect();
+    let mut acks = std::collections::HashMap::new();
+    for task in tasks {
+        for ack in task.await.unwrap() {
+            assert!(
+                acks.insert(ack.seq, ack.chain_hash).is_none(),
+                "seq {} acknowledged twice",
+                ack.seq
+            );
+        }
+    }
+    acks
+}
+
+/// Every stored record, over gRPC (which records the read).
+#[allow(dead_code)]
+pub async fn list(server: &Server) -> Vec<tollgate_proto::pb::StoredRecord> {
+    let mut stream = server
+        .client()
+        .await
+        .list_records(tollgate_proto::pb::ListRecordsRequest {
+            from_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(record) = stream.message().await.unwrap() {
+        records.push(record);
+    }
+    records
+}
+
+/// The JSON of each record.
+#[allow(dead_code)]
+pub fn json_of(records: &[tollgate_proto::pb::StoredRecord]) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.canonical_json).unwrap())
+        .collect()
 }

@@ -1,0 +1,461 @@
+//! The tamper suite: each attack an insider with write access to the store (or to an export
+//! bundle) could try, and `tollgate audit verify` catching it, naming the first bad record.
+//!
+//! A log is built once per test through the real server (checkpoints every 10 records), the
+//! server is stopped, and the sled files or the bundle are edited as an attacker would.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{append_concurrently, stdout, tollgate, Server, NO_SERVER};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tollgate_proto::pb;
+
+/// A home with a stopped log: start, 60 records from 3 writers, stop (62 records).
+async fn built_log() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_with(home.path(), &["--checkpoint-every", "10"]);
+    append_concurrently(&server, 3, 20).await;
+    assert!(server.terminate().success());
+    home
+}
+
+fn verify(home: &Path, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["audit", "verify", "--server", NO_SERVER, "--json"];
+    args.extend_from_slice(extra);
+    let output = tollgate(home, &args);
+    let summary = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("verify printed no json: {output:?}"));
+    (output.status.code(), summary)
+}
+
+fn assert_broken(home: &Path, extra: &[&str], seq: Option<u64>, problem: &str) -> Value {
+    let (code, summary) = verify(home, extra);
+    assert_eq!(code, Some(1), "{summary}");
+    assert_eq!(summary["intact"], false);
+    assert_eq!(
+        summary["firstBadSeq"],
+        seq.map_or(Value::Null, Value::from),
+        "{summary}"
+    );
+    assert!(
+        summary["problem"].as_str().unwrap().contains(problem),
+        "{problem:?} not in {summary}"
+    );
+    summary
+}
+
+fn with_tree(home: &Path, tree: &str, edit: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(home.join("audit.sled")).unwrap();
+    edit(&db.open_tree(tree).unwrap());
+    db.flush().unwrap();
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn replace_store(home: &Path, from: &Path) {
+    std::fs::remove_dir_all(home.join("audit.sled")).unwrap();
+    copy_dir(&from.join("audit.sled"), &home.join("audit.sled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intact_log_verifies_and_every_store_edit_is_caught() {
+    let log = built_log().await;
+    let (code, summary) = verify(log.path(), &[]);
+    assert_eq!(code, Some(0), "{summary}");
+    assert!(summary["checkpointsVerified"].as_u64().unwrap() >= 6);
+
+    let attack = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(log.path(), dir.path());
+        eprintln!("attack: {name}");
+        dir
+    };
+
+    // A changed byte.
+    let home = attack("changed byte");
+    with_tree(home.path(), "records", |t| {
+        let mut value = t.get(key(7)).unwrap().unwrap().to_vec();
+        let at = value.windows(5).position(|w| w == b"allow").unwrap();
+        value[at] = b'A';
+        t.insert(key(7), value).unwrap();
+    });
+    assert_broken(home.path(), &[], Some(7), "chain hash mismatch");
+
+    // A deleted record.
+    let home = attack("deleted record");
+    with_tree(home.path(), "records", |t| {
+        t.remove(key(12)).unwrap();
+    });
+    assert_broken(home.path(), &[], Some(12), "missing");
+
+    // Two swapped records.
+    let home = attack("swapped records");
+    with_tree(home.path(), "records", |t| {
+        let (a, b) = (
+            t.get(key(3)).unwrap().unwrap(),
+            t.get(key(4)).unwrap().unwrap(),
+        );
+        t.insert(key(3), b).unwrap();
+        t.insert(key(4), a).unwrap();
+    });
+    assert_broken(home.path(), &[], Some(3), "chain hash mismatch");
+
+    // A truncated tail: the chain alone would look intact; the checkpoints say otherwise.
+    let home = attack("truncated tail");
+    let mut stored = 0;
+    with_tree(home.path(), "records", |t| {
+        stored = t.len() as u64;
+        for seq in 50..stored {
+            t.remove(key(seq)).unwrap();
+        }
+    });
+    let summary = assert_broken(home.path(), &[], Some(50), "missing: checkpoint #");
+    let problem = summary["problem"].as_str().unwrap();
+    assert!(
+        problem.contains(&format!("covers {stored} records but only 50")),
+        "{problem}"
+    );
+}
+
+/// The forged-chain case names the records between the last good checkpoint and the first bad
+/// one; checked apart from the others because the exact checkpoint sizes depend on batching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_chain_is_caught_by_the_signed_roots() {
+    let home = built_log().await;
+    with_tree(home.path(), "records", |t| {
+        let mut previous: [u8; 32] = t.get(key(19)).unwrap().unwrap()[..32].try_into().unwrap();
+        for seq in 20..62 {
+            let mut value = t.get(key(seq)).unwrap().unwrap().to_vec();
+            if seq == 20 {
+                let at = value.windows(5).position(|w| w == b"allow").unwrap();
+                value[at..at + 5].copy_from_slice(b"denyy");
+            }
+            let hash: [u8; 32] = Sha256::new()
+                .chain_update(previous)
+                .chain_update(&value[32..])
+                .finalize()
+                .into();
+            value[..32].copy_from_slice(&hash);
+            previous = hash;
+            t.insert(key(seq), value).unwrap();
+        }
+    });
+    let (code, summary) = verify(home.path(), &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    let first = summary["firstBadSeq"].as_u64().unwrap();
+    assert!((10..=20).contains(&first), "{summary}");
+    let problem = summary["problem"].as_str().unwrap();
+    assert!(problem.contains(&format!("records {first}..")), "{problem}");
+    assert!(problem.contains("Merkle root differs"), "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_with_a_bad_signature_is_caught() {
+    let home = built_log().await;
+    with_tree(home.path(), "checkpoints", |t| {
+        let note = String::from_utf8(t.get(key(1)).unwrap().unwrap().to_vec()).unwrap();
+        let mut lines: Vec<String> = note.split('\n').map(String::from).collect();
+        let size: u64 = lines[1].parse().unwrap();
+        lines[1] = (size - 1).to_string();
+        t.insert(key(1), lines.join("\n").as_bytes()).unwrap();
+    });
+    assert_broken(home.path(), &[], None, "checkpoint #1 has a bad signature");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_store_and_a_forked_log_are_caught_by_an_earlier_checkpoint() {
+    let home = built_log().await;
+    let old = tempfile::tempdir().unwrap();
+    copy_dir(home.path(), old.path());
+
+    // The log grows; the auditor keeps the checkpoint they verified, and an export bundle.
+    let server = Server::start_with(home.path(), &["--checkpoint-every", "10"]);
+    append_concurrently(&server, 2, 15).await;
+    let saved = home.path().join("../seen.checkpoint");
+    let saved = saved.to_str().unwrap().to_string();
+    let output = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "verify",
+            "--server",
+            &server.url(),
+            "--save-checkpoint",
+            &saved,
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let bundle = home.path().join("../seen.bundle.json");
+    let bundle = bundle.to_str().unwrap().to_string();
+    let output = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "export",
+            "--server",
+            &server.url(),
+            "--out",
+            &bundle,
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(server.terminate().success());
+    let seen_size: u64 = std::fs::read_to_string(&saved)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Roll the store back to the old copy: consistent in itself, so it verifies alone...
+    replace_store(home.path(), old.path());
+    let (code, summary) = verify(home.path(), &[]);
+    assert_eq!(code, Some(0), "{summary}");
+    // ...but not against what the auditor saw before.
+    let (code, summary) = verify(home.path(), &["--checkpoint", &saved]);
+    assert_eq!(code, Some(1), "{summary}");
+    let rolled_back = summary["records"].as_u64().unwrap();
+    assert_eq!(
+        summary["firstBadSeq"], rolled_back,
+        "the first record missing"
+    );
+    let problem = summary["problem"].as_str().unwrap();
+    assert!(
+        problem.starts_with(&format!("missing: the checkpoint in {saved}")),
+        "{problem}"
+    );
+    assert!(
+        problem.contains(&format!("covers {seen_size} records")),
+        "{problem}"
+    );
+    let (code, summary) = verify(home.path(), &["--checkpoint", &bundle]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert!(summary["problem"]
+        .as_str()
+        .unwrap()
+        .contains("the tail was truncated or the store rolled back"));
+
+    // Grow the rolled-back copy with other records to exactly the size seen: a fork.
+    let server = Server::start_with(home.path(), &["--checkpoint-every", "10"]);
+    let mut client = server.client().await;
+    let info = client
+        .log_info(pb::LogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for n in info.size..seen_size {
+        client
+            .append(pb::AppendRequest {
+                record_json: format!(r#"{{"event":"other","n":{n}}}"#).into_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+    let checkpoint = client
+        .checkpoint(pb::CheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        checkpoint.note.lines().nth(1).unwrap(),
+        seen_size.to_string()
+    );
+    assert!(server.terminate().success());
+    let (code, summary) = verify(home.path(), &["--checkpoint", &saved]);
+    assert_eq!(code, Some(1), "{summary}");
+    let problems = summary["problems"].to_string();
+    assert!(problems.contains("the log was forked"), "{problems}");
+    assert!(
+        problems.contains(&format!("do not match the checkpoint in {saved}")),
+        "{problems}"
+    );
+}
+
+fn read_bundle(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn write_bundle(path: &Path, bundle: &Value) -> PathBuf {
+    let out = path.with_extension("edited.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(bundle).unwrap()).unwrap();
+    out
+}
+
+fn verify_bundle(path: &Path, extra: &[&str]) -> (Option<i32>, Value) {
+    // No store, no server: an empty home, and a server address where nothing listens.
+    let nowhere = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--bundle",
+        path.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let output = tollgate(nowhere.path(), &args);
+    let summary = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("verify printed no json: {output:?}"));
+    (output.status.code(), summary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_verify_offline_and_edits_to_them_are_caught() {
+    let home = built_log().await;
+    let server = Server::start(home.path());
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.json");
+    let filtered = dir.path().join("writer1.json");
+    let url = server.url();
+    for (path, extra) in [
+        (&full, vec![]),
+        (&filtered, vec!["--sub", "writer1@example.com"]),
+    ] {
+        let mut args = vec!["audit", "export", "--server", url.as_str()];
+        args.extend(["--out", path.to_str().unwrap()]);
+        args.extend(extra);
+        let output = tollgate(home.path(), &args);
+        assert!(output.status.success(), "{output:?}");
+    }
+    assert!(server.terminate().success());
+    let vkeys = home.path().join("keys/checkpoint.vkeys");
+    let vkeys = vkeys.to_str().unwrap();
+
+    let (code, summary) = verify_bundle(&full, &["--key", vkeys]);
+    assert_eq!(code, Some(0), "{summary}");
+    assert!(summary.get("notes").is_none(), "pinned key: {summary}");
+    let (code, summary) = verify_bundle(&filtered, &[]);
+    assert_eq!(code, Some(0), "{summary}");
+    assert_eq!(summary["records"], 20);
+    assert!(summary["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("bundle's own public keys"));
+    let bundle = read_bundle(&filtered);
+    assert_eq!(
+        bundle["export"]["record"]["event"],
+        "controlPlane.auditExport"
+    );
+    assert_eq!(bundle["export"]["record"]["records"], 20);
+    assert_eq!(bundle["filter"]["sub"], "writer1@example.com");
+    // The offline read left the store alone: there is none.
+    let text = stdout(&tollgate(
+        tempfile::tempdir().unwrap().path(),
+        &["audit", "verify", "--bundle", filtered.to_str().unwrap()],
+    ));
+    assert!(
+        text.starts_with("audit bundle intact: 20 records"),
+        "{text}"
+    );
+
+    // A record removed.
+    let mut edited = read_bundle(&filtered);
+    edited["records"].as_array_mut().unwrap().remove(5);
+    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert!(
+        summary["problem"]
+            .as_str()
+            .unwrap()
+            .contains("a record was removed"),
+        "{summary}"
+    );
+
+    // A record altered.
+    let mut edited = read_bundle(&filtered);
+    let seq = edited["records"][3]["seq"].as_u64().unwrap();
+    edited["records"][3]["record"]["decision"] = "deny".into();
+    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert_eq!(summary["firstBadSeq"], seq);
+    assert!(summary["problem"].as_str().unwrap().contains("altered"));
+
+    // A record altered and its leaf hash recomputed: the inclusion proof no longer leads to
+    // the signed root.
+    let mut edited = read_bundle(&full);
+    let entry = &mut edited["records"][9];
+    entry["record"]["sub"] = "mallory@example.com".into();
+    let canonical = serde_jcs::to_vec(&entry["record"]).unwrap();
+    let leaf: [u8; 32] = Sha256::new()
+        .chain_update([0u8])
+        .chain_update(&canonical)
+        .finalize()
+        .into();
+    entry["leafHash"] = hex::encode(leaf).into();
+    let (code, summary) = verify_bundle(&write_bundle(&full, &edited), &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert_eq!(summary["firstBadSeq"], 9);
+    assert!(summary["problem"]
+        .as_str()
+        .unwrap()
+        .contains("not in the signed log"));
+
+    // Two records swapped in the list.
+    let mut edited = read_bundle(&filtered);
+    edited["records"].as_array_mut().unwrap().swap(1, 2);
+    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert!(summary["problems"].to_string().contains("reordered"));
+
+    // The checkpoint's signature broken (its size changed).
+    let mut edited = read_bundle(&full);
+    let note = edited["checkpoint"].as_str().unwrap().to_string();
+    let mut lines: Vec<String> = note.split('\n').map(String::from).collect();
+    lines[1] = format!("{}", lines[1].parse::<u64>().unwrap() + 1);
+    edited["checkpoint"] = lines.join("\n").into();
+    let (code, summary) = verify_bundle(&write_bundle(&full, &edited), &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert!(
+        summary["problems"]
+            .to_string()
+            .contains("has a bad signature"),
+        "{summary}"
+    );
+
+    // The export record's count changed to match a removal: its proof breaks.
+    let mut edited = read_bundle(&filtered);
+    edited["records"].as_array_mut().unwrap().remove(0);
+    edited["export"]["record"]["records"] = 19.into();
+    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert_eq!(summary["firstBadSeq"], edited["export"]["seq"]);
+    assert!(summary["problem"].as_str().unwrap().contains("altered"));
+
+    // Signed by a key the auditor does not trust (another log's).
+    let other = tempfile::tempdir().unwrap();
+    let other_server = Server::start(other.path());
+    drop(other_server);
+    let other_keys = other.path().join("keys/checkpoint.vkeys");
+    let (code, summary) = verify_bundle(&full, &["--key", other_keys.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{summary}");
+    assert!(summary["problems"]
+        .to_string()
+        .contains("not signed by a trusted key"));
+
+    // Not a bundle at all: could not check.
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, "{\"format\": 1}").unwrap();
+    let output = tollgate(
+        dir.path(),
+        &["audit", "verify", "--bundle", junk.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::mask::MaskConfig;
+use crate::policy::{BatchMode, PolicyConfig};
 
 /// Tollgate filter configuration. Every field has a safe default.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +43,9 @@ pub struct FilterConfig {
     /// Card-number masking.
     #[serde(default)]
     pub mask: MaskConfig,
+    /// The ordered rules deciding every MCP message (see docs/policy.md).
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 fn default_control_plane_cluster() -> String {
@@ -74,7 +78,14 @@ impl FilterConfig {
         } else {
             bytes
         };
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid tollgate configuration: {e}"))
+        let config: FilterConfig = serde_json::from_slice(bytes)
+            .map_err(|e| format!("invalid tollgate configuration: {e}"))?;
+        if config.policy.batch_mode == BatchMode::PerMessage {
+            // Merging the gateway's errors into the server's (possibly streamed) answer is not
+            // built yet; refusing the configuration beats silently refusing whole batches.
+            return Err("invalid tollgate configuration: policy.batchMode \"perMessage\" is not supported by this filter; use \"wholeBatch\"".to_owned());
+        }
+        Ok(config)
     }
 }
 

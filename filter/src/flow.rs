@@ -5,8 +5,9 @@ use serde_json::{json, Value};
 
 use crate::config::FilterConfig;
 use crate::identity::{Identity, IdentityError};
-use crate::jsonrpc::{self, Body, Message};
+use crate::jsonrpc::{self, Body, Kind, Message};
 use crate::mask::Masker;
+use crate::policy::{BatchPlan, CallContext, Policy, Verdict};
 use crate::record::{self, RequestDecision, RequestInfo};
 
 /// A response the filter sends itself instead of forwarding.
@@ -83,29 +84,91 @@ pub fn too_large(
 ) -> Step {
     let reason = format!("request body exceeds {} bytes", config.max_request_bytes);
     let reply = LocalReply::jsonrpc_error(413, None, jsonrpc::INVALID_REQUEST, &reason, None);
-    refuse(config, masker, info, identity, &[], reply, reason)
+    refuse(config, masker, info, identity, &[], &[], reply, reason)
 }
 
-/// A complete request (`body` is `None` for GET and DELETE, which carry none).
+/// A complete request (`body` is `None` for GET and DELETE, which carry none), decided by the
+/// policy.
 pub fn request(
     config: &FilterConfig,
+    policy: &Policy,
     masker: &Masker,
     info: &RequestInfo,
     identity: &Identity,
     body: Option<&[u8]>,
 ) -> Step {
-    let parsed = match body {
-        None => None,
-        Some(bytes) => match jsonrpc::parse(bytes) {
-            Ok(parsed) => Some(parsed),
-            Err(error) => {
-                let reply =
-                    LocalReply::jsonrpc_error(400, None, error.code(), &error.message(), None);
-                return refuse(config, masker, info, identity, &[], reply, error.message());
+    let Some(body) = body else {
+        // GET opens the server's SSE stream and DELETE ends a session: no call to decide, but
+        // both are audited under the caller's identity.
+        return forward(config, masker, info, identity, &[], &[]);
+    };
+    let parsed = match jsonrpc::parse(body) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            let reply = LocalReply::jsonrpc_error(400, None, error.code(), &error.message(), None);
+            return refuse(
+                config,
+                masker,
+                info,
+                identity,
+                &[],
+                &[],
+                reply,
+                error.message(),
+            );
+        }
+    };
+    let messages = parsed.messages();
+    let ctx = CallContext::for_identity(identity, &info.path, &config.upstream);
+    let decided = policy.decide_batch(messages, &ctx);
+    let verdicts = &decided.verdicts;
+    let refused = verdicts.iter().find(|v| !v.is_allowed());
+    let Some(refused) = refused else {
+        return forward(config, masker, info, identity, messages, verdicts);
+    };
+    let reply = match &parsed {
+        Body::Single(message) => {
+            match (message.kind, refused.error_response(message.id.as_ref())) {
+                // A refused call is a JSON-RPC answer, which MCP clients show to the caller.
+                (Kind::Request, Some(body)) => json_reply(200, body),
+                (_, body) => json_reply(403, body.unwrap_or_default()),
             }
+        }
+        Body::Batch(items) => match decided.plan(items, body) {
+            BatchPlan::Refuse { status, body } => json_reply(u32::from(status), body),
+            // The configuration refuses the per-message mode, so a partial forward cannot be
+            // planned; refuse the batch whole rather than forward a guess.
+            BatchPlan::ForwardAll | BatchPlan::Forward { .. } => LocalReply::jsonrpc_error(
+                403,
+                None,
+                jsonrpc::GATEWAY_ERROR,
+                &refused.error_message(),
+                Some(refused.error_data()),
+            ),
         },
     };
-    let messages = parsed.as_ref().map(Body::messages).unwrap_or_default();
+    let reason = refused.error_message();
+    refuse(
+        config, masker, info, identity, messages, verdicts, reply, reason,
+    )
+}
+
+fn json_reply(status: u32, body: Vec<u8>) -> LocalReply {
+    LocalReply {
+        status,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body,
+    }
+}
+
+fn forward(
+    config: &FilterConfig,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &Identity,
+    messages: &[Message],
+    verdicts: &[Verdict],
+) -> Step {
     let decision = RequestDecision {
         decision: "allow",
         local_status: None,
@@ -118,6 +181,7 @@ pub fn request(
             identity,
             &config.extra_claims,
             messages,
+            verdicts,
             &decision,
             masker,
         ),
@@ -125,17 +189,20 @@ pub fn request(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn refuse(
     config: &FilterConfig,
     masker: &Masker,
     info: &RequestInfo,
     identity: &Identity,
     messages: &[Message],
+    verdicts: &[Verdict],
     reply: LocalReply,
     reason: String,
 ) -> Step {
+    let first_refusal = verdicts.iter().find(|v| !v.is_allowed());
     let decision = RequestDecision {
-        decision: "deny",
+        decision: first_refusal.map_or("deny", |v| v.action.name()),
         local_status: Some(reply.status),
         reason: Some(reason),
     };
@@ -146,6 +213,7 @@ fn refuse(
             identity,
             &config.extra_claims,
             messages,
+            verdicts,
             &decision,
             masker,
         ),
@@ -209,6 +277,10 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"get_customer"}}"#;
         let step = request(
             &config(),
+            &Policy::from_json(
+                br#"{"rules":[{"id":"reads","match":{"tool":"get_*"},"action":"allow"}]}"#,
+            )
+            .unwrap(),
             &Masker::default(),
             &RequestInfo::default(),
             &alice(),
@@ -223,6 +295,10 @@ mod tests {
     fn malformed_body_is_refused_with_parse_error() {
         let step = request(
             &config(),
+            &Policy::from_json(
+                br#"{"rules":[{"id":"reads","match":{"tool":"get_*"},"action":"allow"}]}"#,
+            )
+            .unwrap(),
             &Masker::default(),
             &RequestInfo::default(),
             &alice(),
@@ -308,5 +384,162 @@ mod response_mode_tests {
         for (ct, mode) in cases {
             assert_eq!(ResponseMode::for_content_type(ct), mode, "{ct:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn policy() -> Policy {
+        Policy::from_json(
+            br#"{"rules":[
+                {"id":"reads","match":{"tool":"get_*"},"action":"allow"},
+                {"id":"no-delete","match":{"tool":"delete_merchant"},"action":"deny","reason":"destructive"}
+            ]}"#,
+        )
+        .unwrap()
+    }
+
+    fn decide(body: &[u8]) -> Step {
+        let config = FilterConfig::from_json(b"{}").unwrap();
+        let identity = Identity {
+            sub: "alice".into(),
+            claims: Map::new(),
+        };
+        request(
+            &config,
+            &policy(),
+            &Masker::default(),
+            &RequestInfo::default(),
+            &identity,
+            Some(body),
+        )
+    }
+
+    #[test]
+    fn denied_call_is_answered_with_the_rule_and_never_forwarded() {
+        let step = decide(br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"delete_merchant","arguments":{"merchant_id":"m_1"}}}"#);
+        let Next::Reply(reply) = step.next else {
+            panic!("forwarded")
+        };
+        assert_eq!(reply.status, 200);
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["id"], 5);
+        assert_eq!(body["error"]["data"]["rule"], "no-delete");
+        assert_eq!(step.record["decision"], "deny");
+        assert_eq!(step.record["messages"][0]["rule"], "no-delete");
+    }
+
+    #[test]
+    fn unlisted_tool_falls_to_the_default_deny() {
+        let step = decide(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"refund_payment"}}"#,
+        );
+        assert!(matches!(step.next, Next::Reply(_)));
+        assert_eq!(step.record["outcome"], "refused");
+    }
+
+    #[test]
+    fn batch_with_one_denied_call_is_refused_whole() {
+        let step = decide(br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer"}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_merchant"}}]"#);
+        let Next::Reply(reply) = step.next else {
+            panic!("forwarded")
+        };
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body.as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn protocol_messages_pass() {
+        let step = decide(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(step.next, Next::Forward);
+    }
+}
+
+/// The list method (`tools/list`, `resources/list`, `prompts/list`) of a request whose answer
+/// the policy may filter, when the body is a single such request.
+pub fn list_method(policy: &Policy, body: Option<&[u8]>) -> Option<String> {
+    if !policy.filter_lists() {
+        return None;
+    }
+    match jsonrpc::parse(body?).ok()? {
+        Body::Single(message) => message
+            .method
+            .filter(|m| matches!(m.as_str(), "tools/list" | "resources/list" | "prompts/list")),
+        Body::Batch(_) => None,
+    }
+}
+
+/// Drops from a list answer (plain JSON, or the `data:` events of an SSE body) the entries the
+/// caller could never use. `None` when nothing changes.
+pub fn filter_list_body(
+    policy: &Policy,
+    method: &str,
+    ctx: &CallContext<'_>,
+    body: &[u8],
+) -> Option<Vec<u8>> {
+    let filter = |json: &[u8]| -> Option<Vec<u8>> {
+        let value: Value = serde_json::from_slice(json).ok()?;
+        let filtered = policy.filter_list_response(method, &value, ctx)?;
+        Some(filtered.to_string().into_bytes())
+    };
+    if let Some(filtered) = filter(body) {
+        return Some(filtered);
+    }
+    // SSE: events separated by a blank line; each `data:` line of a JSON event is rewritten.
+    let text = std::str::from_utf8(body).ok()?;
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[content.len()..];
+        match content.strip_prefix("data:").map(str::trim_start) {
+            Some(data) => match filter(data.as_bytes()) {
+                Some(filtered) => {
+                    changed = true;
+                    out.push_str("data: ");
+                    out.push_str(&String::from_utf8_lossy(&filtered));
+                    out.push_str(ending);
+                }
+                None => out.push_str(line),
+            },
+            None => out.push_str(line),
+        }
+    }
+    changed.then(|| out.into_bytes())
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+    use serde_json::Map;
+
+    #[test]
+    fn sse_list_answer_loses_the_unusable_tools() {
+        let policy = Policy::from_json(
+            br#"{"filterLists":true,"rules":[{"id":"reads","match":{"tool":"get_*"},"action":"allow"}]}"#,
+        )
+        .unwrap();
+        let claims = Map::new();
+        let ctx = CallContext {
+            claims: &claims,
+            route: "/mcp",
+            upstream: "mcp",
+        };
+        let body = b"id: 0\nretry: 3000\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"get_customer\"},{\"name\":\"delete_merchant\"}]}}\n\n";
+        let out = filter_list_body(&policy, "tools/list", &ctx, body).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("get_customer"), "{text}");
+        assert!(!text.contains("delete_merchant"), "{text}");
+        assert!(text.starts_with("id: 0\nretry: 3000\ndata: \n\n"), "{text}");
+        assert_eq!(
+            list_method(
+                &policy,
+                Some(br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+            ),
+            Some("tools/list".to_owned())
+        );
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::identity::{Identity, IdentityError};
 use crate::jsonrpc::Message;
 use crate::mask::{MaskReport, Masker};
+use crate::policy::Verdict;
 
 /// Where and when a request arrived, read from the host once per request.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -78,6 +79,7 @@ pub fn mcp_request(
     identity: &Identity,
     extra_claims: &[String],
     messages: &[Message],
+    verdicts: &[Verdict],
     decision: &RequestDecision<'_>,
     masker: &Masker,
 ) -> Value {
@@ -87,7 +89,8 @@ pub fn mcp_request(
     let mut report = MaskReport::default();
     let messages: Vec<Value> = messages
         .iter()
-        .map(|m| message_json(m, masker, &mut report))
+        .enumerate()
+        .map(|(i, m)| message_json(m, verdicts.get(i), masker, &mut report))
         .collect();
     record.insert("messages".to_owned(), messages.into());
     record.insert("decision".to_owned(), decision.decision.into());
@@ -119,7 +122,12 @@ pub fn masked_counts(report: &MaskReport) -> Value {
     Value::Object(counts)
 }
 
-fn message_json(message: &Message, masker: &Masker, report: &mut MaskReport) -> Value {
+fn message_json(
+    message: &Message,
+    verdict: Option<&Verdict>,
+    masker: &Masker,
+    report: &mut MaskReport,
+) -> Value {
     let mut out = json!({ "kind": format!("{:?}", message.kind).to_lowercase() });
     if let Some(id) = &message.id {
         out["id"] = id.clone();
@@ -132,6 +140,15 @@ fn message_json(message: &Message, masker: &Masker, report: &mut MaskReport) -> 
     }
     if let Some(arguments) = message.arguments() {
         out["arguments"] = mask_value(arguments, masker, report);
+    }
+    if let Some(verdict) = verdict {
+        out["decision"] = verdict.action.name().into();
+        if let Some(rule) = &verdict.rule {
+            out["rule"] = rule.clone().into();
+        }
+        if let Some(reason) = &verdict.reason {
+            out["reason"] = mask_value(&Value::from(reason.as_str()), masker, report);
+        }
     }
     out
 }
@@ -173,6 +190,7 @@ mod tests {
             &identity,
             &[],
             &[m],
+            &[],
             &decision,
             &Masker::default(),
         );

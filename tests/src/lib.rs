@@ -1,1 +1,452 @@
-//! Harness for the end-to-end tests.
+//! Harness for the end-to-end tests: starts the real control plane, the demo payments MCP server
+//! and Envoy with the Tollgate filter on free loopback ports, waits for each to be ready by
+//! polling, and stops them when dropped, also when a test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// The checkout this crate lives in.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where cargo put the binaries: the test executable lives in `<target>/<profile>/deps/`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+}
+
+pub fn tollgate_bin() -> PathBuf {
+    bin_dir().join("tollgate")
+}
+
+fn env_path(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+pub fn envoy_bin() -> PathBuf {
+    env_path("TOLLGATE_ENVOY", workspace().join(".venv/bin/envoy"))
+}
+
+pub fn wasm_file() -> PathBuf {
+    env_path(
+        "TOLLGATE_WASM",
+        workspace().join("target/wasm32-wasip1/wasm-release/tollgate_filter.wasm"),
+    )
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A child process that is killed when dropped. Its stdout lines arrive on a channel (for
+/// readiness lines); its stderr goes to a log file in the test's directory.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut command: Command, log_dir: &Path) -> Result<Proc> {
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log)?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc { name: name.to_owned(), child, lines, log })
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Some(status) = self.child.try_wait()? {
+                        bail!("{} exited ({status}): {}", self.name, self.log_tail());
+                    }
+                }
+                Err(_) => bail!("{} not ready in {timeout:?}: {}", self.name, self.log_tail()),
+            }
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How to start a stack.
+#[derive(Clone)]
+pub struct StackOptions {
+    /// The policy in the plugin configuration; the demo's example policy by default.
+    pub policy: Value,
+    /// Extra fields of the plugin configuration.
+    pub config: Value,
+    /// Extra arguments for the payments server.
+    pub server_args: Vec<String>,
+    pub envoy_workers: u32,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        let policy = std::fs::read(workspace().join("envoy/policy/payments.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        StackOptions { policy, config: json!({}), server_args: Vec::new(), envoy_workers: 2 }
+    }
+}
+
+/// Control plane + payments server + Envoy with the filter, on free ports.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub control_plane: Option<Proc>,
+    pub control_plane_addr: String,
+    pub server: Proc,
+    pub server_request_log: PathBuf,
+    pub envoy: Proc,
+    pub gateway_url: String,
+    pub admin_port: u16,
+}
+
+impl Stack {
+    pub fn start() -> Result<Stack> {
+        Stack::start_with(StackOptions::default())
+    }
+
+    pub fn start_with(options: StackOptions) -> Result<Stack> {
+        let dir = tempfile::tempdir()?;
+        let home = dir.path().join("home");
+        let control_plane_addr = format!("127.0.0.1:{}", free_port());
+        let control_plane = start_control_plane(&home, &control_plane_addr, dir.path())?;
+
+        let server_request_log = dir.path().join("server-requests.jsonl");
+        let mut server_cmd = Command::new(bin_dir().join("payments-server"));
+        server_cmd
+            .args(["--listen", "127.0.0.1:0", "--request-log"])
+            .arg(&server_request_log)
+            .args(&options.server_args);
+        let mut server = Proc::spawn("payments-server", server_cmd, dir.path())?;
+        let ready = server.wait_for_line("listening on", Duration::from_secs(30))?;
+        let upstream = ready.rsplit(' ').next().unwrap_or_default().to_owned();
+
+        let listen_port = free_port();
+        let admin_port = free_port();
+        let mut config = options.config.clone();
+        if let Value::Object(map) = &mut config {
+            map.insert("policy".to_owned(), options.policy.clone());
+        }
+        let bootstrap = dir.path().join("envoy.yaml");
+        let rendered = Command::new("python3")
+            .arg(workspace().join("envoy/render.py"))
+            .arg("--out")
+            .arg(&bootstrap)
+            .args(["--listen-port", &listen_port.to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--upstream", &upstream])
+            .args(["--control-plane", &control_plane_addr])
+            .arg("--jwks")
+            .arg(home.join("dev/jwks.json"))
+            .arg("--wasm")
+            .arg(wasm_file())
+            .args(["--config", &config.to_string()])
+            .output()?;
+        if !rendered.status.success() {
+            bail!("render.py: {}", String::from_utf8_lossy(&rendered.stderr));
+        }
+        let mut envoy_cmd = Command::new(envoy_bin());
+        envoy_cmd
+            .arg("-c")
+            .arg(&bootstrap)
+            .args(["--concurrency", &options.envoy_workers.to_string()])
+            .args(["--log-level", "warn", "--disable-hot-restart"]);
+        let envoy = Proc::spawn("envoy", envoy_cmd, dir.path())?;
+        let stack = Stack {
+            dir,
+            home,
+            control_plane: Some(control_plane),
+            control_plane_addr,
+            server,
+            server_request_log,
+            envoy,
+            gateway_url: format!("http://127.0.0.1:{listen_port}/mcp"),
+            admin_port,
+        };
+        stack.wait_envoy_ready()?;
+        Ok(stack)
+    }
+
+    fn wait_envoy_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if admin_get(self.admin_port, "/ready").is_ok_and(|body| body.trim() == "LIVE") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("envoy not ready: {}", self.envoy.log_tail())
+    }
+
+    /// Runs `tollgate ARGS` against this stack's control plane and home.
+    pub fn tollgate(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(tollgate_bin())
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("TOLLGATE_SERVER", format!("http://{}", self.control_plane_addr))
+            .output()?)
+    }
+
+    /// A token from the dev issuer (`tollgate dev token --sub SUB ARGS`).
+    pub fn token(&self, sub: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["dev", "token", "--sub", sub];
+        all.extend_from_slice(args);
+        let out = self.tollgate(&all)?;
+        if !out.status.success() {
+            bail!("dev token: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8(out.stdout)?;
+        Ok(text.lines().last().unwrap_or_default().trim().to_owned())
+    }
+
+    /// Every record in the audit store, in order.
+    pub fn audit_records(&self) -> Result<Vec<Value>> {
+        let out = self.tollgate(&["audit", "query", "--json"])?;
+        if !out.status.success() {
+            bail!("audit query: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8(out.stdout)?
+            .lines()
+            .map(|l| Ok(serde_json::from_str::<Value>(l)?["record"].clone()))
+            .collect()
+    }
+
+    /// Every MCP message the payments server received, in order.
+    pub fn server_requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.server_request_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn stop_control_plane(&mut self) {
+        self.control_plane.take();
+    }
+
+    pub fn restart_control_plane(&mut self) -> Result<()> {
+        self.control_plane = None;
+        self.control_plane =
+            Some(start_control_plane(&self.home, &self.control_plane_addr, self.dir.path())?);
+        Ok(())
+    }
+}
+
+fn start_control_plane(home: &Path, addr: &str, log_dir: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(tollgate_bin());
+    cmd.arg("--home").arg(home).args(["serve", "--listen", addr]);
+    let mut proc = Proc::spawn("control-plane", cmd, log_dir)?;
+    proc.wait_for_line("listening on", Duration::from_secs(30))?;
+    Ok(proc)
+}
+
+/// GET on Envoy's admin port.
+pub fn admin_get(port: u16, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Ok(body.to_owned());
+    }
+    // The admin server answers chunked: size line, data, CRLF, ..., a zero size.
+    let mut rest = body;
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    Ok(out)
+}
+
+/// A plain HTTP answer, for the tests that need to see status and headers.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The JSON-RPC message in the body: plain JSON, or the last `data:` event of an SSE body.
+    pub fn json(&self) -> Value {
+        if let Ok(v) = serde_json::from_str(&self.body) {
+            return v;
+        }
+        self.body
+            .split("\n\n")
+            .filter_map(|event| {
+                let data: Vec<&str> =
+                    event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+                serde_json::from_str(&data.join("\n")).ok()
+            })
+            .last()
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// POSTs a JSON-RPC body the way an MCP client does.
+pub async fn post_mcp(
+    url: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> Result<HttpAnswer> {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(body);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await?;
+    Ok(HttpAnswer { status, headers, body })
+}
+
+/// An initialize request body.
+pub fn initialize_body(id: u64) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"tollgate-e2e","version":"1"}}})
+    .to_string()
+}
+
+/// Card numbers the payments server returns: none of them may reach a client.
+pub const DEMO_PANS: [&str; 6] = [
+    "4111111111111111",
+    "2223003122003222",
+    "378282246310005",
+    "5555555555554444",
+    "6011111111111117",
+    "3530111333300000",
+];
+
+/// Raw demo PANs that appear in `text`, in any grouping.
+pub fn raw_pans_in(text: &str) -> Vec<&'static str> {
+    // Join digit groups separated by single spaces or dashes, then look for each PAN.
+    let mut joined = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let between_digits = (c == ' ' || c == '-')
+            && i > 0
+            && chars[i - 1].is_ascii_digit()
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if !between_digits {
+            joined.push(c);
+        }
+    }
+    DEMO_PANS.iter().copied().filter(|pan| joined.contains(pan)).collect()
+}
+
+/// POSTs `body` to `url` with exactly the given extra headers (no token unless given).
+pub async fn post_mcp_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> Result<HttpAnswer> {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await?;
+    Ok(HttpAnswer { status, headers, body })
+}
+
+/// Whether `text` holds a masked card number ending in `last_four`: asterisks (with any single
+/// separators) right before those digits.
+pub fn has_masked_form(text: &str, last_four: &str) -> bool {
+    text.match_indices(last_four).any(|(at, _)| {
+        let masked_run = text[..at]
+            .chars()
+            .rev()
+            .take_while(|c| matches!(c, '*' | ' ' | '-' | '.'))
+            .filter(|&c| c == '*')
+            .count();
+        // A 13-19 digit number keeps at most 10 digits (BIN + last four): 3 or more are masked.
+        masked_run >= 3
+    })
+}

@@ -110,3 +110,13 @@ pub fn grpc_call(
 pub fn grpc_response(size: usize) -> Vec<u8> {
     buffer(BufferType::GrpcReceiveBuffer, size)
 }
+
+/// Ends the response stream abruptly: what is left of it never reaches the client.
+pub fn reset_response() {
+    if let Err(status) = hostcalls::reset_http_response() {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: resetting the response failed: {status:?}"),
+        );
+    }
+}

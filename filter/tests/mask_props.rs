@@ -171,6 +171,51 @@ proptest! {
     }
 
     #[test]
+    fn pans_split_across_events_are_masked(
+        p in pan(), sh in shape(), cut in any::<prop::sample::Index>(), json in any::<bool>(), chunk in 1usize..64,
+    ) {
+        let text = format!("card {} ok", render(&p, &sh));
+        let mut k = cut.index(text.len() + 1);
+        while !text.is_char_boundary(k) {
+            k -= 1;
+        }
+        // Never inside a `\uXXXX` escape: half an escape is not a digit on either side.
+        if let Some(b) = text[..k].rfind('\\') {
+            if k - b < 6 {
+                k = b;
+            }
+        }
+        let (a, b) = text.split_at(k);
+        let event = |t: &str| if json {
+            format!("data: {}\n\n", serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": t, "level": "info"}}))
+        } else {
+            format!("data: {t}\n\n")
+        };
+        let stream = format!("{}{}{}", event(a), event(b), event("end"));
+        let m = Masker::default();
+        let mut s = StreamMasker::default();
+        let mut r = MaskReport::default();
+        let mut out = Vec::new();
+        for c in stream.as_bytes().chunks(chunk) {
+            out.extend(s.push(&m, c, &mut r));
+        }
+        out.extend(s.finish(&m, &mut r));
+        let out = String::from_utf8(out).unwrap();
+        let mut joined = String::new();
+        for block in out.split("\n\n").filter(|b| !b.is_empty()) {
+            let data = block.strip_prefix("data: ").unwrap();
+            if json {
+                let v: Value = serde_json::from_str(data).unwrap();
+                joined.push_str(v["params"]["data"].as_str().unwrap());
+            } else {
+                joined.push_str(data);
+            }
+        }
+        assert_clean(&joined, &p);
+        prop_assert!(r.total() >= 1);
+    }
+
+    #[test]
     fn hard_negatives_pass_masking_byte_for_byte(neg in hard_negative(), pre in prop::sample::select(PREFIXES)) {
         prop_assert!(find(&neg).is_empty(), "generator made a card number: {neg}");
         let text = format!("{pre}{neg} end");
@@ -184,8 +229,12 @@ proptest! {
 
     #[test]
     fn printed_negatives_masked_only_where_the_checker_sees_a_card(neg in grouped_negative()) {
+        // The engine's issuer table is a superset of the checker's (Diners 3095, Troy, …): what
+        // the checker flags must change; anything else may change only for a card the engine knows.
         let m = Masker::default();
-        let out = m.mask_body(neg.as_bytes(), &mut MaskReport::default());
-        prop_assert_eq!(out == neg.as_bytes(), find(&neg).is_empty(), "{}", neg);
+        let mut r = MaskReport::default();
+        let out = m.mask_body(neg.as_bytes(), &mut r);
+        prop_assert!(find(&neg).is_empty() || out != neg.as_bytes(), "{}", neg);
+        prop_assert!(out == neg.as_bytes() || r.total() > 0, "{}", neg);
     }
 }

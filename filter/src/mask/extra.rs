@@ -4,6 +4,7 @@
 use regex_lite::Regex;
 
 use super::edit::Edit;
+use super::unicode::{decode, Class, Decoded};
 use super::{Finding, MaskReport};
 
 /// Compiled extra detectors.
@@ -27,12 +28,12 @@ impl Extra {
                 None
             },
             track1: if track {
-                re(r"B(\d{12,19})\^[^\^\r\n]{0,26}\^(\d[^?\r\n]{6,})")
+                re(r"(?:%|\b)B(\d{12,19})\^[^\^\r\n]{0,26}\^(\d[^?\r\n]{6,})")
             } else {
                 None
             },
             track2: if track {
-                re(r"(\d{12,19})=(\d{7,})")
+                re(r"\b(\d{12,19})=(\d{7,})")
             } else {
                 None
             },
@@ -60,18 +61,27 @@ impl Extra {
         edits: &mut Vec<Edit>,
         report: &mut MaskReport,
     ) {
-        let mut last_end = [0usize; 2];
+        let first = edits.len();
+        // Overlapping windows of one kind are read once, as their union.
+        let mut merged: Vec<(usize, usize, bool)> = Vec::new();
         for &(s, e, track) in windows {
-            let s = s.max(base).max(last_end[usize::from(track)]);
-            let e = e.min(base + text.len());
+            let (s, e) = (s.max(base), e.min(base + text.len()));
             if s >= e {
                 continue;
             }
-            last_end[usize::from(track)] = e;
+            match merged.iter_mut().rev().find(|m| m.2 == track) {
+                Some(m) if s <= m.1 => m.1 = m.1.max(e),
+                _ => merged.push((s, e, track)),
+            }
+        }
+        for (s, e, track) in merged {
             self.builtin(&text[s - base..e - base], s, track, edits, report);
         }
         if !self.custom.is_empty() {
             self.custom_edits(text, base, edits, report);
+        }
+        if edits.len() > first {
+            complete_groups(text, base, first, edits);
         }
     }
 
@@ -100,12 +110,12 @@ impl Extra {
                     }
                 }
             }
-            // The scanner opened the window on the separator after the number: `^` for track 1,
-            // `=` for track 2.
-            let caret = s.contains('^');
+            // The scanner opened the window on the separator after a number: `^` for track 1, `=`
+            // for track 2.
+            let (caret, equals) = (s.contains('^'), s.contains('='));
             for (name, re, want) in [
                 ("track1", &self.track1, caret),
-                ("track2", &self.track2, !caret),
+                ("track2", &self.track2, equals),
             ] {
                 let Some(re) = re.as_ref().filter(|_| track && want) else {
                     continue;
@@ -164,6 +174,49 @@ impl Extra {
             off += s.len() + chunk.invalid().len();
         }
     }
+}
+
+/// A detector that masks part of a run of digits could leave the rest to read as a new number:
+/// mask every digit of each run it touched (edits from index `first` on), except a kept last four
+/// that nothing can continue (the run ends in something other than a separator).
+fn complete_groups(text: &[u8], base: usize, first: usize, edits: &mut Vec<Edit>) {
+    let mut starred: Vec<usize> = edits[first..].iter().map(|e| e.start).collect();
+    starred.sort_unstable();
+    let touched = |p: usize| starred.binary_search(&p).is_ok();
+    let flush =
+        |run: &mut Vec<(usize, usize, bool)>, next: Option<Class>, edits: &mut Vec<Edit>| {
+            if run.iter().any(|&(s, _, _)| touched(s)) {
+                let clear = run.iter().filter(|u| !touched(u.0)).count();
+                let suffix = run.iter().rev().take(clear).all(|u| !touched(u.0));
+                let closed = matches!(next, Some(c) if c != Class::Sep);
+                if !(clear <= 4 && suffix && closed) {
+                    for &(s, e, esc) in run.iter().filter(|u| !touched(u.0)) {
+                        edits.push(Edit::star(s, e, esc));
+                    }
+                }
+            }
+            run.clear();
+        };
+    let mut run: Vec<(usize, usize, bool)> = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        let len = match decode(text, i) {
+            Decoded::Unit(u) => {
+                if u.class == Class::Digit {
+                    run.push((base + i, base + i + u.len, u.escaped));
+                } else {
+                    flush(&mut run, Some(u.class), edits);
+                }
+                u.len
+            }
+            Decoded::Incomplete => {
+                flush(&mut run, None, edits);
+                1
+            }
+        };
+        i += len;
+    }
+    flush(&mut run, None, edits);
 }
 
 fn note(report: &mut MaskReport, name: &str, offset: usize, shown: &str) {

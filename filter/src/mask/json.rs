@@ -558,6 +558,141 @@ fn scan_number(src: &[u8], s: usize) -> Option<usize> {
     Some(i)
 }
 
+/// Every string value of a JSON document: (hash of its path, content start, content end). `None`
+/// when `src` is not JSON. Used to join text that a stream splits over events at one path.
+pub(crate) fn string_values(src: &[u8]) -> Option<Vec<(u64, usize, usize)>> {
+    const FNV: u64 = 0xcbf2_9ce4_8422_2325;
+    let fnv = |h: u64, bytes: &[u8]| {
+        bytes
+            .iter()
+            .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    };
+    // Per open container: (object?, hash of its path, hash of the current member's path, index).
+    let mut stack: Vec<(bool, u64, u64, u64)> = Vec::new();
+    let mut out = Vec::new();
+    let mut expect = Expect::Value;
+    let mut i = 0;
+    let path = |stack: &[(bool, u64, u64, u64)]| {
+        stack.last().map_or(FNV, |f| {
+            if f.0 {
+                f.2
+            } else {
+                fnv(f.1, &f.3.to_le_bytes())
+            }
+        })
+    };
+    loop {
+        i = skip_ws(src, i);
+        if expect == Expect::Done {
+            return (i == src.len()).then_some(out);
+        }
+        let &c = src.get(i)?;
+        match expect {
+            Expect::Value | Expect::ValueOrClose => {
+                if expect == Expect::ValueOrClose && c == b']' {
+                    stack.pop();
+                    i += 1;
+                    expect = after_value_n(stack.len());
+                    continue;
+                }
+                match c {
+                    b'"' => {
+                        let info = scan_string(src, i)?;
+                        out.push((path(&stack), i + 1, info.end - 1));
+                        i = info.end;
+                    }
+                    b'{' | b'[' => {
+                        if stack.len() >= MAX_DEPTH {
+                            return None;
+                        }
+                        let here = path(&stack);
+                        stack.push((c == b'{', here, here, 0));
+                        expect = if c == b'{' {
+                            Expect::KeyOrClose
+                        } else {
+                            Expect::ValueOrClose
+                        };
+                        i += 1;
+                        continue;
+                    }
+                    b'-' | b'0'..=b'9' => i = scan_number(src, i)?,
+                    b't' | b'f' | b'n' => {
+                        let lit: &[u8] = match c {
+                            b't' => b"true",
+                            b'f' => b"false",
+                            _ => b"null",
+                        };
+                        if !src[i..].starts_with(lit) {
+                            return None;
+                        }
+                        i += lit.len();
+                    }
+                    _ => return None,
+                }
+                expect = after_value_n(stack.len());
+            }
+            Expect::KeyOrClose | Expect::Key => {
+                if expect == Expect::KeyOrClose && c == b'}' {
+                    stack.pop();
+                    i += 1;
+                    expect = after_value_n(stack.len());
+                    continue;
+                }
+                if c != b'"' {
+                    return None;
+                }
+                let info = scan_string(src, i)?;
+                if let Some(f) = stack.last_mut() {
+                    f.2 = fnv(f.1, &src[i + 1..info.end - 1]);
+                }
+                i = info.end;
+                expect = Expect::Colon;
+            }
+            Expect::Colon => {
+                if c != b':' {
+                    return None;
+                }
+                i += 1;
+                expect = Expect::Value;
+            }
+            Expect::CommaOrClose => {
+                let top_object = stack.last().is_some_and(|f| f.0);
+                match c {
+                    b',' => {
+                        if let Some(f) = stack.last_mut() {
+                            f.3 += 1;
+                        }
+                        expect = if top_object {
+                            Expect::Key
+                        } else {
+                            Expect::Value
+                        };
+                    }
+                    b'}' if top_object => {
+                        stack.pop();
+                        expect = after_value_n(stack.len());
+                    }
+                    b']' if !top_object && !stack.is_empty() => {
+                        stack.pop();
+                        expect = after_value_n(stack.len());
+                    }
+                    _ => return None,
+                }
+                i += 1;
+            }
+            Expect::Done => return None,
+        }
+    }
+}
+
+fn after_value_n(depth: usize) -> Expect {
+    if depth == 0 {
+        Expect::Done
+    } else {
+        Expect::CommaOrClose
+    }
+}
+
 /// Where decoded bytes came from: runs copied as they are, and escapes.
 #[derive(Debug, Default)]
 pub(crate) struct PosMap {

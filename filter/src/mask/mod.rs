@@ -47,6 +47,35 @@ pub enum Display {
     PanRef,
 }
 
+/// What happens to a body that cannot carry text (by its content type).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BinaryAction {
+    /// Refuse it (safe default: nothing unmasked gets through).
+    #[default]
+    Block,
+    /// Let it through untouched.
+    Pass,
+    /// Mask it as text anyway (digits in it are replaced like any others).
+    Mask,
+}
+
+/// How a response body is to be handled, from its headers ([`Masker::handling`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Buffer and [`Masker::mask_content`] (JSON, falling back to text).
+    Json,
+    /// Stream through a [`StreamMasker`].
+    EventStream,
+    /// Buffer and mask as text.
+    Text,
+    /// Refuse the response: compressed (the filter asks for identity encoding, so this means the
+    /// upstream ignored it) or binary with `binary: block`.
+    Block,
+    /// Binary with `binary: pass`.
+    Pass,
+}
+
 /// A named custom detector.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -78,6 +107,9 @@ pub struct MaskConfig {
     /// Extra named detectors.
     #[serde(default)]
     pub custom_patterns: Vec<CustomPattern>,
+    /// What to do with bodies whose content type cannot carry text (images, archives, …).
+    #[serde(default)]
+    pub binary: BinaryAction,
     /// Largest event-stream event buffered whole (for JSON-aware masking); a larger one is masked
     /// as a text stream.
     #[serde(default = "default_max_event_bytes")]
@@ -92,6 +124,7 @@ impl Default for MaskConfig {
             cvv_keys: default_cvv_keys(),
             track_data: true,
             custom_patterns: Vec::new(),
+            binary: BinaryAction::default(),
             max_event_bytes: default_max_event_bytes(),
         }
     }
@@ -108,6 +141,7 @@ impl std::fmt::Debug for MaskConfig {
             .field("cvv_keys", &self.cvv_keys)
             .field("track_data", &self.track_data)
             .field("custom_patterns", &self.custom_patterns)
+            .field("binary", &self.binary)
             .field("max_event_bytes", &self.max_event_bytes)
             .finish()
     }
@@ -272,6 +306,7 @@ pub struct Masker {
     cvv_first: [bool; 256],
     extra: extra::Extra,
     max_event_bytes: usize,
+    binary: BinaryAction,
 }
 
 impl Default for Masker {
@@ -288,6 +323,7 @@ impl Default for Masker {
                 .collect(),
             extra: extra::Extra::new(true, true, Vec::new()),
             max_event_bytes: config.max_event_bytes,
+            binary: config.binary,
         }
     }
 }
@@ -315,6 +351,7 @@ enum Kind {
     Json,
     EventStream,
     Text,
+    Binary,
 }
 
 fn kind_of(content_type: Option<&str>) -> Kind {
@@ -327,6 +364,7 @@ fn kind_of(content_type: Option<&str>) -> Kind {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    let (top, sub) = essence.split_once('/').unwrap_or((essence.as_str(), ""));
     if essence == "text/event-stream" {
         Kind::EventStream
     } else if essence == "application/json"
@@ -334,6 +372,28 @@ fn kind_of(content_type: Option<&str>) -> Kind {
         || essence == "application/json-rpc"
     {
         Kind::Json
+    } else if matches!(top, "image" | "audio" | "video" | "font" | "model")
+        || matches!(
+            sub,
+            "octet-stream"
+                | "pdf"
+                | "zip"
+                | "gzip"
+                | "x-gzip"
+                | "x-tar"
+                | "x-7z-compressed"
+                | "zstd"
+                | "x-protobuf"
+                | "protobuf"
+                | "grpc"
+                | "wasm"
+                | "vnd.ms-excel"
+                | "msword"
+        )
+        || sub.starts_with("grpc")
+        || sub.starts_with("vnd.openxmlformats")
+    {
+        Kind::Binary
     } else {
         Kind::Text
     }
@@ -377,14 +437,50 @@ impl Masker {
             cvv_first: first_bytes(&config.cvv_keys),
             cvv_keys,
             max_event_bytes: config.max_event_bytes.max(256),
+            binary: config.binary,
         })
     }
 
     /// Masks every card number in a complete body read as text (escapes like `\u0034` included).
     pub fn mask_body(&self, body: &[u8], report: &mut MaskReport) -> Vec<u8> {
+        let detectors = report.detector_total();
         let mut edits = Vec::new();
         self.text_edits(body, &mut edits, report);
-        finish(body, edits)
+        let out = finish(body, edits);
+        if report.detector_total() == detectors {
+            return out;
+        }
+        self.recheck(out, false, report)
+    }
+
+    /// The extra detectors mask parts of digit runs (a track's discretionary data, a custom
+    /// pattern's match): what they leave could read as a card number. Look again until it
+    /// does not (each pass masks more; a few are plenty).
+    pub(crate) fn recheck(&self, mut out: Vec<u8>, json: bool, report: &mut MaskReport) -> Vec<u8> {
+        for _ in 0..4 {
+            let mut again = report.empty_like();
+            let mut edits = Vec::new();
+            let parsed = if json {
+                json::JsonMasker::new(self)
+                    .edits(&out, 0, &mut edits, &mut again)
+                    .is_ok()
+            } else {
+                false
+            };
+            if !parsed {
+                edits.clear();
+                again = report.empty_like();
+                self.text_edits(&out, &mut edits, &mut again);
+            }
+            if again.total() == 0 {
+                return out;
+            }
+            for (b, n) in again.by_brand {
+                *report.by_brand.entry(b).or_insert(0) += n;
+            }
+            out = finish(&out, edits);
+        }
+        out
     }
 
     /// Masks a JSON document: string values after unescaping (JSON inside strings as JSON), keys,
@@ -394,8 +490,14 @@ impl Masker {
         let mut edits = Vec::new();
         let mut sub = report.empty_like();
         json::JsonMasker::new(self).edits(body, 0, &mut edits, &mut sub)?;
+        let recheck = sub.detector_total() > 0;
         report.merge(sub);
-        Ok(finish(body, edits))
+        let out = finish(body, edits);
+        Ok(if recheck {
+            self.recheck(out, true, report)
+        } else {
+            out
+        })
     }
 
     /// Masks a complete body as its content type asks: JSON (falling back to text when it is not
@@ -421,10 +523,31 @@ impl Masker {
             Kind::Json => self
                 .mask_json(body, report)
                 .unwrap_or_else(|_| self.mask_body(body, report)),
-            Kind::Text if looks_json => self
+            Kind::Text | Kind::Binary if looks_json => self
                 .mask_json(body, report)
                 .unwrap_or_else(|_| self.mask_body(body, report)),
-            Kind::Text => self.mask_body(body, report),
+            Kind::Text | Kind::Binary => self.mask_body(body, report),
+        }
+    }
+
+    /// How to handle a response body with these headers. A compressed body is never masked here
+    /// and never passed: the filter asks upstreams for identity encoding, and blocks the rest.
+    pub fn handling(&self, content_type: Option<&str>, content_encoding: Option<&str>) -> Handling {
+        let encoded = content_encoding
+            .map(str::trim)
+            .is_some_and(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
+        if encoded {
+            return Handling::Block;
+        }
+        match kind_of(content_type) {
+            Kind::Json => Handling::Json,
+            Kind::EventStream => Handling::EventStream,
+            Kind::Text => Handling::Text,
+            Kind::Binary => match self.binary {
+                BinaryAction::Block => Handling::Block,
+                BinaryAction::Pass => Handling::Pass,
+                BinaryAction::Mask => Handling::Text,
+            },
         }
     }
 

@@ -5,10 +5,16 @@
 //! across chunks is seen whole. An event that grows past `maxEventBytes` (or a stream that never
 //! ends an event) is masked as text from then on, holding back only the open digit groups that
 //! could still be part of a card number: memory stays bounded on an endless stream.
+//!
+//! A number can also be split over two events, when an upstream streams text in pieces (each
+//! event a JSON message with the next piece at the same place, or plain `data:` text): an event
+//! whose last string ends in digits is held, masked, until the next event, and the digits on both
+//! sides of the boundary are read together.
 
-use super::edit::{apply, normalize, Edit};
-use super::json::JsonMasker;
+use super::edit::{apply, normalize, Edit, Rep};
+use super::json::{string_values, unescape, JsonMasker, PosMap};
 use super::scan::TextScan;
+use super::unicode::{decode, Class, Decoded};
 use super::{MaskReport, Masker};
 
 /// Masks a stream (an SSE body) chunk by chunk.
@@ -25,6 +31,21 @@ pub struct StreamMasker {
     after_cr: bool,
     /// Set while the current event is masked as a text stream (it outgrew the limit).
     text: Option<TextScan>,
+    /// Edits decided in text mode for bytes not released yet.
+    text_edits: Vec<Edit>,
+    /// The last complete event, masked, when some string of it ends in digits that the next event
+    /// may continue.
+    held_event: Option<(Vec<u8>, Vec<Tail>)>,
+}
+
+/// Where an event's last string sits: its path (hash), content range in the event, and whether it
+/// is a JSON string (escaped) or plain `data:` text.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    path: u64,
+    start: usize,
+    end: usize,
+    json: bool,
 }
 
 impl StreamMasker {
@@ -45,7 +66,37 @@ impl StreamMasker {
 
     /// Bytes currently held back.
     pub fn held(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.held_event.as_ref().map_or(0, |h| h.0.len())
+    }
+
+    /// Emits a complete masked event, joined with the held one, holding it in turn if its text
+    /// ends in digits.
+    fn emit_event(
+        &mut self,
+        m: &Masker,
+        mut ev: Vec<u8>,
+        out: &mut Vec<u8>,
+        report: &mut MaskReport,
+    ) {
+        if let Some((mut prev, tails)) = self.held_event.take() {
+            // Later strings first: edits keep earlier positions valid.
+            for tail in tails.into_iter().rev() {
+                link(m, &mut prev, tail, &mut ev, report);
+            }
+            out.extend_from_slice(&prev);
+        }
+        let tails = digit_tails(&ev);
+        if tails.is_empty() {
+            out.extend_from_slice(&ev);
+        } else {
+            self.held_event = Some((ev, tails));
+        }
+    }
+
+    fn flush_held(&mut self, out: &mut Vec<u8>) {
+        if let Some((prev, _)) = self.held_event.take() {
+            out.extend_from_slice(&prev);
+        }
     }
 
     fn run(&mut self, m: &Masker, last: bool, out: &mut Vec<u8>, report: &mut MaskReport) {
@@ -55,7 +106,7 @@ impl StreamMasker {
                 // Text mode until this event ends.
                 let limit = end.unwrap_or(self.base + self.buf.len());
                 let done = end.is_some() || last;
-                let mut edits = Vec::new();
+                let mut edits = std::mem::take(&mut self.text_edits);
                 scan.feed(
                     m,
                     &self.buf[..limit - self.base],
@@ -67,8 +118,11 @@ impl StreamMasker {
                 let release = if done {
                     limit
                 } else {
-                    scan.stable_until().min(limit)
+                    // Hold the last word back as well: the extra detectors (track data) read a
+                    // whole word, and masking part of a digit run could expose the rest.
+                    hold_last_word(&self.buf, self.base, scan.stable_until().min(limit))
                 };
+                self.flush_held(out);
                 let windows = std::mem::take(&mut scan.extra_windows);
                 m.extra_text_edits(
                     &self.buf[..release - self.base],
@@ -77,7 +131,11 @@ impl StreamMasker {
                     &mut edits,
                     report,
                 );
-                self.release(release, &edits, out);
+                scan.extra_windows = windows.into_iter().filter(|w| w.1 > release).collect();
+                let (now, later): (Vec<Edit>, Vec<Edit>) =
+                    edits.into_iter().partition(|e| e.end <= release);
+                self.text_edits = later;
+                self.release(release, &now, out);
                 if done {
                     if end.is_none() {
                         return;
@@ -89,16 +147,30 @@ impl StreamMasker {
             }
             match end {
                 Some(end) => {
+                    let detectors = report.detector_total();
                     let edits = mask_event(m, &self.buf[..end - self.base], self.base, report);
-                    self.release(end, &edits, out);
+                    let mut ev = Vec::new();
+                    self.release(end, &edits, &mut ev);
+                    if report.detector_total() > detectors {
+                        ev = recheck_event(m, ev, report);
+                    }
+                    self.emit_event(m, ev, out, report);
                 }
                 None if last => {
                     let end = self.base + self.buf.len();
+                    let detectors = report.detector_total();
                     let edits = mask_event(m, &self.buf, self.base, report);
-                    self.release(end, &edits, out);
+                    let mut ev = Vec::new();
+                    self.release(end, &edits, &mut ev);
+                    if report.detector_total() > detectors {
+                        ev = recheck_event(m, ev, report);
+                    }
+                    self.emit_event(m, ev, out, report);
+                    self.flush_held(out);
                     return;
                 }
                 None if self.buf.len() > m.max_event_bytes() => {
+                    self.flush_held(out);
                     self.text = Some(TextScan::new(self.base));
                 }
                 None => return,
@@ -216,4 +288,198 @@ fn skip_ws_starts_json(p: &[u8]) -> bool {
         p.iter().find(|b| !b.is_ascii_whitespace()),
         Some(b'{' | b'[')
     )
+}
+
+/// The strings of an event's payload: (path hash, content start, content end, JSON?). A single
+/// JSON `data:` line gives its string values; plain text data gives each data line (path 0).
+fn payload_strings(ev: &[u8]) -> Vec<(u64, usize, usize, bool)> {
+    let mut data = Vec::new();
+    let mut i = 0;
+    while i < ev.len() {
+        let len = ev[i..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(ev.len() - i);
+        if let Some(rest) = ev[i..i + len].strip_prefix(b"data:") {
+            let skip = 5 + usize::from(rest.first() == Some(&b' '));
+            data.push((i + skip, i + len));
+        }
+        i += len + 1;
+    }
+    let json_like = |p: &[u8]| {
+        matches!(
+            p.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        )
+    };
+    match data.as_slice() {
+        [(s, e)] if json_like(&ev[*s..*e]) => string_values(&ev[*s..*e])
+            .map(|v| {
+                v.into_iter()
+                    .map(|(h, a, b)| (h, s + a, s + b, true))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        lines if lines.iter().any(|&(s, e)| json_like(&ev[s..e])) => Vec::new(),
+        lines => lines.iter().map(|&(s, e)| (0, s, e, false)).collect(),
+    }
+}
+
+/// Decoded text of a string content range, with its position map when unescaped.
+fn decoded(ev: &[u8], start: usize, end: usize, json: bool) -> (Vec<u8>, Option<PosMap>) {
+    let raw = &ev[start..end];
+    if json && raw.contains(&b'\\') {
+        let (d, map) = unescape(raw);
+        (d, Some(map))
+    } else {
+        (raw.to_vec(), None)
+    }
+}
+
+/// Start of the run of digits and separators that ends `text` (at a unit boundary), and the
+/// start of the unit before it (its left context), when the run holds a digit.
+fn trailing_run(text: &[u8]) -> Option<(usize, usize)> {
+    let (mut i, mut run, mut before, mut digit) = (0, 0, 0, false);
+    while i < text.len() {
+        let Decoded::Unit(u) = decode(text, i) else {
+            break;
+        };
+        match u.class {
+            Class::Digit | Class::Sep => digit |= u.class == Class::Digit,
+            _ => {
+                before = i;
+                run = i + u.len;
+                digit = false;
+            }
+        }
+        i += u.len;
+    }
+    (digit && run < text.len()).then_some((run, before.min(run)))
+}
+
+/// End of the run of digits and separators that starts `text`, and the end of the unit after
+/// it (its right context), when the run holds a digit.
+fn leading_run(text: &[u8]) -> Option<(usize, usize)> {
+    let (mut i, mut digit) = (0, false);
+    while i < text.len() {
+        let Decoded::Unit(u) = decode(text, i) else {
+            break;
+        };
+        match u.class {
+            Class::Digit | Class::Sep => digit |= u.class == Class::Digit,
+            _ => return digit.then_some((i, i + u.len)),
+        }
+        i += u.len;
+    }
+    digit.then_some((i, i))
+}
+
+/// The strings of a masked event that end in digits.
+fn digit_tails(ev: &[u8]) -> Vec<Tail> {
+    payload_strings(ev)
+        .into_iter()
+        .filter(|&(_, start, end, json)| trailing_run(&decoded(ev, start, end, json).0).is_some())
+        .map(|(path, start, end, json)| Tail {
+            path,
+            start,
+            end,
+            json,
+        })
+        .collect()
+}
+
+/// Masks card numbers that run from the end of the held event's last string into the string at
+/// the same place in the next event.
+fn link(m: &Masker, prev: &mut Vec<u8>, tail: Tail, next: &mut Vec<u8>, report: &mut MaskReport) {
+    let Some(&(_, hs, he, _)) = payload_strings(next)
+        .iter()
+        .find(|s| s.0 == tail.path && s.3 == tail.json)
+    else {
+        return;
+    };
+    let (ttext, tmap) = decoded(prev, tail.start, tail.end, tail.json);
+    let (htext, hmap) = decoded(next, hs, he, tail.json);
+    let (Some((_, ctx)), Some((_, hend))) = (trailing_run(&ttext), leading_run(&htext)) else {
+        return;
+    };
+    let mut joined = ttext[ctx..].to_vec();
+    let split = joined.len();
+    joined.extend_from_slice(&htext[..hend]);
+    let mut edits = Vec::new();
+    let mut scan = TextScan::new(0);
+    scan.feed(m, &joined, 0, true, &mut edits, report);
+    let (mut pe, mut ne) = (Vec::new(), Vec::new());
+    let (mut th, mut hh) = (0, 0);
+    for e in edits {
+        let rep = match (e.rep, tail.json) {
+            (Rep::EscStar, true) => Rep::Star,
+            (r, _) => r,
+        };
+        if e.start < split {
+            let to = |p: usize, h: &mut usize| {
+                tail.start + tmap.as_ref().map_or(p, |mp| mp.raw_from(p, h))
+            };
+            let (a, b) = (
+                to(ctx + e.start, &mut th),
+                to(ctx + e.end.min(split), &mut th),
+            );
+            pe.push(Edit {
+                start: a,
+                end: b,
+                rep,
+            });
+        } else {
+            let to = |p: usize, h: &mut usize| hs + hmap.as_ref().map_or(p, |mp| mp.raw_from(p, h));
+            let (a, b) = (to(e.start - split, &mut hh), to(e.end - split, &mut hh));
+            ne.push(Edit {
+                start: a,
+                end: b,
+                rep,
+            });
+        }
+    }
+    for (edits, bytes) in [(pe, prev), (ne, next)] {
+        if edits.is_empty() {
+            continue;
+        }
+        let mut edits = edits;
+        normalize(&mut edits);
+        let mut out = Vec::with_capacity(bytes.len());
+        apply(bytes, 0, &edits, &mut out);
+        *bytes = out;
+    }
+}
+
+/// An event masked again until no card number reads in it (see [`Masker::recheck`]).
+fn recheck_event(m: &Masker, mut ev: Vec<u8>, report: &mut MaskReport) -> Vec<u8> {
+    for _ in 0..4 {
+        let mut again = report.empty_like();
+        let edits = mask_event(m, &ev, 0, &mut again);
+        if again.total() == 0 {
+            break;
+        }
+        for (b, n) in again.by_brand {
+            *report.by_brand.entry(b).or_insert(0) += n;
+        }
+        let mut out = Vec::with_capacity(ev.len());
+        apply(&ev, 0, &edits, &mut out);
+        ev = out;
+    }
+    ev
+}
+
+/// `release` moved back to the start of the word it falls in (bytes up to an ASCII space or
+/// control), unless that word is longer than 4 KiB.
+fn hold_last_word(buf: &[u8], base: usize, release: usize) -> usize {
+    let end = release.saturating_sub(base).min(buf.len());
+    let word = buf[..end]
+        .iter()
+        .rev()
+        .take_while(|b| !(b.is_ascii_whitespace() || b.is_ascii_control()))
+        .count();
+    if word > 4096 {
+        release
+    } else {
+        release - word
+    }
 }

@@ -314,3 +314,76 @@ fn escaped_surrogate_pair_digits() {
     let (out, _) = mask(r"\ud835\udfd22221000000000009 ");
     assert_eq!(out, r"\ud835\udfd2************0009 ");
 }
+
+#[test]
+fn handling_by_headers() {
+    let m = Masker::default();
+    assert_eq!(
+        m.handling(Some("application/json; charset=utf-8"), None),
+        Handling::Json
+    );
+    assert_eq!(
+        m.handling(Some("text/event-stream"), Some("identity")),
+        Handling::EventStream
+    );
+    assert_eq!(m.handling(Some("text/plain"), None), Handling::Text);
+    assert_eq!(m.handling(None, None), Handling::Text);
+    assert_eq!(
+        m.handling(Some("application/x-www-form-urlencoded"), None),
+        Handling::Text
+    );
+    assert_eq!(
+        m.handling(Some("application/json"), Some("gzip")),
+        Handling::Block
+    );
+    assert_eq!(m.handling(Some("image/png"), None), Handling::Block);
+    let pass: MaskConfig = serde_json::from_str(r#"{"binary":"pass"}"#).unwrap();
+    assert_eq!(
+        Masker::new(pass)
+            .unwrap()
+            .handling(Some("application/pdf"), None),
+        Handling::Pass
+    );
+    let mask: MaskConfig = serde_json::from_str(r#"{"binary":"mask"}"#).unwrap();
+    assert_eq!(
+        Masker::new(mask)
+            .unwrap()
+            .handling(Some("application/octet-stream"), None),
+        Handling::Text
+    );
+}
+
+#[test]
+fn stream_catches_pan_split_across_events() {
+    let m = Masker::default();
+    let ev = |t: &str| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": t}})
+        )
+    };
+    let input = [
+        ev("paid with 4111 1111"),
+        ev(" 1111 1111 today"),
+        ev("done 7"),
+    ]
+    .concat();
+    let mut r = MaskReport::default();
+    let mut s = StreamMasker::default();
+    let mut out = Vec::new();
+    for c in input.as_bytes().chunks(7) {
+        out.extend(s.push(&m, c, &mut r));
+    }
+    out.extend(s.finish(&m, &mut r));
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains(r#""data":"paid with **** ****""#), "{out}");
+    assert!(out.contains(r#""data":" **** 1111 today""#), "{out}");
+    assert_eq!(r.total(), 1);
+    // Plain text data, and a held event is released at the end of the stream.
+    let mut s = StreamMasker::default();
+    let mut out = s.push(&m, b"data: 5555 5555\n\ndata: 5555 4444\n\n", &mut r);
+    // The first event is released once the second arrived; the second waits for a third.
+    assert_eq!(out, b"data: **** ****\n\n");
+    out.extend(s.finish(&m, &mut r));
+    assert_eq!(out, b"data: **** ****\n\ndata: **** 4444\n\n");
+}

@@ -84,7 +84,7 @@ pub fn too_large(
 ) -> Step {
     let reason = format!("request body exceeds {} bytes", config.max_request_bytes);
     let reply = LocalReply::jsonrpc_error(413, None, jsonrpc::INVALID_REQUEST, &reason, None);
-    refuse(config, masker, info, identity, &[], &[], reply, reason)
+    refuse(config, masker, info, identity, (&[], &[]), reply, reason)
 }
 
 /// A complete request (`body` is `None` for GET and DELETE, which carry none), decided by the
@@ -111,8 +111,7 @@ pub fn request(
                 masker,
                 info,
                 identity,
-                &[],
-                &[],
+                (&[], &[]),
                 reply,
                 error.message(),
             );
@@ -149,7 +148,13 @@ pub fn request(
     };
     let reason = refused.error_message();
     refuse(
-        config, masker, info, identity, messages, verdicts, reply, reason,
+        config,
+        masker,
+        info,
+        identity,
+        (messages, verdicts),
+        reply,
+        reason,
     )
 }
 
@@ -176,30 +181,22 @@ fn forward(
     };
     Step {
         record: record::mcp_request(
-            info,
-            &config.upstream,
-            identity,
-            &config.extra_claims,
-            messages,
-            verdicts,
-            &decision,
-            masker,
+            info, config, identity, messages, verdicts, &decision, masker,
         ),
         next: Next::Forward,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn refuse(
     config: &FilterConfig,
     masker: &Masker,
     info: &RequestInfo,
     identity: &Identity,
-    messages: &[Message],
-    verdicts: &[Verdict],
+    decided: (&[Message], &[Verdict]),
     reply: LocalReply,
     reason: String,
 ) -> Step {
+    let (messages, verdicts) = decided;
     let first_refusal = verdicts.iter().find(|v| !v.is_allowed());
     let decision = RequestDecision {
         decision: first_refusal.map_or("deny", |v| v.action.name()),
@@ -208,14 +205,7 @@ fn refuse(
     };
     Step {
         record: record::mcp_request(
-            info,
-            &config.upstream,
-            identity,
-            &config.extra_claims,
-            messages,
-            verdicts,
-            &decision,
-            masker,
+            info, config, identity, messages, verdicts, &decision, masker,
         ),
         next: Next::Reply(reply),
     }

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::config::FilterConfig;
 use crate::identity::{Identity, IdentityError};
 use crate::jsonrpc::Message;
 use crate::mask::{MaskReport, Masker};
@@ -75,17 +76,19 @@ pub struct RequestDecision<'a> {
 /// An MCP request (one HTTP request: a message, a batch, or a GET/DELETE without a body).
 pub fn mcp_request(
     info: &RequestInfo,
-    upstream: &str,
+    config: &FilterConfig,
     identity: &Identity,
-    extra_claims: &[String],
     messages: &[Message],
     verdicts: &[Verdict],
     decision: &RequestDecision<'_>,
     masker: &Masker,
 ) -> Value {
-    let mut record = info.base("mcp.request", upstream);
+    let mut record = info.base("mcp.request", &config.upstream);
     record.insert("sub".to_owned(), identity.sub.clone().into());
-    record.insert("identity".to_owned(), identity.audit_json(extra_claims));
+    record.insert(
+        "identity".to_owned(),
+        identity.audit_json(&config.extra_claims),
+    );
     let mut report = MaskReport::default();
     let messages: Vec<Value> = messages
         .iter()
@@ -186,9 +189,8 @@ mod tests {
         };
         let record = mcp_request(
             &info,
-            "mcp",
+            &FilterConfig::from_json(b"").unwrap(),
             &identity,
-            &[],
             &[m],
             &[],
             &decision,

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+pub mod peers;
+pub use peers::{ClientHop, Upstream};
+
 /// The checkout this crate lives in.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -20,7 +23,10 @@ pub fn workspace() -> PathBuf {
 /// Where cargo put the binaries: the test executable lives in `<target>/<profile>/deps/`.
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 pub fn tollgate_bin() -> PathBuf {
@@ -78,7 +84,12 @@ impl Proc {
                 }
             }
         });
-        Ok(Proc { name: name.to_owned(), child, lines, log })
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+            log,
+        })
     }
 
     /// Waits for a stdout line containing `needle`; returns it.
@@ -86,7 +97,10 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
                 Ok(line) if line.contains(needle) => return Ok(line),
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
@@ -94,7 +108,11 @@ impl Proc {
                         bail!("{} exited ({status}): {}", self.name, self.log_tail());
                     }
                 }
-                Err(_) => bail!("{} not ready in {timeout:?}: {}", self.name, self.log_tail()),
+                Err(_) => bail!(
+                    "{} not ready in {timeout:?}: {}",
+                    self.name,
+                    self.log_tail()
+                ),
             }
         }
     }
@@ -103,6 +121,11 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     pub fn pid(&self) -> u32 {
@@ -132,6 +155,11 @@ pub struct StackOptions {
     /// Extra arguments for the payments server.
     pub server_args: Vec<String>,
     pub envoy_workers: u32,
+    /// Another MCP server behind the gateway instead of the payments server (then
+    /// `server_args` are not used and `server_requests` stays empty).
+    pub upstream: Option<Upstream>,
+    /// A second listener in front of the gateway that adds a valid token (`Stack::hop_url`).
+    pub client_hop: Option<ClientHop>,
 }
 
 impl Default for StackOptions {
@@ -140,7 +168,14 @@ impl Default for StackOptions {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
-        StackOptions { policy, config: json!({}), server_args: Vec::new(), envoy_workers: 2 }
+        StackOptions {
+            policy,
+            config: json!({}),
+            server_args: Vec::new(),
+            envoy_workers: 2,
+            upstream: None,
+            client_hop: None,
+        }
     }
 }
 
@@ -155,6 +190,10 @@ pub struct Stack {
     pub envoy: Proc,
     pub gateway_url: String,
     pub admin_port: u16,
+    /// The upstream MCP endpoint itself, bypassing the gateway (for direct comparisons).
+    pub upstream_url: String,
+    /// The client-side hop's MCP URL (it adds the token), when `client_hop` was asked for.
+    pub hop_url: Option<String>,
 }
 
 impl Stack {
@@ -169,14 +208,20 @@ impl Stack {
         let control_plane = start_control_plane(&home, &control_plane_addr, dir.path())?;
 
         let server_request_log = dir.path().join("server-requests.jsonl");
-        let mut server_cmd = Command::new(bin_dir().join("payments-server"));
-        server_cmd
-            .args(["--listen", "127.0.0.1:0", "--request-log"])
-            .arg(&server_request_log)
-            .args(&options.server_args);
-        let mut server = Proc::spawn("payments-server", server_cmd, dir.path())?;
-        let ready = server.wait_for_line("listening on", Duration::from_secs(30))?;
-        let upstream = ready.rsplit(' ').next().unwrap_or_default().to_owned();
+        let (server, upstream) = match &options.upstream {
+            Some(other) => other.spawn(dir.path())?,
+            None => {
+                let mut server_cmd = Command::new(bin_dir().join("payments-server"));
+                server_cmd
+                    .args(["--listen", "127.0.0.1:0", "--request-log"])
+                    .arg(&server_request_log)
+                    .args(&options.server_args);
+                let mut server = Proc::spawn("payments-server", server_cmd, dir.path())?;
+                let ready = server.wait_for_line("listening on", Duration::from_secs(30))?;
+                let upstream = ready.rsplit(' ').next().unwrap_or_default().to_owned();
+                (server, upstream)
+            }
+        };
 
         let listen_port = free_port();
         let admin_port = free_port();
@@ -185,6 +230,19 @@ impl Stack {
             map.insert("policy".to_owned(), options.policy.clone());
         }
         let bootstrap = dir.path().join("envoy.yaml");
+        let mut hop_args = Vec::new();
+        let mut hop_url = None;
+        if let Some(hop) = &options.client_hop {
+            let token = dev_token(&home, &control_plane_addr, &hop.sub, &hop.token_args)?;
+            let hop_port = free_port();
+            hop_args = vec![
+                "--hop-port".to_owned(),
+                hop_port.to_string(),
+                "--hop-header".to_owned(),
+                format!("authorization=Bearer {token}"),
+            ];
+            hop_url = Some(format!("http://127.0.0.1:{hop_port}/mcp"));
+        }
         let rendered = Command::new("python3")
             .arg(workspace().join("envoy/render.py"))
             .arg("--out")
@@ -198,6 +256,7 @@ impl Stack {
             .arg("--wasm")
             .arg(wasm_file())
             .args(["--config", &config.to_string()])
+            .args(&hop_args)
             .output()?;
         if !rendered.status.success() {
             bail!("render.py: {}", String::from_utf8_lossy(&rendered.stderr));
@@ -209,7 +268,7 @@ impl Stack {
             .args(["--concurrency", &options.envoy_workers.to_string()])
             .args(["--log-level", "warn", "--disable-hot-restart"]);
         let envoy = Proc::spawn("envoy", envoy_cmd, dir.path())?;
-        let stack = Stack {
+        let mut stack = Stack {
             dir,
             home,
             control_plane: Some(control_plane),
@@ -219,14 +278,19 @@ impl Stack {
             envoy,
             gateway_url: format!("http://127.0.0.1:{listen_port}/mcp"),
             admin_port,
+            upstream_url: upstream,
+            hop_url,
         };
         stack.wait_envoy_ready()?;
         Ok(stack)
     }
 
-    fn wait_envoy_ready(&self) -> Result<()> {
+    fn wait_envoy_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
+            if self.envoy.exited() {
+                bail!("envoy exited: {}", self.envoy.log_tail());
+            }
             if admin_get(self.admin_port, "/ready").is_ok_and(|body| body.trim() == "LIVE") {
                 return Ok(());
             }
@@ -241,7 +305,10 @@ impl Stack {
             .arg("--home")
             .arg(&self.home)
             .args(args)
-            .env("TOLLGATE_SERVER", format!("http://{}", self.control_plane_addr))
+            .env(
+                "TOLLGATE_SERVER",
+                format!("http://{}", self.control_plane_addr),
+            )
             .output()?)
     }
 
@@ -284,15 +351,36 @@ impl Stack {
 
     pub fn restart_control_plane(&mut self) -> Result<()> {
         self.control_plane = None;
-        self.control_plane =
-            Some(start_control_plane(&self.home, &self.control_plane_addr, self.dir.path())?);
+        self.control_plane = Some(start_control_plane(
+            &self.home,
+            &self.control_plane_addr,
+            self.dir.path(),
+        )?);
         Ok(())
     }
 }
 
+/// A token from the dev issuer in `home` (what `Stack::token` does, before the stack exists).
+fn dev_token(home: &Path, control_plane: &str, sub: &str, args: &[String]) -> Result<String> {
+    let out = Command::new(tollgate_bin())
+        .arg("--home")
+        .arg(home)
+        .args(["dev", "token", "--sub", sub])
+        .args(args)
+        .env("TOLLGATE_SERVER", format!("http://{control_plane}"))
+        .output()?;
+    if !out.status.success() {
+        bail!("dev token: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text.lines().last().unwrap_or_default().trim().to_owned())
+}
+
 fn start_control_plane(home: &Path, addr: &str, log_dir: &Path) -> Result<Proc> {
     let mut cmd = Command::new(tollgate_bin());
-    cmd.arg("--home").arg(home).args(["serve", "--listen", addr]);
+    cmd.arg("--home")
+        .arg(home)
+        .args(["serve", "--listen", addr]);
     let mut proc = Proc::spawn("control-plane", cmd, log_dir)?;
     proc.wait_for_line("listening on", Duration::from_secs(30))?;
     Ok(proc)
@@ -302,11 +390,17 @@ fn start_control_plane(home: &Path, addr: &str, log_dir: &Path) -> Result<Proc> 
 pub fn admin_get(port: u16, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(body.to_owned());
     }
     // The admin server answers chunked: size line, data, CRLF, ..., a zero size.
@@ -344,8 +438,11 @@ impl HttpAnswer {
         self.body
             .split("\n\n")
             .filter_map(|event| {
-                let data: Vec<&str> =
-                    event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
                 serde_json::from_str(&data.join("\n")).ok()
             })
             .last()
@@ -377,7 +474,11 @@ pub async fn post_mcp(
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response.text().await?;
-    Ok(HttpAnswer { status, headers, body })
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// An initialize request body.
@@ -412,7 +513,11 @@ pub fn raw_pans_in(text: &str) -> Vec<&'static str> {
             joined.push(c);
         }
     }
-    DEMO_PANS.iter().copied().filter(|pan| joined.contains(pan)).collect()
+    DEMO_PANS
+        .iter()
+        .copied()
+        .filter(|pan| joined.contains(pan))
+        .collect()
 }
 
 /// POSTs `body` to `url` with exactly the given extra headers (no token unless given).
@@ -433,7 +538,11 @@ pub async fn post_mcp_with(
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response.text().await?;
-    Ok(HttpAnswer { status, headers, body })
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Whether `text` holds a masked card number ending in `last_four`: asterisks (with any single

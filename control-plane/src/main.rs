@@ -18,14 +18,15 @@ use tollgate_proto::pb;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    match cli.run().await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("tollgate: {error:#}");
-            std::process::ExitCode::from(cli::EXIT_ERROR)
-        }
-    }
+    let fail = |error: anyhow::Error| {
+        eprintln!("tollgate: {error:#}");
+        std::process::ExitCode::from(cli::EXIT_ERROR)
+    };
+    let runtime = match cli.runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(error.into()),
+    };
+    runtime.block_on(cli.run()).unwrap_or_else(fail)
 }

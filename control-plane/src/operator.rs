@@ -3,14 +3,16 @@
 //!
 //! For now nothing here is verified: the CLI sends the OS user, the `--operator` name and (if
 //! `TOLLGATE_TOKEN` is set) the token, whose `sub` is read without checking its signature.
-//! Records say `"verified": false`. Operator authentication with OIDC tokens (checked against
-//! the issuer's JWKS in this interceptor) is a later issue.
+//! Records say `"verified": false`. The service reads the claims only in the calls that record
+//! them (not on the append path, where it would cost every record). Operator authentication
+//! with OIDC tokens, checked against the issuer's JWKS in an interceptor that puts the
+//! verified operator into the request extensions, is a later issue.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::{Request, Status};
+use tonic::Request;
 
 const NAME: &str = "tollgate-operator-bin";
 const OS_USER: &str = "tollgate-os-user-bin";
@@ -133,12 +135,11 @@ impl Operator {
     }
 }
 
-/// The interceptor that puts the claimed [`Operator`] of every call into its extensions.
-pub fn intercept(mut request: Request<()>) -> Result<Request<()>, Status> {
+/// The operator a request claims, and where it came from.
+pub fn of_request<T>(request: &Request<T>) -> Operator {
     let mut operator = Operator::from_metadata(request.metadata());
     operator.peer = request.remote_addr().map(|a| a.to_string());
-    request.extensions_mut().insert(operator);
-    Ok(request)
+    operator
 }
 
 /// The `sub` claim of a JWT, read WITHOUT verifying the signature.

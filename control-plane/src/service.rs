@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 
 use crate::bundle::{self, Selection};
 use crate::clock;
-use crate::operator::Operator;
 use crate::pb;
 use crate::store::{Store, StoreError};
 
@@ -53,13 +52,9 @@ impl From<StoreError> for Status {
     }
 }
 
-/// The operator the interceptor found for this call (nobody in particular without one).
-fn operator<T>(request: &Request<T>) -> Operator {
-    request
-        .extensions()
-        .get::<Operator>()
-        .cloned()
-        .unwrap_or_default()
+/// The operator this call claims to come from (see `operator`).
+fn operator<T>(request: &Request<T>) -> crate::operator::Operator {
+    crate::operator::of_request(request)
 }
 
 fn blocking_error(error: tokio::task::JoinError) -> Status {

@@ -503,6 +503,8 @@ struct Shared {
     /// Records known durable: set after a flush returned, before its appends are answered.
     durable_len: AtomicU64,
     flushes: AtomicU64,
+    /// Time spent in `flush`, for the stop record and the benchmark.
+    flush_micros: AtomicU64,
     checkpoints: AtomicU64,
     /// Tests hold this to keep the writer from draining, so a group's size is deterministic.
     #[cfg(test)]
@@ -780,6 +782,11 @@ impl Store {
     /// Number of flushes the writer has done since the store was opened.
     pub fn flushes(&self) -> u64 {
         self.shared.flushes.load(Ordering::Acquire)
+    }
+
+    /// Total time the writer spent waiting for flushes since the store was opened.
+    pub fn flush_time(&self) -> Duration {
+        Duration::from_micros(self.shared.flush_micros.load(Ordering::Acquire))
     }
 
     /// Number of checkpoints signed since the store was opened.
@@ -1169,7 +1176,10 @@ impl Writer {
                 "injected flush failure",
             ))));
         }
+        let start = Instant::now();
         self.db.flush()?;
+        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared.flush_micros.fetch_add(micros, Ordering::AcqRel);
         Ok(())
     }
 }

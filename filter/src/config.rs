@@ -17,6 +17,10 @@ pub struct FilterConfig {
     /// closed.
     #[serde(default = "default_audit_timeout_ms")]
     pub audit_timeout_ms: u64,
+    /// How long a call that needs approval is held waiting for the decision before the caller
+    /// is told to retry once approved.
+    #[serde(default = "default_approval_wait_ms")]
+    pub approval_wait_ms: u64,
     /// The jwt_authn provider's `payload_in_metadata` key: where the verified claims are.
     #[serde(default = "default_jwt_metadata_key")]
     pub jwt_metadata_key: String,
@@ -53,6 +57,9 @@ fn default_control_plane_cluster() -> String {
 }
 fn default_audit_timeout_ms() -> u64 {
     5_000
+}
+fn default_approval_wait_ms() -> u64 {
+    30_000
 }
 fn default_jwt_metadata_key() -> String {
     "jwt_payload".to_owned()

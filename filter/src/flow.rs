@@ -3,11 +3,12 @@
 
 use serde_json::{json, Value};
 
+use crate::approval::{self, Ask};
 use crate::config::FilterConfig;
 use crate::identity::{Identity, IdentityError};
 use crate::jsonrpc::{self, Body, Kind, Message};
 use crate::mask::Masker;
-use crate::policy::{BatchPlan, CallContext, Policy, Verdict};
+use crate::policy::{BatchPlan, CallContext, Decision, Policy, Verdict};
 use crate::record::{self, RequestDecision, RequestInfo};
 
 /// A response the filter sends itself instead of forwarding.
@@ -40,6 +41,8 @@ impl LocalReply {
 pub enum Next {
     Forward,
     Reply(LocalReply),
+    /// Hold the call until the approval is decided (see [`crate::approval`]).
+    Approve(Box<Ask>),
 }
 
 /// One decided step: the record to append first, then what to do.
@@ -125,6 +128,17 @@ pub fn request(
     let Some(refused) = refused else {
         return forward(config, masker, info, identity, messages, verdicts);
     };
+    if let (Body::Single(message), Decision::Approve { .. }) = (&parsed, &refused.action) {
+        if message.kind == Kind::Request {
+            if let Some(ask) = approval::ask(config, masker, info, identity, message, refused) {
+                let mut step = forward(config, masker, info, identity, messages, verdicts);
+                step.record["decision"] = "approve".into();
+                step.record["outcome"] = "held for approval".into();
+                step.next = Next::Approve(Box::new(ask));
+                return step;
+            }
+        }
+    }
     let reply = match &parsed {
         Body::Single(message) => {
             match (message.kind, refused.error_response(message.id.as_ref())) {

@@ -5,6 +5,7 @@
 //! ([`flow`]), audit records ([`record`]), configuration ([`config`]). The Envoy glue lives in
 //! `glue/` and is compiled only for `wasm32`.
 
+pub mod approval;
 pub mod config;
 pub mod flow;
 pub mod identity;

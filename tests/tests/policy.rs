@@ -32,7 +32,11 @@ fn server_saw_tool(stack: &Stack, tool: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_calls_never_reach_the_server_and_name_the_rule() {
-    let stack = Stack::start().unwrap();
+    let stack = Stack::start_with(StackOptions {
+        config: json!({"approvalWaitMs": 300}),
+        ..StackOptions::default()
+    })
+    .unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
     let session = session(&stack, &token).await;
 
@@ -71,7 +75,6 @@ async fn denied_calls_never_reach_the_server_and_name_the_rule() {
         "{error}"
     );
 
-    // Needs approval, which is not built yet: refused, naming the approver group.
     let held = post_mcp(
         &stack.gateway_url,
         Some(&token),
@@ -80,12 +83,9 @@ async fn denied_calls_never_reach_the_server_and_name_the_rule() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        held.json()["error"]["data"]["approverGroup"],
-        "payments-approvers",
-        "{}",
-        held.body
-    );
+    // Held for approval (tests/tests/approvals.rs has the whole story); without one it never
+    // reaches the server.
+    assert!(held.json()["error"].is_object(), "{}", held.body);
 
     assert!(server_saw_tool(&stack, "get_customer"));
     assert!(

@@ -4,10 +4,11 @@ use std::time::Duration;
 use prost::Message as _;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel};
-use tollgate_proto::pb::{AppendRequest, AppendResponse};
+use tollgate_proto::pb::{AppendRequest, AppendResponse, ApprovalStatus, AwaitRequest};
 
 use super::host;
 use super::root::Runtime;
+use crate::approval::{self, Ask};
 use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
 use crate::identity::Identity;
 use crate::mask::{MaskReport, StreamMasker};
@@ -17,6 +18,14 @@ use crate::timefmt::rfc3339_micros;
 
 const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
 
+/// What an outstanding gRPC call is for.
+enum Waiting {
+    /// The audit append of the request's record; then `Next`.
+    Audit(Next),
+    /// An approval request or long poll for the held call.
+    Approval(Box<Ask>),
+}
+
 /// One HTTP request through the gateway.
 pub struct TollgateHttp {
     runtime: Rc<Runtime>,
@@ -25,7 +34,9 @@ pub struct TollgateHttp {
     /// Set once the request is decided; later body callbacks only keep it paused.
     decided: bool,
     /// The audit append in flight and what to do once it is acknowledged.
-    pending: Option<(u32, Next)>,
+    pending: Option<(u32, Waiting)>,
+    /// Set once the held call has long-polled for its approval: a second "pending" ends the wait.
+    approval_awaited: bool,
     request_body: Option<Vec<u8>>,
     /// A list request whose answer the policy filters.
     list_method: Option<String>,
@@ -47,6 +58,7 @@ impl TollgateHttp {
             identity: None,
             decided: false,
             pending: None,
+            approval_awaited: false,
             request_body: None,
             list_method: None,
             replied_locally: false,
@@ -101,7 +113,7 @@ impl TollgateHttp {
             timeout,
         ) {
             Some(token) => {
-                self.pending = Some((token, step.next));
+                self.pending = Some((token, Waiting::Audit(step.next)));
                 Action::Pause
             }
             None => {
@@ -114,10 +126,88 @@ impl TollgateHttp {
     /// No acknowledged record: a forward becomes a 503; a refusal is still sent.
     fn audit_failed(&mut self, next: Next) {
         let reply = match next {
-            Next::Forward => flow::audit_unavailable(self.request_body.as_deref()),
+            Next::Forward | Next::Approve(_) => {
+                flow::audit_unavailable(self.request_body.as_deref())
+            }
             Next::Reply(reply) => reply,
         };
         self.send(&reply);
+    }
+
+    /// The audit record is durable: act on the decision.
+    fn audited(&mut self, next: Next) {
+        match next {
+            Next::Forward => host::resume_request(),
+            Next::Reply(reply) => self.send(&reply),
+            Next::Approve(ask) => {
+                let message = ask.request.encode_to_vec();
+                self.call_approvals(
+                    "Request",
+                    &message,
+                    self.runtime.config.audit_timeout_ms,
+                    ask,
+                );
+            }
+        }
+    }
+
+    fn call_approvals(&mut self, method: &str, message: &[u8], timeout_ms: u64, ask: Box<Ask>) {
+        let cluster = self.runtime.config.control_plane_cluster.clone();
+        let timeout = Duration::from_millis(timeout_ms);
+        match host::grpc_call(
+            &cluster,
+            tollgate_proto::service::APPROVALS,
+            method,
+            message,
+            timeout,
+        ) {
+            Some(token) => self.pending = Some((token, Waiting::Approval(ask))),
+            None => {
+                let outcome = approval::unavailable(&ask);
+                self.approval_outcome(ask, outcome, "");
+            }
+        }
+    }
+
+    fn on_approval_status(&mut self, ask: Box<Ask>, status_code: u32, response_size: usize) {
+        let status = (status_code == 0)
+            .then(|| ApprovalStatus::decode(host::grpc_response(response_size).as_slice()).ok())
+            .flatten()
+            .filter(|status| !status.approval_id.is_empty());
+        let Some(status) = status else {
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "tollgate: approval call failed (grpc status {status_code}); failing closed"
+                ),
+            );
+            let outcome = approval::unavailable(&ask);
+            return self.approval_outcome(ask, outcome, "");
+        };
+        let outcome = approval::on_status(&ask, &status);
+        self.approval_outcome(ask, outcome, &status.expires_at);
+    }
+
+    fn approval_outcome(&mut self, ask: Box<Ask>, outcome: approval::Outcome, expires_at: &str) {
+        match outcome {
+            approval::Outcome::Forward => host::resume_request(),
+            approval::Outcome::Reply(reply) => self.send(&reply),
+            approval::Outcome::Wait(approval_id) if !self.approval_awaited => {
+                // Long poll: the control plane answers the moment the approval is decided.
+                self.approval_awaited = true;
+                let wait_ms = self.runtime.config.approval_wait_ms;
+                let message = AwaitRequest {
+                    approval_id,
+                    wait_ms: u32::try_from(wait_ms).unwrap_or(u32::MAX),
+                }
+                .encode_to_vec();
+                let timeout_ms = wait_ms + self.runtime.config.audit_timeout_ms;
+                self.call_approvals("Await", &message, timeout_ms, ask);
+            }
+            approval::Outcome::Wait(approval_id) => {
+                self.send(&approval::still_pending(&ask, &approval_id, expires_at));
+            }
+        }
     }
 
     fn send(&mut self, reply: &LocalReply) {
@@ -129,13 +219,19 @@ impl TollgateHttp {
 
 impl Context for TollgateHttp {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let Some((token, next)) = self.pending.take() else {
+        let Some((token, waiting)) = self.pending.take() else {
             return;
         };
         if token != token_id {
-            self.pending = Some((token, next));
+            self.pending = Some((token, waiting));
             return;
         }
+        let next = match waiting {
+            Waiting::Approval(ask) => {
+                return self.on_approval_status(ask, status_code, response_size)
+            }
+            Waiting::Audit(next) => next,
+        };
         // An empty or undecodable reply is a failure, the same as a gRPC error.
         let acked = status_code == 0
             && AppendResponse::decode(host::grpc_response(response_size).as_slice())
@@ -150,10 +246,7 @@ impl Context for TollgateHttp {
             self.audit_failed(next);
             return;
         }
-        match next {
-            Next::Forward => host::resume_request(),
-            Next::Reply(reply) => self.send(&reply),
-        }
+        self.audited(next);
     }
 }
 

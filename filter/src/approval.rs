@@ -1,0 +1,251 @@
+//! Just-in-time approvals, the filter's side: what to ask the control plane for a call that an
+//! `approve` rule matched, and what each answer means for the held request. The protocol is in
+//! docs/approvals.md: `Approvals.Request`, then while pending a long-polled `Approvals.Await`.
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tollgate_proto::pb::{ApprovalRequest, ApprovalState, ApprovalStatus};
+
+use crate::config::FilterConfig;
+use crate::flow::LocalReply;
+use crate::identity::Identity;
+use crate::jsonrpc::{self, Message};
+use crate::mask::{MaskReport, Masker};
+use crate::policy::{Decision, Verdict};
+use crate::record::RequestInfo;
+
+/// A held call and the approval it waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    pub request: ApprovalRequest,
+    /// The JSON-RPC id of the held call, for the error answering it.
+    pub call_id: Option<Value>,
+}
+
+/// What the filter does after an answer from the control plane.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A grant was used for this call: forward it.
+    Forward,
+    /// Still pending: keep holding and ask again (long poll) for this approval.
+    Wait(String),
+    /// Answer the caller.
+    Reply(LocalReply),
+}
+
+/// The approval to ask for `message`, which `verdict` (an `approve` verdict) holds.
+pub fn ask(
+    config: &FilterConfig,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &Identity,
+    message: &Message,
+    verdict: &Verdict,
+) -> Option<Ask> {
+    let Decision::Approve {
+        approver_group,
+        grant_ttl_seconds,
+    } = &verdict.action
+    else {
+        return None;
+    };
+    let arguments = message.arguments().cloned().unwrap_or(Value::Null);
+    let mut report = MaskReport::default();
+    let masked = masker.mask_body(arguments.to_string().as_bytes(), &mut report);
+    Some(Ask {
+        request: ApprovalRequest {
+            requester: identity.sub.clone(),
+            identity_json: identity
+                .audit_json(&config.extra_claims)
+                .to_string()
+                .into_bytes(),
+            upstream: config.upstream.clone(),
+            method: message.method.clone().unwrap_or_default(),
+            target: message.target().unwrap_or_default().to_owned(),
+            arguments_hash: arguments_hash(&arguments),
+            masked_arguments_json: masked,
+            rule: verdict.rule.clone().unwrap_or_default(),
+            reason: verdict.reason.clone().unwrap_or_default(),
+            approver_group: approver_group.clone(),
+            grant_ttl_seconds: grant_ttl_seconds.unwrap_or(0),
+            session: info.session_id.clone().unwrap_or_default(),
+        },
+        call_id: message.id.clone(),
+    })
+}
+
+/// Hex SHA-256 of the arguments in canonical form (object keys sorted, no whitespace): a grant
+/// is bound to exactly these arguments.
+pub fn arguments_hash(arguments: &Value) -> String {
+    // serde_json's map keeps keys sorted, so `to_string` is canonical for these purposes.
+    let digest = Sha256::digest(arguments.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an answer from `Request` or `Await` means for the held call.
+pub fn on_status(ask: &Ask, status: &ApprovalStatus) -> Outcome {
+    let id = status.approval_id.as_str();
+    let group = ask.request.approver_group.as_str();
+    match status.state() {
+        ApprovalState::Granted => Outcome::Forward,
+        ApprovalState::Pending => Outcome::Wait(id.to_owned()),
+        ApprovalState::Denied => reply(
+            ask,
+            &format!(
+                "approval {id} denied by {}: {}",
+                status.decided_by, status.reason
+            ),
+            json!({"approvalId": id, "state": "denied", "decidedBy": status.decided_by, "reason": status.reason}),
+        ),
+        ApprovalState::Expired => reply(
+            ask,
+            &format!("approval {id} expired; retry the call to ask again"),
+            json!({"approvalId": id, "state": "expired", "approverGroup": group}),
+        ),
+        ApprovalState::Unspecified => unavailable(ask),
+    }
+}
+
+/// The held call's wait ended with the approval still pending.
+pub fn still_pending(ask: &Ask, approval_id: &str, expires_at: &str) -> LocalReply {
+    let group = &ask.request.approver_group;
+    let message = format!(
+        "approval required: {} needs approval {approval_id} from a member of {group} \
+         (tollgate approvals approve {approval_id} --reason ...); retry the same call once approved",
+        ask.request.target
+    );
+    let data = json!({
+        "approvalId": approval_id,
+        "state": "pending",
+        "approverGroup": group,
+        "rule": ask.request.rule,
+        "expiresAt": expires_at,
+        "retry": true,
+    });
+    reply(ask, &message, data).into_reply()
+}
+
+/// The control plane could not be asked: fail closed.
+pub fn unavailable(ask: &Ask) -> Outcome {
+    Outcome::Reply(LocalReply::jsonrpc_error(
+        503,
+        ask.call_id.as_ref(),
+        jsonrpc::GATEWAY_ERROR,
+        "approval service unavailable: request not forwarded",
+        Some(json!({"retryable": true})),
+    ))
+}
+
+fn reply(ask: &Ask, message: &str, data: Value) -> Outcome {
+    Outcome::Reply(LocalReply::jsonrpc_error(
+        200,
+        ask.call_id.as_ref(),
+        jsonrpc::GATEWAY_ERROR,
+        message,
+        Some(data),
+    ))
+}
+
+impl Outcome {
+    fn into_reply(self) -> LocalReply {
+        match self {
+            Outcome::Reply(reply) => reply,
+            // Only `reply` builds these; keep a safe answer rather than a panic.
+            _ => LocalReply::jsonrpc_error(
+                503,
+                None,
+                jsonrpc::GATEWAY_ERROR,
+                "approval failed",
+                None,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jsonrpc::{parse, Body};
+    use serde_json::Map;
+
+    fn held() -> Ask {
+        let Body::Single(message) = parse(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"update_payout_account","arguments":{"merchant_id":"m_1","account_number":"4111111111111111"}}}"#).unwrap() else { panic!() };
+        let verdict = Verdict {
+            action: Decision::Approve {
+                approver_group: "payments-approvers".into(),
+                grant_ttl_seconds: None,
+            },
+            rule: Some("approve-payout".into()),
+            reason: Some("second person".into()),
+        };
+        let identity = Identity {
+            sub: "alice".into(),
+            claims: Map::new(),
+        };
+        let config = FilterConfig::from_json(b"").unwrap();
+        ask(
+            &config,
+            &Masker::default(),
+            &RequestInfo::default(),
+            &identity,
+            &message,
+            &verdict,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_request_is_bound_to_the_exact_arguments_and_masks_them() {
+        let ask = held();
+        assert_eq!(ask.request.target, "update_payout_account");
+        assert_eq!(ask.request.requester, "alice");
+        let masked = String::from_utf8(ask.request.masked_arguments_json.clone()).unwrap();
+        assert!(!masked.contains("4111111111111111"), "{masked}");
+        let same =
+            arguments_hash(&json!({"account_number":"4111111111111111","merchant_id":"m_1"}));
+        assert_eq!(
+            ask.request.arguments_hash, same,
+            "key order must not matter"
+        );
+        assert_ne!(
+            ask.request.arguments_hash,
+            arguments_hash(&json!({"merchant_id":"m_2","account_number":"4111111111111111"}))
+        );
+    }
+
+    #[test]
+    fn answers_map_to_outcomes() {
+        let ask = held();
+        let status = |state: ApprovalState| ApprovalStatus {
+            approval_id: "apr_1".into(),
+            state: state as i32,
+            reason: "no".into(),
+            decided_by: "bob".into(),
+            expires_at: String::new(),
+        };
+        assert_eq!(
+            on_status(&ask, &status(ApprovalState::Granted)),
+            Outcome::Forward
+        );
+        assert_eq!(
+            on_status(&ask, &status(ApprovalState::Pending)),
+            Outcome::Wait("apr_1".into())
+        );
+        let Outcome::Reply(denied) = on_status(&ask, &status(ApprovalState::Denied)) else {
+            panic!()
+        };
+        let body: Value = serde_json::from_slice(&denied.body).unwrap();
+        assert_eq!(body["id"], 9);
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bob: no"));
+        let pending = still_pending(&ask, "apr_1", "2026-11-25T22:00:00Z");
+        let body: Value = serde_json::from_slice(&pending.body).unwrap();
+        assert_eq!(body["error"]["data"]["approvalId"], "apr_1");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tollgate approvals approve apr_1"));
+    }
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod approvals;
 mod audit_export;
 mod audit_query;
 mod audit_verify;
@@ -12,6 +13,8 @@ mod dev_init;
 mod dev_token;
 mod filter;
 mod keys_cmd;
+mod mask_cmd;
+mod policy_check;
 mod records;
 mod serve;
 mod sessions;
@@ -56,6 +59,32 @@ enum Command {
     /// The keys that sign checkpoints.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check a policy before deploying it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Mask card numbers in stdin with the gateway's own engine.
+    Mask(mask_cmd::Args),
+    /// Approval requests: list them, approve or deny (operator token in TOLLGATE_TOKEN).
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// Approval requests, newest first.
+    List(approvals::ListArgs),
+    /// Approve a pending request: its grant lets the exact call through (once, or for the
+    /// rule's time window).
+    Approve(approvals::DecideArgs),
+    /// Deny a pending request; the caller gets your reason.
+    Deny(approvals::DecideArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy (unknown fields, bad globs and regexes, unreachable rules) and show
+    /// what it decides for sample calls; exit 0 only if valid and every sample is as expected.
+    Check(policy_check::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +143,11 @@ impl Cli {
         match &self.command {
             Command::Serve(args) => serve::run(home, args).await,
             Command::Dev(DevCommand::Init(args)) => dev_init::run(home, args),
+            Command::Policy(PolicyCommand::Check(args)) => policy_check::run(args),
+            Command::Mask(args) => mask_cmd::run(args),
+            Command::Approvals(ApprovalsCommand::List(args)) => approvals::list(args).await,
+            Command::Approvals(ApprovalsCommand::Approve(args)) => approvals::approve(args).await,
+            Command::Approvals(ApprovalsCommand::Deny(args)) => approvals::deny(args).await,
             Command::Dev(DevCommand::Token(args)) => dev_token::run(home, args),
             Command::Audit(AuditCommand::Verify(args)) => {
                 audit_verify::run(home, operator, args).await

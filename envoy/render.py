@@ -3,7 +3,11 @@
 
 usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
                  --jwks FILE --wasm FILE [--config JSON] [--plain]
+                 [--hop-port N --hop-header NAME=VALUE ...]
 --plain drops the Tollgate filter (plain Envoy with the same jwt_authn and routes, for benchmarks).
+--hop-port adds a second listener, a client-side hop in front of the gateway listener, that adds
+the --hop-header headers (e.g. authorization=Bearer TOKEN) to every request: for MCP clients that
+cannot send a token themselves, such as the conformance suite.
 """
 import argparse, json, os, sys
 from urllib.parse import urlsplit
@@ -23,6 +27,8 @@ def main():
     ap.add_argument("--wasm", default="")
     ap.add_argument("--config", default="{}", help="Tollgate plugin configuration (JSON) or @FILE")
     ap.add_argument("--plain", action="store_true")
+    ap.add_argument("--hop-port", type=int, default=0)
+    ap.add_argument("--hop-header", action="append", default=[], metavar="NAME=VALUE")
     a = ap.parse_args()
 
     up = urlsplit(a.upstream)
@@ -55,8 +61,58 @@ def main():
         sys.exit("render.py: --wasm is required unless --plain")
     for key, value in values.items():
         text = text.replace("${%s}" % key, str(value))
+    if a.hop_port:
+        text = add_client_hop(text, a.hop_port, a.listen_port, a.hop_header)
     with open(a.out, "w") as f:
         f.write(text)
+
+def add_client_hop(text, hop_port, listen_port, headers):
+    """A plain listener on hop_port that forwards everything to the gateway listener, adding
+    `headers`. The bootstrap's listeners come before `  clusters:`, which ends the file."""
+    added = "".join(
+        "\n              - header: { key: %s, value: %s }\n                append_action: OVERWRITE_IF_EXISTS_OR_ADD"
+        % (json.dumps(name.strip().lower()), json.dumps(value.strip()))
+        for name, _, value in (h.partition("=") for h in headers))
+    listener = f"""  - name: client_hop
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {hop_port} }}
+    per_connection_buffer_limit_bytes: {64 * 1024 * 1024}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: client_hop
+          stream_idle_timeout: 600s
+          route_config:
+            name: client_hop
+            virtual_hosts:
+            - name: client_hop
+              domains: ["*"]
+              request_headers_to_add:{added or " []"}
+              routes:
+              - match: {{ prefix: / }}
+                route: {{ cluster: client_hop_gateway, timeout: 0s }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+    cluster = f"""  - name: client_hop_gateway
+    type: STATIC
+    connect_timeout: 2s
+    per_connection_buffer_limit_bytes: {64 * 1024 * 1024}
+    load_assignment:
+      cluster_name: client_hop_gateway
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}
+"""
+    at = text.index("\n  clusters:\n") + 1
+    return text[:at] + listener + text[at:].rstrip("\n") + "\n" + cluster
+
 
 if __name__ == "__main__":
     main()

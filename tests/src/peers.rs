@@ -115,7 +115,11 @@ pub fn wait_for_port(proc: &mut Proc, port: u16, timeout: Duration) -> Result<()
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{} not listening on {port} in {timeout:?}: {}", proc.name, proc.log_tail())
+    bail!(
+        "{} not listening on {port} in {timeout:?}: {}",
+        proc.name,
+        proc.log_tail()
+    )
 }
 
 /// A client-side hop in front of the gateway: a second Envoy listener that adds a valid token
@@ -129,7 +133,10 @@ pub struct ClientHop {
 
 impl ClientHop {
     pub fn for_sub(sub: &str) -> ClientHop {
-        ClientHop { sub: sub.to_owned(), token_args: vec!["--ttl".to_owned(), "1h".to_owned()] }
+        ClientHop {
+            sub: sub.to_owned(),
+            token_args: vec!["--ttl".to_owned(), "1h".to_owned()],
+        }
     }
 }
 
@@ -146,7 +153,12 @@ impl Ran {
     /// Fails with both outputs unless the command exited 0.
     pub fn ok(self) -> Result<Ran> {
         if !self.status.success() {
-            bail!("exited {}\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+            bail!(
+                "exited {}\nstdout:\n{}\nstderr:\n{}",
+                self.status,
+                self.stdout,
+                self.stderr
+            );
         }
         Ok(self)
     }
@@ -210,13 +222,19 @@ pub fn run_bounded(mut command: Command, timeout: Duration) -> Result<Ran> {
 /// `node tests/node/SCRIPT ARGS` on Node 22, bounded.
 pub fn run_node_script(script: &str, args: &[&str], timeout: Duration) -> Result<Ran> {
     let mut command = Command::new(node_bin());
-    command.arg(node_dir().join(script)).args(args).current_dir(node_dir());
+    command
+        .arg(node_dir().join(script))
+        .args(args)
+        .current_dir(node_dir());
     run_bounded(command, timeout)
 }
 
 /// `.venv/bin/python tests/node/SCRIPT ARGS`, bounded.
 pub fn run_python_script(script: &str, args: &[&str], timeout: Duration) -> Result<Ran> {
     let mut command = Command::new(python_bin());
-    command.arg(node_dir().join(script)).args(args).current_dir(node_dir());
+    command
+        .arg(node_dir().join(script))
+        .args(args)
+        .current_dir(node_dir());
     run_bounded(command, timeout)
 }

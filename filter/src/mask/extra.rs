@@ -81,7 +81,28 @@ impl Extra {
             self.custom_edits(text, base, edits, report);
         }
         if edits.len() > first {
-            complete_groups(text, base, first, edits);
+            // Only around what was masked: merged neighbourhoods of the new edits.
+            let mut spans: Vec<(usize, usize)> = Vec::new();
+            let mut starts: Vec<usize> = edits[first..].iter().map(|e| e.start).collect();
+            starts.sort_unstable();
+            for p in starts {
+                let (s, e) = (
+                    p.saturating_sub(256).max(base),
+                    (p + 256).min(base + text.len()),
+                );
+                match spans.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = e,
+                    _ => spans.push((s, e)),
+                }
+            }
+            for (s, e) in spans {
+                // Start on a character boundary (a run cut here is masked whole: conservative).
+                let mut s = s - base;
+                while s < e - base && (0x80..0xC0).contains(&text[s]) {
+                    s += 1;
+                }
+                complete_groups(&text[s..e - base], base + s, first, edits);
+            }
         }
     }
 
@@ -263,12 +284,20 @@ fn masked_digits(s: &str, keep: usize) -> String {
 }
 
 pub(crate) fn mentions_cvv(text: &[u8]) -> bool {
-    const WORDS: [&[u8]; 6] = [b"cvv", b"cvc", b"cvn", b"cid", b"csc", b"security"];
-    text.iter().enumerate().any(|(i, &b)| {
-        matches!(b | 0x20, b'c' | b's')
-            && WORDS.iter().any(|w| {
-                text.get(i..i + w.len())
-                    .is_some_and(|t| t.eq_ignore_ascii_case(w))
-            })
-    })
+    // The keyword ends at most a few quote, space, colon or equals signs before the digits.
+    let gap = text
+        .iter()
+        .rev()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b':' | b'=' | b'"' | b'\''))
+        .count();
+    if gap == 0 || gap > 6 {
+        return false;
+    }
+    let head = &text[..text.len() - gap];
+    const WORDS: [&[u8]; 8] = [
+        b"cvv", b"cvv2", b"cvc", b"cvc2", b"cvn", b"cid", b"csc", b"code",
+    ];
+    WORDS
+        .iter()
+        .any(|w| head.len() >= w.len() && head[head.len() - w.len()..].eq_ignore_ascii_case(w))
 }

@@ -12,7 +12,15 @@
 //! - Display ([`Display`]): last four (default), BIN and last four, or a keyed HMAC token. Masked
 //!   digits keep their separators; masking is idempotent.
 //! - Extra detectors: card verification codes by JSON key name (and `CVV: 123` in text), track
-//!   data, named custom regexes.
+//!   data, named custom regexes. They never leave part of a digit run clear, and a body they
+//!   touched is checked again for card numbers.
+//! - Streams ([`StreamMasker`]): each event is masked once complete (JSON-aware); a number split
+//!   over chunks is seen whole, one split over two events (text streamed in pieces at the same
+//!   JSON path, or plain `data:` text) is read across the boundary. Memory is bounded.
+//! - [`Masker::handling`] tells the glue what to do with a body from its headers: compressed
+//!   bodies are blocked (the filter asks for identity encoding), binary ones follow `binary`.
+//!
+//! Raw numbers never appear in reports: [`Finding`] holds the masked form only.
 
 mod edit;
 mod extra;

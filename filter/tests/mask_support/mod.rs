@@ -191,7 +191,12 @@ pub fn normalise(text: &str) -> String {
 
 /// pan.py's `find` on normalised text: raw PANs (first six … last four).
 pub fn find(text: &str) -> Vec<String> {
-    let t: Vec<char> = normalise(text).chars().collect();
+    find_normalised(&normalise(text))
+}
+
+/// [`find`] on text already normalised.
+pub fn find_normalised(text: &str) -> Vec<String> {
+    let t: Vec<char> = text.chars().collect();
     let alnum = |c: char| c.is_ascii_alphanumeric();
     let sep = |c: char| matches!(c, ' ' | '.' | '-');
     let mut hits = Vec::new();

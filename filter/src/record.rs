@@ -204,3 +204,62 @@ mod tests {
         assert_eq!(record["maskedPans"]["visa"], 1);
     }
 }
+
+/// Longest masked answer excerpt kept in a response record.
+pub const RESPONSE_EXCERPT_BYTES: usize = 16 * 1024;
+
+/// What the gateway passed back for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseSummary<'a> {
+    /// RFC 3339 UTC time the answer was complete.
+    pub time: String,
+    pub status: Option<u32>,
+    /// Bytes sent to the client (after masking).
+    pub bytes: usize,
+    pub duration_micros: u64,
+    pub masked: &'a MaskReport,
+    /// The start of the masked answer.
+    pub excerpt: &'a [u8],
+    /// Streamed (SSE) rather than buffered whole.
+    pub streamed: bool,
+}
+
+/// The answer to an MCP request, as the client received it (masked).
+pub fn mcp_response(
+    info: &RequestInfo,
+    config: &FilterConfig,
+    identity: &Identity,
+    summary: &ResponseSummary<'_>,
+) -> Value {
+    let mut record = info.base("mcp.response", &config.upstream);
+    record.insert("time".to_owned(), summary.time.clone().into());
+    record.insert("requestTime".to_owned(), info.time.clone().into());
+    record.insert("sub".to_owned(), identity.sub.clone().into());
+    if let Some(status) = summary.status {
+        record.insert("status".to_owned(), status.into());
+    }
+    record.insert("bytes".to_owned(), summary.bytes.into());
+    record.insert("durationMicros".to_owned(), summary.duration_micros.into());
+    record.insert(
+        "mode".to_owned(),
+        if summary.streamed {
+            "streamed"
+        } else {
+            "buffered"
+        }
+        .into(),
+    );
+    record.insert("maskedPans".to_owned(), masked_counts(summary.masked));
+    let cut = summary.excerpt.len().min(RESPONSE_EXCERPT_BYTES);
+    // The excerpt is already masked; cutting it can only shorten a masked number.
+    record.insert(
+        "content".to_owned(),
+        String::from_utf8_lossy(&summary.excerpt[..cut])
+            .into_owned()
+            .into(),
+    );
+    if cut < summary.excerpt.len() {
+        record.insert("contentTruncated".to_owned(), true.into());
+    }
+    Value::Object(record)
+}

@@ -301,7 +301,13 @@ impl Stack {
 
     /// Runs `tollgate ARGS` against this stack's control plane and home.
     pub fn tollgate(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(tollgate_bin())
+        self.tollgate_as(None, args)
+    }
+
+    /// Runs `tollgate ARGS` as the operator whose token is given (`TOLLGATE_TOKEN`).
+    pub fn tollgate_as(&self, token: Option<&str>, args: &[&str]) -> Result<Output> {
+        let mut command = Command::new(tollgate_bin());
+        command
             .arg("--home")
             .arg(&self.home)
             .args(args)
@@ -309,7 +315,11 @@ impl Stack {
                 "TOLLGATE_SERVER",
                 format!("http://{}", self.control_plane_addr),
             )
-            .output()?)
+            .env_remove("TOLLGATE_TOKEN");
+        if let Some(token) = token {
+            command.env("TOLLGATE_TOKEN", token);
+        }
+        Ok(command.output()?)
     }
 
     /// A token from the dev issuer (`tollgate dev token --sub SUB ARGS`).

@@ -163,6 +163,14 @@ async fn mcp_client_calls_through_the_gateway_see_masked_pans_and_are_audited() 
         assert_eq!(time.len(), 27, "{time}");
         assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
     }
+    // Each answer is recorded too, as the client got it: masked, with counts per brand.
+    let masked_in_responses: u64 = records
+        .iter()
+        .filter(|r| r["event"] == "mcp.response")
+        .filter_map(|r| r["maskedPans"].as_object())
+        .flat_map(|counts| counts.values().filter_map(Value::as_u64))
+        .sum();
+    assert!(masked_in_responses >= 4, "{records:#?}");
     let verify = stack.tollgate(&["audit", "verify"]).unwrap();
     assert!(
         verify.status.success(),

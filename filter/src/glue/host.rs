@@ -79,6 +79,15 @@ pub fn resume_request() {
     }
 }
 
+pub fn resume_response() {
+    if let Err(status) = hostcalls::resume_http_response() {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: resuming response failed: {status:?}"),
+        );
+    }
+}
+
 /// Starts a unary gRPC call; its answer arrives in `on_grpc_call_response` of the calling
 /// context.
 pub fn grpc_call(

@@ -13,7 +13,7 @@ use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
 use crate::identity::Identity;
 use crate::mask::{MaskReport, StreamMasker};
 use crate::policy::CallContext;
-use crate::record::RequestInfo;
+use crate::record::{self, RequestInfo, ResponseSummary};
 use crate::timefmt::rfc3339_micros;
 
 const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
@@ -24,6 +24,10 @@ enum Waiting {
     Audit(Next),
     /// An approval request or long poll for the held call.
     Approval(Box<Ask>),
+    /// The response record of a buffered answer, which is held until it is durable.
+    ResponseAudit,
+    /// The response record of a streamed answer, already passed on.
+    StreamedResponseAudit,
 }
 
 /// One HTTP request through the gateway.
@@ -43,6 +47,11 @@ pub struct TollgateHttp {
     /// The filter answered itself; its own reply passes back through it untouched.
     replied_locally: bool,
     response_mode: ResponseMode,
+    response_status: Option<u32>,
+    /// Bytes of the (masked) answer so far, and its first bytes for the record.
+    response_bytes: usize,
+    response_excerpt: Vec<u8>,
+    started: std::time::SystemTime,
     /// Read in the headers callback: Envoy refuses header access once they have been sent, and
     /// the SDK turns that refusal into a panic.
     response_content_type: Option<String>,
@@ -63,6 +72,10 @@ impl TollgateHttp {
             list_method: None,
             replied_locally: false,
             response_mode: ResponseMode::Pass,
+            response_status: None,
+            response_bytes: 0,
+            response_excerpt: Vec::new(),
+            started: std::time::SystemTime::UNIX_EPOCH,
             response_content_type: None,
             stream: StreamMasker::default(),
             masked: MaskReport::default(),
@@ -70,8 +83,9 @@ impl TollgateHttp {
     }
 
     fn read_request_info(&mut self) {
+        self.started = host::now();
         self.info = RequestInfo {
-            time: rfc3339_micros(host::now()),
+            time: rfc3339_micros(self.started),
             http_method: host::request_header(":method").unwrap_or_default(),
             path: host::request_header(":path").unwrap_or_default(),
             source: host::property(vec!["source", "address"]),
@@ -210,6 +224,62 @@ impl TollgateHttp {
         }
     }
 
+    fn note_response_bytes(&mut self, bytes: &[u8]) {
+        self.response_bytes += bytes.len();
+        let room = record::RESPONSE_EXCERPT_BYTES.saturating_sub(self.response_excerpt.len());
+        self.response_excerpt
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Appends the response record. A buffered answer waits for the acknowledgement; a
+    /// streamed one has already passed and is recorded at its end.
+    fn record_response(&mut self, streamed: bool) -> Action {
+        let Some(identity) = &self.identity else {
+            return Action::Continue;
+        };
+        let now = host::now();
+        let summary = ResponseSummary {
+            time: rfc3339_micros(now),
+            status: self.response_status,
+            bytes: self.response_bytes,
+            duration_micros: now
+                .duration_since(self.started)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            masked: &self.masked,
+            excerpt: &self.response_excerpt,
+            streamed,
+        };
+        let config = &self.runtime.config;
+        let record = record::mcp_response(&self.info, config, identity, &summary);
+        let message = AppendRequest {
+            record_json: record.to_string().into_bytes(),
+        }
+        .encode_to_vec();
+        let timeout = Duration::from_millis(config.audit_timeout_ms);
+        let token = host::grpc_call(
+            &config.control_plane_cluster,
+            tollgate_proto::service::AUDIT,
+            "Append",
+            &message,
+            timeout,
+        );
+        match (token, streamed) {
+            (Some(token), true) => {
+                self.pending = Some((token, Waiting::StreamedResponseAudit));
+                Action::Continue
+            }
+            (Some(token), false) => {
+                self.pending = Some((token, Waiting::ResponseAudit));
+                Action::Pause
+            }
+            (None, true) => Action::Continue,
+            (None, false) => {
+                host::reset_response();
+                Action::Pause
+            }
+        }
+    }
+
     fn send(&mut self, reply: &LocalReply) {
         self.replied_locally = true;
         self.response_mode = ResponseMode::Pass;
@@ -226,27 +296,42 @@ impl Context for TollgateHttp {
             self.pending = Some((token, waiting));
             return;
         }
-        let next = match waiting {
-            Waiting::Approval(ask) => {
-                return self.on_approval_status(ask, status_code, response_size)
-            }
-            Waiting::Audit(next) => next,
-        };
         // An empty or undecodable reply is a failure, the same as a gRPC error.
-        let acked = status_code == 0
-            && AppendResponse::decode(host::grpc_response(response_size).as_slice())
-                .is_ok_and(|ack| !ack.chain_hash.is_empty());
-        if !acked {
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "tollgate: audit append failed (grpc status {status_code}); failing closed"
-                ),
-            );
-            self.audit_failed(next);
-            return;
+        let acked = || {
+            status_code == 0
+                && AppendResponse::decode(host::grpc_response(response_size).as_slice())
+                    .is_ok_and(|ack| !ack.chain_hash.is_empty())
+        };
+        match waiting {
+            Waiting::Approval(ask) => self.on_approval_status(ask, status_code, response_size),
+            Waiting::Audit(next) if acked() => self.audited(next),
+            Waiting::Audit(next) => {
+                host::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate: audit append failed (grpc status {status_code}); failing closed"
+                    ),
+                );
+                self.audit_failed(next);
+            }
+            Waiting::ResponseAudit if acked() => host::resume_response(),
+            Waiting::ResponseAudit => {
+                // An answer that cannot be recorded does not leave the gateway.
+                host::log(
+                    LogLevel::Warn,
+                    "tollgate: response record not acknowledged; resetting",
+                );
+                host::reset_response();
+            }
+            Waiting::StreamedResponseAudit => {
+                if !acked() {
+                    host::log(
+                        LogLevel::Warn,
+                        "tollgate: streamed response record not acknowledged",
+                    );
+                }
+            }
         }
-        self.audited(next);
     }
 }
 
@@ -322,6 +407,7 @@ impl HttpContext for TollgateHttp {
         if end_of_stream || self.replied_locally {
             return Action::Continue;
         }
+        self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
         self.response_content_type = host::response_header("content-type");
         self.response_mode = ResponseMode::for_content_type(self.response_content_type.as_deref());
         if self.response_mode == ResponseMode::Pass {
@@ -394,7 +480,8 @@ impl HttpContext for TollgateHttp {
                     host::reset_response();
                     return Action::Pause;
                 }
-                Action::Continue
+                self.note_response_bytes(&masked);
+                self.record_response(false)
             }
             ResponseMode::Stream => {
                 let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
@@ -402,6 +489,7 @@ impl HttpContext for TollgateHttp {
                 if end_of_stream {
                     out.extend(self.stream.finish(&runtime.masker, &mut self.masked));
                 }
+                self.note_response_bytes(&out);
                 if out != chunk && !host::set_buffer(BufferType::HttpResponseBody, body_size, &out)
                 {
                     // The chunk cannot be replaced: end the stream rather than leak it.
@@ -410,6 +498,9 @@ impl HttpContext for TollgateHttp {
                         "tollgate: could not replace a stream chunk; resetting",
                     );
                     host::reset_response();
+                }
+                if end_of_stream {
+                    return self.record_response(true);
                 }
                 Action::Continue
             }

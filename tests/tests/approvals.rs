@@ -1,0 +1,241 @@
+//! Just-in-time approvals end to end: an MCP client as the agent, the `tollgate` CLI as the
+//! operator, real Envoy with the filter and the real control plane between them.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tollgate_e2e::{initialize_body, post_mcp, HttpAnswer, Stack, StackOptions};
+
+async fn session(stack: &Stack, token: &str) -> String {
+    let init = post_mcp(&stack.gateway_url, Some(token), None, initialize_body(1))
+        .await
+        .unwrap();
+    assert_eq!(init.status, 200, "{}", init.body);
+    let session = init.header("mcp-session-id").unwrap().to_owned();
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    post_mcp(&stack.gateway_url, Some(token), Some(&session), initialized)
+        .await
+        .unwrap();
+    session
+}
+
+fn payout_change(id: u64, account: &str) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"update_payout_account",
+        "arguments":{"merchant_id":"m_2","account_number":account,"routing_number":"110000000"}}})
+    .to_string()
+}
+
+fn stack(wait_ms: u64) -> Stack {
+    Stack::start_with(StackOptions {
+        config: json!({ "approvalWaitMs": wait_ms }),
+        ..StackOptions::default()
+    })
+    .unwrap()
+}
+
+/// The approval id a held call was answered with.
+fn approval_id(answer: &HttpAnswer) -> String {
+    let data = &answer.json()["error"]["data"];
+    assert_eq!(data["state"], "pending", "{}", answer.body);
+    data["approvalId"].as_str().unwrap().to_owned()
+}
+
+fn decide(stack: &Stack, operator: &str, verb: &str, id: &str, reason: &str) -> (bool, String) {
+    let out = stack
+        .tollgate_as(Some(operator), &["approvals", verb, id, "--reason", reason])
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn server_calls(stack: &Stack, tool: &str) -> usize {
+    stack
+        .server_requests()
+        .iter()
+        .filter(|r| r["tool"] == tool)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_call_is_released_the_moment_a_second_person_approves() {
+    let stack = stack(20_000);
+    let alice = stack
+        .token("alice@example.com", &["--groups", "payments-ops"])
+        .unwrap();
+    let bob = stack
+        .token("bob@example.com", &["--groups", "payments-approvers"])
+        .unwrap();
+    let session = session(&stack, &alice).await;
+
+    let url = stack.gateway_url.clone();
+    let (token, sid) = (alice.clone(), session.clone());
+    let held = tokio::spawn(async move {
+        post_mcp(
+            &url,
+            Some(&token),
+            Some(&sid),
+            payout_change(2, "000123456789"),
+        )
+        .await
+    });
+    // The operator sees the pending request and approves it.
+    let mut pending = None;
+    for _ in 0..100 {
+        let out = stack
+            .tollgate_as(Some(&bob), &["approvals", "list", "--pending", "--json"])
+            .unwrap();
+        let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = lines.lines().next() {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            let id = entry["approvalId"]
+                .as_str()
+                .or(entry["id"].as_str())
+                .map(str::to_owned);
+            pending = id;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = pending.expect("a pending approval to list");
+    assert_eq!(
+        server_calls(&stack, "update_payout_account"),
+        0,
+        "forwarded before approval"
+    );
+    let (ok, text) = decide(
+        &stack,
+        &bob,
+        "approve",
+        &id,
+        "verified with the merchant by phone",
+    );
+    assert!(ok, "{text}");
+    let answer = held.await.unwrap().unwrap();
+    assert!(answer.json()["result"].is_object(), "{}", answer.body);
+    assert_eq!(server_calls(&stack, "update_payout_account"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_call_passes_once_after_approval_and_only_for_its_own_arguments() {
+    let stack = stack(300);
+    let alice = stack
+        .token("alice@example.com", &["--groups", "payments-ops"])
+        .unwrap();
+    let bob = stack
+        .token("bob@example.com", &["--groups", "payments-approvers"])
+        .unwrap();
+    let mallory = stack
+        .token("mallory@example.com", &["--groups", "payments-ops"])
+        .unwrap();
+    let expired = stack
+        .token(
+            "bob@example.com",
+            &["--groups", "payments-approvers", "--expired"],
+        )
+        .unwrap();
+    let session = session(&stack, &alice).await;
+    let call = |id, account: &str| {
+        post_mcp(
+            &stack.gateway_url,
+            Some(&alice),
+            Some(&session),
+            payout_change(id, account),
+        )
+    };
+
+    let first = call(2, "000111222333").await.unwrap();
+    let id = approval_id(&first);
+    assert!(
+        first.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("tollgate approvals approve {id}")),
+        "{}",
+        first.body
+    );
+
+    // Refused deciders, each with a clear reason; the request stays pending.
+    let (ok, text) = decide(&stack, &alice, "approve", &id, "me");
+    assert!(
+        !ok && text.to_lowercase().contains("own"),
+        "self-approval: {text}"
+    );
+    let (ok, text) = decide(&stack, &mallory, "approve", &id, "not my group");
+    assert!(
+        !ok && text.contains("payments-approvers"),
+        "non-member: {text}"
+    );
+    let (ok, text) = decide(&stack, &expired, "approve", &id, "stale");
+    assert!(
+        !ok && text.to_lowercase().contains("expired"),
+        "expired token: {text}"
+    );
+    assert_eq!(
+        approval_id(&call(3, "000111222333").await.unwrap()),
+        id,
+        "same call, same request"
+    );
+
+    let (ok, text) = decide(&stack, &bob, "approve", &id, "ticket PAY-1234");
+    assert!(ok, "{text}");
+    let retry = call(4, "000111222333").await.unwrap();
+    assert!(retry.json()["result"].is_object(), "{}", retry.body);
+    assert_eq!(server_calls(&stack, "update_payout_account"), 1);
+
+    // Single use: the same call again needs a new approval, and so does another account.
+    let again = call(5, "000111222333").await.unwrap();
+    assert_ne!(approval_id(&again), id);
+    let other = call(6, "999888777666").await.unwrap();
+    let other_id = approval_id(&other);
+    assert_ne!(other_id, id);
+
+    let (ok, text) = decide(
+        &stack,
+        &bob,
+        "deny",
+        &other_id,
+        "account not on file for m_2",
+    );
+    assert!(ok, "{text}");
+    let denied = call(7, "999888777666").await.unwrap();
+    let message = denied.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // A denied request is answered with the approver's reason (or asked afresh if the filter
+    // opened a new request): either way it never reaches the server.
+    assert!(
+        message.contains("account not on file")
+            || denied.json()["error"]["data"]["state"] == "pending",
+        "{}",
+        denied.body
+    );
+    assert_eq!(server_calls(&stack, "update_payout_account"), 1);
+
+    // The chain tells the story in order and verifies.
+    let records = stack.audit_records().unwrap();
+    let events: Vec<String> = records
+        .iter()
+        .filter_map(|r| r["event"].as_str())
+        .filter(|e| e.starts_with("approval."))
+        .map(str::to_owned)
+        .collect();
+    let first_request = events.iter().position(|e| e == "approval.requested");
+    let decision = events.iter().position(|e| e == "approval.decided");
+    let grant_used = events.iter().position(|e| e == "approval.grant_used");
+    assert!(
+        first_request < decision && decision < grant_used,
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "approval.refused"), "{events:?}");
+    let verify = stack.tollgate(&["audit", "verify"]).unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

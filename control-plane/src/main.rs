@@ -1,5 +1,6 @@
 //! `tollgate`: the control plane server and the operator's command line.
 
+mod approvals;
 mod bundle;
 mod canonical;
 mod chain;

@@ -697,6 +697,12 @@ impl Store {
         &self.reader
     }
 
+    /// The sled database holding the chain, for state that must be durable with the records
+    /// (the approvals' own trees): the next append's flush covers writes made before it.
+    pub fn db(&self) -> &sled::Db {
+        &self.reader.db
+    }
+
     /// Appends one record from a client (a JSON object); see the contract for what `Ok`
     /// promises and what is refused.
     pub async fn append(&self, record_json: &[u8]) -> Result<Appended, StoreError> {

@@ -39,6 +39,8 @@ pub struct Args {
     /// Threads serving gRPC (the audit writer has its own). Default: one per CPU.
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    #[command(flatten)]
+    approvals: crate::approvals::Config,
 }
 
 impl Args {
@@ -116,11 +118,16 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServer<AuditService>>().await;
+    let approvals = crate::approvals::service::build(home, &args.approvals, store.clone()).await?;
+    health
+        .set_serving::<crate::pb::approvals_server::ApprovalsServer<crate::approvals::ApprovalsService>>()
+        .await;
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuditServer::new(AuditService::new(store.clone())))
+        .add_service(approvals)
         .serve_with_incoming_shutdown(incoming, async move {
             let signal = shutdown_signal().await;
             let _ = stopping_tx.send(signal);

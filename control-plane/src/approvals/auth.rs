@@ -1,0 +1,353 @@
+//! Operator sign-in: a bearer OIDC token in the `authorization` metadata, verified against the
+//! issuer's JWKS (a file, or an http:// URL refreshed in the background) with `iss`, `aud` and
+//! `exp` checked. [`OperatorInterceptor`] puts the [`VerifiedOperator`] into the request's
+//! extensions; calls without `authorization` pass through unauthenticated (the filter's
+//! `Request` and `Await`), and the operator calls refuse them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use tonic::{Request, Status};
+
+use super::http;
+
+/// How often a JWKS URL is fetched again (keys rotate; an unknown `kid` also triggers a fetch).
+const REFRESH_EVERY: Duration = Duration::from_secs(300);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl std::fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("operator token expired; get a new one")]
+    Expired,
+    #[error("operator token is not valid: {0}")]
+    Invalid(String),
+    #[error("operator token has issuer {found:?}, expected {expected:?}")]
+    Issuer { found: String, expected: String },
+    #[error("operator token is not for audience {0:?}")]
+    Audience(String),
+    #[error("operator token is signed by an unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("operator keys {source_name}: {message}")]
+    Keys {
+        source_name: String,
+        message: String,
+    },
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Keys { .. } => Status::unavailable(error.to_string()),
+            _ => Status::unauthenticated(error.to_string()),
+        }
+    }
+}
+
+/// An operator whose token verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedOperator {
+    pub sub: String,
+    pub groups: Vec<String>,
+    pub email: Option<String>,
+    pub jti: Option<String>,
+}
+
+impl VerifiedOperator {
+    /// The operator of a call, or UNAUTHENTICATED.
+    pub fn of<T>(request: &Request<T>) -> Result<Self, Status> {
+        if let Some(operator) = request.extensions().get::<Self>() {
+            return Ok(operator.clone());
+        }
+        if let Some(SignInFailed(message)) = request.extensions().get::<SignInFailed>() {
+            return Err(Status::unauthenticated(message.clone()));
+        }
+        Err(Status::unauthenticated(
+            "an operator token is required: send `authorization: Bearer <token>` (the CLI reads TOLLGATE_TOKEN)",
+        ))
+    }
+}
+
+struct Keys {
+    set: JwkSet,
+    modified: Option<SystemTime>,
+}
+
+/// The operator token verifier.
+pub struct OperatorAuth {
+    source: JwksSource,
+    issuer: String,
+    audience: String,
+    keys: RwLock<Keys>,
+    refresh: tokio::sync::Notify,
+}
+
+impl OperatorAuth {
+    /// Loads the keys once; a URL that cannot be fetched yet is retried in the background.
+    pub async fn new(source: JwksSource, issuer: String, audience: String) -> Arc<Self> {
+        let (set, modified) = match load(&source).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("tollgate: {e}; operator sign-in fails until the keys load");
+                (JwkSet { keys: Vec::new() }, None)
+            }
+        };
+        let auth = Arc::new(Self {
+            source,
+            issuer,
+            audience,
+            keys: RwLock::new(Keys { set, modified }),
+            refresh: tokio::sync::Notify::new(),
+        });
+        if matches!(auth.source, JwksSource::Url(_)) {
+            let weak = Arc::downgrade(&auth);
+            tokio::spawn(async move {
+                loop {
+                    let Some(auth) = weak.upgrade() else { return };
+                    let _ = tokio::time::timeout(REFRESH_EVERY, auth.refresh.notified()).await;
+                    match load(&auth.source).await {
+                        Ok((set, modified)) => {
+                            *auth.keys.write().unwrap_or_else(|e| e.into_inner()) =
+                                Keys { set, modified }
+                        }
+                        Err(e) => eprintln!("tollgate: {e}"),
+                    }
+                }
+            });
+        }
+        auth
+    }
+
+    /// Verifies `token`: signature by a key of the JWKS, `iss`, `aud`, `exp` (and `nbf`).
+    pub fn verify(&self, token: &str) -> Result<VerifiedOperator, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
+            return Err(AuthError::Invalid(
+                "symmetric algorithms are not accepted".into(),
+            ));
+        }
+        let kid = header.kid.clone().unwrap_or_default();
+        let key = match self.find(&kid) {
+            Some(key) => key,
+            None => {
+                self.reload_file();
+                self.find(&kid).ok_or_else(|| {
+                    self.refresh.notify_one();
+                    AuthError::UnknownKey(kid.clone())
+                })?
+            }
+        }?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidIssuer => AuthError::Issuer {
+                    found: String::new(),
+                    expected: self.issuer.clone(),
+                },
+                ErrorKind::InvalidAudience => AuthError::Audience(self.audience.clone()),
+                _ => AuthError::Invalid(e.to_string()),
+            })?
+            .claims;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+        let sub = text("sub")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| AuthError::Invalid("no sub".into()))?;
+        let groups = match claims.get("groups") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            Some(Value::String(one)) => one
+                .split([',', ' '])
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(VerifiedOperator {
+            sub,
+            groups,
+            email: text("email"),
+            jti: text("jti"),
+        })
+    }
+
+    fn find(&self, kid: &str) -> Option<Result<DecodingKey, AuthError>> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let jwk = if kid.is_empty() && keys.set.keys.len() == 1 {
+            keys.set.keys.first()
+        } else {
+            keys.set.find(kid)
+        }?;
+        Some(DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Invalid(e.to_string())))
+    }
+
+    /// A JWKS file that changed since it was read is read again (key rotation).
+    fn reload_file(&self) {
+        let JwksSource::File(path) = &self.source else {
+            return;
+        };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified.is_some()
+            && modified == self.keys.read().unwrap_or_else(|e| e.into_inner()).modified
+        {
+            return;
+        }
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(set) => {
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Keys { set, modified }
+            }
+            Err(e) => eprintln!("tollgate: operator keys {}: {e}", path.display()),
+        }
+    }
+}
+
+async fn load(source: &JwksSource) -> Result<(JwkSet, Option<SystemTime>), AuthError> {
+    let fail = |message: String| AuthError::Keys {
+        source_name: source.to_string(),
+        message,
+    };
+    let (bytes, modified) = match source {
+        JwksSource::File(path) => (
+            tokio::fs::read(path)
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+            std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        ),
+        JwksSource::Url(url) => (
+            http::send("GET", url, None, b"", FETCH_TIMEOUT)
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+            None,
+        ),
+    };
+    let set = serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a JWKS: {e}")))?;
+    Ok((set, modified))
+}
+
+/// Verifies the bearer token, when there is one, and puts the operator into the extensions.
+#[derive(Clone)]
+pub struct OperatorInterceptor {
+    pub auth: Arc<OperatorAuth>,
+}
+
+impl tonic::service::Interceptor for OperatorInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = request.metadata().get("authorization") else {
+            return Ok(request);
+        };
+        let verified = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| AuthError::Invalid("authorization must be `Bearer <token>`".into()))
+            .and_then(|token| self.auth.verify(token.trim()));
+        // A failure travels in the extensions so the service can record a refused decision
+        // before answering UNAUTHENTICATED.
+        match verified {
+            Ok(operator) => {
+                request.extensions_mut().insert(operator);
+            }
+            Err(error) => {
+                request
+                    .extensions_mut()
+                    .insert(SignInFailed(error.to_string()));
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// Why the bearer token of a call did not verify.
+#[derive(Debug, Clone)]
+pub struct SignInFailed(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::{self, DevIssuer, TokenRequest};
+
+    fn token(home: &std::path::Path, expired: bool, claims: Vec<(String, Value)>) -> String {
+        let dev = DevIssuer::at(home);
+        dev.ensure(false).unwrap();
+        let request = TokenRequest {
+            sub: "olga@example.com".into(),
+            groups: vec!["payments-approvers".into()],
+            email: None,
+            audience: issuer::AUDIENCE.into(),
+            ttl: Duration::from_secs(600),
+            expired,
+            claims,
+        };
+        let key = issuer::load_key(&dev.key_path).unwrap();
+        issuer::mint(&key, &dev.kid().unwrap(), &request, SystemTime::now()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn dev_tokens_verify_and_bad_ones_are_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let good = token(home.path(), false, vec![]);
+        let auth = OperatorAuth::new(
+            JwksSource::File(DevIssuer::at(home.path()).jwks_path),
+            issuer::ISSUER.into(),
+            issuer::AUDIENCE.into(),
+        )
+        .await;
+        let operator = auth.verify(&good).unwrap();
+        assert_eq!(operator.sub, "olga@example.com");
+        assert_eq!(operator.groups, ["payments-approvers"]);
+        assert!(matches!(
+            auth.verify(&token(home.path(), true, vec![])),
+            Err(AuthError::Expired)
+        ));
+        let wrong_iss = token(
+            home.path(),
+            false,
+            vec![("iss".into(), "https://evil".into())],
+        );
+        assert!(matches!(
+            auth.verify(&wrong_iss),
+            Err(AuthError::Issuer { .. })
+        ));
+        let wrong_aud = token(home.path(), false, vec![("aud".into(), "other".into())]);
+        assert!(matches!(
+            auth.verify(&wrong_aud),
+            Err(AuthError::Audience(_))
+        ));
+        assert!(auth.verify("not.a.token").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! Just-in-time approvals (docs/approvals.md): the filter asks with `Request` and long-polls
+//! `Await`; operators, signed in with their own OIDC tokens, list, watch and decide.
+//!
+//! State lives in the audit store's sled database (trees `approvals` and `grants`); every
+//! request, decision, refusal, expiry and use of a grant is also an audit record, appended
+//! before the caller hears of it.
+
+use std::path::Path;
+use std::time::Duration;
+
+pub mod auth;
+pub mod http;
+pub mod ledger;
+pub mod service;
+pub mod webhook;
+
+pub use service::ApprovalsService;
+
+/// `tollgate serve` options for approvals and operator sign-in.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// How long an approval request stays open before it expires.
+    #[arg(long, env = "TOLLGATE_APPROVAL_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub approval_ttl: Duration,
+    /// http:// URL that gets a JSON POST for every new approval request (e.g. a chat hook).
+    #[arg(long, env = "TOLLGATE_APPROVAL_WEBHOOK")]
+    pub approval_webhook: Option<String>,
+    /// Operators' token issuer keys: a JWKS file, or an http:// URL to fetch it from.
+    /// Default: the dev issuer's <home>/dev/jwks.json.
+    #[arg(long, env = "TOLLGATE_OPERATOR_JWKS")]
+    pub operator_jwks: Option<String>,
+    /// `iss` operator tokens must carry.
+    #[arg(long, env = "TOLLGATE_OPERATOR_ISSUER", default_value = crate::issuer::ISSUER)]
+    pub operator_issuer: String,
+    /// `aud` operator tokens must carry.
+    #[arg(long, env = "TOLLGATE_OPERATOR_AUDIENCE", default_value = crate::issuer::AUDIENCE)]
+    pub operator_audience: String,
+}
+
+impl Config {
+    /// Where the operator JWKS comes from.
+    pub fn jwks_source(&self, home: &Path) -> auth::JwksSource {
+        match &self.operator_jwks {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                auth::JwksSource::Url(url.clone())
+            }
+            Some(file) => auth::JwksSource::File(file.into()),
+            None => auth::JwksSource::File(crate::issuer::DevIssuer::at(home).jwks_path),
+        }
+    }
+}

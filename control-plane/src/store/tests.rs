@@ -544,3 +544,64 @@ async fn tampering_in_sled_is_detected() {
 
     assert_eq!(first_break(&tree), None);
 }
+
+/// The store alone, without gRPC: durable appends per second from concurrent tasks, and the
+/// process CPU per append. A measurement, not a check; run with `cargo test --release -p
+/// tollgate-control-plane store_only_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly"]
+async fn store_only_throughput() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let body = br#"{"decision":"allow","event":"mcp.request","httpMethod":"POST","identity":{"groups":["payments"],"iss":"https://dev.tollgate.local","jti":"abc"},"messages":[{"arguments":{"customerId":"cus_0001"},"id":1,"kind":"request","method":"tools/call","target":"get_customer"}],"outcome":"forwarded","route":"/mcp","session":"session-1","source":"127.0.0.1:50000","sub":"writer1@example.com","time":"2025-01-31T12:00:00.000001Z","upstream":"payments"}"#;
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<f64> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        (fields[11] + fields[12]) / 100.0
+    };
+    println!("tasks  appends/s  cpu µs/append  records/flush");
+    for tasks in [1usize, 16, 64, 256] {
+        let (cpu0, flushes0, len0) = (cpu(), store.flushes(), store.durable_len());
+        let start = Instant::now();
+        let run = Duration::from_secs(3);
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    while start.elapsed() < run {
+                        store.append(body).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        let n = (store.durable_len() - len0) as f64;
+        println!(
+            "{tasks:>5}  {:>9.0}  {:>13.1}  {:>13.1}",
+            n / start.elapsed().as_secs_f64(),
+            (cpu() - cpu0) * 1e6 / n,
+            n / (store.flushes() - flushes0) as f64
+        );
+    }
+    // Verify speed over the records just written, reading sled directly.
+    let start = Instant::now();
+    let mut check = crate::verify::LogCheck::new(&[]);
+    for record in store.records(0, 0) {
+        assert!(check.check(&record.unwrap()));
+    }
+    let summary = check.finish();
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "verify: {} records in {seconds:.2} s = {:.0} records/s",
+        summary.records,
+        summary.records as f64 / seconds
+    );
+}

@@ -61,7 +61,6 @@ fn server_calls(stack: &Stack, tool: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the control plane's Approvals service"]
 async fn a_held_call_is_released_the_moment_a_second_person_approves() {
     let stack = stack(20_000);
     let alice = stack
@@ -121,7 +120,6 @@ async fn a_held_call_is_released_the_moment_a_second_person_approves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the control plane's Approvals service"]
 async fn a_pending_call_passes_once_after_approval_and_only_for_its_own_arguments() {
     let stack = stack(300);
     let alice = stack

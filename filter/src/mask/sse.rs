@@ -374,10 +374,41 @@ fn leading_run(text: &[u8]) -> Option<(usize, usize)> {
     digit.then_some((i, i))
 }
 
-/// The strings of a masked event that end in digits.
+/// JSON-RPC and MCP members that carry protocol values, never content: a digit at their end
+/// (`"jsonrpc":"2.0"` ends every message) must not hold the event back until the next one.
+const PROTOCOL_MEMBERS: [&[u8]; 7] = [
+    b"jsonrpc",
+    b"protocolVersion",
+    b"id",
+    b"method",
+    b"progressToken",
+    b"mimeType",
+    b"type",
+];
+
+/// Whether the JSON string whose content starts at `start` is the value of a protocol member.
+fn protocol_member(ev: &[u8], start: usize) -> bool {
+    let before = ev[..start.saturating_sub(1)].trim_ascii_end();
+    let Some(before) = before.strip_suffix(b":") else {
+        return false;
+    };
+    let before = before.trim_ascii_end();
+    PROTOCOL_MEMBERS.iter().any(|key| {
+        before
+            .strip_suffix(b"\"")
+            .and_then(|b| b.strip_suffix(*key))
+            .is_some_and(|b| b.ends_with(b"\""))
+    })
+}
+
+/// The strings of a masked event that end in digits and could continue in the next event.
 fn digit_tails(ev: &[u8]) -> Vec<Tail> {
     payload_strings(ev)
         .into_iter()
+        // Protocol members are never content; content ending in digits (or digits and a
+        // separator) is held until the next event, at most the server's keep-alive interval, so
+        // that a number streamed in two pieces is still seen whole.
+        .filter(|&(_, start, _, json)| !(json && protocol_member(ev, start)))
         .filter(|&(_, start, end, json)| trailing_run(&decoded(ev, start, end, json).0).is_some())
         .map(|(path, start, end, json)| Tail {
             path,
@@ -481,5 +512,46 @@ fn hold_last_word(buf: &[u8], base: usize, release: usize) -> usize {
         release
     } else {
         release - word
+    }
+}
+
+#[cfg(test)]
+mod protocol_member_tests {
+    use super::*;
+
+    #[test]
+    fn a_complete_json_rpc_event_is_released_at_once() {
+        let masker = Masker::default();
+        let mut stream = StreamMasker::default();
+        let mut report = MaskReport::default();
+        let event = b"id: 3\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"t1\",\"progress\":1}}\n\n";
+        let out = stream.push(&masker, event, &mut report);
+        assert_eq!(out, event.to_vec(), "the event was held back");
+        assert_eq!(stream.held(), 0);
+    }
+
+    #[test]
+    fn content_ending_in_digits_is_still_held_and_linked() {
+        let masker = Masker::default();
+        let mut stream = StreamMasker::default();
+        let mut report = MaskReport::default();
+        let mut out = stream.push(
+            &masker,
+            b"data: {\"jsonrpc\":\"2.0\",\"result\":{\"text\":\"card 4111 1111\"}}\n\n",
+            &mut report,
+        );
+        assert!(
+            out.is_empty(),
+            "a text ending in digits may continue in the next event"
+        );
+        out.extend(stream.push(
+            &masker,
+            b"data: {\"jsonrpc\":\"2.0\",\"result\":{\"text\":\" 1111 1111 ok\"}}\n\n",
+            &mut report,
+        ));
+        out.extend(stream.finish(&masker, &mut report));
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("4111 1111"), "{text}");
+        assert_eq!(report.total(), 1, "{text}");
     }
 }

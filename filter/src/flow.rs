@@ -100,6 +100,22 @@ pub fn request(
     identity: &Identity,
     body: Option<&[u8]>,
 ) -> Step {
+    if let (Some(session), Some(owner)) = (&info.session_id, &info.session_owner) {
+        if *owner != identity.sub {
+            // A session is bound to the identity that opened it: another caller presenting its
+            // id is refused, whatever the policy says.
+            let id = body
+                .and_then(|b| jsonrpc::parse(b).ok())
+                .and_then(|parsed| match parsed {
+                    Body::Single(m) => m.id,
+                    Body::Batch(_) => None,
+                });
+            let reason = format!("session {session} belongs to another identity");
+            let reply =
+                LocalReply::jsonrpc_error(403, id.as_ref(), jsonrpc::GATEWAY_ERROR, &reason, None);
+            return refuse(config, masker, info, identity, (&[], &[]), reply, reason);
+        }
+    }
     let Some(body) = body else {
         // GET opens the server's SSE stream and DELETE ends a session: no call to decide, but
         // both are audited under the caller's identity.
@@ -545,5 +561,56 @@ mod list_tests {
             ),
             Some("tools/list".to_owned())
         );
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+    use serde_json::Map;
+
+    #[test]
+    fn a_session_of_another_identity_is_refused() {
+        let config = FilterConfig::from_json(b"").unwrap();
+        let policy = Policy::from_json(br#"{"defaultAction":{"action":"allow"}}"#).unwrap();
+        let info = RequestInfo {
+            session_id: Some("s1".into()),
+            session_owner: Some("alice".into()),
+            ..Default::default()
+        };
+        let mallory = Identity {
+            sub: "mallory".into(),
+            claims: Map::new(),
+        };
+        let body = br#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#;
+        let step = request(
+            &config,
+            &policy,
+            &Masker::default(),
+            &info,
+            &mallory,
+            Some(body),
+        );
+        let Next::Reply(reply) = step.next else {
+            panic!("forwarded")
+        };
+        assert_eq!(reply.status, 403);
+        let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(answer["id"], 4);
+        assert_eq!(step.record["session"], "s1");
+        assert_eq!(step.record["decision"], "deny");
+        let alice = Identity {
+            sub: "alice".into(),
+            claims: Map::new(),
+        };
+        let step = request(
+            &config,
+            &policy,
+            &Masker::default(),
+            &info,
+            &alice,
+            Some(body),
+        );
+        assert_eq!(step.next, Next::Forward);
     }
 }

@@ -27,6 +27,8 @@ pub struct RequestInfo {
     pub request_id: Option<String>,
     /// mTLS peer (an Istio SPIFFE id) when the connection had one.
     pub peer_principal: Option<String>,
+    /// The verified `sub` that opened the session named by `session_id`, when known.
+    pub session_owner: Option<String>,
 }
 
 impl RequestInfo {

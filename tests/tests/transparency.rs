@@ -1197,7 +1197,6 @@ async fn long_lived_streams_with_keep_alives_are_not_cut() {
 /// the session id and a refusal decision. POST, GET and DELETE alike. The owner's session still
 /// works afterwards. (An unknown session id is left to the server, which answers 404.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs session binding in the filter"]
 async fn session_id_of_another_identity_is_refused() {
     let stack = payments_stack(&[]);
     let alice = Target::both(&stack, "alice@example.com")

@@ -18,6 +18,11 @@ use crate::timefmt::rfc3339_micros;
 
 const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
 
+/// Shared-data key of a session's owner.
+fn session_key(session: &str) -> String {
+    format!("tollgate.session.{session}")
+}
+
 /// What an outstanding gRPC call is for.
 enum Waiting {
     /// The audit append of the request's record; then `Next`.
@@ -84,15 +89,20 @@ impl TollgateHttp {
 
     fn read_request_info(&mut self) {
         self.started = host::now();
+        let session_id = host::request_header("mcp-session-id");
+        let session_owner = session_id
+            .as_deref()
+            .and_then(|id| host::shared(&session_key(id)));
         self.info = RequestInfo {
             time: rfc3339_micros(self.started),
             http_method: host::request_header(":method").unwrap_or_default(),
             path: host::request_header(":path").unwrap_or_default(),
             source: host::property(vec!["source", "address"]),
             node: host::property(vec!["node", "id"]),
-            session_id: host::request_header("mcp-session-id"),
+            session_id,
             request_id: host::request_header("x-request-id"),
             peer_principal: host::property(vec!["connection", "uri_san_peer_certificate"]),
+            session_owner,
         };
     }
 
@@ -221,6 +231,19 @@ impl TollgateHttp {
             approval::Outcome::Wait(approval_id) => {
                 self.send(&approval::still_pending(&ask, &approval_id, expires_at));
             }
+        }
+    }
+
+    /// The first answer that names a session (the answer to initialize) binds it to the caller:
+    /// the same id from anyone else is refused on every worker.
+    fn bind_session(&self) {
+        let (Some(identity), Some(session)) =
+            (&self.identity, host::response_header("mcp-session-id"))
+        else {
+            return;
+        };
+        if self.info.session_owner.is_none() {
+            host::set_shared(&session_key(&session), &identity.sub);
         }
     }
 
@@ -408,6 +431,7 @@ impl HttpContext for TollgateHttp {
             return Action::Continue;
         }
         self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
+        self.bind_session();
         self.response_content_type = host::response_header("content-type");
         self.response_mode = ResponseMode::for_content_type(self.response_content_type.as_deref());
         if self.response_mode == ResponseMode::Pass {

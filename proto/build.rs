@@ -7,7 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(grpc)
         .build_server(grpc)
-        .compile_protos(&["tollgate/v1/audit.proto", "tollgate/v1/approvals.proto"], &["."])?;
+        .compile_protos(
+            &["tollgate/v1/audit.proto", "tollgate/v1/approvals.proto"],
+            &["."],
+        )?;
     println!("cargo:rerun-if-changed=tollgate");
     Ok(())
 }

@@ -12,4 +12,5 @@ pub mod pb {
 pub mod service {
     pub const AUDIT: &str = "tollgate.v1.Audit";
     pub const APPROVALS: &str = "tollgate.v1.Approvals";
+    pub const REVOCATIONS: &str = "tollgate.v1.Revocations";
 }

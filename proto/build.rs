@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(grpc)
         .build_server(grpc)
         .compile_protos(
-            &["tollgate/v1/audit.proto", "tollgate/v1/approvals.proto"],
+            &[
+                "tollgate/v1/audit.proto",
+                "tollgate/v1/approvals.proto",
+                "tollgate/v1/revocations.proto",
+            ],
             &["."],
         )?;
     println!("cargo:rerun-if-changed=tollgate");

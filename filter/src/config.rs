@@ -17,6 +17,9 @@ pub struct FilterConfig {
     /// closed.
     #[serde(default = "default_audit_timeout_ms")]
     pub audit_timeout_ms: u64,
+    /// How often each worker refreshes the revocation list from the control plane.
+    #[serde(default = "default_revocation_refresh_ms")]
+    pub revocation_refresh_ms: u64,
     /// How long a call that needs approval is held waiting for the decision before the caller
     /// is told to retry once approved.
     #[serde(default = "default_approval_wait_ms")]
@@ -57,6 +60,9 @@ fn default_control_plane_cluster() -> String {
 }
 fn default_audit_timeout_ms() -> u64 {
     5_000
+}
+fn default_revocation_refresh_ms() -> u64 {
+    1_000
 }
 fn default_approval_wait_ms() -> u64 {
     30_000

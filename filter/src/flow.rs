@@ -241,6 +241,28 @@ fn refuse(
     }
 }
 
+/// A caller whose identity (or the person behind it) was revoked: 403, whatever the token says.
+pub fn revoked(
+    config: &FilterConfig,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &Identity,
+    revocation: &crate::revocation::Entry,
+) -> Step {
+    let reason = format!("access revoked ({}): {}", revocation.id, revocation.reason);
+    let reply = LocalReply::jsonrpc_error(
+        403,
+        None,
+        jsonrpc::GATEWAY_ERROR,
+        &reason,
+        Some(json!({ "revocationId": revocation.id })),
+    );
+    let mut step = refuse(config, masker, info, identity, (&[], &[]), reply, reason);
+    step.record["event"] = "identity.revoked".into();
+    step.record["revocationId"] = revocation.id.clone().into();
+    step
+}
+
 /// The control plane did not acknowledge the audit record: fail closed.
 pub fn audit_unavailable(body: Option<&[u8]>) -> LocalReply {
     let id = body

@@ -13,6 +13,7 @@ pub mod jsonrpc;
 pub mod mask;
 pub mod policy;
 pub mod record;
+pub mod revocation;
 pub mod timefmt;
 
 #[cfg(target_arch = "wasm32")]

@@ -146,3 +146,26 @@ pub fn set_shared(key: &str, value: &str) {
         );
     }
 }
+
+/// Shared data with its CAS token (which changes whenever the value is replaced).
+pub fn shared_bytes(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+pub fn set_shared_bytes(key: &str, value: &[u8]) {
+    if let Err(status) = hostcalls::set_shared_data(key, Some(value), None) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: writing shared data failed: {status:?}"),
+        );
+    }
+}
+
+pub fn set_tick_period(period: Duration) {
+    if let Err(status) = hostcalls::set_tick_period(period) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: setting the tick period failed: {status:?}"),
+        );
+    }
+}

@@ -367,9 +367,27 @@ impl HttpContext for TollgateHttp {
         let identity = self.verify_identity();
         // The upstream learns nothing from the forwarded claims header; keep it inside Envoy.
         host::set_request_header(&runtime.config.jwt_payload_header, None);
+        // Revoked callers stop here, even with a token that is still valid.
+        let revocation = identity
+            .as_ref()
+            .ok()
+            .and_then(|id| runtime.revocations().find(id).cloned());
         match identity {
             Err(error) => {
                 self.audit_then(flow::unauthenticated(&runtime.config, &self.info, &error))
+            }
+            Ok(identity) if revocation.is_some() => {
+                let Some(entry) = revocation else {
+                    return Action::Pause;
+                };
+                let step = flow::revoked(
+                    &runtime.config,
+                    &runtime.masker,
+                    &self.info,
+                    &identity,
+                    &entry,
+                );
+                self.audit_then(step)
             }
             Ok(identity) if end_of_stream => {
                 let step = flow::request(

@@ -1,27 +1,81 @@
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
+use prost::Message as _;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use tollgate_proto::pb::{ListRevocationsRequest, RevocationList};
 
 use super::host;
 use super::http::TollgateHttp;
 use crate::config::FilterConfig;
 use crate::mask::Masker;
 use crate::policy::Policy;
+use crate::revocation::RevocationSet;
+
+/// Shared-data key of the revocation list: written by every worker's root context, read by
+/// every request.
+pub const REVOCATIONS_KEY: &str = "tollgate.revocations";
 
 /// Everything a request needs from the configuration, built once per configuration load.
 pub struct Runtime {
     pub config: FilterConfig,
     pub masker: Masker,
     pub policy: Policy,
+    /// The revocation list last parsed from shared data, by its CAS token: parsed again only
+    /// when another worker (or this one) stored a new list.
+    pub revocations: RefCell<(Option<u32>, Rc<RevocationSet>)>,
+}
+
+impl Runtime {
+    /// The current revocations, from shared data.
+    pub fn revocations(&self) -> Rc<RevocationSet> {
+        let (bytes, cas) = host::shared_bytes(REVOCATIONS_KEY);
+        let mut cached = self.revocations.borrow_mut();
+        if cas.is_some() && cached.0 == cas {
+            return Rc::clone(&cached.1);
+        }
+        let set = bytes
+            .and_then(|b| RevocationSet::from_json(&b))
+            .unwrap_or_default();
+        *cached = (cas, Rc::new(set));
+        Rc::clone(&cached.1)
+    }
 }
 
 #[derive(Default)]
 pub struct TollgateRoot {
     runtime: Option<Rc<Runtime>>,
+    /// The revocation list request in flight.
+    refreshing: Option<u32>,
+    /// Version of the list this worker last stored.
+    stored_version: Option<u64>,
 }
 
-impl Context for TollgateRoot {}
+impl Context for TollgateRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.refreshing != Some(token_id) {
+            return;
+        }
+        self.refreshing = None;
+        let list = (status_code == 0)
+            .then(|| RevocationList::decode(host::grpc_response(response_size).as_slice()).ok())
+            .flatten();
+        let Some(list) = list else {
+            // Keep enforcing the last list; the next tick asks again.
+            host::log(
+                LogLevel::Warn,
+                &format!("tollgate: revocation refresh failed (grpc status {status_code})"),
+            );
+            return;
+        };
+        if self.stored_version != Some(list.version) {
+            host::set_shared_bytes(REVOCATIONS_KEY, &RevocationSet::from_list(&list).to_json());
+            self.stored_version = Some(list.version);
+        }
+    }
+}
 
 impl RootContext for TollgateRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
@@ -35,10 +89,13 @@ impl RootContext for TollgateRoot {
                 config,
                 masker,
                 policy,
+                revocations: RefCell::default(),
             })
         });
         match loaded {
             Ok(runtime) => {
+                let refresh = Duration::from_millis(runtime.config.revocation_refresh_ms.max(100));
+                host::set_tick_period(refresh);
                 self.runtime = Some(Rc::new(runtime));
                 host::log(LogLevel::Info, "tollgate: configuration loaded");
                 true
@@ -49,6 +106,21 @@ impl RootContext for TollgateRoot {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(runtime) = &self.runtime else { return };
+        if self.refreshing.is_some() {
+            return;
+        }
+        let config = &runtime.config;
+        self.refreshing = host::grpc_call(
+            &config.control_plane_cluster,
+            tollgate_proto::service::REVOCATIONS,
+            "List",
+            &ListRevocationsRequest {}.encode_to_vec(),
+            Duration::from_millis(config.audit_timeout_ms),
+        );
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -96,10 +96,19 @@ impl Extra {
                 }
             }
             for (s, e) in spans {
-                // Start on a character boundary (a run cut here is masked whole: conservative).
+                // Start after a plain delimiter (never inside a character, an escape or a run of
+                // digits); failing that, on a character boundary (a run cut there is masked whole).
                 let mut s = s - base;
-                while s < e - base && (0x80..0xC0).contains(&text[s]) {
-                    s += 1;
+                if s > 0 {
+                    let clean = |b: u8| b.is_ascii() && !b.is_ascii_alphanumeric() && b != b'\\';
+                    match text[s..e - base].iter().position(|&b| clean(b)) {
+                        Some(k) => s += k + 1,
+                        None => {
+                            while s < e - base && (0x80..0xC0).contains(&text[s]) {
+                                s += 1;
+                            }
+                        }
+                    }
                 }
                 complete_groups(&text[s..e - base], base + s, first, edits);
             }

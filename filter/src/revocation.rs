@@ -1,0 +1,147 @@
+//! Revoked identities: the list every worker refreshes from the control plane, and the check
+//! made on each request. A revocation names a claim and a value; a revoked `sub` also stops
+//! tokens that act on its behalf (`act.sub`, or a CI token's `actor`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tollgate_proto::pb::RevocationList;
+
+use crate::identity::Identity;
+
+/// One active revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub claim: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// The active revocations, as shared between the workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationSet {
+    pub version: u64,
+    pub entries: Vec<Entry>,
+}
+
+impl RevocationSet {
+    pub fn from_list(list: &RevocationList) -> Self {
+        RevocationSet {
+            version: list.version,
+            entries: list
+                .revocations
+                .iter()
+                .map(|r| Entry {
+                    id: r.revocation_id.clone(),
+                    claim: r.claim.clone(),
+                    value: r.value.clone(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// The revocation that stops this caller, if any.
+    pub fn find(&self, identity: &Identity) -> Option<&Entry> {
+        self.entries.iter().find(|entry| matches(entry, identity))
+    }
+}
+
+fn matches(entry: &Entry, identity: &Identity) -> bool {
+    let claim_is = |name: &str| claim_equals(identity.claims.get(name), &entry.value);
+    match entry.claim.as_str() {
+        "sub" => {
+            identity.sub == entry.value
+                || claim_equals(
+                    identity.claims.get("act").and_then(|a| a.get("sub")),
+                    &entry.value,
+                )
+                || claim_is("actor")
+        }
+        // Some issuers put the OAuth client in `azp` instead.
+        "client_id" => claim_is("client_id") || claim_is("azp"),
+        other => claim_is(other),
+    }
+}
+
+/// A claim equals `value` when it is that string (or number), or an array holding it.
+fn claim_equals(claim: Option<&Value>, value: &str) -> bool {
+    match claim {
+        Some(Value::String(s)) => s == value,
+        Some(Value::Number(n)) => n.to_string() == value,
+        Some(Value::Bool(b)) => b.to_string() == value,
+        Some(Value::Array(items)) => items.iter().any(|item| claim_equals(Some(item), value)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn identity(claims: Value) -> Identity {
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        Identity {
+            sub: claims["sub"].as_str().unwrap_or_default().to_owned(),
+            claims,
+        }
+    }
+
+    fn set(claim: &str, value: &str) -> RevocationSet {
+        RevocationSet {
+            version: 1,
+            entries: vec![Entry {
+                id: "rev_1".into(),
+                claim: claim.into(),
+                value: value.into(),
+                reason: "offboarded".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_revoked_person_is_stopped_directly_and_through_their_ci_jobs() {
+        let revoked = set("sub", "carol@contractor.example");
+        assert!(revoked
+            .find(&identity(json!({"sub":"carol@contractor.example"})))
+            .is_some());
+        let ci = json!({"sub":"repo:acme/payments:ref:refs/heads/main","actor":"carol@contractor.example"});
+        assert!(revoked.find(&identity(ci)).is_some());
+        let exchanged = json!({"sub":"svc-deploy","act":{"sub":"carol@contractor.example"}});
+        assert!(revoked.find(&identity(exchanged)).is_some());
+        assert!(revoked
+            .find(&identity(json!({"sub":"alice@example.com"})))
+            .is_none());
+    }
+
+    #[test]
+    fn other_claims_match_by_value() {
+        assert!(set("jti", "t-1")
+            .find(&identity(json!({"sub":"a","jti":"t-1"})))
+            .is_some());
+        assert!(set("client_id", "ci-bot")
+            .find(&identity(json!({"sub":"a","azp":"ci-bot"})))
+            .is_some());
+        assert!(set("groups", "contractors")
+            .find(&identity(json!({"sub":"a","groups":["x","contractors"]})))
+            .is_some());
+        assert!(set("repository", "acme/payments")
+            .find(&identity(json!({"sub":"a","repository":"acme/other"})))
+            .is_none());
+    }
+
+    #[test]
+    fn the_shared_form_round_trips() {
+        let revoked = set("sub", "carol");
+        assert_eq!(RevocationSet::from_json(&revoked.to_json()), Some(revoked));
+    }
+}

@@ -187,20 +187,8 @@ impl Source {
                     }
                 }
             }
-            Self::Store(store) => {
-                for record in store.records(0, 0) {
-                    if !each(record?)? {
-                        break;
-                    }
-                }
-            }
-            Self::Reader(reader) => {
-                for record in reader.records(0, 0) {
-                    if !each(record?)? {
-                        break;
-                    }
-                }
-            }
+            Self::Store(store) => pipelined(store.records(0, 0), each)?,
+            Self::Reader(reader) => pipelined(reader.records(0, 0), each)?,
         }
         Ok(())
     }
@@ -263,6 +251,49 @@ impl Source {
         }
         Ok(())
     }
+}
+
+/// Records read from sled on another thread, in chunks, while `each` works on the previous
+/// ones: reading and checking then use two cores, as they do over gRPC.
+fn pipelined(
+    records: impl Iterator<Item = Result<StoredRecord, crate::store::StoreError>> + Send + 'static,
+    mut each: impl FnMut(StoredRecord) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    const CHUNK: usize = 1024;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<_>>(8);
+    let reader = std::thread::spawn(move || {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for record in records {
+            let failed = record.is_err();
+            chunk.push(record);
+            let full = chunk.len() == CHUNK || failed;
+            if full
+                && (tx
+                    .send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
+                    .is_err()
+                    || failed)
+            {
+                return;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(chunk);
+        }
+    });
+    let result = (|| {
+        for chunk in &rx {
+            for record in chunk {
+                if !each(record?)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    })();
+    // Dropping the receiver stops a reader that is still going.
+    drop(rx);
+    let _ = reader.join();
+    result
 }
 
 /// A record's JSON, for commands that read fields.

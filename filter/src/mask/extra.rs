@@ -28,12 +28,12 @@ impl Extra {
                 None
             },
             track1: if track {
-                re(r"(?:%|\b)B(\d{12,19})\^[^\^\r\n]{0,26}\^(\d[^?\r\n]{6,})")
+                re(r"^B(\d{12,19})\^[^\^\r\n]{0,26}\^(\d[^?\r\n]{6,})")
             } else {
                 None
             },
             track2: if track {
-                re(r"\b(\d{12,19})=(\d{7,})")
+                re(r"^(\d{12,19})=(\d{7,})")
             } else {
                 None
             },
@@ -69,8 +69,10 @@ impl Extra {
             if s >= e {
                 continue;
             }
+            // Track windows are anchored on their number: each is read on its own.
             match merged.iter_mut().rev().find(|m| m.2 == track) {
-                Some(m) if s <= m.1 => m.1 = m.1.max(e),
+                Some(m) if !track && s <= m.1 => m.1 = m.1.max(e),
+                Some(m) if track && s == m.0 => {}
                 _ => merged.push((s, e, track)),
             }
         }
@@ -81,36 +83,25 @@ impl Extra {
             self.custom_edits(text, base, edits, report);
         }
         if edits.len() > first {
-            // Only around what was masked: merged neighbourhoods of the new edits.
+            // Only around what was masked: merged neighbourhoods (first edit, end) of the new edits.
             let mut spans: Vec<(usize, usize)> = Vec::new();
             let mut starts: Vec<usize> = edits[first..].iter().map(|e| e.start).collect();
             starts.sort_unstable();
             for p in starts {
-                let (s, e) = (
-                    p.saturating_sub(256).max(base),
-                    (p + 256).min(base + text.len()),
-                );
+                let e = (p + 256).min(base + text.len());
                 match spans.last_mut() {
-                    Some(last) if s <= last.1 => last.1 = e,
-                    _ => spans.push((s, e)),
+                    Some(last) if p <= last.1 => last.1 = last.1.max(e),
+                    _ => spans.push((p, e)),
                 }
             }
-            for (s, e) in spans {
-                // Start after a plain delimiter (never inside a character, an escape or a run of
-                // digits); failing that, on a character boundary (a run cut there is masked whole).
-                let mut s = s - base;
-                if s > 0 {
-                    let clean = |b: u8| b.is_ascii() && !b.is_ascii_alphanumeric() && b != b'\\';
-                    match text[s..e - base].iter().position(|&b| clean(b)) {
-                        Some(k) => s += k + 1,
-                        None => {
-                            while s < e - base && (0x80..0xC0).contains(&text[s]) {
-                                s += 1;
-                            }
-                        }
-                    }
-                }
-                complete_groups(&text[s..e - base], base + s, first, edits);
+            for (p, e) in spans {
+                // Start just after a plain delimiter before the first edit (never inside a
+                // character, an escape or a run of digits), else at the start of the text. Runs
+                // still open at the end are followed to their end.
+                let at = p.saturating_sub(base).min(text.len());
+                let clean = |b: &u8| b.is_ascii() && !b.is_ascii_alphanumeric() && *b != b'\\';
+                let from = text[..at].iter().rposition(clean).map_or(0, |k| k + 1);
+                complete_groups(text, base, from, e - base, first, edits);
             }
         }
     }
@@ -140,9 +131,10 @@ impl Extra {
                     }
                 }
             }
-            // The scanner opened the window on the separator after a number: `^` for track 1, `=`
-            // for track 2.
-            let (caret, equals) = (s.contains('^'), s.contains('='));
+            // The scanner opened the window on the number (track 2) or on the `B` before it
+            // (track 1).
+            let caret = s.starts_with('B');
+            let equals = !caret;
             for (name, re, want) in [
                 ("track1", &self.track1, caret),
                 ("track2", &self.track2, equals),
@@ -209,7 +201,14 @@ impl Extra {
 /// A detector that masks part of a run of digits could leave the rest to read as a new number:
 /// mask every digit of each run it touched (edits from index `first` on), except a kept last four
 /// that nothing can continue (the run ends in something other than a separator).
-fn complete_groups(text: &[u8], base: usize, first: usize, edits: &mut Vec<Edit>) {
+fn complete_groups(
+    text: &[u8],
+    base: usize,
+    from: usize,
+    to: usize,
+    first: usize,
+    edits: &mut Vec<Edit>,
+) {
     let mut starred: Vec<usize> = edits[first..].iter().map(|e| e.start).collect();
     starred.sort_unstable();
     let touched = |p: usize| starred.binary_search(&p).is_ok();
@@ -228,8 +227,11 @@ fn complete_groups(text: &[u8], base: usize, first: usize, edits: &mut Vec<Edit>
             run.clear();
         };
     let mut run: Vec<(usize, usize, bool)> = Vec::new();
-    let mut i = 0;
+    let mut i = from;
     while i < text.len() {
+        if i >= to && run.is_empty() {
+            return;
+        }
         let len = match decode(text, i) {
             Decoded::Unit(u) => {
                 if u.class == Class::Digit {

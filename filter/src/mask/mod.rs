@@ -12,8 +12,8 @@
 //! - Display ([`Display`]): last four (default), BIN and last four, or a keyed HMAC token. Masked
 //!   digits keep their separators; masking is idempotent.
 //! - Extra detectors: card verification codes by JSON key name (and `CVV: 123` in text), track
-//!   data, named custom regexes. They never leave part of a digit run clear, and a body they
-//!   touched is checked again for card numbers.
+//!   data, named custom regexes. They never leave part of a digit run clear (what stays could
+//!   read as a new card number), only a last four that nothing can continue.
 //! - Streams ([`StreamMasker`]): each event is masked once complete (JSON-aware); a number split
 //!   over chunks is seen whole, one split over two events (text streamed in pieces at the same
 //!   JSON path, or plain `data:` text) is read across the boundary. Memory is bounded.
@@ -451,44 +451,9 @@ impl Masker {
 
     /// Masks every card number in a complete body read as text (escapes like `\u0034` included).
     pub fn mask_body(&self, body: &[u8], report: &mut MaskReport) -> Vec<u8> {
-        let detectors = report.detector_total();
         let mut edits = Vec::new();
         self.text_edits(body, &mut edits, report);
-        let out = finish(body, edits);
-        if report.detector_total() == detectors {
-            return out;
-        }
-        self.recheck(out, false, report)
-    }
-
-    /// The extra detectors mask parts of digit runs (a track's discretionary data, a custom
-    /// pattern's match): what they leave could read as a card number. Look again until it
-    /// does not (each pass masks more; a few are plenty).
-    pub(crate) fn recheck(&self, mut out: Vec<u8>, json: bool, report: &mut MaskReport) -> Vec<u8> {
-        for _ in 0..4 {
-            let mut again = report.empty_like();
-            let mut edits = Vec::new();
-            let parsed = if json {
-                json::JsonMasker::new(self)
-                    .edits(&out, 0, &mut edits, &mut again)
-                    .is_ok()
-            } else {
-                false
-            };
-            if !parsed {
-                edits.clear();
-                again = report.empty_like();
-                self.text_edits(&out, &mut edits, &mut again);
-            }
-            if again.total() == 0 {
-                return out;
-            }
-            for (b, n) in again.by_brand {
-                *report.by_brand.entry(b).or_insert(0) += n;
-            }
-            out = finish(&out, edits);
-        }
-        out
+        finish(body, edits)
     }
 
     /// Masks a JSON document: string values after unescaping (JSON inside strings as JSON), keys,
@@ -498,14 +463,8 @@ impl Masker {
         let mut edits = Vec::new();
         let mut sub = report.empty_like();
         json::JsonMasker::new(self).edits(body, 0, &mut edits, &mut sub)?;
-        let recheck = sub.detector_total() > 0;
         report.merge(sub);
-        let out = finish(body, edits);
-        Ok(if recheck {
-            self.recheck(out, true, report)
-        } else {
-            out
-        })
+        Ok(finish(body, edits))
     }
 
     /// Masks a complete body as its content type asks: JSON (falling back to text when it is not

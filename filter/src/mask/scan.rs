@@ -361,9 +361,24 @@ impl TextScan {
         first: bool,
     ) {
         let rel = |p: usize| p.saturating_sub(cx.base).min(cx.buf.len());
-        if (12..=19).contains(&len) && matches!(cx.buf.get(rel(end)), Some(b'=' | b'^')) {
-            self.extra_windows
-                .push((start.saturating_sub(2), end + 100, true));
+        // The byte `k` places before the group, if inside the buffer.
+        let before = |k: usize| {
+            rel(start)
+                .checked_sub(k)
+                .and_then(|i| cx.buf.get(i))
+                .copied()
+        };
+        let free = |b: Option<u8>| !b.is_some_and(|b| b.is_ascii_alphanumeric());
+        if (12..=19).contains(&len) {
+            // Track data: the window starts on the number (track 2) or on its `B` (track 1), and
+            // only where the number is not glued to a letter or an escape before it.
+            match cx.buf.get(rel(end)) {
+                Some(b'=') if free(before(1)) => self.extra_windows.push((start, end + 100, true)),
+                Some(b'^') if before(1) == Some(b'B') && free(before(2)) => {
+                    self.extra_windows.push((start - 1, end + 100, true))
+                }
+                _ => {}
+            }
         } else if first && (3..=4).contains(&len) {
             let from = start.saturating_sub(24).max(cx.base);
             if super::extra::mentions_cvv(&cx.buf[rel(from)..rel(start)]) {

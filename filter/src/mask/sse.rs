@@ -147,24 +147,16 @@ impl StreamMasker {
             }
             match end {
                 Some(end) => {
-                    let detectors = report.detector_total();
                     let edits = mask_event(m, &self.buf[..end - self.base], self.base, report);
                     let mut ev = Vec::new();
                     self.release(end, &edits, &mut ev);
-                    if report.detector_total() > detectors {
-                        ev = recheck_event(m, ev, report);
-                    }
                     self.emit_event(m, ev, out, report);
                 }
                 None if last => {
                     let end = self.base + self.buf.len();
-                    let detectors = report.detector_total();
                     let edits = mask_event(m, &self.buf, self.base, report);
                     let mut ev = Vec::new();
                     self.release(end, &edits, &mut ev);
-                    if report.detector_total() > detectors {
-                        ev = recheck_event(m, ev, report);
-                    }
                     self.emit_event(m, ev, out, report);
                     self.flush_held(out);
                     return;
@@ -479,24 +471,6 @@ fn link(m: &Masker, prev: &mut Vec<u8>, tail: Tail, next: &mut Vec<u8>, report: 
         apply(bytes, 0, &edits, &mut out);
         *bytes = out;
     }
-}
-
-/// An event masked again until no card number reads in it (see [`Masker::recheck`]).
-fn recheck_event(m: &Masker, mut ev: Vec<u8>, report: &mut MaskReport) -> Vec<u8> {
-    for _ in 0..4 {
-        let mut again = report.empty_like();
-        let edits = mask_event(m, &ev, 0, &mut again);
-        if again.total() == 0 {
-            break;
-        }
-        for (b, n) in again.by_brand {
-            *report.by_brand.entry(b).or_insert(0) += n;
-        }
-        let mut out = Vec::with_capacity(ev.len());
-        apply(&ev, 0, &edits, &mut out);
-        ev = out;
-    }
-    ev
 }
 
 /// `release` moved back to the start of the word it falls in (bytes up to an ASCII space or

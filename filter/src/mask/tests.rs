@@ -387,3 +387,14 @@ fn stream_catches_pan_split_across_events() {
     out.extend(s.finish(&m, &mut r));
     assert_eq!(out, b"data: **** ****\n\ndata: **** 4444\n\n");
 }
+
+#[test]
+fn extra_detectors_never_expose_a_card() {
+    // Track data glued to an escaped letter is not track data; the card before it stays hidden.
+    let m = Masker::default();
+    let input = r"4000000000006\u005060990000000008=4000000000006";
+    let (out, _) = mask(input);
+    assert_eq!(out, r"4000000000006\u005060990000000008=*********0006");
+    let mut r = MaskReport::default();
+    assert_eq!(m.mask_body(out.as_bytes(), &mut r), out.as_bytes());
+}

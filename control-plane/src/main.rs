@@ -11,6 +11,7 @@ mod keys;
 mod merkle;
 mod note;
 mod operator;
+mod revocations;
 mod service;
 mod store;
 mod verify;

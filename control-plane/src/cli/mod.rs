@@ -12,10 +12,12 @@ mod audit_verify;
 mod dev_init;
 mod dev_token;
 mod filter;
+mod identities;
 mod keys_cmd;
 mod mask_cmd;
 mod policy_check;
 mod records;
+mod revoke;
 mod serve;
 mod sessions;
 
@@ -67,6 +69,23 @@ enum Command {
     /// Approval requests: list them, approve or deny (operator token in TOLLGATE_TOKEN).
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Revoke an identity: every gateway worker refuses it within seconds (operator token in
+    /// TOLLGATE_TOKEN, member of the control plane's --revocation-group); prints the id.
+    Revoke(revoke::RevokeArgs),
+    /// The revocation list: show it, lift a revocation.
+    #[command(subcommand)]
+    Revocations(RevocationsCommand),
+    /// Who has used the gateway: first and last seen, calls, clients and workloads (an access
+    /// review); `--inactive 90d` keeps those not seen for 90 days.
+    Identities(identities::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum RevocationsCommand {
+    /// The active revocations and the list's version.
+    List(revoke::ListArgs),
+    /// Lift a revocation: the identity is let through again.
+    Lift(revoke::LiftArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +168,10 @@ impl Cli {
             Command::Approvals(ApprovalsCommand::Approve(args)) => approvals::approve(args).await,
             Command::Approvals(ApprovalsCommand::Deny(args)) => approvals::deny(args).await,
             Command::Dev(DevCommand::Token(args)) => dev_token::run(home, args),
+            Command::Revoke(args) => revoke::revoke(args).await,
+            Command::Identities(args) => identities::run(home, operator, args).await,
+            Command::Revocations(RevocationsCommand::List(args)) => revoke::list(args).await,
+            Command::Revocations(RevocationsCommand::Lift(args)) => revoke::lift(args).await,
             Command::Audit(AuditCommand::Verify(args)) => {
                 audit_verify::run(home, operator, args).await
             }

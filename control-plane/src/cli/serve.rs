@@ -41,6 +41,8 @@ pub struct Args {
     worker_threads: Option<usize>,
     #[command(flatten)]
     approvals: crate::approvals::Config,
+    #[command(flatten)]
+    revocations: crate::revocations::Settings,
 }
 
 impl Args {
@@ -122,12 +124,16 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     health
         .set_serving::<crate::pb::approvals_server::ApprovalsServer<crate::approvals::ApprovalsService>>()
         .await;
+    let revocations =
+        crate::revocations::service::build(home, &args.approvals, &args.revocations, store.clone())
+            .await?;
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuditServer::new(AuditService::new(store.clone())))
         .add_service(approvals)
+        .add_service(revocations)
         .serve_with_incoming_shutdown(incoming, async move {
             let signal = shutdown_signal().await;
             let _ = stopping_tx.send(signal);

@@ -1,0 +1,191 @@
+//! `tollgate identities [--inactive 90d]`: who has used the gateway, when first and last, how
+//! often, through which clients and workloads: what an access review (PCI DSS 8.2.6) asks for.
+//!
+//! Read from the `mcp.request` records of the audit chain (`sub`, `identity`, `time`); the read
+//! itself is recorded (`controlPlane.auditRead`, purpose `identities`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::records::{self, OperatorArgs, Source, SourceArgs};
+use crate::clock::{self, Micros};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Only identities not seen for this long (e.g. 90d, 12w, 36h).
+    #[arg(long, value_name = "AGE")]
+    inactive: Option<String>,
+    /// One JSON object per identity per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Default)]
+struct Seen {
+    first: Option<Micros>,
+    last: Option<Micros>,
+    calls: u64,
+    clients: BTreeSet<String>,
+    workloads: BTreeSet<String>,
+    acting_for: BTreeSet<String>,
+}
+
+fn text<'a>(value: Option<&'a Value>, name: &str) -> Option<&'a str> {
+    value
+        .and_then(|v| v.get(name))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+impl Seen {
+    fn add(&mut self, record: &Value) {
+        self.calls += 1;
+        let time = text(Some(record), "time")
+            .or_else(|| text(Some(record), "receivedAt"))
+            .and_then(clock::parse);
+        if let Some(time) = time {
+            self.first = Some(self.first.map_or(time, |f| f.min(time)));
+            self.last = Some(self.last.map_or(time, |l| l.max(time)));
+        }
+        let identity = record.get("identity");
+        if let Some(client) = text(identity, "client_id").or_else(|| text(identity, "azp")) {
+            self.clients.insert(client.to_string());
+        }
+        if let Some(repository) = text(identity, "repository") {
+            let mut workload = repository.to_string();
+            if let Some(workflow) = text(identity, "workflow") {
+                workload.push_str(&format!(" ({workflow})"));
+            }
+            self.workloads.insert(workload);
+        }
+        if let Some(actor) = text(identity, "actor") {
+            self.acting_for.insert(actor.to_string());
+        }
+        let mut act = identity.and_then(|i| i.get("act"));
+        while let Some(a) = act {
+            if let Some(sub) = text(Some(a), "sub") {
+                self.acting_for.insert(sub.to_string());
+            }
+            act = a.get("act");
+        }
+    }
+}
+
+fn stamp(micros: Option<Micros>) -> String {
+    micros.map_or_else(|| "-".to_string(), clock::format)
+}
+
+fn joined(set: &BTreeSet<String>) -> String {
+    if set.is_empty() {
+        "-".into()
+    } else {
+        set.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::Result<ExitCode> {
+    let inactive: Option<Duration> = args
+        .inactive
+        .as_deref()
+        .map(|age| {
+            humantime::parse_duration(age).map_err(|e| {
+                anyhow::anyhow!("--inactive {age:?} is not an age (90d, 12w, 36h): {e}")
+            })
+        })
+        .transpose()?;
+    let filter = args.inactive.as_ref().map(|age| json!({"inactive": age}));
+    let operator = operator.operator().with_purpose("identities", filter);
+    let mut source = Source::open(home, &args.source, &operator).await?;
+    let mut identities: BTreeMap<String, Seen> = BTreeMap::new();
+    let read = source
+        .for_each(&operator, |stored| {
+            let record = records::parse(&stored)?;
+            if record.get("event").and_then(Value::as_str) != Some("mcp.request") {
+                return Ok(true);
+            }
+            let sub = text(Some(&record), "sub")
+                .or_else(|| text(record.get("identity"), "sub"))
+                .unwrap_or("(anonymous)")
+                .to_string();
+            identities.entry(sub).or_default().add(&record);
+            Ok(true)
+        })
+        .await;
+    source.close().await?;
+    read?;
+
+    let now = clock::now_micros();
+    let cutoff =
+        inactive.map(|d| now.saturating_sub(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)));
+    let mut shown: Vec<(&String, &Seen)> = identities
+        .iter()
+        .filter(|(_, seen)| match cutoff {
+            Some(cutoff) => seen.last.is_none_or(|last| last < cutoff),
+            None => true,
+        })
+        .collect();
+    // Longest unseen first: what a reviewer acts on.
+    shown.sort_by(|a, b| (a.1.last, a.0).cmp(&(b.1.last, b.0)));
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for (sub, seen) in &shown {
+            let days = seen
+                .last
+                .map(|last| now.saturating_sub(last) / 86_400_000_000);
+            writeln!(
+                out,
+                "{}",
+                json!({
+                    "sub": sub,
+                    "firstSeen": seen.first.map(clock::format),
+                    "lastSeen": seen.last.map(clock::format),
+                    "daysSinceLastSeen": days,
+                    "calls": seen.calls,
+                    "clients": seen.clients,
+                    "workloads": seen.workloads,
+                    "actingFor": seen.acting_for,
+                })
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if shown.is_empty() {
+        writeln!(
+            out,
+            "{}",
+            if cutoff.is_some() {
+                "no inactive identities"
+            } else {
+                "no identities have called the gateway"
+            }
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<32} {:<27} {:<27} {:>7}  {:<24} {:<32} ACTING FOR",
+        "SUB", "FIRST SEEN", "LAST SEEN", "CALLS", "CLIENTS", "WORKLOADS"
+    )?;
+    for (sub, seen) in &shown {
+        writeln!(
+            out,
+            "{:<32} {:<27} {:<27} {:>7}  {:<24} {:<32} {}",
+            sub,
+            stamp(seen.first),
+            stamp(seen.last),
+            seen.calls,
+            joined(&seen.clients),
+            joined(&seen.workloads),
+            joined(&seen.acting_for)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,272 @@
+//! `tollgate revoke` and `tollgate revocations list|lift`: the operator's side of the revocation
+//! list, signed in with the operator token in `TOLLGATE_TOKEN` (revoking and lifting need
+//! membership of the control plane's `--revocation-group`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::pb;
+use crate::pb::revocations_client::RevocationsClient;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Exit code when the control plane refused (not signed in, not allowed, not found).
+const EXIT_REFUSED: u8 = 1;
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Control plane to talk to.
+    #[arg(
+        long,
+        env = "TOLLGATE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+}
+
+/// Exactly one of the identity selectors.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct What {
+    /// Revoke a subject: tokens with this `sub`, and tokens acting for it (`act.sub`, `actor`).
+    #[arg(long)]
+    sub: Option<String>,
+    /// Revoke one token by its `jti`.
+    #[arg(long)]
+    jti: Option<String>,
+    /// Revoke an OAuth client (`client_id` claim).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Revoke tokens whose claim NAME equals VALUE (e.g. repository=acme/payments-ci).
+    #[arg(long, value_name = "NAME=VALUE")]
+    claim: Option<String>,
+}
+
+impl What {
+    fn pair(&self) -> anyhow::Result<(String, String)> {
+        let pair = |claim: &str, value: &String| Ok((claim.to_string(), value.clone()));
+        if let Some(sub) = &self.sub {
+            return pair("sub", sub);
+        }
+        if let Some(jti) = &self.jti {
+            return pair("jti", jti);
+        }
+        if let Some(client) = &self.client_id {
+            return pair("client_id", client);
+        }
+        let claim = self.claim.as_deref().unwrap_or_default();
+        match claim.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() && !value.is_empty() => {
+                Ok((name.trim().to_string(), value.to_string()))
+            }
+            _ => anyhow::bail!("--claim must be NAME=VALUE, e.g. repository=acme/payments-ci"),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    what: What,
+    /// Why; recorded in the audit log.
+    #[arg(long)]
+    reason: String,
+    /// Print the revocation as one JSON object instead of its id.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// One JSON object: {"version": N, "revocations": [...]}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LiftArgs {
+    /// The revocation id (`rev_...`), as `revoke` printed it or `revocations list` shows it.
+    id: String,
+    /// Why; recorded in the audit log.
+    #[arg(long)]
+    reason: String,
+    /// Print the lifted revocation as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Sends the operator token with every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Client = RevocationsClient<InterceptedService<Channel, Bearer>>;
+
+async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
+    let token = std::env::var("TOLLGATE_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .context("set TOLLGATE_TOKEN to your operator token (for a dev setup: `tollgate dev token --sub you@example.com --groups security-admins`)")?;
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .context("TOLLGATE_TOKEN is not a valid header value")?;
+    let channel = tonic::transport::Endpoint::from_shared(server.server.clone())
+        .with_context(|| format!("invalid --server {:?}", server.server))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the control plane at {}", server.server))?;
+    Ok(RevocationsClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+/// A refusal is printed and exits 1; anything else is an error (exit 2).
+fn refused(status: tonic::Status) -> anyhow::Result<ExitCode> {
+    let prefix = match status.code() {
+        Code::Unauthenticated => "not signed in",
+        Code::PermissionDenied => "not allowed",
+        Code::FailedPrecondition => "cannot lift",
+        Code::NotFound => "not found",
+        Code::InvalidArgument => "invalid",
+        Code::Unimplemented => anyhow::bail!(
+            "the control plane does not serve revocations (an older tollgate?): {}",
+            status.message()
+        ),
+        _ => anyhow::bail!("control plane failed: {}", status.message()),
+    };
+    eprintln!("tollgate: {prefix}: {}", status.message());
+    Ok(ExitCode::from(EXIT_REFUSED))
+}
+
+fn to_json(revocation: &pb::Revocation) -> Value {
+    json!({
+        "revocationId": revocation.revocation_id,
+        "claim": revocation.claim,
+        "value": revocation.value,
+        "reason": revocation.reason,
+        "revokedBy": revocation.revoked_by,
+        "revokedAt": revocation.revoked_at,
+    })
+}
+
+pub async fn revoke(args: &RevokeArgs) -> anyhow::Result<ExitCode> {
+    let (claim, value) = args.what.pair()?;
+    if args.reason.trim().is_empty() {
+        anyhow::bail!("--reason must say why");
+    }
+    let mut client = connect(&args.server).await?;
+    let revocation = match client
+        .revoke(pb::RevokeRequest {
+            claim,
+            value,
+            reason: args.reason.clone(),
+        })
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return refused(status),
+    };
+    if args.json {
+        println!("{}", to_json(&revocation));
+    } else {
+        eprintln!(
+            "tollgate: revoked {}={} (by {} at {}); every gateway worker refuses it within seconds",
+            revocation.claim, revocation.value, revocation.revoked_by, revocation.revoked_at
+        );
+        println!("{}", revocation.revocation_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.server).await?;
+    let list = match client.list(pb::ListRevocationsRequest {}).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return refused(status),
+    };
+    if args.json {
+        let revocations: Vec<Value> = list.revocations.iter().map(to_json).collect();
+        println!(
+            "{}",
+            json!({"version": list.version, "revocations": revocations})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "version {}: {} active revocation{}",
+        list.version,
+        list.revocations.len(),
+        if list.revocations.len() == 1 { "" } else { "s" }
+    );
+    if list.revocations.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<28} {:<14} {:<32} {:<24} {:<19} REASON",
+        "ID", "CLAIM", "VALUE", "REVOKED BY", "REVOKED AT"
+    );
+    for r in &list.revocations {
+        println!(
+            "{:<28} {:<14} {:<32} {:<24} {:<19} {}",
+            r.revocation_id,
+            r.claim,
+            r.value,
+            r.revoked_by,
+            r.revoked_at.get(..19).unwrap_or(&r.revoked_at),
+            r.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn lift(args: &LiftArgs) -> anyhow::Result<ExitCode> {
+    if args.reason.trim().is_empty() {
+        anyhow::bail!("--reason must say why");
+    }
+    let mut client = connect(&args.server).await?;
+    let revocation = match client
+        .lift(pb::LiftRequest {
+            revocation_id: args.id.clone(),
+            reason: args.reason.clone(),
+        })
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return refused(status),
+    };
+    if args.json {
+        println!("{}", to_json(&revocation));
+    } else {
+        println!(
+            "lifted {} ({}={}, revoked by {} for {:?})",
+            revocation.revocation_id,
+            revocation.claim,
+            revocation.value,
+            revocation.revoked_by,
+            revocation.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

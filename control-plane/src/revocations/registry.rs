@@ -1,0 +1,464 @@
+//! The revocation list in the audit store's database, and its audit records.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::approvals::auth::VerifiedOperator;
+use crate::clock::{self, Micros};
+use crate::pb;
+use crate::store::{Store, StoreError};
+
+const TREE: &str = "revocations";
+const VERSION_KEY: &[u8] = b"version";
+const ID_PREFIX: &str = "rev_";
+const MAX_CLAIM_LEN: usize = 256;
+const MAX_VALUE_LEN: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("you ({sub}) are not in the revocation group {group:?}")]
+    NotMember { sub: String, group: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no revocation {0}")]
+    NotFound(String),
+    #[error("revocation {id} was already lifted by {by} at {at}")]
+    AlreadyLifted { id: String, by: String, at: String },
+    #[error(transparent)]
+    Audit(#[from] StoreError),
+    #[error("revocation store i/o failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("stored revocation {0} is malformed")]
+    Corrupt(String),
+}
+
+impl RevocationError {
+    /// The `refusal` of a `revocation.refused` record.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::NotMember { .. } => "not_in_revocation_group",
+            Self::Invalid(_) => "invalid",
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyLifted { .. } => "already_lifted",
+            Self::Audit(_) | Self::Io(_) | Self::Corrupt(_) => "internal",
+        }
+    }
+}
+
+impl From<RevocationError> for tonic::Status {
+    fn from(error: RevocationError) -> Self {
+        use tonic::Status;
+        match error {
+            RevocationError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
+            RevocationError::NotMember { .. } => Status::permission_denied(error.to_string()),
+            RevocationError::Invalid(_) => Status::invalid_argument(error.to_string()),
+            RevocationError::NotFound(_) => Status::not_found(error.to_string()),
+            RevocationError::AlreadyLifted { .. } => Status::failed_precondition(error.to_string()),
+            RevocationError::Audit(e) => e.into(),
+            RevocationError::Io(_) | RevocationError::Corrupt(_) => {
+                eprintln!("tollgate: {error}");
+                Status::unavailable(error.to_string())
+            }
+        }
+    }
+}
+
+/// One revocation, active or lifted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub id: String,
+    pub claim: String,
+    pub value: String,
+    pub reason: String,
+    pub revoked_by: String,
+    pub revoked_at: Micros,
+    pub lifted_by: Option<String>,
+    pub lifted_at: Option<Micros>,
+    pub lift_reason: Option<String>,
+}
+
+impl Entry {
+    pub fn active(&self) -> bool {
+        self.lifted_at.is_none()
+    }
+
+    pub fn to_pb(&self) -> pb::Revocation {
+        pb::Revocation {
+            revocation_id: self.id.clone(),
+            claim: self.claim.clone(),
+            value: self.value.clone(),
+            reason: self.reason.clone(),
+            revoked_by: self.revoked_by.clone(),
+            revoked_at: clock::format(self.revoked_at),
+        }
+    }
+}
+
+/// What an operator tried, for the records of refusals.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Revoke,
+    Lift,
+    List,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Revoke => "revoke",
+            Self::Lift => "lift",
+            Self::List => "list",
+        }
+    }
+}
+
+/// The revocation list.
+pub struct Registry {
+    audit: Arc<Store>,
+    tree: sled::Tree,
+    group: String,
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    format!("{ID_PREFIX}{}", hex::encode(bytes))
+}
+
+fn operator_json(operator: &VerifiedOperator) -> Value {
+    json!({
+        "sub": operator.sub,
+        "email": operator.email,
+        "groups": operator.groups,
+        "jti": operator.jti,
+        "verified": true,
+    })
+}
+
+/// The claim names a filter can match: a JWT claim name, no spaces or control characters.
+fn check_claim(claim: &str) -> Result<(), RevocationError> {
+    if claim.is_empty() {
+        return Err(RevocationError::Invalid(
+            "a claim is required (sub, jti, client_id or another claim name)".into(),
+        ));
+    }
+    if claim.len() > MAX_CLAIM_LEN
+        || claim
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '=')
+    {
+        return Err(RevocationError::Invalid(format!(
+            "{claim:?} is not a claim name"
+        )));
+    }
+    Ok(())
+}
+
+impl Registry {
+    pub fn open(audit: Arc<Store>, group: String) -> Result<Arc<Self>, RevocationError> {
+        let tree = audit.db().open_tree(TREE)?;
+        Ok(Arc::new(Self {
+            audit,
+            tree,
+            group,
+            lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn version(&self) -> Result<u64, RevocationError> {
+        Ok(match self.tree.get(VERSION_KEY)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| RevocationError::Corrupt("version".into()))?,
+            ),
+            None => 0,
+        })
+    }
+
+    fn bump(&self) -> Result<u64, RevocationError> {
+        let version = self.version()?.saturating_add(1);
+        self.tree.insert(VERSION_KEY, &version.to_be_bytes())?;
+        Ok(version)
+    }
+
+    fn load(&self, id: &str) -> Result<Option<Entry>, RevocationError> {
+        if !id.starts_with(ID_PREFIX) {
+            return Ok(None);
+        }
+        self.tree
+            .get(id.as_bytes())?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|_| RevocationError::Corrupt(id.to_string()))
+            })
+            .transpose()
+    }
+
+    fn save(&self, entry: &Entry) -> Result<(), RevocationError> {
+        let bytes =
+            serde_json::to_vec(entry).map_err(|e| RevocationError::Invalid(e.to_string()))?;
+        self.tree.insert(entry.id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Every revocation ever made (active and lifted), oldest first.
+    pub fn all(&self) -> Result<Vec<Entry>, RevocationError> {
+        let mut entries = Vec::new();
+        for item in self.tree.scan_prefix(ID_PREFIX.as_bytes()) {
+            let (key, bytes) = item?;
+            let entry: Entry = serde_json::from_slice(&bytes).map_err(|_| {
+                RevocationError::Corrupt(String::from_utf8_lossy(&key).into_owned())
+            })?;
+            entries.push(entry);
+        }
+        entries.sort_by(|a, b| (a.revoked_at, &a.id).cmp(&(b.revoked_at, &b.id)));
+        Ok(entries)
+    }
+
+    /// The active revocations and the list's version, read consistently with changes.
+    pub async fn list(&self) -> Result<pb::RevocationList, RevocationError> {
+        let _guard = self.lock.lock().await;
+        let version = self.version()?;
+        let revocations = self
+            .all()?
+            .iter()
+            .filter(|e| e.active())
+            .map(Entry::to_pb)
+            .collect();
+        Ok(pb::RevocationList {
+            version,
+            revocations,
+        })
+    }
+
+    fn check_member(&self, operator: &VerifiedOperator) -> Result<(), RevocationError> {
+        if operator.groups.iter().any(|g| g == &self.group) {
+            return Ok(());
+        }
+        Err(RevocationError::NotMember {
+            sub: operator.sub.clone(),
+            group: self.group.clone(),
+        })
+    }
+
+    async fn record(&self, event: &str, sub: Option<&str>, extra: Value) -> Result<(), StoreError> {
+        let mut record = Map::new();
+        record.insert("event".into(), event.into());
+        record.insert("time".into(), clock::format(clock::now_micros()).into());
+        record.insert("sub".into(), sub.map_or(Value::Null, Value::from));
+        if let Value::Object(extra) = extra {
+            record.extend(extra);
+        }
+        self.audit.append_event(&record).await?;
+        Ok(())
+    }
+
+    /// Records a refusal (`operator` is `None` when the token did not verify).
+    pub async fn refused(
+        &self,
+        operator: Option<&VerifiedOperator>,
+        action: Action,
+        what: Value,
+        error: &RevocationError,
+    ) -> Result<(), RevocationError> {
+        let mut extra = Map::new();
+        extra.insert("action".into(), action.word().into());
+        extra.insert("refusal".into(), error.kind().into());
+        extra.insert("message".into(), error.to_string().into());
+        if let Some(operator) = operator {
+            extra.insert("operator".into(), operator_json(operator));
+        }
+        if let Value::Object(what) = what {
+            extra.extend(what);
+        }
+        self.record(
+            "revocation.refused",
+            operator.map(|o| o.sub.as_str()),
+            Value::Object(extra),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a revocation of `claim` = `value`; an active one for the same pair is answered
+    /// again (and the attempt recorded) without changing the version.
+    pub async fn revoke(
+        &self,
+        operator: &VerifiedOperator,
+        claim: &str,
+        value: &str,
+        reason: &str,
+    ) -> Result<Entry, RevocationError> {
+        let what = json!({"claim": claim, "value": value, "reason": reason});
+        match self.try_revoke(operator, claim, value, reason).await {
+            Ok(entry) => Ok(entry),
+            Err(error) => {
+                if !matches!(error.kind(), "internal") {
+                    self.refused(Some(operator), Action::Revoke, what, &error)
+                        .await?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_revoke(
+        &self,
+        operator: &VerifiedOperator,
+        claim: &str,
+        value: &str,
+        reason: &str,
+    ) -> Result<Entry, RevocationError> {
+        self.check_member(operator)?;
+        check_claim(claim)?;
+        if value.is_empty() || value.len() > MAX_VALUE_LEN {
+            return Err(RevocationError::Invalid(format!(
+                "a value of {claim} is required (at most {MAX_VALUE_LEN} bytes)"
+            )));
+        }
+        if reason.trim().is_empty() {
+            return Err(RevocationError::Invalid("a reason is required".into()));
+        }
+        let _guard = self.lock.lock().await;
+        if let Some(existing) = self
+            .all()?
+            .into_iter()
+            .find(|e| e.active() && e.claim == claim && e.value == value)
+        {
+            self.record(
+                "revocation.added",
+                Some(&operator.sub),
+                json!({
+                    "revocationId": existing.id,
+                    "claim": claim,
+                    "value": value,
+                    "reason": reason,
+                    "alreadyRevoked": true,
+                    "revokedBy": existing.revoked_by,
+                    "version": self.version()?,
+                    "operator": operator_json(operator),
+                }),
+            )
+            .await?;
+            return Ok(existing);
+        }
+        let entry = Entry {
+            id: new_id(),
+            claim: claim.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+            revoked_by: operator.sub.clone(),
+            revoked_at: clock::now_micros(),
+            lifted_by: None,
+            lifted_at: None,
+            lift_reason: None,
+        };
+        self.save(&entry)?;
+        let version = self.bump()?;
+        self.record(
+            "revocation.added",
+            Some(&operator.sub),
+            json!({
+                "revocationId": entry.id,
+                "claim": claim,
+                "value": value,
+                "reason": reason,
+                "version": version,
+                "operator": operator_json(operator),
+            }),
+        )
+        .await?;
+        Ok(entry)
+    }
+
+    /// Lifts an active revocation.
+    pub async fn lift(
+        &self,
+        operator: &VerifiedOperator,
+        id: &str,
+        reason: &str,
+    ) -> Result<Entry, RevocationError> {
+        match self.try_lift(operator, id, reason).await {
+            Ok(entry) => Ok(entry),
+            Err(error) => {
+                if !matches!(error.kind(), "internal") {
+                    let what = json!({"revocationId": id, "reason": reason});
+                    self.refused(Some(operator), Action::Lift, what, &error)
+                        .await?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_lift(
+        &self,
+        operator: &VerifiedOperator,
+        id: &str,
+        reason: &str,
+    ) -> Result<Entry, RevocationError> {
+        self.check_member(operator)?;
+        if reason.trim().is_empty() {
+            return Err(RevocationError::Invalid("a reason is required".into()));
+        }
+        let _guard = self.lock.lock().await;
+        let mut entry = self
+            .load(id)?
+            .ok_or_else(|| RevocationError::NotFound(id.to_string()))?;
+        if let (Some(by), Some(at)) = (&entry.lifted_by, entry.lifted_at) {
+            return Err(RevocationError::AlreadyLifted {
+                id: id.to_string(),
+                by: by.clone(),
+                at: clock::format(at),
+            });
+        }
+        entry.lifted_by = Some(operator.sub.clone());
+        entry.lifted_at = Some(clock::now_micros());
+        entry.lift_reason = Some(reason.to_string());
+        self.save(&entry)?;
+        let version = self.bump()?;
+        self.record(
+            "revocation.lifted",
+            Some(&operator.sub),
+            json!({
+                "revocationId": entry.id,
+                "claim": entry.claim,
+                "value": entry.value,
+                "reason": reason,
+                "revokedBy": entry.revoked_by,
+                "revokedAt": clock::format(entry.revoked_at),
+                "revokeReason": entry.reason,
+                "version": version,
+                "operator": operator_json(operator),
+            }),
+        )
+        .await?;
+        Ok(entry)
+    }
+
+    /// Records an operator's read of the list.
+    pub async fn listed(
+        &self,
+        operator: &VerifiedOperator,
+        list: &pb::RevocationList,
+    ) -> Result<(), RevocationError> {
+        self.record(
+            "revocation.listed",
+            Some(&operator.sub),
+            json!({
+                "version": list.version,
+                "active": list.revocations.len(),
+                "operator": operator_json(operator),
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -137,6 +137,14 @@ pub struct BigReportArgs {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct FixedResultArgs {
+    /// Exact size of the result text in bytes (at most 16 MiB).
+    pub bytes: u32,
+    /// How many card numbers the text holds (each line of the text carries one).
+    pub pans: u32,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct SlowStreamArgs {
     /// How many progress steps to send before the result (at most 10000).
     pub count: u32,
@@ -381,6 +389,20 @@ impl PaymentsServer {
     }
 
     #[tool(
+        description = "Return a text result of exactly `bytes` bytes holding exactly `pans` card numbers (for benchmarks).",
+        annotations(read_only_hint = true)
+    )]
+    async fn fixed_result(
+        &self,
+        Parameters(args): Parameters<FixedResultArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match fixed_result_text(args.bytes, args.pans) {
+            Ok(text) => text_result(text),
+            Err(message) => tool_error(message),
+        }
+    }
+
+    #[tool(
         description = "Send `count` progress notifications (needs a progressToken in _meta) and log messages, `interval_ms` apart, then a result with a card number.",
         annotations(read_only_hint = true)
     )]
@@ -467,6 +489,38 @@ pub fn big_report_text(kib: u32) -> String {
     }
     out.truncate(target);
     out
+}
+
+/// The `fixed_result` body: exactly `bytes` bytes, `pans` lines each holding one card number
+/// (rotating through the demo PANs, digits only), then filler without digits. Errors when the
+/// cards do not fit in `bytes`.
+pub fn fixed_result_text(bytes: u32, pans: u32) -> Result<String, String> {
+    let target = bytes as usize;
+    if target > MAX_REPORT_KIB as usize * 1024 {
+        return Err(format!(
+            "bytes must be at most {}, got {bytes}",
+            MAX_REPORT_KIB as usize * 1024
+        ));
+    }
+    let cards: Vec<&str> = data::all_pans().collect();
+    let mut out = String::with_capacity(target);
+    for i in 0..pans as usize {
+        let _ = writeln!(out, "card on file: {}", cards[i % cards.len()]);
+        if out.len() > target {
+            return Err(format!("{pans} card number(s) do not fit in {bytes} bytes"));
+        }
+    }
+    // Filler lines of letters only, so the text holds no other digit run.
+    while out.len() < target {
+        let left = target - out.len();
+        let line = "settled without exception, nothing to report for this batch.\n";
+        if left >= line.len() {
+            out.push_str(line);
+        } else {
+            out.extend(std::iter::repeat_n('.', left));
+        }
+    }
+    Ok(out)
 }
 
 fn merchant_json(m: &Merchant) -> Value {
@@ -626,6 +680,20 @@ mod tests {
     }
 
     #[test]
+    fn fixed_result_has_exact_size_and_card_count() {
+        for (bytes, pans) in [(0, 0), (1024, 0), (1024, 1), (65536, 50), (100, 3)] {
+            let text = fixed_result_text(bytes, pans).unwrap();
+            assert_eq!(text.len(), bytes as usize, "bytes={bytes} pans={pans}");
+            let cards = data::all_pans()
+                .map(|pan| text.matches(pan).count())
+                .sum::<usize>();
+            assert_eq!(cards, pans as usize, "bytes={bytes} pans={pans}");
+        }
+        assert!(fixed_result_text(10, 1).is_err());
+        assert!(fixed_result_text(MAX_REPORT_KIB * 1024 + 1, 0).is_err());
+    }
+
+    #[test]
     fn tools_are_all_listed() {
         let server = PaymentsServer::new(Arc::new(Mutex::new(Ledger::new())));
         let mut names: Vec<String> = server
@@ -640,6 +708,7 @@ mod tests {
             [
                 "big_report",
                 "delete_merchant",
+                "fixed_result",
                 "get_customer",
                 "list_transactions",
                 "refund_payment",

@@ -1,0 +1,375 @@
+#!/usr/bin/env bash
+# `make bench`: Tollgate's cost against plain Envoy, every figure measured in this run, on this
+# machine, against 127.0.0.1 only.
+#
+# Starts, on its own ports (so it runs beside `make run`), the control plane on sled, the demo
+# payments MCP server twice (stateless JSON answers, stateless SSE answers), and Envoy 1.40 with
+# the bootstrap of envoy/render.py, once with the Tollgate filter and once rendered --plain (same
+# bootstrap and jwt_authn, no filter). wrk sends real MCP `tools/call` JSON-RPC POSTs with a valid
+# dev-issuer token. Prints one table (requests/s, p50, p99, ratio to plain Envoy; the policy-size
+# rows), then Envoy's and the wasm VMs' memory sampled while 100,000 requests go through the filter.
+# Everything it starts is stopped on exit. Results stay in target/bench/ (report.md, raw JSON, logs).
+#
+# Environment (all optional):
+#   TOLLGATE_BENCH_PORT_BASE  first of the ports used, base..base+170 (default 28000, below the ephemeral range)
+#   TOLLGATE_BENCH_DURATION   seconds measured per cell (default 10)
+#   TOLLGATE_BENCH_WARMUP     seconds of unmeasured load before each cell (default 2)
+#   TOLLGATE_BENCH_MEM_REQUESTS  requests through the filter for the memory samples (default 100000)
+#   TOLLGATE_BENCH_MEM_CAP    give up on that count after this many seconds of load (default 300)
+#   TOLLGATE_BENCH_WORKERS    Envoy --concurrency (default 2)
+#   TOLLGATE_BENCH_KEEP=1     keep the run's audit store (target/bench/home/audit.sled, gigabytes)
+#   TOLLGATE_ENVOY, TOLLGATE_WASM  as for `make run`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+BASE=${TOLLGATE_BENCH_PORT_BASE:-28000}
+DURATION=${TOLLGATE_BENCH_DURATION:-10}
+WARMUP=${TOLLGATE_BENCH_WARMUP:-2}
+MEM_REQUESTS=${TOLLGATE_BENCH_MEM_REQUESTS:-100000}
+MEM_CAP=${TOLLGATE_BENCH_MEM_CAP:-300}
+WORKERS=${TOLLGATE_BENCH_WORKERS:-2}
+ENVOY=${TOLLGATE_ENVOY:-$ROOT/.venv/bin/envoy}
+WASM=${TOLLGATE_WASM:-$ROOT/target/wasm32-wasip1/wasm-release/tollgate_filter.wasm}
+SSE_COUNT=10            # slow_stream steps: 10 progress + 10 log events + the result, 21 PANs
+CONCURRENCY=(1 16 64)
+POLICY_CONCURRENCY=(1 16)
+POLICY_ROUNDS=3
+POLICY_ROUND=$(( (DURATION + 1) / 2 ))   # seconds per round
+HERE=$ROOT/scripts/bench
+STATE=$ROOT/target/bench
+TOLLGATE=$ROOT/target/release/tollgate
+PAYMENTS=$ROOT/target/release/payments-server
+
+CP_PORT=$((BASE + 51))
+JSON_PORT=$((BASE + 81))
+SSE_PORT=$((BASE + 82))
+# name listen-port admin-port upstream-port config ("plain" = rendered --plain)
+ENVOYS=(
+  "plain-json   $((BASE + 100)) $((BASE + 101)) $JSON_PORT plain"
+  "tollgate-json $((BASE + 110)) $((BASE + 111)) $JSON_PORT config-main.json"
+  "plain-sse    $((BASE + 120)) $((BASE + 121)) $SSE_PORT plain"
+  "tollgate-sse $((BASE + 130)) $((BASE + 131)) $SSE_PORT config-main.json"
+  "policy-1     $((BASE + 140)) $((BASE + 141)) $JSON_PORT config-1rule.json"
+  "policy-200   $((BASE + 150)) $((BASE + 151)) $JSON_PORT config-200rule.json"
+  "memory       $((BASE + 160)) $((BASE + 161)) $JSON_PORT config-main.json"
+)
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench: $*"; exit 1; }
+
+# ---- tools ---------------------------------------------------------------------------------------
+ensure_tools() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} (Debian packages)"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  command -v python3 >/dev/null || die "python3 is needed"
+  [ -x "$ENVOY" ] || die "no Envoy at $ENVOY (run \`make bench\`, which installs it)"
+  [ -f "$WASM" ] || die "no filter at $WASM (run \`make bench\`, which builds it)"
+}
+
+# ---- processes -----------------------------------------------------------------------------------
+pids=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_for_line() { # FILE PATTERN PID
+  for _ in $(seq 1 300); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || die "$(basename "$1" .log) exited: $(tail -5 "$1")"
+    sleep 0.1
+  done
+  die "timed out waiting for $1"
+}
+
+# Nobody listens on the port (connections in TIME_WAIT from an earlier run do not count: the
+# servers and Envoy bind with SO_REUSEADDR too).
+port_free() {
+  python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
+declare -A LISTEN ADMIN EPID
+start_envoy() { # NAME LISTEN ADMIN UPSTREAM_PORT CONFIG
+  local name=$1 listen=$2 admin=$3 upstream=$4 config=$5 args=()
+  if [ "$config" = plain ]; then args=(--plain); else args=(--wasm "$WASM" --config "@$STATE/$config"); fi
+  python3 envoy/render.py --out "$STATE/envoy-$name.yaml" --listen-port "$listen" --admin-port "$admin" \
+    --upstream "http://127.0.0.1:$upstream/mcp" --control-plane "127.0.0.1:$CP_PORT" \
+    --jwks "$STATE/home/dev/jwks.json" "${args[@]}"
+  "$ENVOY" -c "$STATE/envoy-$name.yaml" --concurrency "$WORKERS" --log-level warn \
+    --disable-hot-restart >"$STATE/logs/envoy-$name.log" 2>&1 &
+  pids+=($!)
+  LISTEN[$name]=$listen ADMIN[$name]=$admin EPID[$name]=$!
+}
+wait_envoy() { # NAME
+  local name=$1
+  for _ in $(seq 1 600); do
+    [ "$(curl -s -m 1 "http://127.0.0.1:${ADMIN[$name]}/ready" 2>/dev/null)" = LIVE ] && return 0
+    kill -0 "${EPID[$name]}" 2>/dev/null || die "envoy $name exited: $(tail -5 "$STATE/logs/envoy-$name.log")"
+    sleep 0.1
+  done
+  die "envoy $name not ready: $(tail -5 "$STATE/logs/envoy-$name.log")"
+}
+url() { echo "http://127.0.0.1:${LISTEN[$1]}/mcp"; }
+
+# ---- load ----------------------------------------------------------------------------------------
+# run_wrk OUT_JSON URL BODY CONNECTIONS SECONDS
+run_wrk() {
+  local out=$1 target=$2 body=$3 conns=$4 secs=$5 threads=2
+  [ "$conns" -lt 2 ] && threads=1
+  BENCH_BODY_FILE=$STATE/$body BENCH_TOKEN=$TOKEN BENCH_OUT=$out \
+    wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s -s "$HERE/post.lua" "$target" \
+    >>"$STATE/logs/wrk.log" 2>&1
+}
+
+# cell ID ENVOY BODY CONNECTIONS CHECK: warm-up, then the measured run into results/ID.json;
+# not measured (with the reason) when the pre-run check CHECK failed.
+cell() {
+  local id=$1 name=$2 body=$3 conns=$4 key=$5 out=$STATE/results/$1.json
+  if [ -n "${FAILED_CHECK[$key]:-}" ]; then
+    printf '{"error":"%s"}\n' "${FAILED_CHECK[$key]}" >"$out"
+    say "  $id: not measured (${FAILED_CHECK[$key]})"
+    return
+  fi
+  local upstream=$JSON_PID
+  [ "$body" = body-sse.json ] && upstream=$SSE_PID
+  run_wrk "$STATE/results/warmup.json" "$(url "$name")" "$body" "$conns" "$WARMUP" || true
+  local before after
+  before="$(cpu_ticks "${EPID[$name]}") $(cpu_ticks "$CP_PID") $(cpu_ticks "$upstream")"
+  if ! run_wrk "$out" "$(url "$name")" "$body" "$conns" "$DURATION" || [ ! -s "$out" ]; then
+    printf '{"error":"wrk failed; see target/bench/logs/wrk.log"}\n' >"$out"
+  fi
+  after="$(cpu_ticks "${EPID[$name]}") $(cpu_ticks "$CP_PID") $(cpu_ticks "$upstream")"
+  python3 - "$out" "$id" "$CLK_TCK" "$before" "$after" >&2 <<'PY'
+import json, sys
+path, name, tck = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = json.load(open(path))
+if "error" in r:
+    print(f"  {name:<22} not measured: {r['error']}")
+else:
+    # CPU time (user + system) each process spent during the measured run, per request.
+    deltas = [int(b) - int(a) for a, b in zip(sys.argv[4].split(), sys.argv[5].split())]
+    r["cpu_us_per_req"] = {k: d * 1e6 / tck / max(r["requests"], 1)
+                           for k, d in zip(("envoy", "control_plane", "upstream"), deltas)}
+    json.dump(r, open(path, "w"))
+    errs = sum(v for k, v in r.items() if k.startswith("err_"))
+    cpu = r["cpu_us_per_req"]
+    print(f"  {name:<22} {r['rps']:>9.1f} req/s  p50 {r['p50_us']/1000:7.2f} ms  p99 {r['p99_us']/1000:7.2f} ms  "
+          f"errors {errs}  CPU/req: envoy {cpu['envoy']:.0f} us, control plane {cpu['control_plane']:.0f} us, "
+          f"upstream {cpu['upstream']:.0f} us")
+PY
+}
+
+# cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
+cpu_ticks() {
+  local line rest
+  read -r line <"/proc/$1/stat" || { echo 0; return; }
+  rest=${line##*) }
+  # shellcheck disable=SC2086
+  set -- $rest
+  echo $(( ${12} + ${13} ))
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# ---- main ----------------------------------------------------------------------------------------
+ensure_tools
+say "building release binaries (tollgate, payments-server)"
+cargo build --release --quiet -p tollgate-control-plane -p payments-server
+
+for p in $CP_PORT $JSON_PORT $SSE_PORT; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
+for e in "${ENVOYS[@]}"; do
+  read -r _ l a _ _ <<<"$e"
+  for p in "$l" "$a"; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
+done
+
+rm -rf "$STATE"
+mkdir -p "$STATE/logs" "$STATE/results" "$STATE/home"
+LOAD_BEFORE=$(loadavg)
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+T0=$(date +%s)
+
+"$TOLLGATE" --home "$STATE/home" serve --listen "127.0.0.1:$CP_PORT" >"$STATE/logs/control-plane.log" 2>&1 &
+CP_PID=$!
+pids+=($CP_PID)
+wait_for_line "$STATE/logs/control-plane.log" "listening on" $CP_PID
+"$PAYMENTS" --listen "127.0.0.1:$JSON_PORT" --stateless --json-response >"$STATE/logs/payments-json.log" 2>&1 &
+JSON_PID=$!
+pids+=($JSON_PID)
+wait_for_line "$STATE/logs/payments-json.log" "listening on" $JSON_PID
+"$PAYMENTS" --listen "127.0.0.1:$SSE_PORT" --stateless >"$STATE/logs/payments-sse.log" 2>&1 &
+SSE_PID=$!
+pids+=($SSE_PID)
+wait_for_line "$STATE/logs/payments-sse.log" "listening on" $SSE_PID
+
+TOKEN=$("$TOLLGATE" --home "$STATE/home" dev token --sub bench@example.com --ttl 2h | tail -1)
+python3 "$HERE/configs.py" envoy/policy/payments.json "$STATE" "$SSE_COUNT"
+
+for e in "${ENVOYS[@]}"; do
+  read -r name l a up cfg <<<"$e"
+  [ "$name" = memory ] && continue
+  start_envoy "$name" "$l" "$a" "$up" "$cfg"
+done
+for name in plain-json tollgate-json plain-sse tollgate-sse policy-1 policy-200; do wait_envoy "$name"; done
+say "stack up: control plane 127.0.0.1:$CP_PORT, payments servers :$JSON_PORT (JSON) :$SSE_PORT (SSE), 6 Envoys ($WORKERS workers each)"
+
+# One request per workload: the answer is the one meant, in clear through plain Envoy and masked
+# through Tollgate. A failed check leaves that workload's cells unmeasured, with the reason.
+declare -A FAILED_CHECK
+check() { # KEY PLAIN TOLLGATE BODY PANS
+  if ! python3 "$HERE/check.py" "$1" "$(url "$2")" "$(url "$3")" "$TOKEN" "$STATE/$4" "$5" >&2; then
+    FAILED_CHECK[$1]="the pre-run check of one request failed (see the output of make bench)"
+  fi
+}
+check 1k plain-json tollgate-json body-1k.json 1
+check 64k plain-json tollgate-json body-64k.json 50
+check sse plain-sse tollgate-sse body-sse.json $((2 * SSE_COUNT + 1))
+check policy1 plain-json policy-1 body-1k.json 1
+check policy200 plain-json policy-200 body-1k.json 1
+
+say "measuring: ${DURATION}s per cell after ${WARMUP}s of warm-up, plain Envoy then Envoy + Tollgate"
+for workload in 1k 64k sse; do
+  for c in "${CONCURRENCY[@]}"; do
+    if [ $workload = sse ]; then plain=plain-sse tg=tollgate-sse; else plain=plain-json tg=tollgate-json; fi
+    cell "$workload-c$c-plain" $plain "body-$workload.json" "$c" $workload
+    cell "$workload-c$c-tollgate" $tg "body-$workload.json" "$c" $workload
+  done
+done
+# The policy rows compare two Envoys whose difference is microseconds of rule evaluation, so they
+# alternate (1 rule, 200 rules, 1 rule, ...) in POLICY_ROUNDS rounds and report the median
+# p50/p99 of the rounds: a burst of load from another process on the machine then spoils one
+# round, not the comparison.
+say "policy size: 1 rule vs 200 rules (1 KiB result), $POLICY_ROUNDS alternating rounds of ${POLICY_ROUND}s"
+for c in "${POLICY_CONCURRENCY[@]}"; do
+  for variant in 1 200; do
+    if [ -n "${FAILED_CHECK[policy$variant]:-}" ]; then
+      printf '{"error":"%s"}\n' "${FAILED_CHECK[policy$variant]}" >"$STATE/results/policy$variant-c$c.json"
+    else
+      run_wrk "$STATE/results/warmup.json" "$(url policy-$variant)" body-1k.json "$c" "$WARMUP" || true
+    fi
+  done
+  for round in $(seq 1 "$POLICY_ROUNDS"); do
+    for variant in 1 200; do
+      [ -n "${FAILED_CHECK[policy$variant]:-}" ] && continue
+      run_wrk "$STATE/results/policy$variant-c$c-r$round.json" "$(url policy-$variant)" body-1k.json \
+        "$c" "$POLICY_ROUND" || true
+    done
+  done
+  for variant in 1 200; do
+    [ -n "${FAILED_CHECK[policy$variant]:-}" ] && continue
+    python3 - "$STATE/results" "policy$variant-c$c" "$POLICY_ROUNDS" >&2 <<'PY'
+import json, os, statistics, sys
+d, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rounds = []
+for i in range(1, n + 1):
+    try:
+        rounds.append(json.load(open(os.path.join(d, f"{name}-r{i}.json"))))
+    except (OSError, ValueError):
+        pass
+if len(rounds) < n:
+    out = {"error": f"only {len(rounds)} of {n} rounds measured; see target/bench/logs/wrk.log"}
+    print(f"  {name:<22} not measured: {out['error']}")
+else:
+    out = {"rounds": len(rounds), "requests": sum(r["requests"] for r in rounds),
+           "seconds": sum(r["seconds"] for r in rounds),
+           "p50_us": statistics.median(r["p50_us"] for r in rounds),
+           "p99_us": statistics.median(r["p99_us"] for r in rounds),
+           "round_p99_us": [r["p99_us"] for r in rounds]}
+    out["rps"] = out["requests"] / out["seconds"]
+    for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"):
+        out[k] = sum(r[k] for r in rounds)
+    print(f"  {name:<22} {out['rps']:>9.1f} req/s  median p50 {out['p50_us']/1000:7.2f} ms  median p99 "
+          f"{out['p99_us']/1000:7.2f} ms  (round p99s: {', '.join(f'{p/1000:.2f}' for p in out['round_p99_us'])})")
+json.dump(out, open(os.path.join(d, f"{name}.json"), "w"))
+PY
+  done
+done
+LOAD_AFTER_TABLE=$(loadavg)
+
+# Memory: a fresh Envoy + Tollgate, sampled before any request and after every burst of load
+# (alternately the 1 KiB and the 64 KiB / 50-PAN call, 16 connections) until MEM_REQUESTS.
+say "memory: $MEM_REQUESTS requests through a fresh Envoy + Tollgate, sampled after each burst"
+for e in "${ENVOYS[@]}"; do
+  read -r name l a up cfg <<<"$e"
+  if [ "$name" = memory ]; then start_envoy "$name" "$l" "$a" "$up" "$cfg"; fi
+done
+wait_envoy memory
+MEM=$STATE/memory.jsonl
+sample() { python3 "$HERE/memory.py" "${ADMIN[memory]}" "${EPID[memory]}" "$1" >>"$MEM"; }
+sample "started, no request"
+mem_start=$(date +%s) burst=0 done_requests=0
+while [ "$done_requests" -lt "$MEM_REQUESTS" ] && [ $(($(date +%s) - mem_start)) -lt "$MEM_CAP" ]; do
+  body=body-1k.json
+  [ $((burst % 2)) -eq 1 ] && body=body-64k.json
+  run_wrk "$STATE/results/memory-burst.json" "$(url memory)" "$body" 16 5 || true
+  burst=$((burst + 1))
+  sample "after burst $burst"
+  done_requests=$(tail -1 "$MEM" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  say "  $done_requests requests"
+done
+sleep 1
+sample "1 s after the last burst"
+# The same figures for plain Envoy, which carried the plain cells of the table above.
+python3 "$HERE/memory.py" "${ADMIN[plain-json]}" "${EPID[plain-json]}" "plain Envoy after its cells" \
+  >"$STATE/memory-plain.json"
+
+# The audit chain holds a record for every request the filter let through, and verifies.
+filter_requests=0
+for name in tollgate-json tollgate-sse policy-1 policy-200 memory; do
+  n=$(curl -s "http://127.0.0.1:${ADMIN[$name]}/stats?filter=^http.mcp.downstream_rq_completed$" | awk '{print $2}')
+  filter_requests=$((filter_requests + ${n:-0}))
+done
+TOLLGATE_SERVER=http://127.0.0.1:$CP_PORT "$TOLLGATE" --home "$STATE/home" audit verify --json \
+  >"$STATE/audit-verify.json" 2>"$STATE/logs/audit-verify.log" || true
+
+AUDIT_BYTES=$(du -sb "$STATE/home/audit.sled" | cut -f1)
+ENVOY_VERSION="Envoy $("$ENVOY" --version 2>&1 | grep -o 'version: .*' | cut -d' ' -f2 || true)"
+WRK_VERSION=$(wrk -v 2>&1 | head -1 | cut -d" " -f1-2 || true)
+SOURCE=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  SOURCE+=" + uncommitted changes in the working tree"
+fi
+T1=$(date +%s)
+python3 - "$STATE/meta.json" <<PY
+import json, sys
+json.dump({
+    "started": "$STARTED", "seconds": $T1 - $T0,
+    "load_before": "$LOAD_BEFORE", "load_after_table": "$LOAD_AFTER_TABLE", "load_end": "$(loadavg)",
+    "duration": $DURATION, "warmup": $WARMUP, "workers": $WORKERS, "mem_requests": $MEM_REQUESTS,
+    "concurrency": [$(IFS=,; echo "${CONCURRENCY[*]}")],
+    "policy_concurrency": [$(IFS=,; echo "${POLICY_CONCURRENCY[*]}")],
+    "sse_count": $SSE_COUNT, "policy_rounds": $POLICY_ROUNDS, "policy_round": $POLICY_ROUND, "filter_requests": $filter_requests,
+    "audit_store_bytes": $AUDIT_BYTES,
+    "envoy_version": "$ENVOY_VERSION", "wrk_version": "$WRK_VERSION", "source": "$SOURCE",
+    "command": "make bench",
+}, open(sys.argv[1], "w"))
+PY
+python3 "$HERE/report.py" "$STATE" | tee "$STATE/report.md"
+# The audit store of a run is gigabytes; keep it only when asked (TOLLGATE_BENCH_KEEP=1).
+if [ "${TOLLGATE_BENCH_KEEP:-0}" != 1 ]; then
+  kill -TERM "$CP_PID" 2>/dev/null || true
+  wait "$CP_PID" 2>/dev/null || true
+  rm -rf "$STATE/home/audit.sled"
+fi

@@ -395,8 +395,15 @@ fn protocol_member(ev: &[u8], start: usize) -> bool {
 
 /// The strings of a masked event that end in digits and could continue in the next event.
 fn digit_tails(ev: &[u8]) -> Vec<Tail> {
+    // Most strings end in a letter or punctuation: no need to decode those.
+    let may_end_in_digits = |b: Option<&u8>| {
+        b.is_some_and(|&b| {
+            !b.is_ascii() || b.is_ascii_hexdigit() || matches!(b, b' ' | b'-' | b'.')
+        })
+    };
     payload_strings(ev)
         .into_iter()
+        .filter(|&(_, start, end, _)| may_end_in_digits(ev[start..end].last()))
         // Protocol members are never content; content ending in digits (or digits and a
         // separator) is held until the next event, at most the server's keep-alive interval, so
         // that a number streamed in two pieces is still seen whole.

@@ -120,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
         if args.json_response { "JSON" } else { "SSE" }
     );
 
+    // Small SSE events must leave at once, not wait on Nagle's algorithm and delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let mut serve = std::pin::pin!(axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future());

@@ -15,6 +15,7 @@ mod filter;
 mod identities;
 mod keys_cmd;
 mod mask_cmd;
+mod operator_client;
 mod policy_check;
 mod records;
 mod revoke;

@@ -3,18 +3,16 @@
 //! membership of the control plane's `--revocation-group`).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
+use super::operator_client::{self, Bearer};
 use crate::pb;
 use crate::pb::revocations_client::RevocationsClient;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Exit code when the control plane refused (not signed in, not allowed, not found).
 const EXIT_REFUSED: u8 = 1;
 
@@ -106,40 +104,11 @@ pub struct LiftArgs {
     server: ServerArgs,
 }
 
-/// Sends the operator token with every call.
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 type Client = RevocationsClient<InterceptedService<Channel, Bearer>>;
 
 async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
-    let token = std::env::var("TOLLGATE_TOKEN")
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .context("set TOLLGATE_TOKEN to your operator token (for a dev setup: `tollgate dev token --sub you@example.com --groups security-admins`)")?;
-    let bearer = format!("Bearer {token}")
-        .parse()
-        .context("TOLLGATE_TOKEN is not a valid header value")?;
-    let channel = tonic::transport::Endpoint::from_shared(server.server.clone())
-        .with_context(|| format!("invalid --server {:?}", server.server))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the control plane at {}", server.server))?;
-    Ok(RevocationsClient::with_interceptor(channel, Bearer(bearer)))
+    let (channel, bearer) = operator_client::connect(&server.server, "security-admins").await?;
+    Ok(RevocationsClient::with_interceptor(channel, bearer))
 }
 
 /// A refusal is printed and exits 1; anything else is an error (exit 2).

@@ -265,12 +265,7 @@ pub fn revoked(
 
 /// The control plane did not acknowledge the audit record: fail closed.
 pub fn audit_unavailable(body: Option<&[u8]>) -> LocalReply {
-    let id = body
-        .and_then(|b| jsonrpc::parse(b).ok())
-        .and_then(|parsed| match parsed {
-            Body::Single(m) => m.id,
-            Body::Batch(_) => None,
-        });
+    let id = single_request_id(body);
     LocalReply::jsonrpc_error(
         503,
         id.as_ref(),
@@ -398,11 +393,20 @@ impl ResponseMode {
     }
 }
 
+/// The id of a single JSON-RPC request body, for errors that answer it.
+fn single_request_id(body: Option<&[u8]>) -> Option<Value> {
+    body.and_then(|b| jsonrpc::parse(b).ok())
+        .and_then(|parsed| match parsed {
+            Body::Single(m) => m.id,
+            Body::Batch(_) => None,
+        })
+}
+
 /// A compressed response we cannot mask: refuse it rather than pass card numbers through.
-pub fn compressed_response_refused(encoding: &str) -> LocalReply {
+pub fn compressed_response_refused(encoding: &str, request_body: Option<&[u8]>) -> LocalReply {
     LocalReply::jsonrpc_error(
         502,
-        None,
+        single_request_id(request_body).as_ref(),
         jsonrpc::GATEWAY_ERROR,
         &format!("upstream sent a {encoding}-encoded body, which the gateway cannot inspect"),
         None,

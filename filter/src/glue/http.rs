@@ -458,7 +458,10 @@ impl HttpContext for TollgateHttp {
         if let Some(encoding) = host::response_header("content-encoding")
             .filter(|e| !e.eq_ignore_ascii_case("identity"))
         {
-            self.send(&flow::compressed_response_refused(&encoding));
+            self.send(&flow::compressed_response_refused(
+                &encoding,
+                self.request_body.as_deref(),
+            ));
             return Action::Pause;
         }
         // A list answer is short and complete: buffer it, even as SSE, to filter it whole.

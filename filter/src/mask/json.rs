@@ -277,13 +277,13 @@ impl<'m> JsonMasker<'m> {
         let (decoded, map) = unescape(raw);
         let mut local = Vec::new();
         let first_finding = report.findings.len();
+        self.value_edits(&decoded, 0, cvv, nesting, &mut local, report);
         if map.paired_digit {
             // A digit written as an escaped surrogate pair reads as a digit once decoded and as two
-            // lone surrogates to a checker of the raw bytes: the two readings group digits
-            // differently, so no single reading is safe. Mask every digit of such a string.
-            star_all_digits(&decoded, &mut local);
-        } else {
-            self.value_edits(&decoded, 0, cvv, nesting, &mut local, report);
+            // lone surrogates to a checker of the raw bytes: the two readings group the digits
+            // around it differently, so neither reading alone is safe there. Star every digit of
+            // those runs; the rest of the string reads the same either way.
+            star_runs_with_supplementary_digits(&decoded, &mut local);
         }
         let mut hint = 0;
         for f in &mut report.findings[first_finding..] {
@@ -414,20 +414,44 @@ fn mask_cvv(text: &[u8], base: usize, edits: &mut Vec<Edit>) -> bool {
     }
 }
 
-/// Stars every digit of a decoded string.
-fn star_all_digits(text: &[u8], edits: &mut Vec<Edit>) {
+/// Stars every digit of each run of digit groups (digits with single separators between them)
+/// that holds a digit outside the Basic Multilingual Plane. Edits that overlap the detectors' own
+/// are dropped later by `normalize`, which keeps the longer edit; every digit ends up masked.
+fn star_runs_with_supplementary_digits(text: &[u8], edits: &mut Vec<Edit>) {
+    let mut run: Vec<(usize, usize)> = Vec::new();
+    let mut supplementary = false;
+    let mut after_separator = false;
+    let mut flush = |run: &mut Vec<(usize, usize)>, supplementary: &mut bool| {
+        if *supplementary {
+            edits.extend(
+                run.iter()
+                    .map(|&(start, end)| Edit::star(start, end, false)),
+            );
+        }
+        run.clear();
+        *supplementary = false;
+    };
     let mut i = 0;
     while i < text.len() {
-        match decode(text, i) {
-            Decoded::Unit(u) => {
-                if u.class == Class::Digit {
-                    edits.push(Edit::star(i, i + u.len, u.escaped));
-                }
-                i += u.len;
+        let Decoded::Unit(u) = decode(text, i) else {
+            i += 1;
+            continue;
+        };
+        match u.class {
+            Class::Digit => {
+                run.push((i, i + u.len));
+                supplementary |= u.ch > '\u{ffff}';
+                after_separator = false;
             }
-            Decoded::Incomplete => i += 1,
+            Class::Sep if !run.is_empty() && !after_separator => after_separator = true,
+            _ => {
+                flush(&mut run, &mut supplementary);
+                after_separator = false;
+            }
         }
+        i += u.len;
     }
+    flush(&mut run, &mut supplementary);
 }
 
 fn after_value(stack: &[Frame]) -> Expect {

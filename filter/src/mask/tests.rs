@@ -313,6 +313,15 @@ fn escaped_surrogate_pair_digits() {
     assert_eq!(out, r#"{"a":"***************** "}"#);
     let (out, _) = mask(r"\ud835\udfd22221000000000009 ");
     assert_eq!(out, r"\ud835\udfd2************0009 ");
+    // Only the ambiguous run is starred; look-alikes elsewhere in the string stay as they were.
+    let (out, _) = mask_json_str(
+        &m,
+        r#"{"a":"IMEI 356938035643809\n\ud835\udfd22221000000000009 order 1000000000000008"}"#,
+    );
+    assert_eq!(
+        out,
+        r#"{"a":"IMEI 356938035643809\n***************** order 1000000000000008"}"#
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod data;
 mod request_log;
 mod server;
+mod wire;
 
 use std::{
     future::IntoFuture,
@@ -60,6 +61,20 @@ struct Args {
         default_value = "localhost,127.0.0.1,::1"
     )]
     allowed_hosts: Vec<String>,
+
+    /// Write every digit and non-ASCII character inside JSON strings as a `\uXXXX` escape, in
+    /// JSON and event-stream answers alike (what strict ASCII encoders do).
+    #[arg(long, env = "PAYMENTS_ESCAPE_JSON", value_parser = BoolishValueParser::new())]
+    escape_json: bool,
+
+    /// Send answers in pieces of at most this many bytes, 1 ms apart, so card numbers and events
+    /// are split across network reads anywhere.
+    #[arg(long, env = "PAYMENTS_CHUNK_BYTES")]
+    chunk_bytes: Option<usize>,
+
+    /// When to gzip answers.
+    #[arg(long, env = "PAYMENTS_GZIP", value_enum, default_value_t = wire::Gzip::Never)]
+    gzip: wire::Gzip,
 }
 
 #[tokio::main]
@@ -95,6 +110,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot open request log {:?}", args.request_log))?;
     let app = Router::new()
         .route_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            wire::WireOptions {
+                escape_json: args.escape_json,
+                chunk_bytes: args.chunk_bytes,
+                gzip: args.gzip,
+            },
+            wire::reshape,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             log,
             request_log::log_requests,

@@ -24,6 +24,8 @@ use rmcp::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use payments_server::shapes;
+
 use crate::data::{self, format_pan, Merchant, PanShape};
 
 /// Largest report `big_report` builds, in KiB (16 MiB).
@@ -403,6 +405,38 @@ impl PaymentsServer {
     }
 
     #[tool(
+        description = "Return every test card number in every shape (brands, groupings, separators, Unicode digits, JSON numbers, JSON inside text) beside look-alikes that are not card numbers (for masking tests).",
+        annotations(read_only_hint = true)
+    )]
+    async fn card_shapes(&self) -> Result<CallToolResult, ErrorData> {
+        let answer = shapes::answer();
+        let mut result = CallToolResult::success(vec![
+            ContentBlock::text(answer.text),
+            ContentBlock::text(answer.document),
+        ]);
+        result.structured_content = Some(answer.structured);
+        Ok(result)
+    }
+
+    #[tool(
+        description = "Stream every test card number in every shape as log messages (one card split across two messages), then a result (for masking tests; needs an SSE answer).",
+        annotations(read_only_hint = true)
+    )]
+    async fn card_shapes_stream(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let (head, tail) = shapes::split_halves();
+        let mut lines = shapes::stream_lines();
+        lines.push(head);
+        lines.push(tail);
+        for line in &lines {
+            log_text(&ctx, "card_shapes_stream", line).await;
+        }
+        text_result(format!("streamed {} messages", lines.len()))
+    }
+
+    #[tool(
         description = "Send `count` progress notifications (needs a progressToken in _meta) and log messages, `interval_ms` apart, then a result with a card number.",
         annotations(read_only_hint = true)
     )]
@@ -453,6 +487,15 @@ async fn log_message(ctx: &RequestContext<RoleServer>, step: u32, count: u32, pa
         json!({ "step": step, "of": count, "message": format!("processed settlement for card {pan}") }),
     )
     .with_logger("slow_stream");
+    let _ = ctx.peer.notify_logging_message(param).await;
+}
+
+/// Sends one line of text as an MCP log message (see [`log_message`]).
+#[allow(deprecated)]
+async fn log_text(ctx: &RequestContext<RoleServer>, logger: &str, line: &str) {
+    use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    let param =
+        LoggingMessageNotificationParam::new(LoggingLevel::Info, json!(line)).with_logger(logger);
     let _ = ctx.peer.notify_logging_message(param).await;
 }
 
@@ -707,6 +750,8 @@ mod tests {
             names,
             [
                 "big_report",
+                "card_shapes",
+                "card_shapes_stream",
                 "delete_merchant",
                 "fixed_result",
                 "get_customer",

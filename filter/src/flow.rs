@@ -7,7 +7,7 @@ use crate::approval::{self, Ask};
 use crate::config::FilterConfig;
 use crate::identity::{Identity, IdentityError};
 use crate::jsonrpc::{self, Body, Kind, Message};
-use crate::mask::Masker;
+use crate::mask::{Handling, Masker};
 use crate::policy::{BatchPlan, CallContext, Decision, Policy, Verdict};
 use crate::record::{self, RequestDecision, RequestInfo};
 
@@ -370,25 +370,13 @@ pub enum ResponseMode {
 }
 
 impl ResponseMode {
-    pub fn for_content_type(content_type: Option<&str>) -> ResponseMode {
-        let essence = content_type
-            .and_then(|ct| ct.split(';').next())
-            .map(|ct| ct.trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        match essence.as_str() {
-            "text/event-stream" => ResponseMode::Stream,
-            // No content type: treat as text rather than trust it to be harmless.
-            "" => ResponseMode::Buffer,
-            ct if ct.starts_with("text/")
-                || ct.ends_with("json")
-                || ct.ends_with("+json")
-                || ct.ends_with("xml")
-                || ct == "application/x-www-form-urlencoded"
-                || ct == "application/javascript" =>
-            {
-                ResponseMode::Buffer
-            }
-            _ => ResponseMode::Pass,
+    /// The mode for the masking engine's verdict on the response headers; `None`: refuse it.
+    pub fn for_handling(handling: Handling) -> Option<ResponseMode> {
+        match handling {
+            Handling::Json | Handling::Text => Some(ResponseMode::Buffer),
+            Handling::EventStream => Some(ResponseMode::Stream),
+            Handling::Pass => Some(ResponseMode::Pass),
+            Handling::Block => None,
         }
     }
 }
@@ -402,34 +390,98 @@ fn single_request_id(body: Option<&[u8]>) -> Option<Value> {
         })
 }
 
-/// A compressed response we cannot mask: refuse it rather than pass card numbers through.
-pub fn compressed_response_refused(encoding: &str, request_body: Option<&[u8]>) -> LocalReply {
+/// A response the gateway cannot mask (compressed, or binary with `mask.binary: block`): refuse it
+/// rather than pass card numbers through.
+pub fn unmaskable_response_refused(
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    request_body: Option<&[u8]>,
+) -> LocalReply {
+    let message = match content_encoding.filter(|e| !e.eq_ignore_ascii_case("identity")) {
+        Some(encoding) => {
+            format!("upstream sent a {encoding}-encoded body, which the gateway cannot inspect")
+        }
+        None => format!(
+            "upstream sent a {} body, which the gateway's mask.binary setting blocks",
+            content_type.unwrap_or("binary")
+        ),
+    };
     LocalReply::jsonrpc_error(
         502,
         single_request_id(request_body).as_ref(),
         jsonrpc::GATEWAY_ERROR,
-        &format!("upstream sent a {encoding}-encoded body, which the gateway cannot inspect"),
+        &message,
         None,
     )
 }
 
 #[cfg(test)]
 mod response_mode_tests {
-    use super::ResponseMode::{self, *};
+    use super::*;
+    use crate::mask::{BinaryAction, MaskConfig, Masker};
+
+    fn mode(binary: BinaryAction, ct: Option<&str>, ce: Option<&str>) -> Option<ResponseMode> {
+        let masker = Masker::new(MaskConfig {
+            binary,
+            ..MaskConfig::default()
+        })
+        .unwrap();
+        ResponseMode::for_handling(masker.handling(ct, ce))
+    }
 
     #[test]
-    fn content_types() {
+    fn content_types_and_the_binary_setting() {
+        use ResponseMode::*;
         let cases = [
-            (Some("application/json"), Buffer),
-            (Some("application/json; charset=utf-8"), Buffer),
-            (Some("Text/Event-Stream"), Stream),
-            (Some("text/plain"), Buffer),
-            (None, Buffer),
-            (Some("image/png"), Pass),
+            (Some("application/json"), None, Some(Buffer)),
+            (Some("application/json; charset=utf-8"), None, Some(Buffer)),
+            (Some("Text/Event-Stream"), None, Some(Stream)),
+            (Some("text/plain"), None, Some(Buffer)),
+            (
+                Some("application/x-www-form-urlencoded"),
+                None,
+                Some(Buffer),
+            ),
+            (None, None, Some(Buffer)),
+            (Some("application/json"), Some("gzip"), None),
+            (Some("text/event-stream"), Some("br"), None),
+            (Some("application/json"), Some("identity"), Some(Buffer)),
+            (Some("image/png"), None, None),
         ];
-        for (ct, mode) in cases {
-            assert_eq!(ResponseMode::for_content_type(ct), mode, "{ct:?}");
+        for (ct, ce, expected) in cases {
+            assert_eq!(mode(BinaryAction::Block, ct, ce), expected, "{ct:?} {ce:?}");
         }
+        assert_eq!(
+            mode(BinaryAction::Pass, Some("image/png"), None),
+            Some(Pass)
+        );
+        assert_eq!(
+            mode(BinaryAction::Mask, Some("image/png"), None),
+            Some(Buffer)
+        );
+        assert_eq!(
+            mode(BinaryAction::Pass, Some("image/png"), Some("gzip")),
+            None
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_reason_and_answer_the_request() {
+        let body = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call"}"#;
+        let reply = unmaskable_response_refused(Some("image/png"), None, Some(body));
+        let json: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(reply.status, 502);
+        assert_eq!(json["id"], 4);
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mask.binary"));
+        let reply = unmaskable_response_refused(None, Some("br"), None);
+        let json: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("br-encoded"));
     }
 }
 

@@ -451,18 +451,22 @@ impl HttpContext for TollgateHttp {
         self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
         self.bind_session();
         self.response_content_type = host::response_header("content-type");
-        self.response_mode = ResponseMode::for_content_type(self.response_content_type.as_deref());
-        if self.response_mode == ResponseMode::Pass {
-            return Action::Continue;
-        }
-        if let Some(encoding) = host::response_header("content-encoding")
-            .filter(|e| !e.eq_ignore_ascii_case("identity"))
-        {
-            self.send(&flow::compressed_response_refused(
-                &encoding,
+        let encoding = host::response_header("content-encoding");
+        let handling = self
+            .runtime
+            .masker
+            .handling(self.response_content_type.as_deref(), encoding.as_deref());
+        let Some(mode) = ResponseMode::for_handling(handling) else {
+            self.send(&flow::unmaskable_response_refused(
+                self.response_content_type.as_deref(),
+                encoding.as_deref(),
                 self.request_body.as_deref(),
             ));
             return Action::Pause;
+        };
+        self.response_mode = mode;
+        if self.response_mode == ResponseMode::Pass {
+            return Action::Continue;
         }
         // A list answer is short and complete: buffer it, even as SSE, to filter it whole.
         if self.list_method.is_some() {

@@ -76,7 +76,9 @@ $(PY_DEPS): tests/node/requirements.txt | $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/node/requirements.txt
 	@touch $@
 
+## bench: the masking engine (corpus precision/recall, native MB/s), then Tollgate against plain Envoy
 bench: deps wasm
+	scripts/bench-mask.sh
 	scripts/bench.sh
 
 clean:

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::identity::ServiceAccounts;
 use crate::mask::MaskConfig;
 use crate::policy::{BatchMode, PolicyConfig};
 
@@ -47,6 +48,10 @@ pub struct FilterConfig {
     /// `repository`, `workflow`).
     #[serde(default)]
     pub extra_claims: Vec<String>,
+    /// Which callers are shared service accounts and who answers for them; by default none
+    /// is (see docs/identity.md).
+    #[serde(default)]
+    pub service_accounts: ServiceAccounts,
     /// Card-number masking.
     #[serde(default)]
     pub mask: MaskConfig,
@@ -91,7 +96,11 @@ impl FilterConfig {
         } else {
             bytes
         };
-        let config: FilterConfig = serde_json::from_slice(bytes)
+        let mut config: FilterConfig = serde_json::from_slice(bytes)
+            .map_err(|e| format!("invalid tollgate configuration: {e}"))?;
+        config
+            .service_accounts
+            .compile()
             .map_err(|e| format!("invalid tollgate configuration: {e}"))?;
         if config.policy.batch_mode == BatchMode::PerMessage {
             // Merging the gateway's errors into the server's (possibly streamed) answer is not

@@ -5,7 +5,10 @@
 // - people sign in with the password grant (RFC 6749 4.3, registered here as a custom grant:
 //   the provider has no login UI in a test) and get `sub`, `email`, `groups`;
 // - CI workloads use client_credentials and get the claims of their client entry, shaped like a
-//   GitHub Actions OIDC token (`repository`, `workflow`, `ref`, `actor`, `run_id`).
+//   GitHub Actions OIDC token (`repository`, `workflow`, `ref`, `actor`, `run_id`);
+// - a workload that acts for a person exchanges its own token, with the person's token as the
+//   actor token, for one carrying `act: {sub: <person>}` (RFC 8693 token exchange, a custom
+//   grant here too).
 //
 // usage: node oidc-provider.mjs CONFIG.json
 //
@@ -23,7 +26,7 @@
 // retire the old) while the gateway keeps running. Prints "listening on ISSUER" when ready and
 // "reloaded signing keys K1,K2" after each reload.
 
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
@@ -31,6 +34,11 @@ import { join } from 'node:path';
 import Provider, { errors } from 'oidc-provider';
 
 const PASSWORD_GRANT = 'password';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+
+// The actor of each token exchange request, for extraTokenClaims.
+const actors = new WeakMap();
 
 function loadConfig(path) {
   const config = JSON.parse(readFileSync(path, 'utf8'));
@@ -77,12 +85,13 @@ function build(config, issuer) {
   const clientClaims = new Map(clients.map((c) => [c.client_id, c]));
   const resourceInfo = resourceServerInfo(config.resources);
 
+  const keys = config.signingKeys.map((kid) => signingKey(config.keysDir, kid));
   const provider = new Provider(issuer, {
-    jwks: { keys: config.signingKeys.map((kid) => signingKey(config.keysDir, kid)) },
+    jwks: { keys: keys.map((key) => ({ ...key })) },
     clients: clients.map(({ client_id, client_secret, grant_types }) => ({
       client_id,
       client_secret,
-      grant_types: grant_types ?? ['client_credentials'],
+      grant_types: grant_types ?? ['client_credentials', TOKEN_EXCHANGE],
       redirect_uris: [],
       response_types: [],
       token_endpoint_auth_method: 'client_secret_post',
@@ -103,6 +112,9 @@ function build(config, issuer) {
       ClientCredentials: (ctx, token) => clientClaims.get(token.clientId)?.ttl ?? token.resourceServer?.accessTokenTTL ?? 3600,
     },
     async extraTokenClaims(ctx, token) {
+      if (token.gty === TOKEN_EXCHANGE) {
+        return { ...clientClaims.get(token.clientId)?.claims, act: actors.get(ctx) };
+      }
       if (token.accountId) return accounts[token.accountId]?.claims;
       return clientClaims.get(token.clientId)?.claims;
     },
@@ -112,6 +124,11 @@ function build(config, issuer) {
     },
   });
   provider.registerGrantType(PASSWORD_GRANT, passwordGrant(provider, accounts, resourceInfo), ['username', 'password', 'scope', 'resource']);
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    tokenExchangeGrant(provider, (token) => verifiedClaims(token, keys, issuer), resourceInfo),
+    ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'resource'],
+  );
   return provider;
 }
 
@@ -139,6 +156,69 @@ function passwordGrant(provider, accounts, resourceInfo) {
     const value = await token.save();
     ctx.body = {
       access_token: value,
+      expires_in: token.expiration,
+      token_type: token.tokenType,
+      scope: token.scope,
+    };
+  };
+}
+
+/** The claims of a JWT this provider signed with one of `keys`, still valid; else null. */
+function verifiedClaims(token, keys, issuer) {
+  const parts = typeof token === 'string' ? token.split('.') : [];
+  if (parts.length !== 3) return null;
+  try {
+    const header = JSON.parse(Buffer.from(parts[0], 'base64url'));
+    const jwk = keys.find((k) => k.kid === header.kid);
+    if (!jwk || header.alg !== 'RS256') return null;
+    const { d, p, q, dp, dq, qi, ...publicJwk } = jwk;
+    const signed = Buffer.from(`${parts[0]}.${parts[1]}`);
+    if (!verify('RSA-SHA256', signed, createPublicKey({ key: publicJwk, format: 'jwk' }), Buffer.from(parts[2], 'base64url'))) {
+      return null;
+    }
+    const claims = JSON.parse(Buffer.from(parts[1], 'base64url'));
+    if (claims.iss !== issuer || !(claims.exp > Date.now() / 1000)) return null;
+    return claims;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * RFC 8693 token exchange, delegation: a client exchanges its own access token (subject) and a
+ * person's (actor) for a token whose `sub` is the client and whose `act` names the person.
+ */
+function tokenExchangeGrant(provider, verifyToken, resourceInfo) {
+  return async function handler(ctx) {
+    const { client, params } = ctx.oidc;
+    if (params.subject_token_type !== ACCESS_TOKEN_TYPE || params.actor_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest(`subject_token_type and actor_token_type must be ${ACCESS_TOKEN_TYPE}`);
+    }
+    const subject = verifyToken(params.subject_token);
+    const actor = verifyToken(params.actor_token);
+    if (!subject || !actor) throw new errors.InvalidGrant('subject_token and actor_token must be valid tokens of this provider');
+    if (subject.client_id !== client.clientId || subject.sub !== client.clientId) {
+      throw new errors.InvalidGrant('the subject_token must be the client\'s own token');
+    }
+    if (typeof params.resource !== 'string' || !params.resource) {
+      throw new errors.InvalidTarget('name exactly one resource');
+    }
+    const info = resourceInfo(ctx, params.resource);
+    const token = new provider.AccessToken({
+      accountId: subject.sub,
+      client,
+      gty: TOKEN_EXCHANGE,
+      grantId: `exchange-${subject.jti}`,
+      scope: 'mcp',
+    });
+    token.resourceServer = new provider.ResourceServer(params.resource, info);
+    // Nested act: a token that was itself exchanged keeps its chain of actors.
+    actors.set(ctx, actor.act ? { sub: actor.sub, act: actor.act } : { sub: actor.sub });
+    ctx.oidc.entity('AccessToken', token);
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
       expires_in: token.expiration,
       token_type: token.tokenType,
       scope: token.scope,

@@ -1,7 +1,8 @@
 //! A real OpenID Connect provider for the end-to-end tests: `tests/node/oidc-provider.mjs` (the
 //! `oidc-provider` npm package) on a free loopback port. Tokens come from its token endpoint:
-//! people with the password grant, CI workloads with client_credentials; both as JWT access
-//! tokens for a named resource, signed by the provider's own rotating keys.
+//! people with the password grant, CI workloads with client_credentials, workloads acting for a
+//! person with token exchange; all as JWT access tokens for a named resource, signed by the
+//! provider's own rotating keys.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -163,6 +164,33 @@ impl OidcProvider {
             ("grant_type", "client_credentials"),
             ("client_id", client_id),
             ("client_secret", &secret),
+            ("resource", resource),
+        ])
+        .await
+    }
+
+    /// RFC 8693 token exchange: the workload `client_id` trades its own token and a person's
+    /// for one whose `act.sub` names the person.
+    pub async fn exchanged_token(
+        &self,
+        client_id: &str,
+        own_token: &str,
+        person_token: &str,
+        resource: &str,
+    ) -> Result<String> {
+        const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+        let secret = format!("{client_id}-secret");
+        self.token(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("client_id", client_id),
+            ("client_secret", &secret),
+            ("subject_token", own_token),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("actor_token", person_token),
+            ("actor_token_type", ACCESS_TOKEN),
             ("resource", resource),
         ])
         .await

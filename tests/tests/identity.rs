@@ -18,6 +18,8 @@ const CI_JOB: &str = "svc-payments-deploy";
 const REPORTS_JOB: &str = "svc-reports";
 const REPORTS_OWNER: &str = "dana@example.com";
 const SECURITY: &str = "sam@example.com";
+const LEDGER_JOB: &str = "svc-ledger-sync";
+const LEDGER_OPERATOR: &str = "erin@example.com";
 
 fn directory() -> Directory {
     Directory::default()
@@ -33,12 +35,18 @@ fn directory() -> Directory {
             SECURITY,
             json!({"email": SECURITY, "groups": ["security-admins"]}),
         )
+        .person(
+            LEDGER_OPERATOR,
+            json!({"email": LEDGER_OPERATOR, "groups": ["finance-ops"]}),
+        )
         // GitHub-Actions-like workload claims; `actor` is who started the run.
         .workload(
             CI_JOB,
             json!({"repository": "acme/payments", "workflow": "nightly-reconcile",
                    "ref": "refs/heads/main", "actor": CONTRACTOR, "run_id": "9142"}),
         )
+        // Acts for a person by token exchange (`act`), not by a claim of its own.
+        .workload(LEDGER_JOB, json!({"repository": "acme/ledger"}))
         // A scheduled job: no person in its token.
         .workload(
             REPORTS_JOB,
@@ -146,6 +154,40 @@ async fn ci_job_tokens_from_a_real_provider_are_attributed_to_the_person_behind_
     ] {
         assert_eq!(ci["identity"][claim], value, "{claim} in {ci}");
     }
+
+    // A workload that exchanged its token with a person's names them in `act`.
+    let ledger_own = idp.workload_token(LEDGER_JOB, resource).await.unwrap();
+    let erin = idp.person_token(LEDGER_OPERATOR, resource).await.unwrap();
+    let ledger = idp
+        .exchanged_token(LEDGER_JOB, &ledger_own, &erin, resource)
+        .await
+        .unwrap();
+    assert_eq!(
+        claims_of(&ledger).unwrap()["act"],
+        json!({"sub": LEDGER_OPERATOR})
+    );
+    let (status, _, answer) = call(&stack, &ledger).await;
+    assert_eq!(status, 200, "{answer}");
+    // Its own token names nobody.
+    assert_eq!(call(&stack, &ledger_own).await.0, 403);
+    let records = stack.audit_records().unwrap();
+    let exchanged = records
+        .iter()
+        .find(|r| {
+            r["event"] == "mcp.request"
+                && r["sub"] == LEDGER_JOB
+                && r["messages"][0]["target"] == "get_customer"
+        })
+        .expect("the exchanged token's call");
+    assert_eq!(
+        exchanged["identity"]["accountable"],
+        json!({"sub": LEDGER_OPERATOR, "via": "act.sub"}),
+        "{exchanged}"
+    );
+    assert_eq!(
+        exchanged["identity"]["act"],
+        json!({"sub": LEDGER_OPERATOR})
+    );
 
     // The scheduled job names nobody: refused, audited, never reaches the server.
     let (status, _, answer) = call(&stack, &reports).await;

@@ -430,7 +430,8 @@ async fn provider_key_rotation_keeps_the_gateway_serving_and_retires_the_old_key
     let envoy_pid = stack.envoy.pid();
 
     // 1. Publish the next key, still signing with the old one; wait until Envoy fetched the
-    //    set since (two fetches: one may have started before the change).
+    //    set since (two fetches: one may have started before the change). With async_fetch
+    //    Envoy counts one fetch per cache period for all its workers.
     let fetched = jwks_fetches(&stack);
     stack
         .idp

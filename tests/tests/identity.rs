@@ -243,7 +243,8 @@ async fn ci_job_tokens_from_a_real_provider_are_attributed_to_the_person_behind_
         )
         .unwrap();
     assert!(set.status.success(), "{}", output_text(&set));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let mapped_at = Instant::now();
+    let deadline = mapped_at + Duration::from_secs(5);
     let mut reports_session = None;
     while Instant::now() < deadline && reports_session.is_none() {
         let (status, session, _) = call(&stack, &reports).await;
@@ -254,6 +255,7 @@ async fn ci_job_tokens_from_a_real_provider_are_attributed_to_the_person_behind_
         }
     }
     let reports_session = reports_session.expect("the mapped service account was served");
+    println!("owner mapping effective after {:?}", mapped_at.elapsed());
     let records = stack.audit_records().unwrap();
     let mapped = call_record(&records, REPORTS_JOB).expect("the reports job's call");
     assert_eq!(
@@ -472,7 +474,8 @@ async fn provider_key_rotation_keeps_the_gateway_serving_and_retires_the_old_key
         .unwrap()
         .set_signing_keys(&["k2"])
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let retired_at = Instant::now();
+    let deadline = retired_at + Duration::from_secs(30);
     loop {
         assert_eq!(
             call(&stack, &new).await.0,
@@ -488,6 +491,10 @@ async fn provider_key_rotation_keeps_the_gateway_serving_and_retires_the_old_key
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    println!(
+        "retired key refused after {:?} (JWKS cache 2 s)",
+        retired_at.elapsed()
+    );
     // Both workers refuse it (each call is a new connection).
     for _ in 0..6 {
         assert_eq!(call(&stack, &old).await.0, 401);

@@ -123,6 +123,24 @@ mod tests {
     }
 
     #[test]
+    fn service_accounts_are_configured_and_a_bad_pattern_refuses_the_configuration() {
+        let config = FilterConfig::from_json(
+            br#"{"serviceAccounts":{"subs":["svc-*"],"claims":{"repository":"*"}}}"#,
+        )
+        .unwrap();
+        assert!(config.service_accounts.require_accountable);
+        assert_eq!(
+            config.service_accounts.accountable_claims,
+            ["act.sub", "actor"]
+        );
+        let err =
+            FilterConfig::from_json(br#"{"serviceAccounts":{"subs":["svc-[a"]}}"#).unwrap_err();
+        assert!(err.contains("serviceAccounts.subs"), "{err}");
+        let err = FilterConfig::from_json(br#"{"serviceAccounts":{"sub":["svc-*"]}}"#).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let err = FilterConfig::from_json(br#"{"auditTimeoutMS": 5}"#).unwrap_err();
         assert!(err.contains("unknown field"), "{err}");

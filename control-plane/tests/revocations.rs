@@ -483,3 +483,117 @@ async fn identities_lists_who_called_and_who_went_quiet() {
     assert_eq!(reads.len(), 3, "{reads:?}");
     assert_eq!(reads[1]["filter"]["inactive"], "90d");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_owners_are_versioned_listed_to_the_filter_and_recorded() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start(home);
+    let sam = dev_token(home, "sam@example.com", GROUP, &[]);
+    let mallory = dev_token(home, "mallory@example.com", "payments", &[]);
+    let before = filter_list(&server).await;
+
+    let set = operator(
+        &server,
+        home,
+        Some(&sam),
+        &[
+            "service-accounts",
+            "set",
+            "svc-reports",
+            "--owner",
+            "dana@example.com",
+            "--reason",
+            "dana runs the reports job",
+            "--json",
+        ],
+    );
+    assert!(set.status.success(), "{set:?}");
+    let set: Value = serde_json::from_str(common::stdout(&set).trim()).unwrap();
+    assert_eq!(set["owner"], "dana@example.com");
+    assert_eq!(set["setBy"], "sam@example.com");
+
+    let after = filter_list(&server).await;
+    assert!(after.version > before.version);
+    let owners: Vec<(String, String)> = after
+        .owners
+        .iter()
+        .map(|o| (o.service_account.clone(), o.owner.clone()))
+        .collect();
+    assert_eq!(owners, [("svc-reports".into(), "dana@example.com".into())]);
+
+    // Refusals: not in the group, no token, a service account owning itself, no owner to remove.
+    for (token, args, code) in [
+        (
+            Some(mallory.as_str()),
+            vec!["set", "svc-reports", "--owner", "mallory@example.com"],
+            1,
+        ),
+        (None, vec!["set", "svc-reports", "--owner", "m"], 2),
+        (
+            Some(sam.as_str()),
+            vec!["set", "svc-reports", "--owner", "svc-reports"],
+            1,
+        ),
+        (Some(sam.as_str()), vec!["remove", "svc-unknown"], 1),
+    ] {
+        let out = operator(
+            &server,
+            home,
+            token,
+            &[&["service-accounts"], args.as_slice(), &["--reason", "r"]].concat(),
+        );
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+    }
+    assert_eq!(filter_list(&server).await.version, after.version);
+
+    let list = operator(&server, home, Some(&sam), &["service-accounts", "list"]);
+    assert!(
+        common::stdout(&list).contains("dana@example.com"),
+        "{list:?}"
+    );
+    let removed = operator(
+        &server,
+        home,
+        Some(&sam),
+        &[
+            "service-accounts",
+            "remove",
+            "svc-reports",
+            "--reason",
+            "job retired",
+        ],
+    );
+    assert!(removed.status.success(), "{removed:?}");
+    let last = filter_list(&server).await;
+    assert!(last.owners.is_empty() && last.version > after.version);
+
+    let records = common::json_of(&common::list(&server).await);
+    let events: Vec<(String, String)> = records
+        .iter()
+        .filter(|r| {
+            r["event"].as_str().is_some_and(|e| {
+                e.starts_with("serviceAccount.")
+                    || (e == "revocation.refused" && r["action"] != "list")
+            })
+        })
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap_or_default().to_owned(),
+                r["refusal"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        events,
+        [
+            s("serviceAccount.ownerSet", "-"),
+            s("revocation.refused", "not_in_revocation_group"),
+            s("revocation.refused", "invalid"),
+            s("revocation.refused", "not_found"),
+            s("serviceAccount.ownerRemoved", "-"),
+        ],
+        "{records:#?}"
+    );
+}

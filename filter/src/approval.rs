@@ -181,6 +181,7 @@ mod tests {
         let identity = Identity {
             sub: "alice".into(),
             claims: Map::new(),
+            accountable: None,
         };
         let config = FilterConfig::from_json(b"").unwrap();
         ask(

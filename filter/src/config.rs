@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::identity::ServiceAccounts;
 use crate::mask::MaskConfig;
 use crate::policy::{BatchMode, PolicyConfig};
 
@@ -47,6 +48,10 @@ pub struct FilterConfig {
     /// `repository`, `workflow`).
     #[serde(default)]
     pub extra_claims: Vec<String>,
+    /// Which callers are shared service accounts and who answers for them; by default none
+    /// is (see docs/identity.md).
+    #[serde(default)]
+    pub service_accounts: ServiceAccounts,
     /// Card-number masking.
     #[serde(default)]
     pub mask: MaskConfig,
@@ -91,7 +96,11 @@ impl FilterConfig {
         } else {
             bytes
         };
-        let config: FilterConfig = serde_json::from_slice(bytes)
+        let mut config: FilterConfig = serde_json::from_slice(bytes)
+            .map_err(|e| format!("invalid tollgate configuration: {e}"))?;
+        config
+            .service_accounts
+            .compile()
             .map_err(|e| format!("invalid tollgate configuration: {e}"))?;
         if config.policy.batch_mode == BatchMode::PerMessage {
             // Merging the gateway's errors into the server's (possibly streamed) answer is not
@@ -111,6 +120,24 @@ mod tests {
         let config = FilterConfig::from_json(b"").unwrap();
         assert_eq!(config.control_plane_cluster, "tollgate_control_plane");
         assert_eq!(config.max_request_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn service_accounts_are_configured_and_a_bad_pattern_refuses_the_configuration() {
+        let config = FilterConfig::from_json(
+            br#"{"serviceAccounts":{"subs":["svc-*"],"claims":{"repository":"*"}}}"#,
+        )
+        .unwrap();
+        assert!(config.service_accounts.require_accountable);
+        assert_eq!(
+            config.service_accounts.accountable_claims,
+            ["act.sub", "actor"]
+        );
+        let err =
+            FilterConfig::from_json(br#"{"serviceAccounts":{"subs":["svc-[a"]}}"#).unwrap_err();
+        assert!(err.contains("serviceAccounts.subs"), "{err}");
+        let err = FilterConfig::from_json(br#"{"serviceAccounts":{"sub":["svc-*"]}}"#).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -263,6 +263,36 @@ pub fn revoked(
     step
 }
 
+/// Names the person answerable for a service account's call on `identity` (a claim of its
+/// token, else the control plane's `owners` mapping). A service account that names nobody is
+/// refused with 403 when the configuration requires a person (the default); the step to
+/// append and answer is returned then.
+pub fn attribute(
+    config: &FilterConfig,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &mut Identity,
+    owners: &std::collections::BTreeMap<String, String>,
+) -> Option<Step> {
+    let rules = &config.service_accounts;
+    if !rules.covers(identity) {
+        return None;
+    }
+    identity.accountable = rules.accountable(identity, owners);
+    if identity.accountable.is_some() || !rules.require_accountable {
+        return None;
+    }
+    let reason = format!(
+        "service account {} names no accountable person: its token carries none of {} and the control plane maps it to no owner (tollgate service-accounts set)",
+        identity.sub,
+        rules.accountable_claims.join(", ")
+    );
+    let reply = LocalReply::jsonrpc_error(403, None, jsonrpc::GATEWAY_ERROR, &reason, None);
+    let mut step = refuse(config, masker, info, identity, (&[], &[]), reply, reason);
+    step.record["event"] = "identity.unaccountable".into();
+    Some(step)
+}
+
 /// The control plane did not acknowledge the audit record: fail closed.
 pub fn audit_unavailable(body: Option<&[u8]>) -> LocalReply {
     let id = single_request_id(body);
@@ -291,6 +321,7 @@ mod tests {
         Identity {
             sub: "alice".into(),
             claims: Map::new(),
+            accountable: None,
         }
     }
 
@@ -347,6 +378,71 @@ mod tests {
         let body: Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["error"]["code"], jsonrpc::PARSE_ERROR);
         assert_eq!(step.record["decision"], "deny");
+    }
+
+    #[test]
+    fn a_service_account_without_a_person_is_refused_and_one_with_an_owner_is_attributed() {
+        let config = FilterConfig::from_json(br#"{"serviceAccounts":{"subs":["svc-*"]}}"#).unwrap();
+        let mut svc = Identity {
+            sub: "svc-reports".into(),
+            claims: Map::new(),
+            accountable: None,
+        };
+        let none = std::collections::BTreeMap::new();
+        let step = attribute(
+            &config,
+            &Masker::default(),
+            &RequestInfo::default(),
+            &mut svc,
+            &none,
+        )
+        .expect("refused");
+        let Next::Reply(reply) = step.next else {
+            panic!("forwarded")
+        };
+        assert_eq!(reply.status, 403);
+        assert_eq!(step.record["event"], "identity.unaccountable");
+        assert_eq!(step.record["sub"], "svc-reports");
+
+        let owners = [("svc-reports".to_owned(), "dana".to_owned())].into();
+        let step = attribute(
+            &config,
+            &Masker::default(),
+            &RequestInfo::default(),
+            &mut svc,
+            &owners,
+        );
+        assert!(step.is_none());
+        assert_eq!(svc.accountable.as_ref().unwrap().sub, "dana");
+
+        // Not required: attributed when possible, served either way.
+        let lenient = FilterConfig::from_json(
+            br#"{"serviceAccounts":{"subs":["svc-*"],"requireAccountable":false}}"#,
+        )
+        .unwrap();
+        let mut bare = Identity {
+            sub: "svc-reports".into(),
+            claims: Map::new(),
+            accountable: None,
+        };
+        assert!(attribute(
+            &lenient,
+            &Masker::default(),
+            &RequestInfo::default(),
+            &mut bare,
+            &none
+        )
+        .is_none());
+        // A person is never a service account.
+        let mut person = alice();
+        assert!(attribute(
+            &config,
+            &Masker::default(),
+            &RequestInfo::default(),
+            &mut person,
+            &none
+        )
+        .is_none());
     }
 
     #[test]
@@ -505,6 +601,7 @@ mod policy_tests {
         let identity = Identity {
             sub: "alice".into(),
             claims: Map::new(),
+            accountable: None,
         };
         request(
             &config,
@@ -659,6 +756,7 @@ mod session_tests {
         let mallory = Identity {
             sub: "mallory".into(),
             claims: Map::new(),
+            accountable: None,
         };
         let body = br#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#;
         let step = request(
@@ -680,6 +778,7 @@ mod session_tests {
         let alice = Identity {
             sub: "alice".into(),
             claims: Map::new(),
+            accountable: None,
         };
         let step = request(
             &config,

@@ -4,9 +4,14 @@
 //! forwards it base64url-encoded in a header (which a client could forge when no token was
 //! verified). The filter trusts the header only when its `sub` equals the one in metadata.
 
+use std::collections::BTreeMap;
+
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
+use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::policy::glob::Glob;
 
 /// Claims copied into every audit record when present.
 const STANDARD_CLAIMS: [&str; 7] = ["sub", "email", "groups", "iss", "jti", "client_id", "act"];
@@ -17,6 +22,150 @@ pub struct Identity {
     pub sub: String,
     /// The whole verified payload.
     pub claims: Map<String, Value>,
+    /// For a service account: the person answerable for its calls (see [`ServiceAccounts`]).
+    pub accountable: Option<Accountable>,
+}
+
+/// The person answerable for a service account's call, and how the gateway knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accountable {
+    pub sub: String,
+    /// The claim that named them (`act.sub`, `actor`, ...), or `owner` for the control plane's
+    /// service account -> owner mapping.
+    pub via: String,
+}
+
+/// Which callers are service accounts, and who answers for them (the `serviceAccounts` field
+/// of the plugin configuration). A caller is a service account when its `sub` matches one of
+/// `subs` or one of its claims matches `claims`. Its accountable person is the first of
+/// `accountableClaims` the token carries, else the owner the control plane maps it to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccounts {
+    /// `sub` globs naming service accounts (e.g. `svc-*`, `repo:acme/*`).
+    #[serde(default)]
+    pub subs: Vec<String>,
+    /// Claim name -> value glob: a token carrying a matching claim is a service account (e.g.
+    /// `{"repository": "*"}` for every CI workload token).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// Claims naming the person behind a service account's token, tried in order; a dotted
+    /// name reads inside an object (`act.sub`: the RFC 8693 token-exchange actor).
+    #[serde(default = "default_accountable_claims")]
+    pub accountable_claims: Vec<String>,
+    /// Refuse (403, audited) a service account's call that names no accountable person, by
+    /// claim or by the control plane's owner mapping. On by default: a shared account nobody
+    /// answers for is what an offboarded contractor's CI job hides behind.
+    #[serde(default = "default_true")]
+    pub require_accountable: bool,
+    #[serde(skip)]
+    compiled: Option<Compiled>,
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    subs: Vec<Glob>,
+    claims: Vec<(String, Glob)>,
+}
+
+fn default_accountable_claims() -> Vec<String> {
+    vec!["act.sub".to_owned(), "actor".to_owned()]
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ServiceAccounts {
+    fn default() -> Self {
+        ServiceAccounts {
+            subs: Vec::new(),
+            claims: BTreeMap::new(),
+            accountable_claims: default_accountable_claims(),
+            require_accountable: true,
+            compiled: None,
+        }
+    }
+}
+
+impl ServiceAccounts {
+    /// Compiles the globs; called once when the configuration is loaded.
+    pub fn compile(&mut self) -> Result<(), String> {
+        let subs = self
+            .subs
+            .iter()
+            .map(|p| Glob::new(p).map_err(|e| format!("serviceAccounts.subs {p:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let claims = self
+            .claims
+            .iter()
+            .map(|(claim, p)| {
+                Glob::new(p)
+                    .map(|g| (claim.clone(), g))
+                    .map_err(|e| format!("serviceAccounts.claims.{claim} {p:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        if self.accountable_claims.iter().any(|c| c.trim().is_empty()) {
+            return Err("serviceAccounts.accountableClaims: empty claim name".to_owned());
+        }
+        self.compiled = Some(Compiled { subs, claims });
+        Ok(())
+    }
+
+    /// Whether `identity` is a service account.
+    pub fn covers(&self, identity: &Identity) -> bool {
+        let Some(compiled) = &self.compiled else {
+            return false;
+        };
+        compiled.subs.iter().any(|g| g.matches(&identity.sub))
+            || compiled.claims.iter().any(|(claim, glob)| {
+                claim_texts(identity.claims.get(claim))
+                    .iter()
+                    .any(|v| glob.matches(v))
+            })
+    }
+
+    /// The person answerable for a service account's call: a claim of its token first, then
+    /// the control plane's `owners` mapping (service account `sub` -> person).
+    pub fn accountable(
+        &self,
+        identity: &Identity,
+        owners: &BTreeMap<String, String>,
+    ) -> Option<Accountable> {
+        for path in &self.accountable_claims {
+            let mut value = Some(&Value::Object(identity.claims.clone()));
+            let mut found = None;
+            for part in path.split('.') {
+                found = value.and_then(|v| v.get(part)).cloned();
+                value = found.as_ref();
+                if value.is_none() {
+                    break;
+                }
+            }
+            if let Some(Value::String(sub)) = found {
+                if !sub.is_empty() && sub != identity.sub {
+                    return Some(Accountable {
+                        sub,
+                        via: path.clone(),
+                    });
+                }
+            }
+        }
+        owners.get(&identity.sub).map(|owner| Accountable {
+            sub: owner.clone(),
+            via: "owner".to_owned(),
+        })
+    }
+}
+
+/// A claim's values as text: a string, number or boolean, or each of those in an array.
+fn claim_texts(claim: Option<&Value>) -> Vec<String> {
+    match claim {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Number(n)) => vec![n.to_string()],
+        Some(Value::Bool(b)) => vec![b.to_string()],
+        Some(Value::Array(items)) => items.iter().flat_map(|i| claim_texts(Some(i))).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Why there is no verified identity.
@@ -64,6 +213,7 @@ impl Identity {
         Ok(Identity {
             sub: verified_sub.to_owned(),
             claims,
+            accountable: None,
         })
     }
 
@@ -80,6 +230,12 @@ impl Identity {
             }
         }
         out.insert("sub".to_owned(), self.sub.clone().into());
+        if let Some(accountable) = &self.accountable {
+            out.insert(
+                "accountable".to_owned(),
+                serde_json::json!({"sub": accountable.sub, "via": accountable.via}),
+            );
+        }
         Value::Object(out)
     }
 
@@ -134,6 +290,85 @@ mod tests {
         assert_eq!(
             Identity::from_jwt_authn(None, None, true),
             Err(IdentityError::NotVerified)
+        );
+    }
+
+    fn identity(claims: Value) -> Identity {
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        Identity {
+            sub: claims["sub"].as_str().unwrap_or_default().to_owned(),
+            claims,
+            accountable: None,
+        }
+    }
+
+    fn service_accounts(json: &str) -> ServiceAccounts {
+        let mut rules: ServiceAccounts = serde_json::from_str(json).unwrap();
+        rules.compile().unwrap();
+        rules
+    }
+
+    #[test]
+    fn service_accounts_are_named_by_sub_or_by_claim() {
+        let rules = service_accounts(r#"{"subs":["svc-*"],"claims":{"repository":"acme/*"}}"#);
+        assert!(rules.covers(&identity(serde_json::json!({"sub":"svc-deploy"}))));
+        assert!(rules.covers(&identity(
+            serde_json::json!({"sub":"repo:acme/payments:ref:main","repository":"acme/payments"})
+        )));
+        assert!(!rules.covers(&identity(serde_json::json!({"sub":"alice@example.com"}))));
+        assert!(!rules.covers(&identity(
+            serde_json::json!({"sub":"x","repository":"other/payments"})
+        )));
+        assert!(!ServiceAccounts::default().covers(&identity(serde_json::json!({"sub":"svc-a"}))));
+    }
+
+    #[test]
+    fn the_accountable_person_comes_from_act_then_actor_then_the_owner_mapping() {
+        let rules = service_accounts(r#"{"subs":["svc-*"]}"#);
+        let owners: BTreeMap<String, String> =
+            [("svc-deploy".to_owned(), "dana@example.com".to_owned())].into();
+        let exchanged = identity(
+            serde_json::json!({"sub":"svc-deploy","act":{"sub":"erin@example.com"},"actor":"carol"}),
+        );
+        assert_eq!(
+            rules.accountable(&exchanged, &owners),
+            Some(Accountable {
+                sub: "erin@example.com".into(),
+                via: "act.sub".into()
+            })
+        );
+        let ci = identity(serde_json::json!({"sub":"svc-deploy","actor":"carol"}));
+        assert_eq!(rules.accountable(&ci, &owners).unwrap().via, "actor");
+        let bare = identity(serde_json::json!({"sub":"svc-deploy"}));
+        assert_eq!(
+            rules.accountable(&bare, &owners),
+            Some(Accountable {
+                sub: "dana@example.com".into(),
+                via: "owner".into()
+            })
+        );
+        assert_eq!(rules.accountable(&bare, &BTreeMap::new()), None);
+        // A token naming itself as its actor names nobody new.
+        let selfish = identity(serde_json::json!({"sub":"svc-x","actor":"svc-x"}));
+        assert_eq!(rules.accountable(&selfish, &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn a_bad_service_account_glob_is_refused() {
+        let mut rules: ServiceAccounts = serde_json::from_str(r#"{"subs":["svc-["]}"#).unwrap();
+        assert!(rules.compile().unwrap_err().contains("svc-["));
+    }
+
+    #[test]
+    fn the_record_names_the_accountable_person() {
+        let mut id = identity(serde_json::json!({"sub":"svc-deploy"}));
+        id.accountable = Some(Accountable {
+            sub: "dana".into(),
+            via: "owner".into(),
+        });
+        assert_eq!(
+            id.audit_json(&[])["accountable"],
+            serde_json::json!({"sub":"dana","via":"owner"})
         );
     }
 

@@ -177,6 +177,7 @@ mod tests {
         let identity = Identity {
             sub: "alice".into(),
             claims: Map::new(),
+            accountable: None,
         };
         let info = RequestInfo {
             time: "t".into(),

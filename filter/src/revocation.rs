@@ -2,6 +2,8 @@
 //! made on each request. A revocation names a claim and a value; a revoked `sub` also stops
 //! tokens that act on its behalf (`act.sub`, or a CI token's `actor`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_proto::pb::RevocationList;
@@ -17,11 +19,14 @@ pub struct Entry {
     pub reason: String,
 }
 
-/// The active revocations, as shared between the workers.
+/// The active revocations and service account owners, as shared between the workers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationSet {
     pub version: u64,
     pub entries: Vec<Entry>,
+    /// Service account `sub` -> the person answerable for it (`tollgate service-accounts`).
+    #[serde(default)]
+    pub owners: BTreeMap<String, String>,
 }
 
 impl RevocationSet {
@@ -37,6 +42,11 @@ impl RevocationSet {
                     value: r.value.clone(),
                     reason: r.reason.clone(),
                 })
+                .collect(),
+            owners: list
+                .owners
+                .iter()
+                .map(|o| (o.service_account.clone(), o.owner.clone()))
                 .collect(),
         }
     }
@@ -60,6 +70,10 @@ fn matches(entry: &Entry, identity: &Identity) -> bool {
     match entry.claim.as_str() {
         "sub" => {
             identity.sub == entry.value
+                || identity
+                    .accountable
+                    .as_ref()
+                    .is_some_and(|a| a.sub == entry.value)
                 || claim_equals(
                     identity.claims.get("act").and_then(|a| a.get("sub")),
                     &entry.value,
@@ -93,6 +107,7 @@ mod tests {
         Identity {
             sub: claims["sub"].as_str().unwrap_or_default().to_owned(),
             claims,
+            accountable: None,
         }
     }
 
@@ -105,6 +120,7 @@ mod tests {
                 value: value.into(),
                 reason: "offboarded".into(),
             }],
+            owners: BTreeMap::new(),
         }
     }
 
@@ -121,6 +137,18 @@ mod tests {
         assert!(revoked
             .find(&identity(json!({"sub":"alice@example.com"})))
             .is_none());
+    }
+
+    #[test]
+    fn a_revoked_owner_stops_the_service_accounts_they_answer_for() {
+        let revoked = set("sub", "dana@example.com");
+        let mut svc = identity(json!({"sub":"svc-reports"}));
+        assert!(revoked.find(&svc).is_none());
+        svc.accountable = Some(crate::identity::Accountable {
+            sub: "dana@example.com".into(),
+            via: "owner".into(),
+        });
+        assert!(revoked.find(&svc).is_some());
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+pub mod oidc;
 pub mod peers;
+pub use oidc::{Directory, OidcProvider};
 pub use peers::{ClientHop, Upstream};
 
 /// The checkout this crate lives in.
@@ -160,6 +162,12 @@ pub struct StackOptions {
     pub upstream: Option<Upstream>,
     /// A second listener in front of the gateway that adds a valid token (`Stack::hop_url`).
     pub client_hop: Option<ClientHop>,
+    /// Run a real OIDC provider (`Stack::idp`) knowing these people and workloads: Envoy
+    /// fetches its JWKS (`remote_jwks`) and the control plane verifies operators against it,
+    /// instead of the dev issuer's key file.
+    pub idp: Option<Directory>,
+    /// How long Envoy caches the provider's JWKS before fetching it again.
+    pub jwks_cache_secs: u32,
 }
 
 impl Default for StackOptions {
@@ -175,6 +183,8 @@ impl Default for StackOptions {
             envoy_workers: 2,
             upstream: None,
             client_hop: None,
+            idp: None,
+            jwks_cache_secs: 2,
         }
     }
 }
@@ -194,6 +204,10 @@ pub struct Stack {
     pub upstream_url: String,
     /// The client-side hop's MCP URL (it adds the token), when `client_hop` was asked for.
     pub hop_url: Option<String>,
+    /// The OIDC provider, when `idp` was asked for.
+    pub idp: Option<OidcProvider>,
+    /// Extra `tollgate serve` arguments (operator sign-in against the provider).
+    control_plane_args: Vec<String>,
 }
 
 impl Stack {
@@ -205,7 +219,38 @@ impl Stack {
         let dir = tempfile::tempdir()?;
         let home = dir.path().join("home");
         let control_plane_addr = format!("127.0.0.1:{}", free_port());
-        let control_plane = start_control_plane(&home, &control_plane_addr, dir.path())?;
+        let listen_port = free_port();
+        let idp = match &options.idp {
+            Some(directory) => Some(OidcProvider::start(
+                dir.path(),
+                "oidc-provider",
+                &dir.path().join("idp-keys"),
+                &format!("http://127.0.0.1:{listen_port}/mcp"),
+                directory,
+            )?),
+            None => None,
+        };
+        let (control_plane_args, jwks_args) = match &idp {
+            Some(idp) => (
+                vec![
+                    format!("--operator-jwks={}", idp.jwks_uri()),
+                    format!("--operator-issuer={}", idp.issuer),
+                    format!("--operator-audience={}", oidc::OPERATOR_AUDIENCE),
+                ],
+                vec![
+                    format!("--remote-jwks={}", idp.jwks_uri()),
+                    format!("--issuer={}", idp.issuer),
+                    format!("--audience={}", oidc::GATEWAY_AUDIENCE),
+                    format!("--jwks-cache-duration={}", options.jwks_cache_secs),
+                ],
+            ),
+            None => (
+                Vec::new(),
+                vec![format!("--jwks={}", home.join("dev/jwks.json").display())],
+            ),
+        };
+        let control_plane =
+            start_control_plane(&home, &control_plane_addr, dir.path(), &control_plane_args)?;
 
         let server_request_log = dir.path().join("server-requests.jsonl");
         let (server, upstream) = match &options.upstream {
@@ -223,7 +268,6 @@ impl Stack {
             }
         };
 
-        let listen_port = free_port();
         let admin_port = free_port();
         let mut config = options.config.clone();
         if let Value::Object(map) = &mut config {
@@ -251,8 +295,7 @@ impl Stack {
             .args(["--admin-port", &admin_port.to_string()])
             .args(["--upstream", &upstream])
             .args(["--control-plane", &control_plane_addr])
-            .arg("--jwks")
-            .arg(home.join("dev/jwks.json"))
+            .args(&jwks_args)
             .arg("--wasm")
             .arg(wasm_file())
             .args(["--config", &config.to_string()])
@@ -280,6 +323,8 @@ impl Stack {
             admin_port,
             upstream_url: upstream,
             hop_url,
+            idp,
+            control_plane_args,
         };
         stack.wait_envoy_ready()?;
         Ok(stack)
@@ -365,6 +410,7 @@ impl Stack {
             &self.home,
             &self.control_plane_addr,
             self.dir.path(),
+            &self.control_plane_args,
         )?);
         Ok(())
     }
@@ -386,11 +432,12 @@ fn dev_token(home: &Path, control_plane: &str, sub: &str, args: &[String]) -> Re
     Ok(text.lines().last().unwrap_or_default().trim().to_owned())
 }
 
-fn start_control_plane(home: &Path, addr: &str, log_dir: &Path) -> Result<Proc> {
+fn start_control_plane(home: &Path, addr: &str, log_dir: &Path, args: &[String]) -> Result<Proc> {
     let mut cmd = Command::new(tollgate_bin());
     cmd.arg("--home")
         .arg(home)
-        .args(["serve", "--listen", addr]);
+        .args(["serve", "--listen", addr])
+        .args(args);
     let mut proc = Proc::spawn("control-plane", cmd, log_dir)?;
     proc.wait_for_line("listening on", Duration::from_secs(30))?;
     Ok(proc)

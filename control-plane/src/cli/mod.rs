@@ -20,6 +20,7 @@ mod policy_check;
 mod records;
 mod revoke;
 mod serve;
+mod service_accounts;
 mod sessions;
 
 /// Exit code of a command that could not do its work (bad input, unreachable store, I/O).
@@ -76,6 +77,10 @@ enum Command {
     /// The revocation list: show it, lift a revocation.
     #[command(subcommand)]
     Revocations(RevocationsCommand),
+    /// Who answers for each shared service account: set, remove, list (operator token in
+    /// TOLLGATE_TOKEN; changes need the revocation group).
+    #[command(subcommand, name = "service-accounts")]
+    ServiceAccounts(ServiceAccountsCommand),
     /// Who has used the gateway: first and last seen, calls, clients and workloads (an access
     /// review); `--inactive 90d` keeps those not seen for 90 days.
     Identities(identities::Args),
@@ -87,6 +92,16 @@ enum RevocationsCommand {
     List(revoke::ListArgs),
     /// Lift a revocation: the identity is let through again.
     Lift(revoke::LiftArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceAccountsCommand {
+    /// Name the person answerable for a service account's calls (replaces any earlier owner).
+    Set(service_accounts::SetArgs),
+    /// Remove a service account's owner.
+    Remove(service_accounts::RemoveArgs),
+    /// Every service account and its owner.
+    List(service_accounts::ListArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +188,15 @@ impl Cli {
             Command::Identities(args) => identities::run(home, operator, args).await,
             Command::Revocations(RevocationsCommand::List(args)) => revoke::list(args).await,
             Command::Revocations(RevocationsCommand::Lift(args)) => revoke::lift(args).await,
+            Command::ServiceAccounts(ServiceAccountsCommand::Set(args)) => {
+                service_accounts::set(args).await
+            }
+            Command::ServiceAccounts(ServiceAccountsCommand::Remove(args)) => {
+                service_accounts::remove(args).await
+            }
+            Command::ServiceAccounts(ServiceAccountsCommand::List(args)) => {
+                service_accounts::list(args).await
+            }
             Command::Audit(AuditCommand::Verify(args)) => {
                 audit_verify::run(home, operator, args).await
             }

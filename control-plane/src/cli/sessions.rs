@@ -89,6 +89,12 @@ fn who(record: &Value) -> (Option<String>, Vec<String>) {
         text.push(')');
         behalf.push(text);
     }
+    // A service account mapped to its owner in the control plane (the filter resolved it).
+    if let Some(accountable) = claim("accountable").filter(|a| a["via"] == "owner") {
+        if let Some(owner) = accountable["sub"].as_str() {
+            behalf.push(format!("{owner} (owner of the service account)"));
+        }
+    }
     (sub, behalf)
 }
 

@@ -13,6 +13,8 @@ use crate::store::{Store, StoreError};
 const TREE: &str = "revocations";
 const VERSION_KEY: &[u8] = b"version";
 const ID_PREFIX: &str = "rev_";
+/// Service account owners: `sa:<service account sub>` = JSON [`Owner`].
+const OWNER_PREFIX: &str = "sa:";
 const MAX_CLAIM_LEN: usize = 256;
 const MAX_VALUE_LEN: usize = 4096;
 
@@ -26,6 +28,8 @@ pub enum RevocationError {
     Invalid(String),
     #[error("no revocation {0}")]
     NotFound(String),
+    #[error("service account {0:?} has no owner")]
+    NoOwner(String),
     #[error("revocation {id} was already lifted by {by} at {at}")]
     AlreadyLifted { id: String, by: String, at: String },
     #[error(transparent)]
@@ -43,7 +47,7 @@ impl RevocationError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::NotMember { .. } => "not_in_revocation_group",
             Self::Invalid(_) => "invalid",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::NoOwner(_) => "not_found",
             Self::AlreadyLifted { .. } => "already_lifted",
             Self::Audit(_) | Self::Io(_) | Self::Corrupt(_) => "internal",
         }
@@ -57,7 +61,9 @@ impl From<RevocationError> for tonic::Status {
             RevocationError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             RevocationError::NotMember { .. } => Status::permission_denied(error.to_string()),
             RevocationError::Invalid(_) => Status::invalid_argument(error.to_string()),
-            RevocationError::NotFound(_) => Status::not_found(error.to_string()),
+            RevocationError::NotFound(_) | RevocationError::NoOwner(_) => {
+                Status::not_found(error.to_string())
+            }
             RevocationError::AlreadyLifted { .. } => Status::failed_precondition(error.to_string()),
             RevocationError::Audit(e) => e.into(),
             RevocationError::Io(_) | RevocationError::Corrupt(_) => {
@@ -100,12 +106,37 @@ impl Entry {
     }
 }
 
+/// The person answerable for a shared service account's calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Owner {
+    pub service_account: String,
+    pub owner: String,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: Micros,
+}
+
+impl Owner {
+    pub fn to_pb(&self) -> pb::ServiceAccountOwner {
+        pb::ServiceAccountOwner {
+            service_account: self.service_account.clone(),
+            owner: self.owner.clone(),
+            reason: self.reason.clone(),
+            set_by: self.set_by.clone(),
+            set_at: clock::format(self.set_at),
+        }
+    }
+}
+
 /// What an operator tried, for the records of refusals.
 #[derive(Debug, Clone, Copy)]
 pub enum Action {
     Revoke,
     Lift,
     List,
+    SetOwner,
+    RemoveOwner,
 }
 
 impl Action {
@@ -114,6 +145,8 @@ impl Action {
             Self::Revoke => "revoke",
             Self::Lift => "lift",
             Self::List => "list",
+            Self::SetOwner => "set-owner",
+            Self::RemoveOwner => "remove-owner",
         }
     }
 }
@@ -155,6 +188,16 @@ fn check_claim(claim: &str) -> Result<(), RevocationError> {
     {
         return Err(RevocationError::Invalid(format!(
             "{claim:?} is not a claim name"
+        )));
+    }
+    Ok(())
+}
+
+/// A `sub` as tokens carry it: not empty, no control characters, bounded.
+fn check_subject(what: &str, sub: &str) -> Result<(), RevocationError> {
+    if sub.trim().is_empty() || sub.len() > MAX_VALUE_LEN || sub.chars().any(char::is_control) {
+        return Err(RevocationError::Invalid(format!(
+            "the {what} must be a non-empty sub (at most {MAX_VALUE_LEN} bytes)"
         )));
     }
     Ok(())
@@ -222,7 +265,21 @@ impl Registry {
         Ok(entries)
     }
 
-    /// The active revocations and the list's version, read consistently with changes.
+    /// Every service account owner, by service account.
+    pub fn owners(&self) -> Result<Vec<Owner>, RevocationError> {
+        let mut owners = Vec::new();
+        for item in self.tree.scan_prefix(OWNER_PREFIX.as_bytes()) {
+            let (key, bytes) = item?;
+            let owner: Owner = serde_json::from_slice(&bytes).map_err(|_| {
+                RevocationError::Corrupt(String::from_utf8_lossy(&key).into_owned())
+            })?;
+            owners.push(owner);
+        }
+        Ok(owners)
+    }
+
+    /// The active revocations, the service account owners and the list's version, read
+    /// consistently with changes.
     pub async fn list(&self) -> Result<pb::RevocationList, RevocationError> {
         let _guard = self.lock.lock().await;
         let version = self.version()?;
@@ -232,10 +289,145 @@ impl Registry {
             .filter(|e| e.active())
             .map(Entry::to_pb)
             .collect();
+        let owners = self.owners()?.iter().map(Owner::to_pb).collect();
         Ok(pb::RevocationList {
             version,
             revocations,
+            owners,
         })
+    }
+
+    /// Names `owner` as the person answerable for `service_account` (replacing any earlier
+    /// owner); refusals are recorded.
+    pub async fn set_owner(
+        &self,
+        operator: &VerifiedOperator,
+        service_account: &str,
+        owner: &str,
+        reason: &str,
+    ) -> Result<Owner, RevocationError> {
+        match self
+            .try_set_owner(operator, service_account, owner, reason)
+            .await
+        {
+            Ok(owner) => Ok(owner),
+            Err(error) => {
+                if !matches!(error.kind(), "internal") {
+                    let what = json!({"serviceAccount": service_account, "owner": owner, "reason": reason});
+                    self.refused(Some(operator), Action::SetOwner, what, &error)
+                        .await?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_set_owner(
+        &self,
+        operator: &VerifiedOperator,
+        service_account: &str,
+        owner: &str,
+        reason: &str,
+    ) -> Result<Owner, RevocationError> {
+        self.check_member(operator)?;
+        check_subject("service account", service_account)?;
+        check_subject("owner", owner)?;
+        if owner == service_account {
+            return Err(RevocationError::Invalid(
+                "a service account cannot answer for itself: name a person".into(),
+            ));
+        }
+        if reason.trim().is_empty() {
+            return Err(RevocationError::Invalid("a reason is required".into()));
+        }
+        let _guard = self.lock.lock().await;
+        let key = format!("{OWNER_PREFIX}{service_account}");
+        let previous: Option<Owner> = self
+            .tree
+            .get(key.as_bytes())?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let entry = Owner {
+            service_account: service_account.to_string(),
+            owner: owner.to_string(),
+            reason: reason.to_string(),
+            set_by: operator.sub.clone(),
+            set_at: clock::now_micros(),
+        };
+        let bytes =
+            serde_json::to_vec(&entry).map_err(|e| RevocationError::Invalid(e.to_string()))?;
+        self.tree.insert(key.as_bytes(), bytes)?;
+        let version = self.bump()?;
+        self.record(
+            "serviceAccount.ownerSet",
+            Some(&operator.sub),
+            json!({
+                "serviceAccount": service_account,
+                "owner": owner,
+                "previousOwner": previous.map(|p| p.owner),
+                "reason": reason,
+                "version": version,
+                "operator": operator_json(operator),
+            }),
+        )
+        .await?;
+        Ok(entry)
+    }
+
+    /// Removes a service account's owner; refusals are recorded.
+    pub async fn remove_owner(
+        &self,
+        operator: &VerifiedOperator,
+        service_account: &str,
+        reason: &str,
+    ) -> Result<Owner, RevocationError> {
+        match self
+            .try_remove_owner(operator, service_account, reason)
+            .await
+        {
+            Ok(owner) => Ok(owner),
+            Err(error) => {
+                if !matches!(error.kind(), "internal") {
+                    let what = json!({"serviceAccount": service_account, "reason": reason});
+                    self.refused(Some(operator), Action::RemoveOwner, what, &error)
+                        .await?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_remove_owner(
+        &self,
+        operator: &VerifiedOperator,
+        service_account: &str,
+        reason: &str,
+    ) -> Result<Owner, RevocationError> {
+        self.check_member(operator)?;
+        if reason.trim().is_empty() {
+            return Err(RevocationError::Invalid("a reason is required".into()));
+        }
+        let _guard = self.lock.lock().await;
+        let key = format!("{OWNER_PREFIX}{service_account}");
+        let removed: Owner = match self.tree.remove(key.as_bytes())? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|_| RevocationError::Corrupt(key.clone()))?
+            }
+            None => return Err(RevocationError::NoOwner(service_account.to_string())),
+        };
+        let version = self.bump()?;
+        self.record(
+            "serviceAccount.ownerRemoved",
+            Some(&operator.sub),
+            json!({
+                "serviceAccount": service_account,
+                "owner": removed.owner,
+                "reason": reason,
+                "version": version,
+                "operator": operator_json(operator),
+            }),
+        )
+        .await?;
+        Ok(removed)
     }
 
     fn check_member(&self, operator: &VerifiedOperator) -> Result<(), RevocationError> {
@@ -455,6 +647,7 @@ impl Registry {
             json!({
                 "version": list.version,
                 "active": list.revocations.len(),
+                "owners": list.owners.len(),
                 "operator": operator_json(operator),
             }),
         )

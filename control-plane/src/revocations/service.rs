@@ -103,6 +103,47 @@ impl pb::revocations_server::Revocations for RevocationsService {
         Ok(Response::new(entry.to_pb()))
     }
 
+    async fn set_service_account_owner(
+        &self,
+        request: Request<pb::SetOwnerRequest>,
+    ) -> Result<Response<pb::ServiceAccountOwner>, Status> {
+        let what = {
+            let r = request.get_ref();
+            json!({"serviceAccount": r.service_account, "owner": r.owner, "reason": r.reason})
+        };
+        let operator = self.operator(&request, Action::SetOwner, what).await?;
+        let pb::SetOwnerRequest {
+            service_account,
+            owner,
+            reason,
+        } = request.into_inner();
+        let owner = self
+            .registry
+            .set_owner(&operator, service_account.trim(), owner.trim(), &reason)
+            .await?;
+        Ok(Response::new(owner.to_pb()))
+    }
+
+    async fn remove_service_account_owner(
+        &self,
+        request: Request<pb::RemoveOwnerRequest>,
+    ) -> Result<Response<pb::ServiceAccountOwner>, Status> {
+        let what = {
+            let r = request.get_ref();
+            json!({"serviceAccount": r.service_account, "reason": r.reason})
+        };
+        let operator = self.operator(&request, Action::RemoveOwner, what).await?;
+        let pb::RemoveOwnerRequest {
+            service_account,
+            reason,
+        } = request.into_inner();
+        let owner = self
+            .registry
+            .remove_owner(&operator, service_account.trim(), &reason)
+            .await?;
+        Ok(Response::new(owner.to_pb()))
+    }
+
     /// No token (the filter): the list. A verified operator: the list, and the read recorded.
     /// A token that does not verify: refused and recorded.
     async fn list(

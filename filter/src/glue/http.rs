@@ -364,14 +364,27 @@ impl HttpContext for TollgateHttp {
         // Masking needs plain bytes: ask the upstream not to compress.
         host::set_request_header("accept-encoding", None);
         let runtime = Rc::clone(&self.runtime);
-        let identity = self.verify_identity();
+        let mut identity = self.verify_identity();
         // The upstream learns nothing from the forwarded claims header; keep it inside Envoy.
         host::set_request_header(&runtime.config.jwt_payload_header, None);
+        let revocations = runtime.revocations();
+        if let Ok(id) = identity.as_mut() {
+            // A service account's call names the person who answers for it, or stops here.
+            if let Some(step) = flow::attribute(
+                &runtime.config,
+                &runtime.masker,
+                &self.info,
+                id,
+                &revocations.owners,
+            ) {
+                return self.audit_then(step);
+            }
+        }
         // Revoked callers stop here, even with a token that is still valid.
         let revocation = identity
             .as_ref()
             .ok()
-            .and_then(|id| runtime.revocations().find(id).cloned());
+            .and_then(|id| revocations.find(id).cloned());
         match identity {
             Err(error) => {
                 self.audit_then(flow::unauthenticated(&runtime.config, &self.info, &error))

@@ -10,7 +10,7 @@ mod args;
 mod batch;
 mod check;
 mod config;
-mod glob;
+pub(crate) mod glob;
 mod index;
 mod list;
 mod rules;

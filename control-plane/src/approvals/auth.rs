@@ -5,8 +5,8 @@
 //! `Request` and `Await`), and the operator calls refuse them.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
@@ -98,7 +98,13 @@ pub struct OperatorAuth {
     audience: String,
     keys: RwLock<Keys>,
     refresh: tokio::sync::Notify,
+    /// When a token with an unknown `kid` last made `verify` fetch the JWKS URL and wait for it.
+    last_unknown_kid_fetch: Mutex<Option<Instant>>,
 }
+
+/// At most one waiting fetch for an unknown `kid` this often: tokens with made-up key ids must
+/// not turn the control plane into a JWKS fetch loop.
+const UNKNOWN_KID_FETCH_EVERY: Duration = Duration::from_secs(10);
 
 impl OperatorAuth {
     /// Loads the keys once; a URL that cannot be fetched yet is retried in the background.
@@ -116,6 +122,7 @@ impl OperatorAuth {
             audience,
             keys: RwLock::new(Keys { set, modified }),
             refresh: tokio::sync::Notify::new(),
+            last_unknown_kid_fetch: Mutex::new(None),
         });
         if matches!(auth.source, JwksSource::Url(_)) {
             let weak = Arc::downgrade(&auth);
@@ -153,10 +160,11 @@ impl OperatorAuth {
             Some(key) => key,
             None => {
                 self.reload_file();
-                self.find(&kid).ok_or_else(|| {
-                    self.refresh.notify_one();
-                    AuthError::UnknownKey(kid.clone())
-                })?
+                if self.find(&kid).is_none() {
+                    self.fetch_for_unknown_kid();
+                }
+                self.find(&kid)
+                    .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?
             }
         }?;
         let mut validation = Validation::new(header.alg);
@@ -205,6 +213,39 @@ impl OperatorAuth {
             keys.set.find(kid)
         }?;
         Some(DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Invalid(e.to_string())))
+    }
+
+    /// A key the provider has just started signing with is not in the cached JWKS yet: fetch the
+    /// URL now and wait for it, so the operator's first call after a rotation is not refused.
+    /// Interceptors are synchronous, so this blocks the calling worker thread for the fetch (on the
+    /// multi-threaded runtime `serve` uses; elsewhere the background refresh is woken instead).
+    fn fetch_for_unknown_kid(&self) {
+        let JwksSource::Url(_) = &self.source else {
+            return;
+        };
+        {
+            let mut last = self
+                .last_unknown_kid_fetch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_FETCH_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => h,
+            _ => {
+                self.refresh.notify_one();
+                return;
+            }
+        };
+        match tokio::task::block_in_place(|| handle.block_on(load(&self.source))) {
+            Ok((set, modified)) => {
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Keys { set, modified }
+            }
+            Err(e) => eprintln!("tollgate: {e}"),
+        }
     }
 
     /// A JWKS file that changed since it was read is read again (key rotation).
@@ -343,5 +384,65 @@ mod tests {
             Err(AuthError::Audience(_))
         ));
         assert!(auth.verify("not.a.token").is_err());
+    }
+
+    /// Serves `jwks` over plain HTTP, counting fetches.
+    async fn serve_jwks(
+        jwks: Arc<Mutex<String>>,
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = jwks.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotated_in_key_verifies_on_first_use_and_made_up_kids_do_not_loop_fetches() {
+        let old_home = tempfile::tempdir().unwrap();
+        let new_home = tempfile::tempdir().unwrap();
+        let old_token = token(old_home.path(), false, vec![]);
+        let new_token = token(new_home.path(), false, vec![]);
+        let read = |home: &std::path::Path| {
+            std::fs::read_to_string(DevIssuer::at(home).jwks_path).unwrap()
+        };
+        let jwks = Arc::new(Mutex::new(read(old_home.path())));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let url = serve_jwks(jwks.clone(), fetches.clone()).await;
+        let auth = OperatorAuth::new(
+            JwksSource::Url(url),
+            issuer::ISSUER.into(),
+            issuer::AUDIENCE.into(),
+        )
+        .await;
+        assert!(auth.verify(&old_token).is_ok());
+
+        // The provider rotates: the new key is published and signs at once.
+        *jwks.lock().unwrap() = read(new_home.path());
+        let operator = auth.verify(&new_token).expect("first use of the new key");
+        assert_eq!(operator.sub, "olga@example.com");
+
+        // Unknown key ids within the interval cost no further waiting fetch.
+        let before = fetches.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            auth.verify(&old_token),
+            Err(AuthError::UnknownKey(_))
+        ));
+        assert!(auth.verify(&old_token).is_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), before);
     }
 }

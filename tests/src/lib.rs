@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+pub mod faults;
 pub mod peers;
 pub use peers::{ClientHop, Upstream};
 
@@ -160,6 +161,9 @@ pub struct StackOptions {
     pub upstream: Option<Upstream>,
     /// A second listener in front of the gateway that adds a valid token (`Stack::hop_url`).
     pub client_hop: Option<ClientHop>,
+    /// Extra arguments for `envoy/render.py` (later ones win, e.g. `--control-plane` through a
+    /// fault-injecting proxy, or `--route-timeout 1s`).
+    pub render_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -175,6 +179,7 @@ impl Default for StackOptions {
             envoy_workers: 2,
             upstream: None,
             client_hop: None,
+            render_args: Vec::new(),
         }
     }
 }
@@ -257,6 +262,7 @@ impl Stack {
             .arg(wasm_file())
             .args(["--config", &config.to_string()])
             .args(&hop_args)
+            .args(&options.render_args)
             .output()?;
         if !rendered.status.success() {
             bail!("render.py: {}", String::from_utf8_lossy(&rendered.stderr));

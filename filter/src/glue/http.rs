@@ -51,6 +51,9 @@ pub struct TollgateHttp {
     list_method: Option<String>,
     /// The filter answered itself; its own reply passes back through it untouched.
     replied_locally: bool,
+    /// Envoy answered itself because the upstream failed: the JSON-RPC error that replaces its
+    /// plain-text body.
+    upstream_failure: Option<LocalReply>,
     response_mode: ResponseMode,
     response_status: Option<u32>,
     /// Bytes of the (masked) answer so far, and its first bytes for the record.
@@ -76,6 +79,7 @@ impl TollgateHttp {
             request_body: None,
             list_method: None,
             replied_locally: false,
+            upstream_failure: None,
             response_mode: ResponseMode::Pass,
             response_status: None,
             response_bytes: 0,
@@ -448,6 +452,19 @@ impl HttpContext for TollgateHttp {
         if end_of_stream || self.replied_locally {
             return Action::Continue;
         }
+        let upstream_failure = host::property(vec!["response", "code_details"])
+            .and_then(|details| flow::upstream_failure(&details, self.request_body.as_deref()));
+        if let Some(reply) = upstream_failure {
+            // Envoy's own reply (upstream down or too slow) becomes a JSON-RPC error; its body is
+            // replaced at the end and recorded as the call's response.
+            host::set_response_header(":status", Some(&reply.status.to_string()));
+            host::set_response_header("content-type", Some("application/json"));
+            host::set_response_header("content-length", None);
+            self.response_status = Some(reply.status);
+            self.response_mode = ResponseMode::Buffer;
+            self.upstream_failure = Some(reply);
+            return Action::Continue;
+        }
         self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
         self.bind_session();
         self.response_content_type = host::response_header("content-type");
@@ -492,6 +509,14 @@ impl HttpContext for TollgateHttp {
                 }
                 if !end_of_stream {
                     return Action::Pause;
+                }
+                if let Some(reply) = self.upstream_failure.take() {
+                    if !host::set_buffer(BufferType::HttpResponseBody, body_size, &reply.body) {
+                        host::reset_response();
+                        return Action::Pause;
+                    }
+                    self.note_response_bytes(&reply.body);
+                    return self.record_response(false);
                 }
                 let original = host::buffer(BufferType::HttpResponseBody, body_size);
                 let mut body = std::borrow::Cow::from(&original);

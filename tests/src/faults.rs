@@ -1,0 +1,169 @@
+//! Faults injected for real between the processes of a stack, for the failure tests: a TCP proxy
+//! that delays what Envoy sends to the control plane, and concurrent MCP calls sorted by how they
+//! ended.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::{post_mcp, HttpAnswer};
+
+/// A loopback TCP proxy in front of the control plane. Every chunk Envoy sends is held for the
+/// current delay before it is passed on, so a gRPC call really takes that much longer; answers
+/// pass at once. Envoy points at `addr` (`--control-plane` in `StackOptions::render_args`); the
+/// target is set once the stack has chosen the control plane's address.
+pub struct DelayProxy {
+    pub addr: String,
+    delay_ms: Arc<AtomicU64>,
+    target: Arc<Mutex<Option<String>>>,
+    accept: JoinHandle<()>,
+}
+
+impl DelayProxy {
+    pub async fn start() -> Result<DelayProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let target: Arc<Mutex<Option<String>>> = Arc::default();
+        let accept = {
+            let (delay_ms, target) = (Arc::clone(&delay_ms), Arc::clone(&target));
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let to = target.lock().ok().and_then(|t| t.clone());
+                    // No target yet: the connection is refused, as if the control plane were down.
+                    let Some(to) = to else { continue };
+                    tokio::spawn(relay(inbound, to, Arc::clone(&delay_ms)));
+                }
+            })
+        };
+        Ok(DelayProxy {
+            addr,
+            delay_ms,
+            target,
+            accept,
+        })
+    }
+
+    pub fn set_target(&self, addr: &str) {
+        if let Ok(mut target) = self.target.lock() {
+            *target = Some(addr.to_owned());
+        }
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn relay(inbound: TcpStream, to: String, delay_ms: Arc<AtomicU64>) {
+    let Ok(outbound) = TcpStream::connect(&to).await else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let upstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = in_read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let delay = delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if out_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = out_write.shutdown().await;
+    };
+    let downstream = async move {
+        let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+        let _ = in_write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
+
+/// A `tools/call` request body whose id names the call.
+pub fn tool_call(id: &str, tool: &str, arguments: Value) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+           "params":{"name":tool,"arguments":arguments}})
+    .to_string()
+}
+
+/// How one call through the gateway ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// An HTTP answer (whatever its status).
+    Answered(HttpAnswer),
+    /// No answer: the connection was reset or closed (e.g. a response that could not be
+    /// recorded is not released).
+    Broken(String),
+}
+
+/// `clients` concurrent callers, each making `calls` calls one after the other; call `c-i` of
+/// client `c` gets the id `"{prefix}-{c}-{i}"`. `pause_between` lets a test act mid-load.
+pub async fn concurrent_calls(
+    url: &str,
+    token: &str,
+    prefix: &str,
+    clients: usize,
+    calls: usize,
+    body: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> Vec<(String, Ended)> {
+    let body = Arc::new(body);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (url, token, prefix, body) = (
+            url.to_owned(),
+            token.to_owned(),
+            prefix.to_owned(),
+            Arc::clone(&body),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut ended = Vec::new();
+            for i in 0..calls {
+                let id = format!("{prefix}-{c}-{i}");
+                let answer = post_mcp(&url, Some(&token), None, body(&id)).await;
+                let outcome = match answer {
+                    Ok(answer) => Ended::Answered(answer),
+                    Err(error) => Ended::Broken(format!("{error:#}")),
+                };
+                ended.push((id, outcome));
+            }
+            ended
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        if let Ok(ended) = task.await {
+            all.extend(ended);
+        }
+    }
+    all
+}
+
+/// The JSON-RPC ids of the `mcp.request` records in the chain that were forwarded.
+pub fn forwarded_ids(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r["event"] == "mcp.request" && r["outcome"] == "forwarded")
+        .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}

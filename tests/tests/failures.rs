@@ -1,0 +1,249 @@
+//! What the gateway survives, against the real processes: the control plane killed under load or
+//! slowed down for real, the upstream MCP server slow or gone. Every case fails closed with a
+//! JSON-RPC error, and no call reaches the server without an acknowledged audit record.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tollgate_e2e::faults::{concurrent_calls, forwarded_ids, tool_call, DelayProxy, Ended};
+use tollgate_e2e::{post_mcp, HttpAnswer, Stack, StackOptions};
+
+/// JSON-RPC error code of the gateway's own errors.
+const GATEWAY_ERROR: i64 = -32001;
+
+fn json_server() -> StackOptions {
+    StackOptions {
+        // Stateless JSON answers: a `tools/call` needs no session, each POST stands alone.
+        server_args: vec!["--json-response".to_owned()],
+        ..StackOptions::default()
+    }
+}
+
+fn get_customer(id: &str) -> String {
+    tool_call(id, "get_customer", json!({"customer_id": "cus_1"}))
+}
+
+/// The ids of the `tools/call` requests the payments server received.
+fn server_call_ids(stack: &Stack) -> BTreeSet<String> {
+    stack
+        .server_requests()
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Polls until a call through the gateway is answered 200 (the path has recovered).
+async fn wait_for_success(stack: &Stack, token: &str, what: &str) -> HttpAnswer {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let answer = post_mcp(
+            &stack.gateway_url,
+            Some(token),
+            None,
+            get_customer(&format!("{what}-probe-{n}")),
+        )
+        .await;
+        match answer {
+            Ok(answer) if answer.status == 200 => return answer,
+            other if Instant::now() > deadline => panic!("{what}: no success: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A fail-closed answer: 503 with the gateway's JSON-RPC error for exactly this call.
+fn assert_fail_closed(id: &str, answer: &HttpAnswer) {
+    assert_eq!(answer.status, 503, "{id}: {}", answer.body);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/json"),
+        "{id}"
+    );
+    let body = answer.json();
+    assert_eq!(body["id"], id, "{}", answer.body);
+    assert_eq!(body["error"]["code"], GATEWAY_ERROR, "{}", answer.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_plane_killed_under_load_fails_closed_then_recovers() {
+    let mut stack = Stack::start_with(json_server()).unwrap();
+    let token = stack.token("alice@example.com", &[]).unwrap();
+    wait_for_success(&stack, &token, "warm").await;
+
+    let (url, load_token) = (stack.gateway_url.clone(), token.clone());
+    let load = tokio::spawn(async move {
+        concurrent_calls(&url, &load_token, "load", 6, 60, get_customer).await
+    });
+    // Kill the control plane (SIGKILL) while the callers are busy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server_call_ids(&stack).len() < 30 {
+        assert!(Instant::now() < deadline, "load never reached the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.stop_control_plane();
+    let ended = load.await.unwrap();
+
+    // Same Envoy, control plane back on the same address and store: traffic resumes.
+    stack.restart_control_plane().unwrap();
+    let after = wait_for_success(&stack, &token, "after").await;
+    assert!(after.json()["result"].is_object(), "{}", after.body);
+
+    let records = stack.audit_records().unwrap();
+    let forwarded: BTreeSet<String> = forwarded_ids(&records).into_iter().collect();
+    let responses: Vec<String> = records
+        .iter()
+        .filter(|r| r["event"] == "mcp.response")
+        .map(|r| r["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let (mut completed, mut refused, mut broken) = (0, 0, 0);
+    for (id, outcome) in &ended {
+        match outcome {
+            Ended::Answered(answer) if answer.status == 200 => {
+                completed += 1;
+                assert!(answer.json()["result"].is_object(), "{id}: {}", answer.body);
+                assert!(forwarded.contains(id), "{id} answered without a record");
+                // A buffered answer leaves only once its response record is durable.
+                let quoted = format!("\"{id}\"");
+                assert!(
+                    responses.iter().any(|c| c.contains(&quoted)),
+                    "{id}: no response record"
+                );
+            }
+            Ended::Answered(answer) => {
+                refused += 1;
+                assert_fail_closed(id, answer);
+            }
+            // Forwarded, but its answer could not be recorded: the gateway reset the stream
+            // rather than release it. Its request record must be there (checked below).
+            Ended::Broken(_) => broken += 1,
+        }
+    }
+    assert!(
+        completed > 0 && refused > 0,
+        "{completed} completed, {refused} refused"
+    );
+    // Nothing reached the server without an acknowledged request record, killed or not.
+    let seen = server_call_ids(&stack);
+    let unrecorded: Vec<&String> = seen.difference(&forwarded).collect();
+    assert!(
+        unrecorded.is_empty(),
+        "forwarded unrecorded: {unrecorded:?}"
+    );
+    eprintln!(
+        "{} calls: {completed} completed, {refused} refused with 503, {broken} reset",
+        ended.len()
+    );
+
+    // The chain survived the SIGKILL intact.
+    let verify = stack.tollgate(&["audit", "verify"]).unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_control_plane_times_out_closed_and_wedges_no_worker() {
+    let proxy = DelayProxy::start().await.unwrap();
+    let mut options = json_server();
+    options.config = json!({ "auditTimeoutMs": 500 });
+    options.render_args = vec!["--control-plane".to_owned(), proxy.addr.clone()];
+    let stack = Stack::start_with(options).unwrap();
+    proxy.set_target(&stack.control_plane_addr);
+    let token = stack.token("alice@example.com", &[]).unwrap();
+    wait_for_success(&stack, &token, "warm").await;
+
+    // Every byte to the control plane now takes longer than the filter waits.
+    proxy.set_delay(Duration::from_millis(2_000));
+    let ended = concurrent_calls(&stack.gateway_url, &token, "slow", 4, 2, get_customer).await;
+    for (id, outcome) in &ended {
+        match outcome {
+            Ended::Answered(answer) => assert_fail_closed(id, answer),
+            Ended::Broken(error) => panic!("{id}: {error}"),
+        }
+    }
+    let seen = server_call_ids(&stack);
+    for (id, _) in &ended {
+        assert!(!seen.contains(id), "{id} reached the server");
+    }
+
+    // Delay gone: both workers answer again, many calls at once.
+    proxy.set_delay(Duration::ZERO);
+    wait_for_success(&stack, &token, "recovered").await;
+    let ended = concurrent_calls(&stack.gateway_url, &token, "fast", 8, 5, get_customer).await;
+    assert_eq!(ended.len(), 40);
+    for (id, outcome) in &ended {
+        match outcome {
+            Ended::Answered(answer) => assert_eq!(answer.status, 200, "{id}: {}", answer.body),
+            Ended::Broken(error) => panic!("{id}: {error}"),
+        }
+    }
+}
+
+/// The response record the gateway appended for the call `id`.
+fn response_record<'a>(records: &'a [Value], id: &str) -> Option<&'a Value> {
+    let quoted = format!("\"{id}\"");
+    records.iter().find(|r| {
+        r["event"] == "mcp.response" && r["content"].as_str().is_some_and(|c| c.contains(&quoted))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_slow_or_down_gets_504_or_502_jsonrpc_errors_audited() {
+    let mut options = json_server();
+    options.render_args = vec!["--route-timeout".to_owned(), "2s".to_owned()];
+    let mut stack = Stack::start_with(options).unwrap();
+    let token = stack.token("alice@example.com", &[]).unwrap();
+    wait_for_success(&stack, &token, "warm").await;
+
+    // Slow: the server answers after 6 s, the route allows 2 s.
+    let slow = tool_call(
+        "slow-1",
+        "slow_stream",
+        json!({"count": 1, "interval_ms": 6000}),
+    );
+    let answer = post_mcp(&stack.gateway_url, Some(&token), None, slow)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let body = answer.json();
+    assert_eq!(body["id"], "slow-1", "{}", answer.body);
+    assert_eq!(body["error"]["code"], GATEWAY_ERROR);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("in time"),
+        "{body}"
+    );
+
+    // Down: the server is gone.
+    stack.server.kill();
+    let answer = post_mcp(
+        &stack.gateway_url,
+        Some(&token),
+        None,
+        get_customer("down-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let body = answer.json();
+    assert_eq!(body["id"], "down-1", "{}", answer.body);
+    assert_eq!(body["error"]["code"], GATEWAY_ERROR);
+
+    let records = stack.audit_records().unwrap();
+    for (id, status) in [("slow-1", 504), ("down-1", 502)] {
+        let record =
+            response_record(&records, id).unwrap_or_else(|| panic!("no response record for {id}"));
+        assert_eq!(record["status"], status, "{record}");
+        assert!(forwarded_ids(&records).contains(&id.to_owned()), "{id}");
+    }
+}

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod identity;
 pub mod jsonrpc;
 pub mod mask;
+pub mod metrics;
 pub mod policy;
 pub mod record;
 pub mod revocation;

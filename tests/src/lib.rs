@@ -164,6 +164,8 @@ pub struct StackOptions {
     /// Extra arguments for `envoy/render.py` (later ones win, e.g. `--control-plane` through a
     /// fault-injecting proxy, or `--route-timeout 1s`).
     pub render_args: Vec<String>,
+    /// Extra arguments for `tollgate serve` (also on restart).
+    pub control_plane_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -180,6 +182,7 @@ impl Default for StackOptions {
             upstream: None,
             client_hop: None,
             render_args: Vec::new(),
+            control_plane_args: Vec::new(),
         }
     }
 }
@@ -190,6 +193,7 @@ pub struct Stack {
     pub home: PathBuf,
     pub control_plane: Option<Proc>,
     pub control_plane_addr: String,
+    pub control_plane_args: Vec<String>,
     pub server: Proc,
     pub server_request_log: PathBuf,
     pub envoy: Proc,
@@ -210,7 +214,9 @@ impl Stack {
         let dir = tempfile::tempdir()?;
         let home = dir.path().join("home");
         let control_plane_addr = format!("127.0.0.1:{}", free_port());
-        let control_plane = start_control_plane(&home, &control_plane_addr, dir.path())?;
+        let control_plane_args = options.control_plane_args.clone();
+        let control_plane =
+            start_control_plane(&home, &control_plane_addr, &control_plane_args, dir.path())?;
 
         let server_request_log = dir.path().join("server-requests.jsonl");
         let (server, upstream) = match &options.upstream {
@@ -279,6 +285,7 @@ impl Stack {
             home,
             control_plane: Some(control_plane),
             control_plane_addr,
+            control_plane_args,
             server,
             server_request_log,
             envoy,
@@ -370,6 +377,7 @@ impl Stack {
         self.control_plane = Some(start_control_plane(
             &self.home,
             &self.control_plane_addr,
+            &self.control_plane_args,
             self.dir.path(),
         )?);
         Ok(())
@@ -392,11 +400,12 @@ fn dev_token(home: &Path, control_plane: &str, sub: &str, args: &[String]) -> Re
     Ok(text.lines().last().unwrap_or_default().trim().to_owned())
 }
 
-fn start_control_plane(home: &Path, addr: &str, log_dir: &Path) -> Result<Proc> {
+fn start_control_plane(home: &Path, addr: &str, args: &[String], log_dir: &Path) -> Result<Proc> {
     let mut cmd = Command::new(tollgate_bin());
     cmd.arg("--home")
         .arg(home)
-        .args(["serve", "--listen", addr]);
+        .args(["serve", "--listen", addr])
+        .args(args);
     let mut proc = Proc::spawn("control-plane", cmd, log_dir)?;
     proc.wait_for_line("listening on", Duration::from_secs(30))?;
     Ok(proc)

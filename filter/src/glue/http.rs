@@ -8,10 +8,12 @@ use tollgate_proto::pb::{AppendRequest, AppendResponse, ApprovalStatus, AwaitReq
 
 use super::host;
 use super::root::Runtime;
+use super::stats;
 use crate::approval::{self, Ask};
 use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
 use crate::identity::Identity;
 use crate::mask::{MaskReport, StreamMasker};
+use crate::metrics;
 use crate::policy::CallContext;
 use crate::record::{self, RequestInfo, ResponseSummary};
 use crate::timefmt::rfc3339_micros;
@@ -65,6 +67,10 @@ pub struct TollgateHttp {
     response_content_type: Option<String>,
     stream: StreamMasker,
     masked: MaskReport,
+    /// When the audit append in flight was sent, for its latency.
+    append_sent: std::time::SystemTime,
+    /// This call counts in the approvals-pending gauge until its long poll ends.
+    holding_approval: bool,
 }
 
 impl TollgateHttp {
@@ -88,6 +94,8 @@ impl TollgateHttp {
             response_content_type: None,
             stream: StreamMasker::default(),
             masked: MaskReport::default(),
+            append_sent: std::time::SystemTime::UNIX_EPOCH,
+            holding_approval: false,
         }
     }
 
@@ -127,6 +135,9 @@ impl TollgateHttp {
     /// Appends the step's record; the request waits for the acknowledgement.
     fn audit_then(&mut self, step: Step) -> Action {
         self.decided = true;
+        stats::count(metrics::CALLS, 1);
+        stats::count_record(&step.record);
+        self.append_sent = host::now();
         let config = &self.runtime.config;
         let message = AppendRequest {
             record_json: step.record.to_string().into_bytes(),
@@ -198,6 +209,7 @@ impl TollgateHttp {
     }
 
     fn on_approval_status(&mut self, ask: Box<Ask>, status_code: u32, response_size: usize) {
+        self.release_approval_gauge();
         let status = (status_code == 0)
             .then(|| ApprovalStatus::decode(host::grpc_response(response_size).as_slice()).ok())
             .flatten()
@@ -223,6 +235,8 @@ impl TollgateHttp {
             approval::Outcome::Wait(approval_id) if !self.approval_awaited => {
                 // Long poll: the control plane answers the moment the approval is decided.
                 self.approval_awaited = true;
+                self.holding_approval = true;
+                stats::gauge_add(metrics::APPROVALS_PENDING, 1);
                 let wait_ms = self.runtime.config.approval_wait_ms;
                 let message = AwaitRequest {
                     approval_id,
@@ -278,6 +292,8 @@ impl TollgateHttp {
         };
         let config = &self.runtime.config;
         let record = record::mcp_response(&self.info, config, identity, &summary);
+        stats::count_record(&record);
+        self.append_sent = now;
         let message = AppendRequest {
             record_json: record.to_string().into_bytes(),
         }
@@ -307,6 +323,24 @@ impl TollgateHttp {
         }
     }
 
+    fn release_approval_gauge(&mut self) {
+        if std::mem::take(&mut self.holding_approval) {
+            stats::gauge_add(metrics::APPROVALS_PENDING, -1);
+        }
+    }
+
+    /// Latency of an acknowledged append; a count of those that failed.
+    fn note_append(&self, acked: bool) {
+        if acked {
+            let took = host::now()
+                .duration_since(self.append_sent)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            stats::record(metrics::AUDIT_APPEND_MS, took);
+        } else {
+            stats::count(metrics::AUDIT_APPEND_FAILURES, 1);
+        }
+    }
+
     fn send(&mut self, reply: &LocalReply) {
         self.replied_locally = true;
         self.response_mode = ResponseMode::Pass;
@@ -329,9 +363,14 @@ impl Context for TollgateHttp {
                 && AppendResponse::decode(host::grpc_response(response_size).as_slice())
                     .is_ok_and(|ack| !ack.chain_hash.is_empty())
         };
+        if let Waiting::Approval(ask) = waiting {
+            return self.on_approval_status(ask, status_code, response_size);
+        }
+        let acked = acked();
+        self.note_append(acked);
         match waiting {
-            Waiting::Approval(ask) => self.on_approval_status(ask, status_code, response_size),
-            Waiting::Audit(next) if acked() => self.audited(next),
+            Waiting::Approval(_) => {}
+            Waiting::Audit(next) if acked => self.audited(next),
             Waiting::Audit(next) => {
                 host::log(
                     LogLevel::Warn,
@@ -341,7 +380,7 @@ impl Context for TollgateHttp {
                 );
                 self.audit_failed(next);
             }
-            Waiting::ResponseAudit if acked() => host::resume_response(),
+            Waiting::ResponseAudit if acked => host::resume_response(),
             Waiting::ResponseAudit => {
                 // An answer that cannot be recorded does not leave the gateway.
                 host::log(
@@ -351,7 +390,7 @@ impl Context for TollgateHttp {
                 host::reset_response();
             }
             Waiting::StreamedResponseAudit => {
-                if !acked() {
+                if !acked {
                     host::log(
                         LogLevel::Warn,
                         "tollgate: streamed response record not acknowledged",
@@ -363,6 +402,11 @@ impl Context for TollgateHttp {
 }
 
 impl HttpContext for TollgateHttp {
+    fn on_log(&mut self) {
+        // A held call whose client went away leaves the approvals-pending gauge too.
+        self.release_approval_gauge();
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.read_request_info();
         // Masking needs plain bytes: ask the upstream not to compress.

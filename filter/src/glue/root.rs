@@ -97,6 +97,9 @@ impl RootContext for TollgateRoot {
                 let refresh = Duration::from_millis(runtime.config.revocation_refresh_ms.max(100));
                 host::set_tick_period(refresh);
                 self.runtime = Some(Rc::new(runtime));
+                // Defined now so that they are scraped as 0 before the first event.
+                super::stats::count(crate::metrics::AUDIT_APPEND_FAILURES, 0);
+                super::stats::gauge_add(crate::metrics::APPROVALS_PENDING, 0);
                 host::log(LogLevel::Info, "tollgate: configuration loaded");
                 true
             }

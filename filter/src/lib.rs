@@ -7,6 +7,7 @@
 
 pub mod approval;
 pub mod config;
+pub mod failopen;
 pub mod flow;
 pub mod identity;
 pub mod jsonrpc;

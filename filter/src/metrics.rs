@@ -11,6 +11,8 @@ pub const CALLS: &str = "tollgate.calls";
 pub const AUDIT_APPEND_MS: &str = "tollgate.audit_append_ms";
 /// Counter: audit appends that failed or timed out (the call failed closed).
 pub const AUDIT_APPEND_FAILURES: &str = "tollgate.audit_append_failures";
+/// Counter: reads that passed fail-open while the control plane was unreachable.
+pub const FAIL_OPEN: &str = "tollgate.fail_open";
 /// Gauge: calls held right now waiting for an approver's decision.
 pub const APPROVALS_PENDING: &str = "tollgate.approvals_pending";
 

@@ -247,3 +247,107 @@ async fn upstream_slow_or_down_gets_504_or_502_jsonrpc_errors_audited() {
         assert!(forwarded_ids(&records).contains(&id.to_owned()), "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_is_off_by_default() {
+    let mut stack = Stack::start_with(json_server()).unwrap();
+    let token = stack.token("alice@example.com", &[]).unwrap();
+    wait_for_success(&stack, &token, "warm").await;
+    stack.stop_control_plane();
+    let answer = post_mcp(
+        &stack.gateway_url,
+        Some(&token),
+        None,
+        get_customer("read-1"),
+    )
+    .await
+    .unwrap();
+    assert_fail_closed("read-1", &answer);
+    assert!(!server_call_ids(&stack).contains("read-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_lets_listed_reads_pass_and_audits_them_once_back() {
+    let mut options = json_server();
+    options.config = json!({ "failOpen": { "tools": ["get_customer"] } });
+    let mut stack = Stack::start_with(options).unwrap();
+    let token = stack.token("alice@example.com", &[]).unwrap();
+    wait_for_success(&stack, &token, "warm").await;
+    stack.stop_control_plane();
+
+    // A listed read passes, masked as always.
+    let answer = post_mcp(
+        &stack.gateway_url,
+        Some(&token),
+        None,
+        get_customer("fo-read"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.json()["result"].is_object(), "{}", answer.body);
+    assert!(
+        tollgate_e2e::raw_pans_in(&answer.body).is_empty(),
+        "{}",
+        answer.body
+    );
+    // An unlisted read and a write (a small refund, which the policy allows) still fail closed.
+    let unlisted = tool_call(
+        "fo-list",
+        "list_transactions",
+        json!({"customer_id": "cus_1"}),
+    );
+    let answer = post_mcp(&stack.gateway_url, Some(&token), None, unlisted)
+        .await
+        .unwrap();
+    assert_fail_closed("fo-list", &answer);
+    let write = tool_call(
+        "fo-refund",
+        "refund_payment",
+        json!({"payment_id": "pay_1", "amount": 100}),
+    );
+    let answer = post_mcp(&stack.gateway_url, Some(&token), None, write)
+        .await
+        .unwrap();
+    assert_fail_closed("fo-refund", &answer);
+    let seen = server_call_ids(&stack);
+    assert!(seen.contains("fo-read"));
+    assert!(
+        !seen.contains("fo-list") && !seen.contains("fo-refund"),
+        "{seen:?}"
+    );
+
+    // Back: the queued records reach the chain, marked, without any new traffic.
+    stack.restart_control_plane().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let records = stack.audit_records().unwrap();
+        let marked = records.iter().filter(|r| r["failOpen"] == true).count();
+        if marked >= 2 {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fail-open records never appended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let request = records
+        .iter()
+        .find(|r| r["event"] == "mcp.request" && r["messages"][0]["id"] == "fo-read")
+        .expect("the fail-open call's request record");
+    assert_eq!(request["failOpen"], true, "{request}");
+    assert_eq!(request["outcome"], "forwarded");
+    let response = response_record(&records, "fo-read").expect("its response record");
+    assert_eq!(response["failOpen"], true, "{response}");
+    assert_eq!(response["status"], 200);
+    assert!(tollgate_e2e::raw_pans_in(&response.to_string()).is_empty());
+    // Exactly once each.
+    assert_eq!(
+        records.iter().filter(|r| r["failOpen"] == true).count(),
+        2,
+        "{records:?}"
+    );
+    let verify = stack.tollgate(&["audit", "verify"]).unwrap();
+    assert!(verify.status.success());
+}

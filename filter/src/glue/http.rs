@@ -71,6 +71,12 @@ pub struct TollgateHttp {
     append_sent: std::time::SystemTime,
     /// This call counts in the approvals-pending gauge until its long poll ends.
     holding_approval: bool,
+    /// The request record, kept only when fail-open is configured: queued if its append fails.
+    fail_open_record: Option<serde_json::Value>,
+    /// Passed fail-open: its response record is queued too if it cannot be appended.
+    failed_open: bool,
+    /// The response record in flight, kept for the queue when the call passed fail-open.
+    response_record: Option<Vec<u8>>,
 }
 
 impl TollgateHttp {
@@ -96,6 +102,9 @@ impl TollgateHttp {
             masked: MaskReport::default(),
             append_sent: std::time::SystemTime::UNIX_EPOCH,
             holding_approval: false,
+            fail_open_record: None,
+            failed_open: false,
+            response_record: None,
         }
     }
 
@@ -139,6 +148,9 @@ impl TollgateHttp {
         stats::count_record(&step.record);
         self.append_sent = host::now();
         let config = &self.runtime.config;
+        if step.next == Next::Forward && config.fail_open.allows(&step.record) {
+            self.fail_open_record = Some(step.record.clone());
+        }
         let message = AppendRequest {
             record_json: step.record.to_string().into_bytes(),
         }
@@ -162,8 +174,37 @@ impl TollgateHttp {
         }
     }
 
-    /// No acknowledged record: a forward becomes a 503; a refusal is still sent.
+    /// Keeps a record for the root context to append once the control plane is back; `false`
+    /// when the queue is full.
+    fn queue_fail_open(&self, record: Vec<u8>) -> bool {
+        let max = self.runtime.config.fail_open.max_queued;
+        let queued = self
+            .runtime
+            .fail_open_queue
+            .borrow_mut()
+            .push(record, max)
+            .is_ok();
+        if !queued {
+            host::log(
+                LogLevel::Warn,
+                "tollgate: fail-open queue full; failing closed",
+            );
+        }
+        queued
+    }
+
+    /// No acknowledged record: a forward becomes a 503 (unless it is a read configured to fail
+    /// open and its record fits in the queue); a refusal is still sent.
     fn audit_failed(&mut self, next: Next) {
+        if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
+            let marked = crate::failopen::mark(&record).to_string().into_bytes();
+            if self.queue_fail_open(marked) {
+                self.failed_open = true;
+                stats::count(metrics::FAIL_OPEN, 1);
+                host::resume_request();
+                return;
+            }
+        }
         let reply = match next {
             Next::Forward | Next::Approve(_) => {
                 flow::audit_unavailable(self.request_body.as_deref())
@@ -291,8 +332,12 @@ impl TollgateHttp {
             streamed,
         };
         let config = &self.runtime.config;
-        let record = record::mcp_response(&self.info, config, identity, &summary);
+        let mut record = record::mcp_response(&self.info, config, identity, &summary);
         stats::count_record(&record);
+        if self.failed_open {
+            record["failOpen"] = true.into();
+            self.response_record = Some(record.to_string().into_bytes());
+        }
         self.append_sent = now;
         let message = AppendRequest {
             record_json: record.to_string().into_bytes(),
@@ -315,11 +360,24 @@ impl TollgateHttp {
                 self.pending = Some((token, Waiting::ResponseAudit));
                 Action::Pause
             }
-            (None, true) => Action::Continue,
+            (None, true) => {
+                self.queue_response_record();
+                Action::Continue
+            }
+            (None, false) if self.queue_response_record() => Action::Continue,
             (None, false) => {
                 host::reset_response();
                 Action::Pause
             }
+        }
+    }
+
+    /// The response record of a fail-open call could not be appended: queue it. `false` when
+    /// this call did not pass fail-open or the queue is full.
+    fn queue_response_record(&mut self) -> bool {
+        match self.response_record.take() {
+            Some(record) => self.queue_fail_open(record),
+            None => false,
         }
     }
 
@@ -381,6 +439,7 @@ impl Context for TollgateHttp {
                 self.audit_failed(next);
             }
             Waiting::ResponseAudit if acked => host::resume_response(),
+            Waiting::ResponseAudit if self.queue_response_record() => host::resume_response(),
             Waiting::ResponseAudit => {
                 // An answer that cannot be recorded does not leave the gateway.
                 host::log(
@@ -390,7 +449,7 @@ impl Context for TollgateHttp {
                 host::reset_response();
             }
             Waiting::StreamedResponseAudit => {
-                if !acked {
+                if !acked && !self.queue_response_record() {
                     host::log(
                         LogLevel::Warn,
                         "tollgate: streamed response record not acknowledged",

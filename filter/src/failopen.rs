@@ -1,0 +1,164 @@
+//! Fail-open for reads: which calls may pass while the control plane cannot acknowledge their
+//! audit record, and the bounded queue that keeps those records until it can. Off unless
+//! configured; a call that is not listed, or a full queue, still fails closed.
+
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// `failOpen` in the plugin configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailOpenConfig {
+    /// MCP methods that may pass unrecorded for now (e.g. `tools/list`, `resources/read`).
+    /// Only read-only methods belong here.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Tools whose `tools/call` may pass unrecorded for now. Only read-only tools belong here.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Records held per worker until the control plane is back; past it, calls fail closed.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+}
+
+fn default_max_queued() -> usize {
+    1000
+}
+
+impl FailOpenConfig {
+    pub fn enabled(&self) -> bool {
+        !self.methods.is_empty() || !self.tools.is_empty()
+    }
+
+    /// Whether the request behind `record` (an `mcp.request` record the policy forwarded) may
+    /// pass without an acknowledged append: every message in it is a listed read.
+    pub fn allows(&self, record: &Value) -> bool {
+        if !self.enabled() || record["event"] != "mcp.request" || record["outcome"] != "forwarded" {
+            return false;
+        }
+        let Some(messages) = record["messages"].as_array().filter(|m| !m.is_empty()) else {
+            return false;
+        };
+        messages.iter().all(|m| {
+            let method = m["method"].as_str().unwrap_or_default();
+            if method == "tools/call" {
+                let tool = m["target"].as_str().unwrap_or_default();
+                self.tools.iter().any(|t| t == tool)
+            } else {
+                m["kind"] == "request" && self.methods.iter().any(|x| x == method)
+            }
+        })
+    }
+}
+
+/// The record as it is kept and later appended: marked as having passed unrecorded.
+pub fn mark(record: &Value) -> Value {
+    let mut record = record.clone();
+    record["failOpen"] = true.into();
+    record
+}
+
+/// Records waiting for the control plane, oldest first, at most `max` of them.
+#[derive(Debug, Default)]
+pub struct Queue {
+    records: VecDeque<Vec<u8>>,
+}
+
+/// The queue is full: the call must fail closed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+impl Queue {
+    pub fn push(&mut self, record: Vec<u8>, max: usize) -> Result<(), Full> {
+        if self.records.len() >= max {
+            return Err(Full);
+        }
+        self.records.push_back(record);
+        Ok(())
+    }
+
+    /// The oldest record, to append next.
+    pub fn front(&self) -> Option<&[u8]> {
+        self.records.front().map(Vec::as_slice)
+    }
+
+    /// The oldest record was acknowledged.
+    pub fn pop(&mut self) {
+        self.records.pop_front();
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> FailOpenConfig {
+        serde_json::from_value(json!({"methods": ["tools/list"], "tools": ["get_customer"]}))
+            .unwrap()
+    }
+
+    fn request(messages: Value) -> Value {
+        json!({"event": "mcp.request", "outcome": "forwarded", "messages": messages})
+    }
+
+    #[test]
+    fn off_by_default() {
+        let off = FailOpenConfig::default();
+        assert!(!off.enabled());
+        let read = request(json!([{"kind":"request","method":"tools/list"}]));
+        assert!(!off.allows(&read));
+    }
+
+    #[test]
+    fn only_listed_reads_pass() {
+        let c = config();
+        assert!(c.allows(&request(json!([{"kind":"request","method":"tools/list"}]))));
+        assert!(c.allows(&request(
+            json!([{"kind":"request","method":"tools/call","target":"get_customer"}])
+        )));
+        // A write, an unlisted method, a batch with one write in it.
+        assert!(!c.allows(&request(
+            json!([{"kind":"request","method":"tools/call","target":"refund_payment"}])
+        )));
+        assert!(!c.allows(&request(json!([{"kind":"request","method":"initialize"}]))));
+        assert!(!c.allows(&request(json!([
+            {"kind":"request","method":"tools/list"},
+            {"kind":"request","method":"tools/call","target":"refund_payment"}
+        ]))));
+        // No messages (a GET), a refusal, another event.
+        assert!(!c.allows(&request(json!([]))));
+        let mut refused = request(json!([{"kind":"request","method":"tools/list"}]));
+        refused["outcome"] = "refused".into();
+        assert!(!c.allows(&refused));
+        assert!(!c.allows(&json!({"event":"auth.failed"})));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_in_order() {
+        let mut q = Queue::default();
+        assert_eq!(q.push(b"a".to_vec(), 2), Ok(()));
+        assert_eq!(q.push(b"b".to_vec(), 2), Ok(()));
+        assert_eq!(q.push(b"c".to_vec(), 2), Err(Full));
+        assert_eq!(q.front(), Some(&b"a"[..]));
+        q.pop();
+        assert_eq!(q.front(), Some(&b"b"[..]));
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn marked_records_say_so() {
+        let marked = mark(&request(json!([])));
+        assert_eq!(marked["failOpen"], true);
+    }
+}

@@ -4,11 +4,13 @@
 usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
                  --jwks FILE --wasm FILE [--config JSON] [--plain]
                  [--hop-port N --hop-header NAME=VALUE ...] [--route-timeout DURATION]
+                 [--request-timeout DURATION]
 --plain drops the Tollgate filter (plain Envoy with the same jwt_authn and routes, for benchmarks).
 --hop-port adds a second listener, a client-side hop in front of the gateway listener, that adds
 the --hop-header headers (e.g. authorization=Bearer TOKEN) to every request: for MCP clients that
 cannot send a token themselves, such as the conformance suite.
 --route-timeout bounds the MCP server's whole answer (Envoy duration, e.g. 30s; default 0s, none).
+--request-timeout bounds how long a client may take to send its whole request (default 60s).
 """
 import argparse, json, os, sys
 from urllib.parse import urlsplit
@@ -31,6 +33,7 @@ def main():
     ap.add_argument("--hop-port", type=int, default=0)
     ap.add_argument("--hop-header", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--route-timeout", default="0s")
+    ap.add_argument("--request-timeout", default="60s")
     a = ap.parse_args()
 
     up = urlsplit(a.upstream)
@@ -52,6 +55,7 @@ def main():
         "BUFFER_LIMIT": 64 * 1024 * 1024,
         "WASM_FILE": os.path.abspath(a.wasm) if a.wasm else "",
         "ROUTE_TIMEOUT": a.route_timeout,
+        "REQUEST_TIMEOUT": a.request_timeout,
         # Single-quoted YAML scalars: a quote is written twice.
         "TOLLGATE_CONFIG": json.dumps(config, separators=(",", ":")).replace("'", "''"),
         "RESOURCE_METADATA": json.dumps(metadata, separators=(",", ":")).replace("'", "''"),

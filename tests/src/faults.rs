@@ -167,3 +167,69 @@ pub fn forwarded_ids(records: &[Value]) -> Vec<String> {
         .filter_map(|m| m["id"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// An Envoy stat's value (`/stats?filter=`), e.g. `http.mcp.downstream_rq_active`.
+pub fn envoy_stat(admin_port: u16, name: &str) -> Option<u64> {
+    let text = crate::admin_get(admin_port, &format!("/stats?filter=^{name}$")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes Envoy's allocator holds for live objects (admin `/memory`, `allocated`).
+pub fn envoy_memory(admin_port: u16) -> Result<u64> {
+    let text = crate::admin_get(admin_port, "/memory")?;
+    let memory: Value = serde_json::from_str(&text)?;
+    let allocated = memory["allocated"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .or_else(|| memory["allocated"].as_u64());
+    allocated.ok_or_else(|| anyhow::anyhow!("no allocated figure in /memory: {text}"))
+}
+
+/// Raises this process's open-file limit (inherited by the processes it starts) to at least
+/// `wanted`, the hard limit too where allowed (root). Returns the soft limit now in force.
+pub fn raise_nofile(wanted: u64) -> Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= wanted {
+        return Ok(current);
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: Some(hard.max(wanted)),
+    };
+    if setrlimit(Resource::Nofile, raised).is_ok() {
+        return Ok(wanted);
+    }
+    // Not root: as far as the hard limit allows.
+    let capped = Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    setrlimit(Resource::Nofile, capped).map_err(|e| anyhow::anyhow!("setrlimit: {e}"))?;
+    Ok(hard)
+}
+
+/// The head of a POST to `url`'s path with a bearer token, announcing `content_length` body
+/// bytes: what a slowloris or an idle stream sends before (not) sending its body.
+pub fn post_head(url: &str, token: &str, content_length: usize) -> String {
+    let path = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("/mcp");
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {content_length}\r\n\r\n"
+    )
+}
+
+/// The address (`127.0.0.1:port`) of an `http://` URL.
+pub fn url_addr(url: &str) -> String {
+    url.split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}

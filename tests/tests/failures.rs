@@ -6,7 +6,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tollgate_e2e::faults::{concurrent_calls, forwarded_ids, tool_call, DelayProxy, Ended};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tollgate_e2e::faults::{
+    concurrent_calls, envoy_memory, envoy_stat, forwarded_ids, post_head, raise_nofile, tool_call,
+    url_addr, DelayProxy, Ended,
+};
 use tollgate_e2e::{post_mcp, HttpAnswer, Stack, StackOptions};
 
 /// JSON-RPC error code of the gateway's own errors.
@@ -350,4 +355,214 @@ async fn fail_open_lets_listed_reads_pass_and_audits_them_once_back() {
     );
     let verify = stack.tollgate(&["audit", "verify"]).unwrap();
     assert!(verify.status.success());
+}
+
+/// The Envoy stat of requests in progress on the MCP listener.
+const ACTIVE: &str = "http.mcp.downstream_rq_active";
+
+/// Polls until Envoy has no request in progress any more on the MCP listener.
+async fn wait_until_idle(stack: &Stack) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while envoy_stat(stack.admin_port, ACTIVE) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "requests still active: {:?}",
+            envoy_stat(stack.admin_port, ACTIVE)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_leave_mid_stream_leave_nothing_behind() {
+    let stack = Stack::start_with(StackOptions {
+        // SSE answers without sessions: each POST streams on its own.
+        server_args: vec!["--stateless".to_owned()],
+        ..StackOptions::default()
+    })
+    .unwrap();
+    let alice = stack.token("alice@example.com", &[]).unwrap();
+    let bob = stack.token("bob@example.com", &[]).unwrap();
+    wait_for_success(&stack, &bob, "warm").await;
+    let baseline = envoy_memory(stack.admin_port).unwrap();
+
+    for round in 0..10 {
+        let mut leavers = Vec::new();
+        for i in 0..10 {
+            let (url, token) = (stack.gateway_url.clone(), alice.clone());
+            leavers.push(tokio::spawn(async move {
+                let body = json!({"jsonrpc":"2.0","id":format!("leave-{round}-{i}"),
+                    "method":"tools/call","params":{"name":"slow_stream",
+                    "arguments":{"count": 100, "interval_ms": 50},
+                    "_meta":{"progressToken": format!("p-{round}-{i}")}}});
+                let mut response = reqwest::Client::new()
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                // The first event arrives, then the client goes away mid-stream.
+                let mut seen = Vec::new();
+                while !String::from_utf8_lossy(&seen).contains("data:") {
+                    let chunk = response.chunk().await.unwrap().expect("stream ended early");
+                    seen.extend_from_slice(&chunk);
+                }
+                assert!(tollgate_e2e::raw_pans_in(&String::from_utf8_lossy(&seen)).is_empty());
+            }));
+        }
+        // Another user is served meanwhile.
+        let answer = post_mcp(
+            &stack.gateway_url,
+            Some(&bob),
+            None,
+            get_customer(&format!("bob-{round}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(answer.json()["result"].is_object(), "{}", answer.body);
+        for leaver in leavers {
+            leaver.await.unwrap();
+        }
+    }
+    // Every abandoned stream is gone from Envoy, and its memory with it.
+    wait_until_idle(&stack).await;
+    let after = envoy_memory(stack.admin_port).unwrap();
+    eprintln!("envoy allocated: {baseline} before, {after} after 100 abandoned streams");
+    assert!(after < baseline + 16 * MIB, "{baseline} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slowloris_body_times_out_and_never_reaches_the_server() {
+    let mut options = json_server();
+    options.render_args = vec!["--request-timeout".to_owned(), "3s".to_owned()];
+    let stack = Stack::start_with(options).unwrap();
+    let alice = stack.token("alice@example.com", &[]).unwrap();
+    let bob = stack.token("bob@example.com", &[]).unwrap();
+    wait_for_success(&stack, &bob, "warm").await;
+    let baseline = envoy_memory(stack.admin_port).unwrap();
+
+    let mut lorises = Vec::new();
+    for i in 0..20 {
+        let (url, token) = (stack.gateway_url.clone(), alice.clone());
+        lorises.push(tokio::spawn(async move {
+            let body = get_customer(&format!("loris-{i}"));
+            let stream = TcpStream::connect(url_addr(&url)).await.unwrap();
+            let (mut read, mut write) = stream.into_split();
+            write
+                .write_all(post_head(&url, &token, body.len()).as_bytes())
+                .await
+                .unwrap();
+            // One byte every 200 ms: the whole body would take far longer than the timeout.
+            let trickle = async move {
+                for byte in body.bytes() {
+                    if write.write_all(&[byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                std::future::pending::<()>().await;
+            };
+            let mut answer = Vec::new();
+            tokio::select! {
+                () = trickle => unreachable!(),
+                _ = read.read_to_end(&mut answer) => {}
+            }
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    // Meanwhile another user's calls are answered.
+    for n in 0..5 {
+        let answer = post_mcp(
+            &stack.gateway_url,
+            Some(&bob),
+            None,
+            get_customer(&format!("bob-{n}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    for loris in lorises {
+        let answer = loris.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let seen = server_call_ids(&stack);
+    assert!(seen.iter().all(|id| !id.starts_with("loris-")), "{seen:?}");
+    wait_until_idle(&stack).await;
+    let after = envoy_memory(stack.admin_port).unwrap();
+    assert!(after < baseline + 16 * MIB, "{baseline} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_idle_streams_stay_bounded_and_others_are_served() {
+    const STREAMS: usize = 10_000;
+    // Both ends of every stream are open files: this process's and Envoy's (which inherits it).
+    let limit = raise_nofile(STREAMS as u64 * 2 + 2_000).unwrap();
+    assert!(
+        limit > STREAMS as u64 + 1_000,
+        "open-file limit {limit} is too low"
+    );
+    let stack = Stack::start_with(json_server()).unwrap();
+    let alice = stack.token("alice@example.com", &[]).unwrap();
+    let bob = stack.token("bob@example.com", &[]).unwrap();
+    wait_for_success(&stack, &bob, "warm").await;
+    let baseline = envoy_memory(stack.admin_port).unwrap();
+
+    // Each stream sends its headers (a verified token, a body announced) and then nothing.
+    let head = post_head(&stack.gateway_url, &alice, 512);
+    let addr = url_addr(&stack.gateway_url);
+    let mut streams = Vec::with_capacity(STREAMS);
+    for batch in 0..STREAMS / 500 {
+        let mut opening = Vec::new();
+        for _ in 0..500 {
+            let (addr, head) = (addr.clone(), head.clone());
+            opening.push(tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await?;
+                stream.write_all(head.as_bytes()).await?;
+                Ok::<_, std::io::Error>(stream)
+            }));
+        }
+        for task in opening {
+            let stream = task.await.unwrap();
+            streams.push(stream.unwrap_or_else(|e| panic!("batch {batch}: {e}")));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while envoy_stat(stack.admin_port, ACTIVE).unwrap_or(0) < STREAMS as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} streams active",
+            envoy_stat(stack.admin_port, ACTIVE)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let held = envoy_memory(stack.admin_port).unwrap();
+
+    // Another user is served while they are all open.
+    let answer = post_mcp(&stack.gateway_url, Some(&bob), None, get_customer("bob-1"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.json()["result"].is_object(), "{}", answer.body);
+
+    drop(streams);
+    wait_until_idle(&stack).await;
+    let after = envoy_memory(stack.admin_port).unwrap();
+    eprintln!(
+        "envoy allocated: {} MiB idle, {} MiB with {STREAMS} idle streams, {} MiB after they left",
+        baseline / MIB,
+        held / MIB,
+        after / MIB
+    );
+    // A bounded cost per idle stream, and all of it given back.
+    let per_stream = held.saturating_sub(baseline) / STREAMS as u64;
+    assert!(per_stream < 64 * 1024, "{per_stream} bytes per idle stream");
+    assert!(after < baseline + 32 * MIB, "{baseline} -> {after}");
 }

@@ -4,13 +4,17 @@
 usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
                  --jwks FILE --wasm FILE [--config JSON] [--plain]
                  [--hop-port N --hop-header NAME=VALUE ...] [--route-timeout DURATION]
-                 [--request-timeout DURATION]
+                 [--request-timeout DURATION] [--lds-dir DIR]
 --plain drops the Tollgate filter (plain Envoy with the same jwt_authn and routes, for benchmarks).
 --hop-port adds a second listener, a client-side hop in front of the gateway listener, that adds
 the --hop-header headers (e.g. authorization=Bearer TOKEN) to every request: for MCP clients that
 cannot send a token themselves, such as the conformance suite.
 --route-timeout bounds the MCP server's whole answer (Envoy duration, e.g. 30s; default 0s, none).
 --request-timeout bounds how long a client may take to send its whole request (default 60s).
+--lds-dir serves the listeners (and with them the filter's configuration and policy) from
+DIR/lds.yaml instead of the bootstrap: rendering again with a new --config replaces that file
+atomically, and Envoy swaps the listener without a restart; requests in flight finish on the old
+one.
 """
 import argparse, json, os, sys
 from urllib.parse import urlsplit
@@ -34,6 +38,7 @@ def main():
     ap.add_argument("--hop-header", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--route-timeout", default="0s")
     ap.add_argument("--request-timeout", default="60s")
+    ap.add_argument("--lds-dir", default="")
     a = ap.parse_args()
 
     up = urlsplit(a.upstream)
@@ -70,8 +75,33 @@ def main():
         text = text.replace("${%s}" % key, str(value))
     if a.hop_port:
         text = add_client_hop(text, a.hop_port, a.listen_port, a.hop_header)
+    if a.lds_dir:
+        text = listeners_to_lds(text, os.path.abspath(a.lds_dir))
     with open(a.out, "w") as f:
         f.write(text)
+
+def listeners_to_lds(text, lds_dir):
+    """Moves the static listeners into lds_dir/lds.yaml (a discovery response, written by an
+    atomic rename so that Envoy never reads half a file) and points the bootstrap at it."""
+    start = text.index("static_resources:\n  listeners:\n")
+    end = text.index("\n  clusters:\n") + 1
+    listeners = text[start + len("static_resources:\n  listeners:\n"):end]
+    typed = "".join(
+        '  - "@type": type.googleapis.com/envoy.config.listener.v3.Listener\n    name: %s\n'
+        % line[len("  - name: "):]
+        if line.startswith("  - name: ") else line + "\n"
+        for line in listeners.rstrip("\n").split("\n"))
+    os.makedirs(lds_dir, exist_ok=True)
+    path = os.path.join(lds_dir, "lds.yaml")
+    with open(path + ".new", "w") as f:
+        f.write("resources:\n" + typed)
+    os.rename(path + ".new", path)
+    dynamic = ("dynamic_resources:\n  lds_config:\n    resource_api_version: V3\n"
+               "    path_config_source:\n      path: %s\n      watched_directory: { path: %s }\n"
+               % (json.dumps(path), json.dumps(lds_dir)))
+    # Dynamic resources need a node identity; a bootstrap that names one keeps it.
+    node = "" if "\nnode:" in text else "node: { id: tollgate, cluster: tollgate }\n"
+    return text[:start] + node + dynamic + "static_resources:\n" + text[end:]
 
 def add_client_hop(text, hop_port, listen_port, headers):
     """A plain listener on hop_port that forwards everything to the gateway listener, adding

@@ -233,3 +233,19 @@ pub fn url_addr(url: &str) -> String {
         .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_owned())
         .unwrap_or_default()
 }
+
+impl crate::Stack {
+    /// Renders the bootstrap again with another plugin configuration (`policy` included). With
+    /// `--lds-dir` among the render arguments, Envoy picks the new listener up from the file
+    /// without a restart.
+    pub fn reload_config(&self, config: &Value) -> Result<()> {
+        let out = std::process::Command::new("python3")
+            .args(&self.render_args)
+            .args(["--config", &config.to_string()])
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!("render.py: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}

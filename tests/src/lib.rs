@@ -203,6 +203,8 @@ pub struct Stack {
     pub upstream_url: String,
     /// The client-side hop's MCP URL (it adds the token), when `client_hop` was asked for.
     pub hop_url: Option<String>,
+    /// How `envoy/render.py` was run (to render again with another configuration).
+    pub render_args: Vec<std::ffi::OsString>,
 }
 
 impl Stack {
@@ -254,7 +256,8 @@ impl Stack {
             ];
             hop_url = Some(format!("http://127.0.0.1:{hop_port}/mcp"));
         }
-        let rendered = Command::new("python3")
+        let mut render = Command::new("python3");
+        render
             .arg(workspace().join("envoy/render.py"))
             .arg("--out")
             .arg(&bootstrap)
@@ -268,8 +271,8 @@ impl Stack {
             .arg(wasm_file())
             .args(["--config", &config.to_string()])
             .args(&hop_args)
-            .args(&options.render_args)
-            .output()?;
+            .args(&options.render_args);
+        let rendered = render.output()?;
         if !rendered.status.success() {
             bail!("render.py: {}", String::from_utf8_lossy(&rendered.stderr));
         }
@@ -293,6 +296,7 @@ impl Stack {
             admin_port,
             upstream_url: upstream,
             hop_url,
+            render_args: render.get_args().map(std::ffi::OsStr::to_owned).collect(),
         };
         stack.wait_envoy_ready()?;
         Ok(stack)

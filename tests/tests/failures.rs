@@ -511,6 +511,13 @@ async fn a_slowloris_body_times_out_and_never_reaches_the_server() {
     }
     let seen = server_call_ids(&stack);
     assert!(seen.iter().all(|id| !id.starts_with("loris-")), "{seen:?}");
+    // Each was answered by Envoy with 408, and that answer is on record.
+    let records = stack.audit_records().unwrap();
+    let timed_out = records
+        .iter()
+        .filter(|r| r["event"] == "mcp.response" && r["status"] == 408)
+        .count();
+    assert_eq!(timed_out, 20, "{records:?}");
     wait_until_idle(&stack).await;
     wait_for_memory_below(&stack, baseline + 16 * MIB).await;
 }
@@ -683,4 +690,32 @@ async fn a_new_policy_is_loaded_under_load_without_losing_a_request_or_a_record(
     let seen = server_call_ids(&stack);
     assert!(seen.is_subset(&forwarded), "forwarded unrecorded");
     assert!(!seen.contains("after"));
+
+    // A configuration the filter refuses is rejected whole: the last good policy stays.
+    let rejected = "listener_manager.lds.update_rejected";
+    let rejected_before = envoy_stat(stack.admin_port, rejected).unwrap_or_default();
+    let broken = json!({ "policy": { "rules": [{ "id": "x", "action": "maybe" }] } });
+    stack.reload_config(&broken).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while envoy_stat(stack.admin_port, rejected).unwrap_or_default() <= rejected_before {
+        assert!(
+            Instant::now() < deadline,
+            "the bad configuration was not rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let still = post_mcp(
+        &stack.gateway_url,
+        Some(&token),
+        None,
+        get_customer("still"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        still.json()["error"]["data"]["rule"],
+        "freeze-customer-reads",
+        "{}",
+        still.body
+    );
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// `failOpen` in the plugin configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FailOpenConfig {
     /// MCP methods that may pass unrecorded for now (e.g. `tools/list`, `resources/read`).
@@ -18,13 +18,24 @@ pub struct FailOpenConfig {
     /// Tools whose `tools/call` may pass unrecorded for now. Only read-only tools belong here.
     #[serde(default)]
     pub tools: Vec<String>,
-    /// Records held per worker until the control plane is back; past it, calls fail closed.
+    /// Records held per worker until the control plane takes them (fail-open calls' records,
+    /// and those of streams their client abandoned); past it, fail-open calls fail closed.
     #[serde(default = "default_max_queued")]
     pub max_queued: usize,
 }
 
 fn default_max_queued() -> usize {
     1000
+}
+
+impl Default for FailOpenConfig {
+    fn default() -> Self {
+        FailOpenConfig {
+            methods: Vec::new(),
+            tools: Vec::new(),
+            max_queued: default_max_queued(),
+        }
+    }
 }
 
 impl FailOpenConfig {
@@ -116,6 +127,10 @@ mod tests {
     fn off_by_default() {
         let off = FailOpenConfig::default();
         assert!(!off.enabled());
+        // The queue still has room (abandoned streams' records use it too).
+        assert_eq!(off.max_queued, 1000);
+        let absent = crate::config::FilterConfig::from_json(b"{}").unwrap();
+        assert_eq!(absent.fail_open.max_queued, 1000);
         let read = request(json!([{"kind":"request","method":"tools/list"}]));
         assert!(!off.allows(&read));
     }

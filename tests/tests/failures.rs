@@ -452,6 +452,34 @@ async fn clients_that_leave_mid_stream_leave_nothing_behind() {
     wait_until_idle(&stack).await;
     let after = wait_for_memory_below(&stack, baseline + 16 * MIB).await;
     eprintln!("envoy allocated: {baseline} before, {after} after 100 abandoned streams");
+
+    // Part of each answer reached its client: each has a response record, marked aborted, with
+    // what was sent (masked).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let aborted = loop {
+        let records = stack.audit_records().unwrap();
+        let aborted: Vec<Value> = records
+            .into_iter()
+            .filter(|r| r["event"] == "mcp.response" && r["aborted"] == true)
+            .collect();
+        if aborted.len() >= 100 || Instant::now() > deadline {
+            break aborted;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(aborted.len(), 100);
+    for round in 0..10 {
+        for i in 0..10 {
+            let token = format!("\"p-{round}-{i}\"");
+            assert!(
+                aborted
+                    .iter()
+                    .any(|r| r["content"].as_str().is_some_and(|c| c.contains(&token))),
+                "no aborted record for {token}"
+            );
+        }
+    }
+    assert!(tollgate_e2e::raw_pans_in(&Value::from(aborted).to_string()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

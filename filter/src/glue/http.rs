@@ -77,6 +77,8 @@ pub struct TollgateHttp {
     failed_open: bool,
     /// The response record in flight, kept for the queue when the call passed fail-open.
     response_record: Option<Vec<u8>>,
+    /// The response record was appended (or tried): nothing is due when the stream ends.
+    response_recorded: bool,
 }
 
 impl TollgateHttp {
@@ -105,6 +107,7 @@ impl TollgateHttp {
             fail_open_record: None,
             failed_open: false,
             response_record: None,
+            response_recorded: false,
         }
     }
 
@@ -174,20 +177,15 @@ impl TollgateHttp {
         }
     }
 
-    /// Keeps a record for the root context to append once the control plane is back; `false`
+    /// Keeps a record for the root context to append (once the control plane answers); `false`
     /// when the queue is full.
-    fn queue_fail_open(&self, record: Vec<u8>) -> bool {
+    fn defer_record(&self, record: Vec<u8>) -> bool {
         let max = self.runtime.config.fail_open.max_queued;
-        let queued = self
-            .runtime
-            .fail_open_queue
-            .borrow_mut()
-            .push(record, max)
-            .is_ok();
+        let queued = self.runtime.deferred.borrow_mut().push(record, max).is_ok();
         if !queued {
             host::log(
                 LogLevel::Warn,
-                "tollgate: fail-open queue full; failing closed",
+                "tollgate: deferred-record queue full (failOpen.maxQueued)",
             );
         }
         queued
@@ -198,7 +196,7 @@ impl TollgateHttp {
     fn audit_failed(&mut self, next: Next) {
         if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
             let marked = crate::failopen::mark(&record).to_string().into_bytes();
-            if self.queue_fail_open(marked) {
+            if self.defer_record(marked) {
                 self.failed_open = true;
                 stats::count(metrics::FAIL_OPEN, 1);
                 host::resume_request();
@@ -316,29 +314,18 @@ impl TollgateHttp {
     /// Appends the response record. A buffered answer waits for the acknowledgement; a
     /// streamed one has already passed and is recorded at its end.
     fn record_response(&mut self, streamed: bool) -> Action {
-        let Some(identity) = &self.identity else {
+        self.response_recorded = true;
+        let now = host::now();
+        let Some(mut record) = self.response_json(streamed, now) else {
             return Action::Continue;
         };
-        let now = host::now();
-        let summary = ResponseSummary {
-            time: rfc3339_micros(now),
-            status: self.response_status,
-            bytes: self.response_bytes,
-            duration_micros: now
-                .duration_since(self.started)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            masked: &self.masked,
-            excerpt: &self.response_excerpt,
-            streamed,
-        };
-        let config = &self.runtime.config;
-        let mut record = record::mcp_response(&self.info, config, identity, &summary);
         stats::count_record(&record);
         if self.failed_open {
             record["failOpen"] = true.into();
             self.response_record = Some(record.to_string().into_bytes());
         }
         self.append_sent = now;
+        let config = &self.runtime.config;
         let message = AppendRequest {
             record_json: record.to_string().into_bytes(),
         }
@@ -372,11 +359,51 @@ impl TollgateHttp {
         }
     }
 
+    /// The response record of the answer so far.
+    fn response_json(
+        &self,
+        streamed: bool,
+        now: std::time::SystemTime,
+    ) -> Option<serde_json::Value> {
+        let identity = self.identity.as_ref()?;
+        let summary = ResponseSummary {
+            time: rfc3339_micros(now),
+            status: self.response_status,
+            bytes: self.response_bytes,
+            duration_micros: now
+                .duration_since(self.started)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            masked: &self.masked,
+            excerpt: &self.response_excerpt,
+            streamed,
+        };
+        Some(record::mcp_response(
+            &self.info,
+            &self.runtime.config,
+            identity,
+            &summary,
+        ))
+    }
+
+    /// The client left in the middle of a stream: part of the answer reached it, so the record
+    /// is still due. The context is going away, so the root context appends it later.
+    fn record_abandoned_stream(&mut self) {
+        let Some(mut record) = self.response_json(true, host::now()) else {
+            return;
+        };
+        record["aborted"] = true.into();
+        if self.failed_open {
+            record["failOpen"] = true.into();
+        }
+        stats::count_record(&record);
+        self.defer_record(record.to_string().into_bytes());
+    }
+
     /// The response record of a fail-open call could not be appended: queue it. `false` when
     /// this call did not pass fail-open or the queue is full.
     fn queue_response_record(&mut self) -> bool {
         match self.response_record.take() {
-            Some(record) => self.queue_fail_open(record),
+            Some(record) => self.defer_record(record),
             None => false,
         }
     }
@@ -464,6 +491,9 @@ impl HttpContext for TollgateHttp {
     fn on_log(&mut self) {
         // A held call whose client went away leaves the approvals-pending gauge too.
         self.release_approval_gauge();
+        if self.response_mode == ResponseMode::Stream && !self.response_recorded {
+            self.record_abandoned_stream();
+        }
     }
 
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -27,8 +27,9 @@ pub struct Runtime {
     /// The revocation list last parsed from shared data, by its CAS token: parsed again only
     /// when another worker (or this one) stored a new list.
     pub revocations: RefCell<(Option<u32>, Rc<RevocationSet>)>,
-    /// Records of calls that passed fail-open, waiting for the control plane (this worker's).
-    pub fail_open_queue: RefCell<Queue>,
+    /// Records this worker's root context appends later: those of calls that passed fail-open
+    /// while the control plane was unreachable, and those of streams their client abandoned.
+    pub deferred: RefCell<Queue>,
 }
 
 impl Runtime {
@@ -54,18 +55,18 @@ pub struct TollgateRoot {
     refreshing: Option<u32>,
     /// Version of the list this worker last stored.
     stored_version: Option<u64>,
-    /// The append of the oldest fail-open record in flight.
+    /// The append of the oldest deferred record in flight.
     flushing: Option<u32>,
 }
 
 impl TollgateRoot {
-    /// Appends the oldest queued fail-open record, if any and none is in flight.
+    /// Appends the oldest deferred record, if any and none is in flight.
     fn flush_fail_open(&mut self) {
         let Some(runtime) = &self.runtime else { return };
         if self.flushing.is_some() {
             return;
         }
-        let message = match runtime.fail_open_queue.borrow().front() {
+        let message = match runtime.deferred.borrow().front() {
             Some(record) => AppendRequest {
                 record_json: record.to_vec(),
             }
@@ -91,7 +92,7 @@ impl Context for TollgateRoot {
                 && AppendResponse::decode(host::grpc_response(response_size).as_slice())
                     .is_ok_and(|ack| !ack.chain_hash.is_empty());
             if let (true, Some(runtime)) = (acked, &self.runtime) {
-                runtime.fail_open_queue.borrow_mut().pop();
+                runtime.deferred.borrow_mut().pop();
                 // Drain while the control plane answers; a failure waits for the next tick.
                 self.flush_fail_open();
             }
@@ -132,7 +133,7 @@ impl RootContext for TollgateRoot {
                 masker,
                 policy,
                 revocations: RefCell::default(),
-                fail_open_queue: RefCell::default(),
+                deferred: RefCell::default(),
             })
         });
         match loaded {

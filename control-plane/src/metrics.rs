@@ -192,3 +192,47 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Options;
+
+    fn value(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn appends_and_checkpoints_move_the_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(&dir.path().join("audit.sled"), &Options::new(dir.path())).unwrap(),
+        );
+        let metrics = Metrics::new(Arc::clone(&store));
+        let before = metrics.render();
+        assert_eq!(value(&before, "tollgate_audit_appends_total"), Some(0.0));
+        assert_eq!(value(&before, "tollgate_store_healthy"), Some(1.0));
+        // No checkpoint yet: no age to report.
+        assert_eq!(value(&before, "tollgate_checkpoint_age_seconds"), None);
+
+        for n in 0..3 {
+            store
+                .append(format!(r#"{{"event":"test","n":{n}}}"#).as_bytes())
+                .await
+                .unwrap();
+        }
+        store.checkpoint().await.unwrap();
+        let after = metrics.render();
+        assert_eq!(value(&after, "tollgate_audit_appends_total"), Some(3.0));
+        assert!(value(&after, "tollgate_audit_chain_records").unwrap() >= 3.0);
+        assert!(value(&after, "tollgate_audit_flushes_total").unwrap() >= 1.0);
+        assert!(value(&after, "tollgate_checkpoints_signed_total").unwrap() >= 1.0);
+        assert!(value(&after, "tollgate_checkpoint_age_seconds").is_some(), "{after}");
+        // Every sample has its HELP and TYPE.
+        let samples = after.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(after.lines().filter(|l| l.starts_with("# TYPE")).count(), samples);
+        store.close().unwrap();
+    }
+}

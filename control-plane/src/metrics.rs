@@ -229,10 +229,16 @@ mod tests {
         assert!(value(&after, "tollgate_audit_chain_records").unwrap() >= 3.0);
         assert!(value(&after, "tollgate_audit_flushes_total").unwrap() >= 1.0);
         assert!(value(&after, "tollgate_checkpoints_signed_total").unwrap() >= 1.0);
-        assert!(value(&after, "tollgate_checkpoint_age_seconds").is_some(), "{after}");
+        assert!(
+            value(&after, "tollgate_checkpoint_age_seconds").is_some(),
+            "{after}"
+        );
         // Every sample has its HELP and TYPE.
         let samples = after.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(after.lines().filter(|l| l.starts_with("# TYPE")).count(), samples);
+        assert_eq!(
+            after.lines().filter(|l| l.starts_with("# TYPE")).count(),
+            samples
+        );
         store.close().unwrap();
     }
 }

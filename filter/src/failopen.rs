@@ -1,6 +1,7 @@
 //! Fail-open for reads: which calls may pass while the control plane cannot acknowledge their
-//! audit record, and the bounded queue that keeps those records until it can. Off unless
-//! configured; a call that is not listed, or a full queue, still fails closed.
+//! audit record, and the bounded queue that keeps records until it can (those calls' records,
+//! the notes of calls that failed closed, the records of abandoned streams). Fail-open is off
+//! unless configured; a call that is not listed, or a full queue, still fails closed.
 
 use std::collections::VecDeque;
 
@@ -69,6 +70,25 @@ pub fn mark(record: &Value) -> Value {
     let mut record = record.clone();
     record["failOpen"] = true.into();
     record
+}
+
+/// The note appended once the control plane answers again about a call that failed closed: its
+/// request record (`request`, as sent) may have reached the chain late, after the gateway had
+/// already refused the call, so the chain must say that it was not forwarded. `None` when the
+/// request record is not a forwarded request.
+pub fn failed_closed(request: &[u8], now: &str, grpc_status: u32) -> Option<Value> {
+    let mut record: Value = serde_json::from_slice(request).ok()?;
+    if record["event"] != "mcp.request" || record["outcome"] != "forwarded" {
+        return None;
+    }
+    record["requestTime"] = record["time"].take();
+    record["time"] = now.into();
+    record["event"] = "mcp.request.failedClosed".into();
+    record["outcome"] = "refused".into();
+    record["status"] = 503.into();
+    record["reason"] =
+        format!("audit record not acknowledged (grpc status {grpc_status}); not forwarded").into();
+    Some(record)
 }
 
 /// Records waiting for the control plane, oldest first, at most `max` of them.
@@ -169,6 +189,25 @@ mod tests {
         q.pop();
         assert_eq!(q.front(), Some(&b"b"[..]));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_closed_note_names_the_call_and_says_it_was_not_forwarded() {
+        let request = json!({"event":"mcp.request","outcome":"forwarded","time":"t0",
+            "requestId":"r1","messages":[{"id":7,"method":"tools/call"}]});
+        let note = failed_closed(request.to_string().as_bytes(), "t1", 4).unwrap();
+        assert_eq!(note["event"], "mcp.request.failedClosed");
+        assert_eq!(note["requestTime"], "t0");
+        assert_eq!(note["time"], "t1");
+        assert_eq!(note["outcome"], "refused");
+        assert_eq!(note["status"], 503);
+        assert_eq!(note["requestId"], "r1");
+        assert_eq!(note["messages"][0]["id"], 7);
+        assert!(note["reason"].as_str().unwrap().contains("grpc status 4"));
+        // A refusal was sent as decided: nothing to correct.
+        let refused = json!({"event":"mcp.request","outcome":"refused"});
+        assert_eq!(failed_closed(refused.to_string().as_bytes(), "t1", 4), None);
+        assert_eq!(failed_closed(b"not json", "t1", 4), None);
     }
 
     #[test]

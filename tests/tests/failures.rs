@@ -39,6 +39,32 @@ fn server_call_ids(stack: &Stack) -> BTreeSet<String> {
         .collect()
 }
 
+/// Polls until the chain holds a `mcp.request.failedClosed` note for each of `ids`: the gateway
+/// appends it once the control plane answers again. Returns the records.
+fn wait_for_failed_closed_notes(stack: &Stack, ids: &[&String]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = stack.audit_records().unwrap();
+        let noted: BTreeSet<String> = records
+            .iter()
+            .filter(|r| r["event"] == "mcp.request.failedClosed" && r["status"] == 503)
+            .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        let missing: Vec<&&String> = ids.iter().filter(|id| !noted.contains(**id)).collect();
+        if missing.is_empty() {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failedClosed note for {} calls, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls until a call through the gateway is answered 200 (the path has recovered).
 async fn wait_for_success(stack: &Stack, token: &str, what: &str) -> HttpAnswer {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -131,6 +157,14 @@ async fn control_plane_killed_under_load_fails_closed_then_recovers() {
         completed > 0 && refused > 0,
         "{completed} completed, {refused} refused"
     );
+    // Each refusal is on record too, once the control plane is back.
+    let refused_ids: Vec<&String> = ended
+        .iter()
+        .filter(|(_, e)| matches!(e, Ended::Answered(a) if a.status == 503))
+        .map(|(id, _)| id)
+        .collect();
+    let records = wait_for_failed_closed_notes(&stack, &refused_ids);
+    let forwarded: BTreeSet<String> = forwarded_ids(&records).into_iter().collect();
     // Nothing reached the server without an acknowledged request record, killed or not.
     let seen = server_call_ids(&stack);
     let unrecorded: Vec<&String> = seen.difference(&forwarded).collect();
@@ -180,6 +214,10 @@ async fn slow_control_plane_times_out_closed_and_wedges_no_worker() {
     // Delay gone: both workers answer again, many calls at once.
     proxy.set_delay(Duration::ZERO);
     wait_for_success(&stack, &token, "recovered").await;
+    // The late request records reached the chain after all; the notes that follow say that
+    // those calls were refused, not forwarded.
+    let slow_ids: Vec<&String> = ended.iter().map(|(id, _)| id).collect();
+    wait_for_failed_closed_notes(&stack, &slow_ids);
     let ended = concurrent_calls(&stack.gateway_url, &token, "fast", 8, 5, get_customer).await;
     assert_eq!(ended.len(), 40);
     for (id, outcome) in &ended {

@@ -79,6 +79,8 @@ pub struct TollgateHttp {
     response_record: Option<Vec<u8>>,
     /// The response record was appended (or tried): nothing is due when the stream ends.
     response_recorded: bool,
+    /// The request record as sent, until its append is acknowledged.
+    request_record_json: Option<Vec<u8>>,
 }
 
 impl TollgateHttp {
@@ -108,6 +110,7 @@ impl TollgateHttp {
             failed_open: false,
             response_record: None,
             response_recorded: false,
+            request_record_json: None,
         }
     }
 
@@ -154,10 +157,12 @@ impl TollgateHttp {
         if step.next == Next::Forward && config.fail_open.allows(&step.record) {
             self.fail_open_record = Some(step.record.clone());
         }
-        let message = AppendRequest {
+        let append = AppendRequest {
             record_json: step.record.to_string().into_bytes(),
-        }
-        .encode_to_vec();
+        };
+        let message = append.encode_to_vec();
+        // Kept (not copied) in case the append fails: see `audit_failed`.
+        self.request_record_json = Some(append.record_json);
         let timeout = Duration::from_millis(config.audit_timeout_ms);
         match host::grpc_call(
             &config.control_plane_cluster,
@@ -171,7 +176,8 @@ impl TollgateHttp {
                 Action::Pause
             }
             None => {
-                self.audit_failed(step.next);
+                // Could not even start: as if the control plane were unreachable (UNAVAILABLE).
+                self.audit_failed(step.next, 14);
                 Action::Pause
             }
         }
@@ -192,8 +198,10 @@ impl TollgateHttp {
     }
 
     /// No acknowledged record: a forward becomes a 503 (unless it is a read configured to fail
-    /// open and its record fits in the queue); a refusal is still sent.
-    fn audit_failed(&mut self, next: Next) {
+    /// open and its record fits in the queue); a refusal is still sent. The record may still
+    /// land late (a slow control plane), so a note that the call was not forwarded follows it
+    /// once the control plane answers.
+    fn audit_failed(&mut self, next: Next, grpc_status: u32) {
         if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
             let marked = crate::failopen::mark(&record).to_string().into_bytes();
             if self.defer_record(marked) {
@@ -202,6 +210,12 @@ impl TollgateHttp {
                 host::resume_request();
                 return;
             }
+        }
+        let note = self.request_record_json.take().and_then(|request| {
+            crate::failopen::failed_closed(&request, &rfc3339_micros(host::now()), grpc_status)
+        });
+        if let Some(note) = note {
+            self.defer_record(note.to_string().into_bytes());
         }
         let reply = match next {
             Next::Forward | Next::Approve(_) => {
@@ -214,6 +228,7 @@ impl TollgateHttp {
 
     /// The audit record is durable: act on the decision.
     fn audited(&mut self, next: Next) {
+        self.request_record_json = None;
         match next {
             Next::Forward => host::resume_request(),
             Next::Reply(reply) => self.send(&reply),
@@ -463,7 +478,7 @@ impl Context for TollgateHttp {
                         "tollgate: audit append failed (grpc status {status_code}); failing closed"
                     ),
                 );
-                self.audit_failed(next);
+                self.audit_failed(next, status_code);
             }
             Waiting::ResponseAudit if acked => host::resume_response(),
             Waiting::ResponseAudit if self.queue_response_record() => host::resume_response(),

@@ -37,6 +37,12 @@ enum Waiting {
     StreamedResponseAudit,
 }
 
+/// How much of the deferred-record queue a record may fill.
+enum Room {
+    All,
+    Half,
+}
+
 /// One HTTP request through the gateway.
 pub struct TollgateHttp {
     runtime: Rc<Runtime>,
@@ -185,8 +191,14 @@ impl TollgateHttp {
 
     /// Keeps a record for the root context to append (once the control plane answers); `false`
     /// when the queue is full.
-    fn defer_record(&self, record: Vec<u8>) -> bool {
+    fn defer_record(&self, record: Vec<u8>, room: Room) -> bool {
         let max = self.runtime.config.fail_open.max_queued;
+        let max = match room {
+            Room::All => max,
+            // Notes and abandoned streams leave half the queue to fail-open calls, which would
+            // otherwise fail closed during a long outage.
+            Room::Half => max / 2,
+        };
         let queued = self.runtime.deferred.borrow_mut().push(record, max).is_ok();
         if !queued {
             host::log(
@@ -204,7 +216,7 @@ impl TollgateHttp {
     fn audit_failed(&mut self, next: Next, grpc_status: u32) {
         if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
             let marked = crate::failopen::mark(&record).to_string().into_bytes();
-            if self.defer_record(marked) {
+            if self.defer_record(marked, Room::All) {
                 self.failed_open = true;
                 stats::count(metrics::FAIL_OPEN, 1);
                 host::resume_request();
@@ -215,7 +227,7 @@ impl TollgateHttp {
             crate::failopen::failed_closed(&request, &rfc3339_micros(host::now()), grpc_status)
         });
         if let Some(note) = note {
-            self.defer_record(note.to_string().into_bytes());
+            self.defer_record(note.to_string().into_bytes(), Room::Half);
         }
         let reply = match next {
             Next::Forward | Next::Approve(_) => {
@@ -411,14 +423,14 @@ impl TollgateHttp {
             record["failOpen"] = true.into();
         }
         stats::count_record(&record);
-        self.defer_record(record.to_string().into_bytes());
+        self.defer_record(record.to_string().into_bytes(), Room::Half);
     }
 
     /// The response record of a fail-open call could not be appended: queue it. `false` when
     /// this call did not pass fail-open or the queue is full.
     fn queue_response_record(&mut self) -> bool {
         match self.response_record.take() {
-            Some(record) => self.defer_record(record),
+            Some(record) => self.defer_record(record, Room::All),
             None => false,
         }
     }

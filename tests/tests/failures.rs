@@ -190,7 +190,8 @@ async fn control_plane_killed_under_load_fails_closed_then_recovers() {
 async fn slow_control_plane_times_out_closed_and_wedges_no_worker() {
     let proxy = DelayProxy::start().await.unwrap();
     let mut options = json_server();
-    options.config = json!({ "auditTimeoutMs": 500 });
+    // Generous, so that a busy machine does not time out the calls meant to pass.
+    options.config = json!({ "auditTimeoutMs": 2000 });
     options.render_args = vec!["--control-plane".to_owned(), proxy.addr.clone()];
     let stack = Stack::start_with(options).unwrap();
     proxy.set_target(&stack.control_plane_addr);
@@ -198,7 +199,7 @@ async fn slow_control_plane_times_out_closed_and_wedges_no_worker() {
     wait_for_success(&stack, &token, "warm").await;
 
     // Every byte to the control plane now takes longer than the filter waits.
-    proxy.set_delay(Duration::from_millis(2_000));
+    proxy.set_delay(Duration::from_millis(5_000));
     let ended = concurrent_calls(&stack.gateway_url, &token, "slow", 4, 2, get_customer).await;
     for (id, outcome) in &ended {
         match outcome {

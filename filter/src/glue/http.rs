@@ -183,6 +183,7 @@ impl TollgateHttp {
             }
             None => {
                 // Could not even start: as if the control plane were unreachable (UNAVAILABLE).
+                stats::count(metrics::AUDIT_APPEND_FAILURES, 1);
                 self.audit_failed(step.next, 14);
                 Action::Pause
             }
@@ -365,6 +366,9 @@ impl TollgateHttp {
             &message,
             timeout,
         );
+        if token.is_none() {
+            stats::count(metrics::AUDIT_APPEND_FAILURES, 1);
+        }
         match (token, streamed) {
             (Some(token), true) => {
                 self.pending = Some((token, Waiting::StreamedResponseAudit));

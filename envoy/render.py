@@ -4,7 +4,8 @@
 usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
                  (--jwks FILE | --remote-jwks URL [--jwks-cache-duration S]) [--issuer ISS]
                  [--audience AUD] --wasm FILE [--config JSON] [--plain]
-                 [--hop-port N --hop-header NAME=VALUE ...]
+                 [--hop-port N --hop-header NAME=VALUE ...] [--route-timeout DURATION]
+                 [--request-timeout DURATION] [--lds-dir DIR]
 --jwks reads the issuer's keys from a file once (the dev issuer); --remote-jwks fetches them from
 the OIDC provider's jwks_uri (an http:// URL, through a cluster of its own), again every
 --jwks-cache-duration seconds and in the background, so a provider's key rotation is picked up
@@ -13,6 +14,12 @@ without restarting Envoy.
 --hop-port adds a second listener, a client-side hop in front of the gateway listener, that adds
 the --hop-header headers (e.g. authorization=Bearer TOKEN) to every request: for MCP clients that
 cannot send a token themselves, such as the conformance suite.
+--route-timeout bounds the MCP server's whole answer (Envoy duration, e.g. 30s; default 0s, none).
+--request-timeout bounds how long a client may take to send its whole request (default 60s).
+--lds-dir serves the listeners (and with them the filter's configuration and policy) from
+DIR/lds.yaml instead of the bootstrap: rendering again with a new --config replaces that file
+atomically, and Envoy swaps the listener without a restart; requests in flight finish on the old
+one.
 """
 import argparse, json, os, sys
 from urllib.parse import urlsplit
@@ -38,6 +45,9 @@ def main():
     ap.add_argument("--plain", action="store_true")
     ap.add_argument("--hop-port", type=int, default=0)
     ap.add_argument("--hop-header", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--route-timeout", default="0s")
+    ap.add_argument("--request-timeout", default="60s")
+    ap.add_argument("--lds-dir", default="")
     a = ap.parse_args()
 
     up = urlsplit(a.upstream)
@@ -59,6 +69,8 @@ def main():
         # Above the filter's own request and response limits, so that the filter answers first.
         "BUFFER_LIMIT": 64 * 1024 * 1024,
         "WASM_FILE": os.path.abspath(a.wasm) if a.wasm else "",
+        "ROUTE_TIMEOUT": a.route_timeout,
+        "REQUEST_TIMEOUT": a.request_timeout,
         # Single-quoted YAML scalars: a quote is written twice.
         "TOLLGATE_CONFIG": json.dumps(config, separators=(",", ":")).replace("'", "''"),
         "RESOURCE_METADATA": json.dumps(metadata, separators=(",", ":")).replace("'", "''"),
@@ -75,6 +87,8 @@ def main():
         text = add_jwks_cluster(text, a.remote_jwks)
     if a.hop_port:
         text = add_client_hop(text, a.hop_port, a.listen_port, a.hop_header)
+    if a.lds_dir:
+        text = listeners_to_lds(text, os.path.abspath(a.lds_dir))
     with open(a.out, "w") as f:
         f.write(text)
 
@@ -108,6 +122,28 @@ def add_jwks_cluster(text, url):
             address:
               socket_address: {{ address: {uri.hostname}, port_value: {uri.port or 80} }}
 """
+def listeners_to_lds(text, lds_dir):
+    """Moves the static listeners into lds_dir/lds.yaml (a discovery response, written by an
+    atomic rename so that Envoy never reads half a file) and points the bootstrap at it."""
+    start = text.index("static_resources:\n  listeners:\n")
+    end = text.index("\n  clusters:\n") + 1
+    listeners = text[start + len("static_resources:\n  listeners:\n"):end]
+    typed = "".join(
+        '  - "@type": type.googleapis.com/envoy.config.listener.v3.Listener\n    name: %s\n'
+        % line[len("  - name: "):]
+        if line.startswith("  - name: ") else line + "\n"
+        for line in listeners.rstrip("\n").split("\n"))
+    os.makedirs(lds_dir, exist_ok=True)
+    path = os.path.join(lds_dir, "lds.yaml")
+    with open(path + ".new", "w") as f:
+        f.write("resources:\n" + typed)
+    os.rename(path + ".new", path)
+    dynamic = ("dynamic_resources:\n  lds_config:\n    resource_api_version: V3\n"
+               "    path_config_source:\n      path: %s\n      watched_directory: { path: %s }\n"
+               % (json.dumps(path), json.dumps(lds_dir)))
+    # Dynamic resources need a node identity; a bootstrap that names one keeps it.
+    node = "" if "\nnode:" in text else "node: { id: tollgate, cluster: tollgate }\n"
+    return text[:start] + node + dynamic + "static_resources:\n" + text[end:]
 
 def add_client_hop(text, hop_port, listen_port, headers):
     """A plain listener on hop_port that forwards everything to the gateway listener, adding

@@ -9,6 +9,7 @@ mod clock;
 mod issuer;
 mod keys;
 mod merkle;
+mod metrics;
 mod note;
 mod operator;
 mod revocations;

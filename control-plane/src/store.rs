@@ -796,6 +796,11 @@ impl Store {
         Duration::from_micros(self.shared.flush_micros.load(Ordering::Acquire))
     }
 
+    /// Whether the store still takes appends (false once a write failed).
+    pub fn healthy(&self) -> bool {
+        !self.shared.failed.load(Ordering::Acquire)
+    }
+
     /// Number of checkpoints signed since the store was opened.
     pub fn checkpoints_signed(&self) -> u64 {
         self.shared.checkpoints.load(Ordering::Acquire)

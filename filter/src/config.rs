@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::failopen::FailOpenConfig;
 use crate::identity::ServiceAccounts;
 use crate::mask::MaskConfig;
 use crate::policy::{BatchMode, PolicyConfig};
@@ -58,6 +59,10 @@ pub struct FilterConfig {
     /// The ordered rules deciding every MCP message (see docs/policy.md).
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Reads that may pass while the control plane cannot acknowledge their audit record; their
+    /// records are kept and appended once it is back (marked `failOpen`). Off by default.
+    #[serde(default)]
+    pub fail_open: FailOpenConfig,
 }
 
 fn default_control_plane_cluster() -> String {

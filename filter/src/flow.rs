@@ -305,6 +305,86 @@ pub fn audit_unavailable(body: Option<&[u8]>) -> LocalReply {
     )
 }
 
+/// Envoy answered itself because the upstream MCP server failed (its `response.code_details`
+/// says why): the JSON-RPC error the client gets instead of Envoy's plain-text reply. 504 when
+/// the server did not answer in time, 502 when it could not be reached or reset the stream.
+/// `None` for anything else, above all an answer the server sent itself (`via_upstream`).
+pub fn upstream_failure(details: &str, body: Option<&[u8]>) -> Option<LocalReply> {
+    let (status, message) = match details {
+        // Envoy 1.40 says `response_timeout` for the route timeout; older ones said `upstream_…`.
+        "response_timeout"
+        | "upstream_response_timeout"
+        | "upstream_per_try_timeout"
+        | "upstream_per_try_idle_timeout" => (504, "upstream MCP server did not answer in time"),
+        d if d.starts_with("upstream_reset_before_response_started")
+            || d == "no_healthy_upstream"
+            || d == "upstream_max_stream_duration_reached" =>
+        {
+            (502, "upstream MCP server unavailable")
+        }
+        _ => return None,
+    };
+    let id = single_request_id(body);
+    Some(LocalReply::jsonrpc_error(
+        status,
+        id.as_ref(),
+        jsonrpc::GATEWAY_ERROR,
+        message,
+        Some(json!({ "retryable": true, "detail": details })),
+    ))
+}
+
+#[cfg(test)]
+mod upstream_failure_tests {
+    use super::*;
+
+    const CALL: &[u8] =
+        br#"{"jsonrpc":"2.0","id":"c-7","method":"tools/call","params":{"name":"get_customer"}}"#;
+
+    #[test]
+    fn timeouts_are_504_and_resets_502_with_the_request_id() {
+        assert_eq!(
+            upstream_failure("response_timeout", None).unwrap().status,
+            504
+        );
+        let timeout = upstream_failure("upstream_response_timeout", Some(CALL)).unwrap();
+        assert_eq!(timeout.status, 504);
+        let body: Value = serde_json::from_slice(&timeout.body).unwrap();
+        assert_eq!(body["id"], "c-7");
+        assert_eq!(body["error"]["code"], jsonrpc::GATEWAY_ERROR);
+        assert_eq!(body["error"]["data"]["detail"], "upstream_response_timeout");
+
+        let refused = upstream_failure(
+            "upstream_reset_before_response_started{remote_connection_failure}",
+            Some(CALL),
+        )
+        .unwrap();
+        assert_eq!(refused.status, 502);
+        assert_eq!(
+            upstream_failure("no_healthy_upstream", None)
+                .unwrap()
+                .status,
+            502
+        );
+        let body: Value =
+            serde_json::from_slice(&upstream_failure("no_healthy_upstream", None).unwrap().body)
+                .unwrap();
+        assert_eq!(body["id"], Value::Null);
+    }
+
+    #[test]
+    fn the_servers_own_answers_pass() {
+        for details in [
+            "via_upstream",
+            "",
+            "request_payload_too_large",
+            "upstream_reset_after_response_started{connection_termination}",
+        ] {
+            assert_eq!(upstream_failure(details, Some(CALL)), None, "{details}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,12 @@
 
 pub mod approval;
 pub mod config;
+pub mod failopen;
 pub mod flow;
 pub mod identity;
 pub mod jsonrpc;
 pub mod mask;
+pub mod metrics;
 pub mod policy;
 pub mod record;
 pub mod revocation;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+pub mod faults;
 pub mod oidc;
 pub mod peers;
 pub use oidc::{Directory, OidcProvider};
@@ -168,6 +169,11 @@ pub struct StackOptions {
     pub idp: Option<Directory>,
     /// How long Envoy caches the provider's JWKS before fetching it again.
     pub jwks_cache_secs: u32,
+    /// Extra arguments for `envoy/render.py` (later ones win, e.g. `--control-plane` through a
+    /// fault-injecting proxy, or `--route-timeout 1s`).
+    pub render_args: Vec<String>,
+    /// Extra arguments for `tollgate serve` (also on restart).
+    pub control_plane_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -185,6 +191,8 @@ impl Default for StackOptions {
             client_hop: None,
             idp: None,
             jwks_cache_secs: 2,
+            render_args: Vec::new(),
+            control_plane_args: Vec::new(),
         }
     }
 }
@@ -195,6 +203,7 @@ pub struct Stack {
     pub home: PathBuf,
     pub control_plane: Option<Proc>,
     pub control_plane_addr: String,
+    pub control_plane_args: Vec<String>,
     pub server: Proc,
     pub server_request_log: PathBuf,
     pub envoy: Proc,
@@ -206,8 +215,8 @@ pub struct Stack {
     pub hop_url: Option<String>,
     /// The OIDC provider, when `idp` was asked for.
     pub idp: Option<OidcProvider>,
-    /// Extra `tollgate serve` arguments (operator sign-in against the provider).
-    control_plane_args: Vec<String>,
+    /// How `envoy/render.py` was run (to render again with another configuration).
+    pub render_args: Vec<std::ffi::OsString>,
 }
 
 impl Stack {
@@ -249,8 +258,13 @@ impl Stack {
                 vec![format!("--jwks={}", home.join("dev/jwks.json").display())],
             ),
         };
+        // The options' own arguments come last, so that they win.
+        let control_plane_args: Vec<String> = control_plane_args
+            .into_iter()
+            .chain(options.control_plane_args.iter().cloned())
+            .collect();
         let control_plane =
-            start_control_plane(&home, &control_plane_addr, dir.path(), &control_plane_args)?;
+            start_control_plane(&home, &control_plane_addr, &control_plane_args, dir.path())?;
 
         let server_request_log = dir.path().join("server-requests.jsonl");
         let (server, upstream) = match &options.upstream {
@@ -287,7 +301,8 @@ impl Stack {
             ];
             hop_url = Some(format!("http://127.0.0.1:{hop_port}/mcp"));
         }
-        let rendered = Command::new("python3")
+        let mut render = Command::new("python3");
+        render
             .arg(workspace().join("envoy/render.py"))
             .arg("--out")
             .arg(&bootstrap)
@@ -300,7 +315,8 @@ impl Stack {
             .arg(wasm_file())
             .args(["--config", &config.to_string()])
             .args(&hop_args)
-            .output()?;
+            .args(&options.render_args);
+        let rendered = render.output()?;
         if !rendered.status.success() {
             bail!("render.py: {}", String::from_utf8_lossy(&rendered.stderr));
         }
@@ -316,6 +332,7 @@ impl Stack {
             home,
             control_plane: Some(control_plane),
             control_plane_addr,
+            control_plane_args,
             server,
             server_request_log,
             envoy,
@@ -324,7 +341,7 @@ impl Stack {
             upstream_url: upstream,
             hop_url,
             idp,
-            control_plane_args,
+            render_args: render.get_args().map(std::ffi::OsStr::to_owned).collect(),
         };
         stack.wait_envoy_ready()?;
         Ok(stack)
@@ -409,8 +426,8 @@ impl Stack {
         self.control_plane = Some(start_control_plane(
             &self.home,
             &self.control_plane_addr,
-            self.dir.path(),
             &self.control_plane_args,
+            self.dir.path(),
         )?);
         Ok(())
     }
@@ -432,7 +449,7 @@ fn dev_token(home: &Path, control_plane: &str, sub: &str, args: &[String]) -> Re
     Ok(text.lines().last().unwrap_or_default().trim().to_owned())
 }
 
-fn start_control_plane(home: &Path, addr: &str, log_dir: &Path, args: &[String]) -> Result<Proc> {
+fn start_control_plane(home: &Path, addr: &str, args: &[String], log_dir: &Path) -> Result<Proc> {
     let mut cmd = Command::new(tollgate_bin());
     cmd.arg("--home")
         .arg(home)

@@ -36,6 +36,10 @@ pub struct Args {
     /// when the store is created, checked against it afterwards. Default: a random name.
     #[arg(long, env = "TOLLGATE_ORIGIN")]
     origin: Option<String>,
+    /// Address for the Prometheus `/metrics` and `/healthz` HTTP listener (port 0 picks a free
+    /// port; the address taken is printed). Default: no such listener.
+    #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Threads serving gRPC (the audit writer has its own). Default: one per CPU.
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -139,8 +143,27 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             let _ = stopping_tx.send(signal);
         });
 
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "tollgate control plane listening on {address}")?;
+    if let Some(listener) = metrics_listener {
+        writeln!(
+            stdout,
+            "tollgate metrics at http://{}/metrics",
+            listener.local_addr()?
+        )?;
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            crate::metrics::Metrics::new(store.clone()),
+        ));
+    }
     stdout.flush()?;
     drop(stdout);
 

@@ -8,10 +8,12 @@ use tollgate_proto::pb::{AppendRequest, AppendResponse, ApprovalStatus, AwaitReq
 
 use super::host;
 use super::root::Runtime;
+use super::stats;
 use crate::approval::{self, Ask};
 use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
 use crate::identity::Identity;
 use crate::mask::{MaskReport, StreamMasker};
+use crate::metrics;
 use crate::policy::CallContext;
 use crate::record::{self, RequestInfo, ResponseSummary};
 use crate::timefmt::rfc3339_micros;
@@ -35,6 +37,12 @@ enum Waiting {
     StreamedResponseAudit,
 }
 
+/// How much of the deferred-record queue a record may fill.
+enum Room {
+    All,
+    Half,
+}
+
 /// One HTTP request through the gateway.
 pub struct TollgateHttp {
     runtime: Rc<Runtime>,
@@ -51,6 +59,9 @@ pub struct TollgateHttp {
     list_method: Option<String>,
     /// The filter answered itself; its own reply passes back through it untouched.
     replied_locally: bool,
+    /// Envoy answered itself because the upstream failed: the JSON-RPC error that replaces its
+    /// plain-text body.
+    upstream_failure: Option<LocalReply>,
     response_mode: ResponseMode,
     response_status: Option<u32>,
     /// Bytes of the (masked) answer so far, and its first bytes for the record.
@@ -62,6 +73,20 @@ pub struct TollgateHttp {
     response_content_type: Option<String>,
     stream: StreamMasker,
     masked: MaskReport,
+    /// When the audit append in flight was sent, for its latency.
+    append_sent: std::time::SystemTime,
+    /// This call counts in the approvals-pending gauge until its long poll ends.
+    holding_approval: bool,
+    /// The request record, kept only when fail-open is configured: queued if its append fails.
+    fail_open_record: Option<serde_json::Value>,
+    /// Passed fail-open: its response record is queued too if it cannot be appended.
+    failed_open: bool,
+    /// The response record in flight, kept for the queue when the call passed fail-open.
+    response_record: Option<Vec<u8>>,
+    /// The response record was appended (or tried): nothing is due when the stream ends.
+    response_recorded: bool,
+    /// The request record as sent, until its append is acknowledged.
+    request_record_json: Option<Vec<u8>>,
 }
 
 impl TollgateHttp {
@@ -76,6 +101,7 @@ impl TollgateHttp {
             request_body: None,
             list_method: None,
             replied_locally: false,
+            upstream_failure: None,
             response_mode: ResponseMode::Pass,
             response_status: None,
             response_bytes: 0,
@@ -84,6 +110,13 @@ impl TollgateHttp {
             response_content_type: None,
             stream: StreamMasker::default(),
             masked: MaskReport::default(),
+            append_sent: std::time::SystemTime::UNIX_EPOCH,
+            holding_approval: false,
+            fail_open_record: None,
+            failed_open: false,
+            response_record: None,
+            response_recorded: false,
+            request_record_json: None,
         }
     }
 
@@ -123,11 +156,19 @@ impl TollgateHttp {
     /// Appends the step's record; the request waits for the acknowledgement.
     fn audit_then(&mut self, step: Step) -> Action {
         self.decided = true;
+        stats::count(metrics::CALLS, 1);
+        stats::count_record(&step.record);
+        self.append_sent = host::now();
         let config = &self.runtime.config;
-        let message = AppendRequest {
-            record_json: step.record.to_string().into_bytes(),
+        if step.next == Next::Forward && config.fail_open.allows(&step.record) {
+            self.fail_open_record = Some(step.record.clone());
         }
-        .encode_to_vec();
+        let append = AppendRequest {
+            record_json: step.record.to_string().into_bytes(),
+        };
+        let message = append.encode_to_vec();
+        // Kept (not copied) in case the append fails: see `audit_failed`.
+        self.request_record_json = Some(append.record_json);
         let timeout = Duration::from_millis(config.audit_timeout_ms);
         match host::grpc_call(
             &config.control_plane_cluster,
@@ -141,14 +182,54 @@ impl TollgateHttp {
                 Action::Pause
             }
             None => {
-                self.audit_failed(step.next);
+                // Could not even start: as if the control plane were unreachable (UNAVAILABLE).
+                stats::count(metrics::AUDIT_APPEND_FAILURES, 1);
+                self.audit_failed(step.next, 14);
                 Action::Pause
             }
         }
     }
 
-    /// No acknowledged record: a forward becomes a 503; a refusal is still sent.
-    fn audit_failed(&mut self, next: Next) {
+    /// Keeps a record for the root context to append (once the control plane answers); `false`
+    /// when the queue is full.
+    fn defer_record(&self, record: Vec<u8>, room: Room) -> bool {
+        let max = self.runtime.config.fail_open.max_queued;
+        let max = match room {
+            Room::All => max,
+            // Notes and abandoned streams leave half the queue to fail-open calls, which would
+            // otherwise fail closed during a long outage.
+            Room::Half => max / 2,
+        };
+        let queued = self.runtime.deferred.borrow_mut().push(record, max).is_ok();
+        if !queued {
+            host::log(
+                LogLevel::Warn,
+                "tollgate: deferred-record queue full (failOpen.maxQueued)",
+            );
+        }
+        queued
+    }
+
+    /// No acknowledged record: a forward becomes a 503 (unless it is a read configured to fail
+    /// open and its record fits in the queue); a refusal is still sent. The record may still
+    /// land late (a slow control plane), so a note that the call was not forwarded follows it
+    /// once the control plane answers.
+    fn audit_failed(&mut self, next: Next, grpc_status: u32) {
+        if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
+            let marked = crate::failopen::mark(&record).to_string().into_bytes();
+            if self.defer_record(marked, Room::All) {
+                self.failed_open = true;
+                stats::count(metrics::FAIL_OPEN, 1);
+                host::resume_request();
+                return;
+            }
+        }
+        let note = self.request_record_json.take().and_then(|request| {
+            crate::failopen::failed_closed(&request, &rfc3339_micros(host::now()), grpc_status)
+        });
+        if let Some(note) = note {
+            self.defer_record(note.to_string().into_bytes(), Room::Half);
+        }
         let reply = match next {
             Next::Forward | Next::Approve(_) => {
                 flow::audit_unavailable(self.request_body.as_deref())
@@ -160,6 +241,7 @@ impl TollgateHttp {
 
     /// The audit record is durable: act on the decision.
     fn audited(&mut self, next: Next) {
+        self.request_record_json = None;
         match next {
             Next::Forward => host::resume_request(),
             Next::Reply(reply) => self.send(&reply),
@@ -194,6 +276,7 @@ impl TollgateHttp {
     }
 
     fn on_approval_status(&mut self, ask: Box<Ask>, status_code: u32, response_size: usize) {
+        self.release_approval_gauge();
         let status = (status_code == 0)
             .then(|| ApprovalStatus::decode(host::grpc_response(response_size).as_slice()).ok())
             .flatten()
@@ -219,6 +302,8 @@ impl TollgateHttp {
             approval::Outcome::Wait(approval_id) if !self.approval_awaited => {
                 // Long poll: the control plane answers the moment the approval is decided.
                 self.approval_awaited = true;
+                self.holding_approval = true;
+                stats::gauge_add(metrics::APPROVALS_PENDING, 1);
                 let wait_ms = self.runtime.config.approval_wait_ms;
                 let message = AwaitRequest {
                     approval_id,
@@ -257,23 +342,18 @@ impl TollgateHttp {
     /// Appends the response record. A buffered answer waits for the acknowledgement; a
     /// streamed one has already passed and is recorded at its end.
     fn record_response(&mut self, streamed: bool) -> Action {
-        let Some(identity) = &self.identity else {
+        self.response_recorded = true;
+        let now = host::now();
+        let Some(mut record) = self.response_json(streamed, now) else {
             return Action::Continue;
         };
-        let now = host::now();
-        let summary = ResponseSummary {
-            time: rfc3339_micros(now),
-            status: self.response_status,
-            bytes: self.response_bytes,
-            duration_micros: now
-                .duration_since(self.started)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            masked: &self.masked,
-            excerpt: &self.response_excerpt,
-            streamed,
-        };
+        stats::count_record(&record);
+        if self.failed_open {
+            record["failOpen"] = true.into();
+            self.response_record = Some(record.to_string().into_bytes());
+        }
+        self.append_sent = now;
         let config = &self.runtime.config;
-        let record = record::mcp_response(&self.info, config, identity, &summary);
         let message = AppendRequest {
             record_json: record.to_string().into_bytes(),
         }
@@ -286,6 +366,9 @@ impl TollgateHttp {
             &message,
             timeout,
         );
+        if token.is_none() {
+            stats::count(metrics::AUDIT_APPEND_FAILURES, 1);
+        }
         match (token, streamed) {
             (Some(token), true) => {
                 self.pending = Some((token, Waiting::StreamedResponseAudit));
@@ -295,11 +378,82 @@ impl TollgateHttp {
                 self.pending = Some((token, Waiting::ResponseAudit));
                 Action::Pause
             }
-            (None, true) => Action::Continue,
+            (None, true) => {
+                self.queue_response_record();
+                Action::Continue
+            }
+            (None, false) if self.queue_response_record() => Action::Continue,
             (None, false) => {
                 host::reset_response();
                 Action::Pause
             }
+        }
+    }
+
+    /// The response record of the answer so far.
+    fn response_json(
+        &self,
+        streamed: bool,
+        now: std::time::SystemTime,
+    ) -> Option<serde_json::Value> {
+        let identity = self.identity.as_ref()?;
+        let summary = ResponseSummary {
+            time: rfc3339_micros(now),
+            status: self.response_status,
+            bytes: self.response_bytes,
+            duration_micros: now
+                .duration_since(self.started)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            masked: &self.masked,
+            excerpt: &self.response_excerpt,
+            streamed,
+        };
+        Some(record::mcp_response(
+            &self.info,
+            &self.runtime.config,
+            identity,
+            &summary,
+        ))
+    }
+
+    /// The client left in the middle of a stream: part of the answer reached it, so the record
+    /// is still due. The context is going away, so the root context appends it later.
+    fn record_abandoned_stream(&mut self) {
+        let Some(mut record) = self.response_json(true, host::now()) else {
+            return;
+        };
+        record["aborted"] = true.into();
+        if self.failed_open {
+            record["failOpen"] = true.into();
+        }
+        stats::count_record(&record);
+        self.defer_record(record.to_string().into_bytes(), Room::Half);
+    }
+
+    /// The response record of a fail-open call could not be appended: queue it. `false` when
+    /// this call did not pass fail-open or the queue is full.
+    fn queue_response_record(&mut self) -> bool {
+        match self.response_record.take() {
+            Some(record) => self.defer_record(record, Room::All),
+            None => false,
+        }
+    }
+
+    fn release_approval_gauge(&mut self) {
+        if std::mem::take(&mut self.holding_approval) {
+            stats::gauge_add(metrics::APPROVALS_PENDING, -1);
+        }
+    }
+
+    /// Latency of an acknowledged append; a count of those that failed.
+    fn note_append(&self, acked: bool) {
+        if acked {
+            let took = host::now()
+                .duration_since(self.append_sent)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            stats::record(metrics::AUDIT_APPEND_MS, took);
+        } else {
+            stats::count(metrics::AUDIT_APPEND_FAILURES, 1);
         }
     }
 
@@ -325,9 +479,14 @@ impl Context for TollgateHttp {
                 && AppendResponse::decode(host::grpc_response(response_size).as_slice())
                     .is_ok_and(|ack| !ack.chain_hash.is_empty())
         };
+        if let Waiting::Approval(ask) = waiting {
+            return self.on_approval_status(ask, status_code, response_size);
+        }
+        let acked = acked();
+        self.note_append(acked);
         match waiting {
-            Waiting::Approval(ask) => self.on_approval_status(ask, status_code, response_size),
-            Waiting::Audit(next) if acked() => self.audited(next),
+            Waiting::Approval(_) => {}
+            Waiting::Audit(next) if acked => self.audited(next),
             Waiting::Audit(next) => {
                 host::log(
                     LogLevel::Warn,
@@ -335,9 +494,10 @@ impl Context for TollgateHttp {
                         "tollgate: audit append failed (grpc status {status_code}); failing closed"
                     ),
                 );
-                self.audit_failed(next);
+                self.audit_failed(next, status_code);
             }
-            Waiting::ResponseAudit if acked() => host::resume_response(),
+            Waiting::ResponseAudit if acked => host::resume_response(),
+            Waiting::ResponseAudit if self.queue_response_record() => host::resume_response(),
             Waiting::ResponseAudit => {
                 // An answer that cannot be recorded does not leave the gateway.
                 host::log(
@@ -347,7 +507,7 @@ impl Context for TollgateHttp {
                 host::reset_response();
             }
             Waiting::StreamedResponseAudit => {
-                if !acked() {
+                if !acked && !self.queue_response_record() {
                     host::log(
                         LogLevel::Warn,
                         "tollgate: streamed response record not acknowledged",
@@ -359,6 +519,14 @@ impl Context for TollgateHttp {
 }
 
 impl HttpContext for TollgateHttp {
+    fn on_log(&mut self) {
+        // A held call whose client went away leaves the approvals-pending gauge too.
+        self.release_approval_gauge();
+        if self.response_mode == ResponseMode::Stream && !self.response_recorded {
+            self.record_abandoned_stream();
+        }
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.read_request_info();
         // Masking needs plain bytes: ask the upstream not to compress.
@@ -461,6 +629,19 @@ impl HttpContext for TollgateHttp {
         if end_of_stream || self.replied_locally {
             return Action::Continue;
         }
+        let upstream_failure = host::property(vec!["response", "code_details"])
+            .and_then(|details| flow::upstream_failure(&details, self.request_body.as_deref()));
+        if let Some(reply) = upstream_failure {
+            // Envoy's own reply (upstream down or too slow) becomes a JSON-RPC error; its body is
+            // replaced at the end and recorded as the call's response.
+            host::set_response_header(":status", Some(&reply.status.to_string()));
+            host::set_response_header("content-type", Some("application/json"));
+            host::set_response_header("content-length", None);
+            self.response_status = Some(reply.status);
+            self.response_mode = ResponseMode::Buffer;
+            self.upstream_failure = Some(reply);
+            return Action::Continue;
+        }
         self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
         self.bind_session();
         self.response_content_type = host::response_header("content-type");
@@ -512,6 +693,14 @@ impl HttpContext for TollgateHttp {
                 }
                 if !end_of_stream {
                     return Action::Pause;
+                }
+                if let Some(reply) = self.upstream_failure.take() {
+                    if !host::set_buffer(BufferType::HttpResponseBody, body_size, &reply.body) {
+                        host::reset_response();
+                        return Action::Pause;
+                    }
+                    self.note_response_bytes(&reply.body);
+                    return self.record_response(false);
                 }
                 let original = host::buffer(BufferType::HttpResponseBody, body_size);
                 let mut body = std::borrow::Cow::from(&original);

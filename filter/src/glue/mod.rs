@@ -4,6 +4,7 @@
 mod host;
 mod http;
 mod root;
+mod stats;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

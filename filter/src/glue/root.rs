@@ -5,11 +5,12 @@ use std::time::Duration;
 use prost::Message as _;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
-use tollgate_proto::pb::{ListRevocationsRequest, RevocationList};
+use tollgate_proto::pb::{AppendRequest, AppendResponse, ListRevocationsRequest, RevocationList};
 
 use super::host;
 use super::http::TollgateHttp;
 use crate::config::FilterConfig;
+use crate::failopen::Queue;
 use crate::mask::Masker;
 use crate::policy::Policy;
 use crate::revocation::RevocationSet;
@@ -26,6 +27,9 @@ pub struct Runtime {
     /// The revocation list last parsed from shared data, by its CAS token: parsed again only
     /// when another worker (or this one) stored a new list.
     pub revocations: RefCell<(Option<u32>, Rc<RevocationSet>)>,
+    /// Records this worker's root context appends later: those of calls that passed fail-open
+    /// while the control plane was unreachable, and those of streams their client abandoned.
+    pub deferred: RefCell<Queue>,
 }
 
 impl Runtime {
@@ -51,10 +55,49 @@ pub struct TollgateRoot {
     refreshing: Option<u32>,
     /// Version of the list this worker last stored.
     stored_version: Option<u64>,
+    /// The append of the oldest deferred record in flight.
+    flushing: Option<u32>,
+}
+
+impl TollgateRoot {
+    /// Appends the oldest deferred record, if any and none is in flight.
+    fn flush_fail_open(&mut self) {
+        let Some(runtime) = &self.runtime else { return };
+        if self.flushing.is_some() {
+            return;
+        }
+        let message = match runtime.deferred.borrow().front() {
+            Some(record) => AppendRequest {
+                record_json: record.to_vec(),
+            }
+            .encode_to_vec(),
+            None => return,
+        };
+        let config = &runtime.config;
+        self.flushing = host::grpc_call(
+            &config.control_plane_cluster,
+            tollgate_proto::service::AUDIT,
+            "Append",
+            &message,
+            Duration::from_millis(config.audit_timeout_ms),
+        );
+    }
 }
 
 impl Context for TollgateRoot {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.flushing == Some(token_id) {
+            self.flushing = None;
+            let acked = status_code == 0
+                && AppendResponse::decode(host::grpc_response(response_size).as_slice())
+                    .is_ok_and(|ack| !ack.chain_hash.is_empty());
+            if let (true, Some(runtime)) = (acked, &self.runtime) {
+                runtime.deferred.borrow_mut().pop();
+                // Drain while the control plane answers; a failure waits for the next tick.
+                self.flush_fail_open();
+            }
+            return;
+        }
         if self.refreshing != Some(token_id) {
             return;
         }
@@ -90,6 +133,7 @@ impl RootContext for TollgateRoot {
                 masker,
                 policy,
                 revocations: RefCell::default(),
+                deferred: RefCell::default(),
             })
         });
         match loaded {
@@ -97,6 +141,9 @@ impl RootContext for TollgateRoot {
                 let refresh = Duration::from_millis(runtime.config.revocation_refresh_ms.max(100));
                 host::set_tick_period(refresh);
                 self.runtime = Some(Rc::new(runtime));
+                // Defined now so that they are scraped as 0 before the first event.
+                super::stats::count(crate::metrics::AUDIT_APPEND_FAILURES, 0);
+                super::stats::gauge_add(crate::metrics::APPROVALS_PENDING, 0);
                 host::log(LogLevel::Info, "tollgate: configuration loaded");
                 true
             }
@@ -109,6 +156,7 @@ impl RootContext for TollgateRoot {
     }
 
     fn on_tick(&mut self) {
+        self.flush_fail_open();
         let Some(runtime) = &self.runtime else { return };
         if self.refreshing.is_some() {
             return;

@@ -11,7 +11,7 @@
 # Everything it starts is stopped on exit. Results stay in target/bench/ (report.md, raw JSON, logs).
 #
 # Environment (all optional):
-#   TOLLGATE_BENCH_PORT_BASE  first of the ports used, base..base+170 (default 28000, below the ephemeral range)
+#   TOLLGATE_BENCH_PORT_BASE  first of the ports used, base..base+171 (default 28000, below the ephemeral range)
 #   TOLLGATE_BENCH_DURATION   seconds measured per cell (default 10)
 #   TOLLGATE_BENCH_WARMUP     seconds of unmeasured load before each cell (default 2)
 #   TOLLGATE_BENCH_MEM_REQUESTS  requests through the filter for the memory samples (default 100000)
@@ -53,6 +53,7 @@ ENVOYS=(
   "policy-1     $((BASE + 140)) $((BASE + 141)) $JSON_PORT config-1rule.json"
   "policy-200   $((BASE + 150)) $((BASE + 151)) $JSON_PORT config-200rule.json"
   "memory       $((BASE + 160)) $((BASE + 161)) $JSON_PORT config-main.json"
+  "mask64       $((BASE + 170)) $((BASE + 171)) $JSON_PORT config-main.json"
 )
 
 say() { printf '%s\n' "$*" >&2; }
@@ -229,7 +230,7 @@ python3 "$HERE/configs.py" envoy/policy/payments.json "$STATE" "$SSE_COUNT"
 
 for e in "${ENVOYS[@]}"; do
   read -r name l a up cfg <<<"$e"
-  [ "$name" = memory ] && continue
+  case $name in memory|mask64) continue ;; esac
   start_envoy "$name" "$l" "$a" "$up" "$cfg"
 done
 for name in plain-json tollgate-json plain-sse tollgate-sse policy-1 policy-200; do wait_envoy "$name"; done
@@ -308,6 +309,15 @@ PY
 done
 LOAD_AFTER_TABLE=$(loadavg)
 
+# Masking inside Envoy: a fresh Envoy + Tollgate that carries only the 64 KiB / 50-card call, at 1
+# connection; the filter times its masking of each answer (tollgate.mask_us, host clock) and
+# Envoy's admin /stats reports the quantiles of that histogram.
+say "masking in Envoy: the 64 KiB / 50-card call for ${DURATION}s at 1 connection, timed by the filter"
+start_envoy mask64 $((BASE + 170)) $((BASE + 171)) $JSON_PORT config-main.json
+wait_envoy mask64
+run_wrk "$STATE/results/mask64.json" "$(url mask64)" body-64k.json 1 "$DURATION" || true
+curl -s "http://127.0.0.1:${ADMIN[mask64]}/stats?filter=tollgate.mask_us" >"$STATE/mask-in-envoy.txt" || true
+
 # Memory: a fresh Envoy + Tollgate, sampled before any request and after every burst of load
 # (alternately the 1 KiB and the 64 KiB / 50-PAN call, 16 connections) until MEM_REQUESTS.
 say "memory: $MEM_REQUESTS requests through a fresh Envoy + Tollgate, sampled after each burst"
@@ -367,6 +377,24 @@ json.dump({
 }, open(sys.argv[1], "w"))
 PY
 python3 "$HERE/report.py" "$STATE" | tee "$STATE/report.md"
+python3 - "$STATE/mask-in-envoy.txt" "$STATE/results/mask64.json" <<'PY' | tee -a "$STATE/report.md"
+import json, re, sys
+text = open(sys.argv[1]).read() if sys.argv[1] else ""
+try:
+    requests = json.load(open(sys.argv[2])).get("requests", 0)
+except (OSError, ValueError):
+    requests = 0
+# Envoy prints a histogram as P0(interval,cumulative) P25(...) ...; the cumulative value counts.
+q = {p: float(c) for p, c in re.findall(r"P(\d+(?:\.\d+)?)\([^,]*,([0-9.e+-]+)\)", text)}
+print()
+if "99" in q:
+    print(f"**Masking inside Envoy** (64 KiB JSON answer, 50 card numbers, 1 connection, {requests} "
+          f"requests; the filter's own timing of each answer's masking, `tollgate_mask_us`): "
+          f"p50 {q.get('50', 0) / 1000:.2f} ms, p95 {q.get('95', 0) / 1000:.2f} ms, "
+          f"p99 {q['99'] / 1000:.2f} ms (aim: masking adds at most 1 ms p99)")
+else:
+    print("**Masking inside Envoy**: not measured (no tollgate.mask_us histogram in Envoy's stats)")
+PY
 # The audit store of a run is gigabytes; keep it only when asked (TOLLGATE_BENCH_KEEP=1).
 if [ "${TOLLGATE_BENCH_KEEP:-0}" != 1 ]; then
   kill -TERM "$CP_PID" 2>/dev/null || true

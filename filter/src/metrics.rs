@@ -13,6 +13,9 @@ pub const AUDIT_APPEND_MS: &str = "tollgate.audit_append_ms";
 pub const AUDIT_APPEND_FAILURES: &str = "tollgate.audit_append_failures";
 /// Counter: reads that passed fail-open while the control plane was unreachable.
 pub const FAIL_OPEN: &str = "tollgate.fail_open";
+/// Histogram: time the filter spent masking one response (a buffered body whole, or every chunk
+/// of a stream together), in microseconds; Envoy's admin `/stats` prints its quantiles.
+pub const MASK_US: &str = "tollgate.mask_us";
 /// Gauge: calls held right now waiting for an approver's decision.
 pub const APPROVALS_PENDING: &str = "tollgate.approvals_pending";
 

@@ -63,6 +63,8 @@ pub struct TollgateHttp {
     /// plain-text body.
     upstream_failure: Option<LocalReply>,
     response_mode: ResponseMode,
+    /// Microseconds spent masking this stream's chunks so far (for `tollgate.mask_us`).
+    stream_mask_us: u64,
     response_status: Option<u32>,
     /// Bytes of the (masked) answer so far, and its first bytes for the record.
     response_bytes: usize,
@@ -103,6 +105,7 @@ impl TollgateHttp {
             replied_locally: false,
             upstream_failure: None,
             response_mode: ResponseMode::Pass,
+            stream_mask_us: 0,
             response_status: None,
             response_bytes: 0,
             response_excerpt: Vec::new(),
@@ -716,11 +719,13 @@ impl HttpContext for TollgateHttp {
                         body = filtered.into();
                     }
                 }
+                let started = host::now();
                 let masked = runtime.masker.mask_content(
                     self.response_content_type.as_deref(),
                     &body,
                     &mut self.masked,
                 );
+                stats::record(crate::metrics::MASK_US, micros_since(started));
                 if masked != original
                     && !host::set_buffer(BufferType::HttpResponseBody, body_size, &masked)
                 {
@@ -736,9 +741,14 @@ impl HttpContext for TollgateHttp {
             }
             ResponseMode::Stream => {
                 let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
+                let started = host::now();
                 let mut out = self.stream.push(&runtime.masker, &chunk, &mut self.masked);
                 if end_of_stream {
                     out.extend(self.stream.finish(&runtime.masker, &mut self.masked));
+                }
+                self.stream_mask_us += micros_since(started);
+                if end_of_stream {
+                    stats::record(crate::metrics::MASK_US, self.stream_mask_us);
                 }
                 self.note_response_bytes(&out);
                 if out != chunk && !host::set_buffer(BufferType::HttpResponseBody, body_size, &out)
@@ -757,4 +767,11 @@ impl HttpContext for TollgateHttp {
             }
         }
     }
+}
+
+/// Microseconds of host time since `started` (0 if the clock went backwards).
+fn micros_since(started: std::time::SystemTime) -> u64 {
+    host::now()
+        .duration_since(started)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

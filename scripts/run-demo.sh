@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export TOLLGATE_HOME=${TOLLGATE_HOME:-.tollgate}
 LISTEN_PORT=${TOLLGATE_LISTEN_PORT:-10000}
 ADMIN_PORT=${TOLLGATE_ADMIN_PORT:-9901}
+METRICS=${TOLLGATE_METRICS_LISTEN:-127.0.0.1:9464}
 CONTROL_PLANE=${TOLLGATE_CONTROL_PLANE:-127.0.0.1:50051}
 DEMO_SERVER=${TOLLGATE_DEMO_LISTEN:-127.0.0.1:8081}
 UPSTREAM=${TOLLGATE_UPSTREAM:-http://$DEMO_SERVER/mcp}
@@ -82,10 +83,12 @@ PY
   jwks_args=(--remote-jwks "$issuer/jwks" --issuer "$issuer" --audience tollgate)
 fi
 
-"$TOLLGATE" serve --listen "$CONTROL_PLANE" "${serve_args[@]}" >"$LOGS/control-plane.log" 2>&1 &
+"$TOLLGATE" serve --listen "$CONTROL_PLANE" --metrics-listen "$METRICS" "${serve_args[@]}" \
+  >"$LOGS/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for_line "$LOGS/control-plane.log" "listening on" $!
 echo "control plane   grpc://$CONTROL_PLANE   (sled: $TOLLGATE_HOME/audit.sled, log: $LOGS/control-plane.log)"
+echo "                metrics http://$METRICS/metrics, health http://$METRICS/healthz"
 
 if [ -z "${TOLLGATE_UPSTREAM:-}" ]; then
   target/debug/payments-server --listen "$DEMO_SERVER" >"$LOGS/payments-server.log" 2>&1 &

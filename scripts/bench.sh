@@ -316,7 +316,12 @@ say "masking in Envoy: the 64 KiB / 50-card call for ${DURATION}s at 1 connectio
 start_envoy mask64 $((BASE + 170)) $((BASE + 171)) $JSON_PORT config-main.json
 wait_envoy mask64
 run_wrk "$STATE/results/mask64.json" "$(url mask64)" body-64k.json 1 "$DURATION" || true
-curl -s "http://127.0.0.1:${ADMIN[mask64]}/stats?filter=tollgate.mask_us" >"$STATE/mask-in-envoy.txt" || true
+# Envoy merges the workers' histograms when it flushes its stats (every 5 s by default).
+for _ in $(seq 1 30); do
+  curl -s "http://127.0.0.1:${ADMIN[mask64]}/stats?filter=tollgate.mask_us" >"$STATE/mask-in-envoy.txt" || true
+  grep -q 'P99(' "$STATE/mask-in-envoy.txt" && break
+  sleep 0.5
+done
 
 # Memory: a fresh Envoy + Tollgate, sampled before any request and after every burst of load
 # (alternately the 1 KiB and the 64 KiB / 50-PAN call, 16 connections) until MEM_REQUESTS.

@@ -509,18 +509,28 @@ impl HttpAnswer {
         if let Ok(v) = serde_json::from_str(&self.body) {
             return v;
         }
+        self.event_data()
+            .iter()
+            .rev()
+            .find_map(|data| serde_json::from_str(data).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The data of each event of an SSE body (its `data:` lines joined), events without data left
+    /// out.
+    pub fn event_data(&self) -> Vec<String> {
         self.body
             .split("\n\n")
-            .filter_map(|event| {
-                let data: Vec<&str> = event
+            .map(|event| {
+                event
                     .lines()
                     .filter_map(|l| l.strip_prefix("data:"))
                     .map(str::trim)
-                    .collect();
-                serde_json::from_str(&data.join("\n")).ok()
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
-            .last()
-            .unwrap_or(Value::Null)
+            .filter(|data| !data.is_empty())
+            .collect()
     }
 }
 

@@ -30,16 +30,9 @@ fn messages(answer: &HttpAnswer) -> Vec<Value> {
         return vec![v];
     }
     answer
-        .body
-        .split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim)
-                .collect();
-            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")))
-        })
+        .event_data()
+        .iter()
+        .map(|data| serde_json::from_str(data))
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| panic!("an event is not JSON ({e}): {}", answer.body))
 }

@@ -6,25 +6,10 @@ use std::process::ExitCode;
 use serde_json::{json, Value};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::Code;
 
-use super::operator_client::{self, Bearer};
+use super::operator_client::{self, Bearer, ServerArgs};
 use crate::pb;
 use crate::pb::approvals_client::ApprovalsClient;
-
-/// Exit code when the control plane refused (not signed in, not allowed, already decided).
-const EXIT_REFUSED: u8 = 1;
-
-#[derive(Debug, clap::Args)]
-pub struct ServerArgs {
-    /// Control plane to talk to.
-    #[arg(
-        long,
-        env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    server: String,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -59,18 +44,8 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
     Ok(ApprovalsClient::with_interceptor(channel, bearer))
 }
 
-/// A refusal is printed and exits 1; anything else is an error (exit 2).
 fn refused(status: tonic::Status) -> anyhow::Result<ExitCode> {
-    let prefix = match status.code() {
-        Code::Unauthenticated => "not signed in",
-        Code::PermissionDenied => "not allowed",
-        Code::FailedPrecondition => "cannot decide",
-        Code::NotFound => "not found",
-        Code::InvalidArgument => "invalid",
-        _ => anyhow::bail!("control plane failed: {}", status.message()),
-    };
-    eprintln!("tollgate: {prefix}: {}", status.message());
-    Ok(ExitCode::from(EXIT_REFUSED))
+    operator_client::refused(status, "cannot decide", "approvals")
 }
 
 fn state_word(approval: &pb::Approval) -> &'static str {

@@ -1,13 +1,54 @@
 //! The gRPC client side of an operator's command: a channel to the control plane that sends the
 //! operator token from `TOLLGATE_TOKEN` with every call.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
+use tonic::Code;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Exit code when the control plane refused (not signed in, not allowed, not found, already
+/// decided); other failures exit 2.
+pub const EXIT_REFUSED: u8 = 1;
+
+/// The control plane an operator command talks to.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Control plane to talk to.
+    #[arg(
+        long,
+        env = "TOLLGATE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+}
+
+/// A refusal is printed and exits 1; anything else is an error (exit 2). `precondition` words a
+/// failed precondition ("cannot decide"); `service` names what an older control plane may lack.
+pub fn refused(
+    status: tonic::Status,
+    precondition: &str,
+    service: &str,
+) -> anyhow::Result<ExitCode> {
+    let prefix = match status.code() {
+        Code::Unauthenticated => "not signed in",
+        Code::PermissionDenied => "not allowed",
+        Code::FailedPrecondition => precondition,
+        Code::NotFound => "not found",
+        Code::InvalidArgument => "invalid",
+        Code::Unimplemented => anyhow::bail!(
+            "the control plane does not serve {service} (an older tollgate?): {}",
+            status.message()
+        ),
+        _ => anyhow::bail!("control plane failed: {}", status.message()),
+    };
+    eprintln!("tollgate: {prefix}: {}", status.message());
+    Ok(ExitCode::from(EXIT_REFUSED))
+}
 
 /// Sends the operator token with every call.
 #[derive(Clone)]

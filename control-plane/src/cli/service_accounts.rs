@@ -6,25 +6,10 @@
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
-use tonic::Code;
 
-use super::operator_client;
+use super::operator_client::{self, ServerArgs};
 use crate::pb;
 use crate::pb::revocations_client::RevocationsClient;
-
-/// Exit code when the control plane refused (not signed in, not allowed, not found).
-const EXIT_REFUSED: u8 = 1;
-
-#[derive(Debug, clap::Args)]
-pub struct ServerArgs {
-    /// Control plane to talk to.
-    #[arg(
-        long,
-        env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    server: String,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
@@ -76,21 +61,8 @@ fn to_json(owner: &pb::ServiceAccountOwner) -> Value {
     })
 }
 
-/// A refusal is printed and exits 1; anything else is an error (exit 2).
 fn refused(status: tonic::Status) -> anyhow::Result<ExitCode> {
-    let prefix = match status.code() {
-        Code::Unauthenticated => "not signed in",
-        Code::PermissionDenied => "not allowed",
-        Code::NotFound => "not found",
-        Code::InvalidArgument => "invalid",
-        Code::Unimplemented => anyhow::bail!(
-            "the control plane does not serve service account owners (an older tollgate?): {}",
-            status.message()
-        ),
-        _ => anyhow::bail!("control plane failed: {}", status.message()),
-    };
-    eprintln!("tollgate: {prefix}: {}", status.message());
-    Ok(ExitCode::from(EXIT_REFUSED))
+    operator_client::refused(status, "cannot change", "service account owners")
 }
 
 type Client = RevocationsClient<

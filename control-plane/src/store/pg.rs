@@ -770,6 +770,12 @@ impl Writer {
         let checkpoint_number = to_u64(row.get(5), "the checkpoint number")?;
         let checkpoint_time: Micros = to_u64(row.get(6), "the checkpoint time")?;
         let now: Micros = to_u64(row.get(7), "the database clock")?;
+        // A new log's interval starts at its first write, as sled's starts when it opens.
+        let checkpoint_time = if checkpoint_time == 0 {
+            now.max(last_time)
+        } else {
+            checkpoint_time
+        };
 
         let mut head = Head { len, hash };
         let (time, clock_event) = if now >= last_time {

@@ -1,6 +1,8 @@
 use super::*;
+use crate::canonical;
 use crate::chain::Verifier;
 use crate::note::open_checkpoint;
+use crate::store::{Reads, RECEIVED_AT};
 
 fn options(dir: &Path) -> Options {
     Options::new(dir)

@@ -141,6 +141,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
     killed.child.wait().unwrap();
     reached(&acked, TOTAL).await;
     stop.store(true, Ordering::Release);
+    let mut cut_off = 0;
     for task in tasks {
         let (replica, error) = task.await.unwrap();
         if replica < REPLICAS - 1 {
@@ -148,8 +149,12 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
                 error.is_none(),
                 "replica {replica} failed an append: {error:?}"
             );
+        } else {
+            cut_off += usize::from(error.is_some());
         }
     }
+    // The kill struck while the killed replica's writers were still appending.
+    assert_eq!(cut_off, WRITERS / REPLICAS);
     drop(killed);
 
     // Every acknowledged record is there once, where it was acknowledged; the chain is dense.
@@ -178,6 +183,12 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
         );
         assert_eq!(record["messages"][0]["id"], ack.n, "seq {}", ack.seq);
         assert_eq!(records[ack.seq as usize].chain_hash, ack.chain_hash);
+    }
+    for replica in 0..REPLICAS {
+        assert!(
+            acks.iter().any(|a| a.writer % REPLICAS == replica),
+            "replica {replica} acknowledged nothing"
+        );
     }
     let starts = json
         .iter()

@@ -134,6 +134,10 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             .await?;
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    // Which signal stopped the server, set before the server starts to stop: the stop record
+    // must name it even when the server finishes before the grace timer below is polled.
+    let signal = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let stopped_by = signal.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuditServer::new(AuditService::new(store.clone())))
@@ -141,6 +145,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .add_service(revocations)
         .serve_with_incoming_shutdown(incoming, async move {
             let signal = shutdown_signal().await;
+            *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
             let _ = stopping_tx.send(signal);
         });
 
@@ -151,16 +156,11 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
 
     // Graceful shutdown waits for open connections; a client that keeps one open (Envoy does)
     // must not hold the process forever, so the wait is bounded.
-    let signal = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let grace = {
-        let signal = signal.clone();
-        async move {
-            if let Ok(name) = stopping_rx.await {
-                *signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+    let grace = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
         }
     };
     tokio::select! {

@@ -44,6 +44,7 @@ pub fn stdout(output: &Output) -> String {
 }
 
 impl Server {
+    #[allow(dead_code)] // the PostgreSQL tests always pass --store
     pub fn start(home: &Path) -> Self {
         Self::start_with(home, &[])
     }

@@ -48,6 +48,7 @@ impl From<StoreError> for Status {
             | StoreError::Open { .. }
             | StoreError::Format(_)
             | StoreError::Key(_)
+            | StoreError::WrongKey { .. }
             | StoreError::Task(_) => Status::internal(error.to_string()),
         }
     }

@@ -81,6 +81,11 @@ pub enum StoreError {
     Range(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(
+        "this log's checkpoints are signed with {log}, this replica's key is {replica}: every \
+         replica must have the same keys directory (docs/postgres.md)"
+    )]
+    WrongKey { log: String, replica: String },
     #[error("internal task failed: {0}")]
     Task(String),
     #[error(

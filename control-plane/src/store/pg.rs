@@ -485,14 +485,10 @@ impl Store {
         let mine = signer.verifier().encode();
         let logs = claim_meta(&client, "signing_key", &mine).await?;
         if logs != mine {
-            return Err(StoreError::Key(KeyError::Io {
-                action: "checking the signing key in",
-                path: options.keys.private_path(),
-                source: std::io::Error::other(format!(
-                    "this log is signed with {logs}, this replica's key is {mine}: every \
-                     replica must have the same keys directory (docs/postgres.md)"
-                )),
-            }));
+            return Err(StoreError::WrongKey {
+                log: logs,
+                replica: mine,
+            });
         }
         let reader = Reader {
             client: Arc::new(client),
@@ -721,6 +717,8 @@ impl Writer {
                 }
             }
         }
+        // Closing: a last checkpoint covers this replica's writes (its stop record included).
+        let _ = self.write(Vec::new(), true).await;
     }
 
     /// One transaction: `records` (and a checkpoint when due or `force`). On failure nothing

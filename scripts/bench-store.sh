@@ -12,6 +12,6 @@ cd "$(dirname "$0")/.."
 
 cargo test --release -p tollgate-control-plane --test store_throughput \
     -- --ignored --nocapture --test-threads=1 2>/dev/null \
-    | sed -n '/^| store/,/^$/p'
+    | grep '^|'
 echo
 echo "machine: $(nproc) cores, $(uname -sr); client, replicas and PostgreSQL share it."

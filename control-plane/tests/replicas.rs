@@ -322,3 +322,61 @@ async fn a_replica_with_another_signing_key_refuses_to_start() {
         "{stderr}"
     );
 }
+
+/// The grants docs/postgres.md gives the role `serve` runs as.
+const RUNTIME_GRANTS: &str = "\
+    GRANT SELECT, INSERT ON tollgate_records, tollgate_merkle, tollgate_checkpoints, tollgate_meta TO tollgate; \
+    GRANT SELECT, INSERT, UPDATE ON tollgate_head, tollgate_state TO tollgate;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_grants_are_enough_and_records_stay_insert_only() {
+    let cluster = Postgres::start();
+    let admin_url = cluster.database("tollgate");
+    let migrate = common::tollgate(
+        tempfile::tempdir().unwrap().path(),
+        &["store", "migrate", "--store", &admin_url],
+    );
+    assert!(migrate.status.success(), "{migrate:?}");
+    cluster.psql("tollgate", "CREATE ROLE tollgate LOGIN");
+    cluster.psql("tollgate", RUNTIME_GRANTS);
+    let url = admin_url.replace("postgres@", "tollgate@");
+
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start_with(home, &["--store", &url, "--checkpoint-every", "5"]);
+    let acks = common::append_concurrently(&server, 4, 5).await;
+    assert_eq!(acks.len(), 20);
+    let sam = dev_token(home, "sam@example.com", "security-admins");
+    let revoked = operator(
+        &server,
+        home,
+        &sam,
+        &[
+            "revoke",
+            "--sub",
+            "carol@example.com",
+            "--reason",
+            "offboarded",
+        ],
+    );
+    assert!(revoked.status.success(), "{revoked:?}");
+    let verify = common::tollgate(
+        home,
+        &["audit", "verify", "--server", &server.url(), "--json"],
+    );
+    assert!(verify.status.success(), "{verify:?}");
+
+    // The runtime role cannot change or remove what it wrote.
+    for sql in [
+        "UPDATE tollgate_records SET record = 'x' WHERE seq = 1",
+        "DELETE FROM tollgate_records WHERE seq = 1",
+        "DELETE FROM tollgate_checkpoints",
+    ] {
+        let refused = cluster.psql_as("tollgate", "tollgate", sql);
+        assert!(!refused.status.success(), "{sql} was allowed");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("permission denied"),
+            "{refused:?}"
+        );
+    }
+}

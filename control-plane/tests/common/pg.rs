@@ -177,19 +177,22 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// Runs SQL with `psql` (as the superuser).
-    #[allow(dead_code)]
+    /// Runs SQL with `psql` as the superuser; it must succeed.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let output = self
-            .command("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1"])
-            .args(["-At", "-c", sql])
-            .output()
-            .unwrap();
+        let output = self.psql_as("postgres", database, sql);
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         check(output, "psql");
         text
+    }
+
+    /// Runs SQL with `psql` as `role`, whatever comes of it.
+    pub fn psql_as(&self, role: &str, database: &str, sql: &str) -> Output {
+        self.command("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", role, "-d", database, "-v", "ON_ERROR_STOP=1"])
+            .args(["-At", "-c", sql])
+            .output()
+            .unwrap()
     }
 
     #[allow(dead_code)]

@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
@@ -58,8 +57,6 @@ pub const SCHEMA_VERSION: &str = "1";
 const QUEUE_CAPACITY: usize = 8192;
 /// Records fetched per query when reading in order.
 const PAGE: i64 = 2000;
-/// Rows per multi-row `INSERT` (3 parameters each, well under PostgreSQL's 65535).
-const ROWS_PER_INSERT: usize = 1000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tollgate_meta (
@@ -506,6 +503,7 @@ impl Store {
         });
         let writer = Writer {
             client: connect(url).await?,
+            statements: None,
             url: url.to_string(),
             signer,
             origin: origin.clone(),
@@ -645,9 +643,57 @@ async fn claim_meta(client: &Client, key: &str, value: &str) -> Result<String, S
         .get(0))
 }
 
+/// The writer's statements, prepared once per connection: the head row is locked from the
+/// first to the last, so each round trip saved shortens every replica's wait.
+struct Statements {
+    head: tokio_postgres::Statement,
+    records: tokio_postgres::Statement,
+    nodes: tokio_postgres::Statement,
+    checkpoint: tokio_postgres::Statement,
+    advance: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Self, StoreError> {
+        Ok(Self {
+            head: client
+                .prepare(
+                    "SELECT len, hash, frontier, last_time, checkpoint_size, checkpoint_number, \
+                     checkpoint_time, (extract(epoch from clock_timestamp()) * 1000000)::bigint \
+                     FROM tollgate_head WHERE id = 1 FOR UPDATE",
+                )
+                .await?,
+            records: client
+                .prepare(
+                    "INSERT INTO tollgate_records (seq, chain_hash, record) \
+                     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])",
+                )
+                .await?,
+            nodes: client
+                .prepare(
+                    "INSERT INTO tollgate_merkle (level, idx, hash) \
+                     SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
+                )
+                .await?,
+            checkpoint: client
+                .prepare("INSERT INTO tollgate_checkpoints (number, note) VALUES ($1, $2)")
+                .await?,
+            advance: client
+                .prepare(
+                    "UPDATE tollgate_head SET len = $1, hash = $2, frontier = $3, \
+                     last_time = $4, checkpoint_size = $5, checkpoint_number = $6, \
+                     checkpoint_time = $7 WHERE id = 1",
+                )
+                .await?,
+        })
+    }
+}
+
 /// This replica's writer: one transaction per group of pending appends.
 struct Writer {
     client: Client,
+    /// Prepared on `client`; `None` after a reconnect until prepared again.
+    statements: Option<Statements>,
     url: String,
     signer: NoteSigner,
     origin: String,
@@ -726,9 +772,21 @@ impl Writer {
     /// failed, and the records may still be there, as the contract allows).
     async fn write(&mut self, records: Vec<Prepared>, force: bool) -> Result<Written, StoreError> {
         if self.client.is_closed() {
+            self.statements = None;
             self.client = connect(&self.url).await?;
         }
-        let result = self.transact(records, force).await;
+        let result = match self.statements.take() {
+            Some(statements) => Ok(statements),
+            None => Statements::prepare(&self.client).await,
+        };
+        let result = match result {
+            Ok(statements) => {
+                let result = self.transact(&statements, records, force).await;
+                self.statements = Some(statements);
+                result
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             eprintln!("tollgate: audit database write failed: {e}");
         }
@@ -737,19 +795,13 @@ impl Writer {
 
     async fn transact(
         &mut self,
+        statements: &Statements,
         records: Vec<Prepared>,
         force: bool,
     ) -> Result<Written, StoreError> {
         let idle = records.is_empty() && !force;
         let tx = self.client.transaction().await?;
-        let row = tx
-            .query_one(
-                "SELECT len, hash, frontier, last_time, checkpoint_size, checkpoint_number, \
-                 checkpoint_time, (extract(epoch from clock_timestamp()) * 1000000)::bigint \
-                 FROM tollgate_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await?;
+        let row = tx.query_one(&statements.head, &[]).await?;
         let len = to_u64(row.get(0), "the chain length")?;
         let hash: Hash = row
             .get::<_, &[u8]>(1)
@@ -822,36 +874,23 @@ impl Writer {
         for record in records {
             appended.push(push(record, &mut head, &mut frontier));
         }
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut sql =
-                String::from("INSERT INTO tollgate_records (seq, chain_hash, record) VALUES ");
-            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 3);
-            let slices: Vec<(&[u8], &[u8])> = chunk.iter().map(|(_, v)| v.split_at(32)).collect();
-            for (i, ((seq, _), (hash, json))) in chunk.iter().zip(&slices).enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("(${},${},${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
-                params.push(seq);
-                params.push(hash);
-                params.push(json);
-            }
-            tx.execute(sql.as_str(), &params).await?;
+        if !rows.is_empty() {
+            let (seqs, (hashes, jsons)): (Vec<i64>, (Vec<Vec<u8>>, Vec<Vec<u8>>)) = rows
+                .into_iter()
+                .map(|(seq, mut value)| {
+                    let json = value.split_off(32);
+                    (seq, (value, json))
+                })
+                .unzip();
+            tx.execute(&statements.records, &[&seqs, &hashes, &jsons])
+                .await?;
         }
-        for chunk in nodes.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from("INSERT INTO tollgate_merkle (level, idx, hash) VALUES ");
-            let hashes: Vec<&[u8]> = chunk.iter().map(|(_, _, h)| &h[..]).collect();
-            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 3);
-            for (i, ((level, index, _), hash)) in chunk.iter().zip(&hashes).enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("(${},${},${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
-                params.push(level);
-                params.push(index);
-                params.push(hash);
-            }
-            tx.execute(sql.as_str(), &params).await?;
+        if !nodes.is_empty() {
+            let levels: Vec<i16> = nodes.iter().map(|n| n.0).collect();
+            let indexes: Vec<i64> = nodes.iter().map(|n| n.1).collect();
+            let hashes: Vec<&[u8]> = nodes.iter().map(|n| &n.2[..]).collect();
+            tx.execute(&statements.nodes, &[&levels, &indexes, &hashes])
+                .await?;
         }
 
         let mut checkpoint = None;
@@ -868,7 +907,7 @@ impl Writer {
             .text();
             let note = self.signer.sign(&text);
             tx.execute(
-                "INSERT INTO tollgate_checkpoints (number, note) VALUES ($1, $2)",
+                &statements.checkpoint,
                 &[&to_i64(checkpoint_number)?, &note],
             )
             .await?;
@@ -881,8 +920,7 @@ impl Writer {
             new_time = time;
         }
         tx.execute(
-            "UPDATE tollgate_head SET len = $1, hash = $2, frontier = $3, last_time = $4, \
-             checkpoint_size = $5, checkpoint_number = $6, checkpoint_time = $7 WHERE id = 1",
+            &statements.advance,
             &[
                 &to_i64(head.len)?,
                 &&head.hash[..],

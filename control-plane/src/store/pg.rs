@@ -104,15 +104,22 @@ fn lock_key(name: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
-/// Connects, driving the connection on the current runtime.
-async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+/// Connects, driving the connection on the current runtime. `role` becomes the session's
+/// `application_name`, so that `pg_stat_activity` tells a replica's connections apart.
+async fn connect_as(url: &str, role: &str) -> Result<Client, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.application_name(format!("tollgate {role}"));
+    let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             eprintln!("tollgate: audit database connection ended: {e}");
         }
     });
     Ok(client)
+}
+
+async fn connect(url: &str) -> Result<Client, StoreError> {
+    connect_as(url, "reads").await
 }
 
 fn to_i64(n: u64) -> Result<i64, StoreError> {
@@ -125,7 +132,7 @@ fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
 
 /// Creates or upgrades the schema; idempotent, and safe when several replicas start at once.
 pub async fn migrate(url: &str) -> Result<(), StoreError> {
-    let mut client = connect(url).await?;
+    let mut client = connect_as(url, "migrate").await?;
     let tx = client.transaction().await?;
     // Concurrent `CREATE TABLE IF NOT EXISTS` can collide in the catalog; take turns.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key("migrate")])
@@ -423,6 +430,9 @@ struct Shared {
     flushes: AtomicU64,
     flush_micros: AtomicU64,
     checkpoints: AtomicU64,
+    /// Appends in the transaction being written, for tests that hold the head row.
+    #[cfg(test)]
+    in_flight: AtomicU64,
 }
 
 /// The PostgreSQL store of one replica: its writer task and its read connection.
@@ -502,7 +512,7 @@ impl Store {
             ..Shared::default()
         });
         let writer = Writer {
-            client: connect(url).await?,
+            client: connect_as(url, "writer").await?,
             statements: None,
             url: url.to_string(),
             signer,
@@ -582,6 +592,15 @@ impl Store {
         self.shared.durable_len.load(Ordering::Acquire)
     }
 
+    /// Appends waiting for the writer plus those in the transaction being written.
+    #[cfg(test)]
+    fn pending(&self) -> u64 {
+        let queued = self
+            .sender()
+            .map_or(0, |sender| QUEUE_CAPACITY - sender.capacity());
+        queued as u64 + self.shared.in_flight.load(Ordering::Acquire)
+    }
+
     pub fn flushes(&self) -> u64 {
         self.shared.flushes.load(Ordering::Acquire)
     }
@@ -611,7 +630,7 @@ impl Store {
         };
         let mut guard = slot.lock_owned().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.url).await?);
+            *guard = Some(connect_as(&self.url, &format!("lock {name}")).await?);
         }
         let key = lock_key(name);
         if let Some(client) = guard.as_ref() {
@@ -739,6 +758,10 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    #[cfg(test)]
+                    self.shared
+                        .in_flight
+                        .store(group.len() as u64, Ordering::Release);
                     let (records, replies): (Vec<_>, Vec<_>) =
                         group.into_iter().map(|p| (p.record, p.reply)).unzip();
                     match self.write(records, false).await {
@@ -773,7 +796,7 @@ impl Writer {
     async fn write(&mut self, records: Vec<Prepared>, force: bool) -> Result<Written, StoreError> {
         if self.client.is_closed() {
             self.statements = None;
-            self.client = connect(&self.url).await?;
+            self.client = connect_as(&self.url, "writer").await?;
         }
         let result = match self.statements.take() {
             Some(statements) => Ok(statements),
@@ -949,3 +972,6 @@ impl Writer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -898,13 +898,10 @@ impl Writer {
             appended.push(push(record, &mut head, &mut frontier));
         }
         if !rows.is_empty() {
-            let (seqs, (hashes, jsons)): (Vec<i64>, (Vec<Vec<u8>>, Vec<Vec<u8>>)) = rows
-                .into_iter()
-                .map(|(seq, mut value)| {
-                    let json = value.split_off(32);
-                    (seq, (value, json))
-                })
-                .unzip();
+            // Each value is the chain hash (32 bytes) followed by the canonical record.
+            let seqs: Vec<i64> = rows.iter().map(|(seq, _)| *seq).collect();
+            let hashes: Vec<&[u8]> = rows.iter().map(|(_, value)| &value[..32]).collect();
+            let jsons: Vec<&[u8]> = rows.iter().map(|(_, value)| &value[32..]).collect();
             tx.execute(&statements.records, &[&seqs, &hashes, &jsons])
                 .await?;
         }

@@ -171,17 +171,48 @@ async fn schema_version(client: &Client) -> Result<Option<String>, StoreError> {
     Ok(row.map(|r| r.get(0)))
 }
 
+/// A connection shared by concurrent queries, replaced by a new one once it is found closed
+/// (a database restart or failover): the query that met the break fails, later ones reconnect.
+pub struct Connection {
+    url: String,
+    current: Mutex<Arc<Client>>,
+}
+
+impl Connection {
+    async fn open(url: &str) -> Result<Arc<Self>, StoreError> {
+        let client = connect(url).await?;
+        Ok(Arc::new(Self {
+            url: url.to_string(),
+            current: Mutex::new(Arc::new(client)),
+        }))
+    }
+
+    async fn get(&self) -> Result<Arc<Client>, StoreError> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let fresh = Arc::new(connect(&self.url).await?);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+}
+
 /// Read access (see [`Reads`]); blocking calls run on the runtime the reader was opened on.
 pub struct Reader {
-    client: Arc<Client>,
+    client: Arc<Connection>,
     handle: tokio::runtime::Handle,
 }
 
 impl Reader {
     /// Opens an existing Tollgate database (it is not created by reading it).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let client = connect(url).await?;
-        match schema_version(&client).await? {
+        let client = Connection::open(url).await?;
+        match schema_version(&*client.get().await?).await? {
             Some(version) if version == SCHEMA_VERSION => {}
             Some(version) => return Err(StoreError::Format(version)),
             None => {
@@ -191,7 +222,7 @@ impl Reader {
             }
         }
         Ok(Self {
-            client: Arc::new(client),
+            client,
             handle: tokio::runtime::Handle::current(),
         })
     }
@@ -199,6 +230,8 @@ impl Reader {
     async fn page(&self, from: u64, limit: i64) -> Result<Vec<StoredRecord>, StoreError> {
         let rows = self
             .client
+            .get()
+            .await?
             .query(
                 "SELECT seq, chain_hash, record FROM tollgate_records WHERE seq >= $1 \
                  ORDER BY seq LIMIT $2",
@@ -219,7 +252,7 @@ impl Reader {
 
 /// Records in order, a page at a time.
 struct Pages {
-    client: Arc<Client>,
+    client: Arc<Connection>,
     handle: tokio::runtime::Handle,
     next: u64,
     remaining: u64,
@@ -275,6 +308,8 @@ impl Reads for Reader {
         block_on(&self.handle, async {
             let rows = self
                 .client
+                .get()
+                .await?
                 .query(
                     "SELECT number, note FROM tollgate_checkpoints ORDER BY number",
                     &[],
@@ -295,6 +330,8 @@ impl Reads for Reader {
         block_on(&self.handle, async {
             let row = self
                 .client
+                .get()
+                .await?
                 .query_opt("SELECT value FROM tollgate_meta WHERE key = 'origin'", &[])
                 .await?;
             Ok(row.map(|r| r.get(0)))
@@ -307,6 +344,8 @@ impl Reads for Reader {
         block_on(&self.handle, async {
             let row = self
                 .client
+                .get()
+                .await?
                 .query_one(
                     "SELECT COALESCE(MAX(seq) + 1, 0) FROM tollgate_records",
                     &[],
@@ -322,6 +361,8 @@ impl Reads for Reader {
         block_on(&self.handle, async {
             let row = self
                 .client
+                .get()
+                .await?
                 .query_opt(
                     "SELECT hash FROM tollgate_merkle WHERE level = $1 AND idx = $2",
                     &[&level, &index],
@@ -334,7 +375,7 @@ impl Reads for Reader {
 
 /// Rows of `tollgate_state` in one space.
 pub struct Table {
-    client: Arc<Client>,
+    client: Arc<Connection>,
     space: &'static str,
 }
 
@@ -342,6 +383,8 @@ impl Table {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let row = self
             .client
+            .get()
+            .await?
             .query_opt(
                 "SELECT value FROM tollgate_state WHERE space = $1 AND key = $2",
                 &[&self.space, &key],
@@ -352,6 +395,8 @@ impl Table {
 
     pub async fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.client
+            .get()
+            .await?
             .execute(
                 "INSERT INTO tollgate_state (space, key, value) VALUES ($1, $2, $3) \
                  ON CONFLICT (space, key) DO UPDATE SET value = excluded.value",
@@ -366,6 +411,8 @@ impl Table {
         let length = i32::try_from(prefix.len()).map_err(|_| StoreError::Range("prefix".into()))?;
         let rows = self
             .client
+            .get()
+            .await?
             .query(
                 "SELECT key, value FROM tollgate_state \
                  WHERE space = $1 AND substring(key from 1 for $3) = $2 ORDER BY key",
@@ -497,16 +544,18 @@ impl Store {
                 replica: mine,
             });
         }
-        let reader = Reader {
-            client: Arc::new(client),
-            handle: tokio::runtime::Handle::current(),
-        };
-        let len: i64 = reader
-            .client
+        let len: i64 = client
             .query_one("SELECT len FROM tollgate_head WHERE id = 1", &[])
             .await?
             .get(0);
         let len = to_u64(len, "the chain length")?;
+        let reader = Reader {
+            client: Arc::new(Connection {
+                url: url.to_string(),
+                current: Mutex::new(Arc::new(client)),
+            }),
+            handle: tokio::runtime::Handle::current(),
+        };
         let shared = Arc::new(Shared {
             durable_len: AtomicU64::new(len),
             ..Shared::default()

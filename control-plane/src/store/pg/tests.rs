@@ -104,3 +104,32 @@ async fn the_writer_reconnects_and_an_unacknowledged_append_is_not_stored() {
     }
     store.close().await.unwrap();
 }
+
+/// A cut read connection (the approvals', revocations' and readers'): the read that meets it
+/// may fail, the next one reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_reconnect_after_the_connection_is_cut() {
+    let pg = cluster::Postgres::start();
+    let url = pg.database("tollgate");
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(&url, &Options::new(home.path())).await.unwrap();
+    let state = store.table("test");
+    state.insert(b"k", b"v").await.unwrap();
+    pg.psql(
+        "tollgate",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'tollgate reads'",
+    );
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        reads.push(state.get(b"k").await.ok().flatten());
+    }
+    assert_eq!(
+        reads.last().unwrap().as_deref(),
+        Some(&b"v"[..]),
+        "{reads:?}"
+    );
+    let len = tokio::task::block_in_place(|| store.reader().len()).unwrap();
+    assert_eq!(len, 0);
+    store.close().await.unwrap();
+}

@@ -98,8 +98,18 @@ pub enum StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // The driver's message names the statement's problem, never the parameters (records).
-        Self::Postgres(error.to_string())
+        // The driver's messages name the problem, never the parameters (records); the cause
+        // (a TLS or server error) is often only in the source chain.
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.contains(&cause_text) {
+                message = format!("{message}: {cause_text}");
+            }
+            source = cause.source();
+        }
+        Self::Postgres(message)
     }
 }
 
@@ -198,17 +208,28 @@ impl Location {
     }
 }
 
-/// A URL with any `user:password@` reduced to `user:***@`, for messages.
+/// A URL with any `user:password@` reduced to `user:***@`, and any `password=` parameter
+/// dropped, for messages.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((auth, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+    let (url, query) = url.split_once('?').unwrap_or((url, ""));
+    let query: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("password="))
+        .collect();
+    let url = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        },
         None => url.to_string(),
+    };
+    if query.is_empty() {
+        url
+    } else {
+        format!("{url}?{}", query.join("&"))
     }
 }
 
@@ -731,6 +752,15 @@ mod tests {
         assert_eq!(
             Location::parse(Some(url), home).unwrap().display(),
             "postgres://app:***@db:5432/tollgate"
+        );
+        assert_eq!(
+            Location::parse(
+                Some("postgres://app@db/t?password=pw&sslmode=require"),
+                home
+            )
+            .unwrap()
+            .display(),
+            "postgres://app@db/t?sslmode=require"
         );
         let err = Location::parse(Some("mysql://u:pw@h/db"), home).unwrap_err();
         assert!(!err.contains("pw"), "{err}");

@@ -3,7 +3,9 @@
 //! Afterwards every acknowledged record is in the chain exactly once at the sequence number it
 //! was acknowledged with, the chain is dense and `tollgate audit verify` passes (over gRPC and
 //! reading the database directly); an approval decided on one replica releases a call held on
-//! another, and a revocation made on one is listed by another.
+//! another, and a revocation made on one is listed by another. Also: a replica with another
+//! signing key is refused, the documented grants suffice (and keep records insert-only), and TLS
+//! to the database verifies the server.
 
 mod common;
 
@@ -379,4 +381,47 @@ async fn the_documented_grants_are_enough_and_records_stay_insert_only() {
             "{refused:?}"
         );
     }
+}
+
+/// TLS to the database: the server's certificate must chain to a trusted root (`sslrootcert`)
+/// and name the host; an untrusted server is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_verifies_the_server() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "tollgate test database CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let cluster = Postgres::start_with_tls(Some((&server.pem(), &server_key.serialize_pem())));
+    let plain = cluster.database("tollgate");
+    let home = tempfile::tempdir().unwrap();
+    let ca_path = home.path().join("db-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+
+    // Not trusted: refused, whatever else the URL says.
+    let untrusted = format!("{plain}?sslmode=require");
+    let refused = common::tollgate(home.path(), &["store", "migrate", "--store", &untrusted]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("certificate"), "{why}");
+
+    let url = format!(
+        "{plain}?sslmode=verify-full&sslrootcert={}",
+        ca_path.display()
+    );
+    let server = Server::start_with(home.path(), &["--store", &url]);
+    let acks = common::append_concurrently(&server, 2, 3).await;
+    assert_eq!(acks.len(), 6);
+    let encrypted = cluster.psql(
+        "tollgate",
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name LIKE 'tollgate %'",
+    );
+    assert_eq!(encrypted.trim(), "t", "every tollgate connection uses TLS");
 }

@@ -83,6 +83,11 @@ fn check(output: Output, what: &str) {
 impl Postgres {
     /// Initialises and starts a cluster; `pg_ctl -w` returns once it accepts connections.
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// As [`Self::start`], serving TLS (also plain TCP) with this certificate chain and key (PEM).
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> Self {
         let bin = find_bin();
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -114,11 +119,32 @@ impl Postgres {
                 .unwrap(),
             "initdb",
         );
+        let mut ssl = String::new();
+        if let Some((cert, key)) = tls {
+            // The server reads its key only if the key is its own and private.
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = pg.dir.path().join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if pg.as_postgres {
+                    let status = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&path)
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+            }
+            ssl = format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                pg.dir.path().display()
+            );
+        }
         // A port taken between choosing and binding makes pg_ctl fail; choose again.
         for attempt in 0..5 {
             pg.port = free_port();
             let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} -c max_connections=200",
+                "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} -c max_connections=200{ssl}",
                 pg.port,
                 pg.dir.path().display()
             );

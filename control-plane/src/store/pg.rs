@@ -622,6 +622,7 @@ impl Store {
         });
         let writer = Writer {
             client: connect_as(url, "writer").await?,
+            reconnect: false,
             statements: None,
             url: url.to_string(),
             signer,
@@ -820,6 +821,9 @@ impl Statements {
 /// This replica's writer: one transaction per group of pending appends.
 struct Writer {
     client: Client,
+    /// Set by a failed transaction: the next write starts on a new connection, whatever state
+    /// the old one was left in.
+    reconnect: bool,
     /// Prepared on `client`; `None` after a reconnect until prepared again.
     statements: Option<Statements>,
     url: String,
@@ -903,9 +907,10 @@ impl Writer {
     /// was written, unless the connection broke during `COMMIT` (then the caller was told it
     /// failed, and the records may still be there, as the contract allows).
     async fn write(&mut self, records: Vec<Prepared>, force: bool) -> Result<Written, StoreError> {
-        if self.client.is_closed() {
+        if self.reconnect || self.client.is_closed() {
             self.statements = None;
             self.client = connect_as(&self.url, "writer").await?;
+            self.reconnect = false;
         }
         let result = match self.statements.take() {
             Some(statements) => Ok(statements),
@@ -921,6 +926,7 @@ impl Writer {
         };
         if let Err(e) = &result {
             eprintln!("tollgate: audit database write failed: {e}");
+            self.reconnect = true;
         }
         result
     }

@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run test bench wasm build deps node-deps py-deps lint unit e2e clean
+.PHONY: all run test bench bench-store wasm build deps node-deps py-deps pg-deps lint unit e2e clean
 
 all: build wasm
 
@@ -51,8 +51,17 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release -- -D warnings
 
-unit:
+unit: pg-deps
 	$(CARGO) test --workspace --exclude tollgate-e2e
+
+## pg-deps: PostgreSQL server binaries (initdb, pg_ctl) for the store tests, which start a
+## throwaway cluster; Debian's `postgresql` is installed only when no initdb is found
+pg-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
+		echo "postgresql for the store tests: found"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	fi
 
 e2e: deps node-deps py-deps wasm build
 	$(CARGO) test -p tollgate-e2e -- --test-threads=2
@@ -80,6 +89,10 @@ $(PY_DEPS): tests/node/requirements.txt | $(ENVOY)
 bench: deps wasm
 	scripts/bench-mask.sh
 	scripts/bench.sh
+
+## bench-store: durable appends/s through gRPC, sled vs PostgreSQL with one and three replicas
+bench-store: pg-deps
+	scripts/bench-store.sh
 
 clean:
 	$(CARGO) clean

@@ -19,7 +19,7 @@ use crate::clock::{self, Micros};
 use crate::merkle;
 use crate::note::{NoteVerifier, SignedCheckpoint};
 use crate::operator::Operator;
-use crate::store::{Reader, Store, StoreError, RECEIVED_AT};
+use crate::store::{Reads, Store, StoreError, RECEIVED_AT};
 use crate::verify::{self, Finding, Report, Trusted};
 
 pub const FORMAT: &str = "tollgate-audit-bundle/1";
@@ -129,7 +129,7 @@ pub struct Selected {
 }
 
 /// Reads the records `selection` picks.
-pub fn select(reader: &Reader, selection: &Selection) -> Result<Vec<Selected>, StoreError> {
+pub fn select(reader: &dyn Reads, selection: &Selection) -> Result<Vec<Selected>, StoreError> {
     let mut selected = Vec::new();
     for record in reader.records(0, 0) {
         let record = record?;
@@ -177,7 +177,7 @@ pub fn export_event(selected: &[Selected], filter: &Value) -> Map<String, Value>
 /// Assembles the bundle once the export record (`export_seq`) is written and `checkpoint`
 /// (which covers it) is signed.
 pub fn assemble(
-    reader: &Reader,
+    reader: &dyn Reads,
     origin: &str,
     keys: &[NoteVerifier],
     selected: Vec<Selected>,

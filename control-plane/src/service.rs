@@ -36,10 +36,11 @@ impl From<StoreError> for Status {
             }
             StoreError::Range(_) => Status::out_of_range(error.to_string()),
             StoreError::Failed | StoreError::Closed => Status::unavailable(error.to_string()),
-            StoreError::Io(_) => {
+            StoreError::Io(_) | StoreError::Postgres(_) => {
                 eprintln!("tollgate: {error}");
                 Status::unavailable("audit store i/o failed")
             }
+            StoreError::Unsupported(_) => Status::unimplemented(error.to_string()),
             StoreError::Corrupt(_) | StoreError::Inconsistent(_) => {
                 Status::data_loss(error.to_string())
             }
@@ -47,6 +48,7 @@ impl From<StoreError> for Status {
             | StoreError::Open { .. }
             | StoreError::Format(_)
             | StoreError::Key(_)
+            | StoreError::WrongKey { .. }
             | StoreError::Task(_) => Status::internal(error.to_string()),
         }
     }
@@ -125,10 +127,19 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         _request: Request<pb::LogInfoRequest>,
     ) -> Result<Response<pb::LogInfoResponse>, Status> {
+        let size = if self.store.shared() {
+            // Other replicas append too: the database knows the length, this process does not.
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.reader().len())
+                .await
+                .map_err(blocking_error)??
+        } else {
+            self.store.durable_len()
+        };
         Ok(Response::new(pb::LogInfoResponse {
             origin: self.store.origin().to_string(),
             verifier_keys: self.store.verifiers()?.iter().map(|k| k.encode()).collect(),
-            size: self.store.durable_len(),
+            size,
         }))
     }
 

@@ -1,11 +1,14 @@
-//! Approval requests, decisions and grants, kept in the audit store's sled database.
+//! Approval requests, decisions and grants, kept beside the audit log (sled trees, or rows of
+//! `tollgate_state` on PostgreSQL).
 //!
-//! Tree `approvals`: approval id = JSON [`Entry`]. Tree `grants`: the call key (SHA-256 over
+//! Table `approvals`: approval id = JSON [`Entry`]. Table `grants`: the call key (SHA-256 over
 //! requester, upstream, method, target and arguments hash) = the id of the latest approval
 //! asked for that exact call; a grant is that approval once approved, usable while
 //! [`Entry::grant_usable`]. Every change is written, then its audit record appended; the
 //! append's flush makes both durable before anyone hears of the change. Changes are serialised
-//! by one lock: approvals are human-paced, and it makes "use a grant once" simple to prove.
+//! by one lock (across every replica on PostgreSQL): approvals are human-paced, and it makes
+//! "use a grant once" simple to prove. A decision made on another replica reaches a waiting
+//! `Await` by polling the store (see [`SHARED_POLL`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +22,12 @@ use super::auth::VerifiedOperator;
 use super::webhook::Webhook;
 use crate::clock::{self, Micros};
 use crate::pb;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Table};
 
 const APPROVALS_TREE: &str = "approvals";
 const GRANTS_TREE: &str = "grants";
+/// How often a waiting `Await` looks at a shared store for a decision made by another replica.
+pub const SHARED_POLL: Duration = Duration::from_millis(250);
 /// Longest `Await` the control plane holds.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Changes buffered for slow watchers (a watcher that falls further behind is told it lagged).
@@ -60,8 +65,6 @@ pub enum LedgerError {
     Invalid(String),
     #[error(transparent)]
     Audit(#[from] StoreError),
-    #[error("approval store i/o failed: {0}")]
-    Io(#[from] sled::Error),
     #[error("stored approval {0} is malformed")]
     Corrupt(String),
 }
@@ -78,7 +81,7 @@ impl LedgerError {
             Self::NotMember { .. } => "not_in_approver_group",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Invalid(_) => "invalid",
-            Self::Audit(_) | Self::Io(_) | Self::Corrupt(_) => "internal",
+            Self::Audit(_) | Self::Corrupt(_) => "internal",
         }
     }
 }
@@ -97,7 +100,7 @@ impl From<LedgerError> for tonic::Status {
             LedgerError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             LedgerError::Invalid(_) => Status::invalid_argument(error.to_string()),
             LedgerError::Audit(e) => e.into(),
-            LedgerError::Io(_) | LedgerError::Corrupt(_) => {
+            LedgerError::Corrupt(_) => {
                 eprintln!("tollgate: {error}");
                 Status::unavailable(error.to_string())
             }
@@ -234,10 +237,9 @@ fn pb_state(state: State) -> pb::ApprovalState {
 /// The approvals and grants, and who is told of changes.
 pub struct Ledger {
     audit: Arc<Store>,
-    approvals: sled::Tree,
-    grants: sled::Tree,
+    approvals: Table,
+    grants: Table,
     ttl: Duration,
-    lock: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<Entry>,
     webhook: Option<Arc<Webhook>>,
 }
@@ -268,13 +270,11 @@ impl Ledger {
         ttl: Duration,
         webhook: Option<Arc<Webhook>>,
     ) -> Result<Arc<Self>, LedgerError> {
-        let db = audit.db().clone();
         Ok(Arc::new(Self {
-            approvals: db.open_tree(APPROVALS_TREE)?,
-            grants: db.open_tree(GRANTS_TREE)?,
+            approvals: audit.table(APPROVALS_TREE)?,
+            grants: audit.table(GRANTS_TREE)?,
             audit,
             ttl,
-            lock: tokio::sync::Mutex::new(()),
             changes: broadcast::channel(CHANGES_BUFFER).0,
             webhook,
         }))
@@ -285,18 +285,24 @@ impl Ledger {
         self.changes.subscribe()
     }
 
-    fn load(&self, id: &str) -> Result<Option<Entry>, LedgerError> {
+    /// Serialises changes (across replicas on a shared store).
+    async fn changing(&self) -> Result<crate::store::ChangeLock, LedgerError> {
+        Ok(self.audit.lock(APPROVALS_TREE).await?)
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<Entry>, LedgerError> {
         self.approvals
-            .get(id.as_bytes())?
+            .get(id.as_bytes())
+            .await?
             .map(|bytes| {
                 serde_json::from_slice(&bytes).map_err(|_| LedgerError::Corrupt(id.to_string()))
             })
             .transpose()
     }
 
-    fn save(&self, entry: &Entry) -> Result<(), LedgerError> {
+    async fn save(&self, entry: &Entry) -> Result<(), LedgerError> {
         let bytes = serde_json::to_vec(entry).map_err(|e| LedgerError::Invalid(e.to_string()))?;
-        self.approvals.insert(entry.id.as_bytes(), bytes)?;
+        self.approvals.insert(entry.id.as_bytes(), &bytes).await?;
         Ok(())
     }
 
@@ -330,7 +336,7 @@ impl Ledger {
         via: &str,
     ) -> Result<pb::ApprovalStatus, LedgerError> {
         entry.uses += 1;
-        self.save(entry)?;
+        self.save(entry).await?;
         let extra = json!({
             "via": via,
             "uses": entry.uses,
@@ -350,7 +356,7 @@ impl Ledger {
 
     async fn expire(&self, entry: &mut Entry) -> Result<(), LedgerError> {
         entry.state = State::Expired;
-        self.save(entry)?;
+        self.save(entry).await?;
         let extra = json!({
             "expiresAt": clock::format(entry.expires_at),
             "target": entry.target,
@@ -386,11 +392,11 @@ impl Ledger {
                 .map_err(|_| LedgerError::Invalid("identity_json is not JSON".into()))?
         };
         let key = call_key(&request);
-        let _changing = self.lock.lock().await;
+        let _changing = self.changing().await?;
         let now = now();
-        if let Some(id) = self.grants.get(&key)? {
+        if let Some(id) = self.grants.get(&key).await? {
             let id = String::from_utf8_lossy(&id).into_owned();
-            if let Some(mut entry) = self.load(&id)? {
+            if let Some(mut entry) = self.load(&id).await? {
                 match entry.state {
                     State::Approved if entry.grant_usable(now) => {
                         return self.use_grant(&mut entry, "request").await;
@@ -426,8 +432,8 @@ impl Ledger {
             decision_reason: None,
             uses: 0,
         };
-        self.save(&entry)?;
-        self.grants.insert(key, entry.id.as_bytes())?;
+        self.save(&entry).await?;
+        self.grants.insert(&key, entry.id.as_bytes()).await?;
         let extra = json!({
             "requester": entry.requester,
             "identity": entry.identity,
@@ -455,9 +461,10 @@ impl Ledger {
     /// Where an approval stands for the filter: a final status (a granted one uses the grant),
     /// or `None` and the entry while it is pending.
     async fn settle(&self, id: &str) -> Result<Result<pb::ApprovalStatus, Entry>, LedgerError> {
-        let _changing = self.lock.lock().await;
+        let _changing = self.changing().await?;
         let mut entry = self
-            .load(id)?
+            .load(id)
+            .await?
             .ok_or_else(|| LedgerError::NotFound(id.to_string()))?;
         let now = now();
         Ok(Ok(match entry.state {
@@ -504,8 +511,19 @@ impl Ledger {
             };
             let expires_in = Duration::from_micros(entry.expires_at.saturating_sub(now()));
             let wake = deadline.min(tokio::time::Instant::now() + expires_in);
+            // Another replica's decision is not announced here: look at the store now and then.
+            let shared = self.audit.shared();
+            let mut next_poll = tokio::time::Instant::now() + SHARED_POLL;
             loop {
-                match tokio::time::timeout_at(wake, changes.recv()).await {
+                let until = if shared { wake.min(next_poll) } else { wake };
+                match tokio::time::timeout_at(until, changes.recv()).await {
+                    Err(_) if until < wake => {
+                        next_poll = tokio::time::Instant::now() + SHARED_POLL;
+                        match self.load(id).await? {
+                            Some(current) if current.state == State::Pending => continue,
+                            _ => break,
+                        }
+                    }
                     Err(_) if wake >= deadline => {
                         return Ok(entry.status(pb::ApprovalState::Pending, None))
                     }
@@ -528,13 +546,10 @@ impl Ledger {
         approve: bool,
         reason: &str,
     ) -> Result<Entry, LedgerError> {
-        let _changing = self.lock.lock().await;
+        let _changing = self.changing().await?;
         let outcome = self.try_decide(operator, id, approve, reason).await;
         if let Err(error) = &outcome {
-            if !matches!(
-                error,
-                LedgerError::Audit(_) | LedgerError::Io(_) | LedgerError::Corrupt(_)
-            ) {
+            if !matches!(error, LedgerError::Audit(_) | LedgerError::Corrupt(_)) {
                 self.refused(Some(&operator.sub), id, approve, error)
                     .await?;
             }
@@ -574,7 +589,8 @@ impl Ledger {
     ) -> Result<Entry, LedgerError> {
         let reason = reason.trim();
         let mut entry = self
-            .load(id)?
+            .load(id)
+            .await?
             .ok_or_else(|| LedgerError::NotFound(id.to_string()))?;
         let now = now();
         if entry.state == State::Pending && now >= entry.expires_at {
@@ -627,7 +643,7 @@ impl Ledger {
         entry.decided_by = Some(operator.sub.clone());
         entry.decided_at = Some(now);
         entry.decision_reason = Some(reason.to_string());
-        self.save(&entry)?;
+        self.save(&entry).await?;
         let extra = json!({
             "decision": entry.state.word(),
             "reason": reason,
@@ -650,17 +666,17 @@ impl Ledger {
         Ok(entry)
     }
 
-    pub fn get(&self, id: &str) -> Result<Entry, LedgerError> {
-        self.load(id)?
+    pub async fn get(&self, id: &str) -> Result<Entry, LedgerError> {
+        self.load(id)
+            .await?
             .ok_or_else(|| LedgerError::NotFound(id.to_string()))
     }
 
     /// Approvals newest first (pending ones past their expiry show as expired).
-    pub fn list(&self, pending_only: bool) -> Result<Vec<Entry>, LedgerError> {
+    pub async fn list(&self, pending_only: bool) -> Result<Vec<Entry>, LedgerError> {
         let now = now();
         let mut entries = Vec::new();
-        for item in self.approvals.iter() {
-            let (key, bytes) = item?;
+        for (key, bytes) in self.approvals.scan_prefix(b"").await? {
             let mut entry: Entry = serde_json::from_slice(&bytes)
                 .map_err(|_| LedgerError::Corrupt(String::from_utf8_lossy(&key).into_owned()))?;
             if entry.state == State::Pending && now >= entry.expires_at {
@@ -692,8 +708,7 @@ impl Ledger {
     async fn sweep(&self) -> Result<(), LedgerError> {
         let now = now();
         let mut due = Vec::new();
-        for item in self.approvals.iter() {
-            let (_, bytes) = item?;
+        for (_, bytes) in self.approvals.scan_prefix(b"").await? {
             if let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) {
                 if entry.state == State::Pending && now >= entry.expires_at {
                     due.push(entry.id);
@@ -701,8 +716,8 @@ impl Ledger {
             }
         }
         for id in due {
-            let _changing = self.lock.lock().await;
-            if let Some(mut entry) = self.load(&id)? {
+            let _changing = self.changing().await?;
+            if let Some(mut entry) = self.load(&id).await? {
                 if entry.state == State::Pending && clock::now_micros() >= entry.expires_at {
                     self.expire(&mut entry).await?;
                 }

@@ -1,9 +1,9 @@
 //! Just-in-time approvals (docs/approvals.md): the filter asks with `Request` and long-polls
 //! `Await`; operators, signed in with their own OIDC tokens, list, watch and decide.
 //!
-//! State lives in the audit store's sled database (trees `approvals` and `grants`); every
-//! request, decision, refusal, expiry and use of a grant is also an audit record, appended
-//! before the caller hears of it.
+//! State lives beside the audit chain (tables `approvals` and `grants`, see
+//! [`crate::store::Table`]); every request, decision, refusal, expiry and use of a grant is also
+//! an audit record, appended before the caller hears of it.
 
 use std::path::Path;
 use std::time::Duration;

@@ -78,7 +78,7 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         request: Request<pb::GetApprovalRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
         VerifiedOperator::of(&request)?;
-        let entry = self.ledger.get(&request.into_inner().approval_id)?;
+        let entry = self.ledger.get(&request.into_inner().approval_id).await?;
         Ok(Response::new(entry.to_pb()))
     }
 
@@ -87,11 +87,8 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         request: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
         VerifiedOperator::of(&request)?;
-        let ledger = self.ledger.clone();
         let pending_only = request.into_inner().pending_only;
-        let entries = tokio::task::spawn_blocking(move || ledger.list(pending_only))
-            .await
-            .map_err(|e| Status::internal(format!("internal task failed: {e}")))??;
+        let entries = self.ledger.list(pending_only).await?;
         Ok(Response::new(pb::ListApprovalsResponse {
             approvals: entries.iter().map(|e| e.to_pb()).collect(),
         }))

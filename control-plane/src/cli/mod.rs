@@ -22,6 +22,7 @@ mod revoke;
 mod serve;
 mod service_accounts;
 mod sessions;
+mod store_cmd;
 
 /// Exit code of a command that could not do its work (bad input, unreachable store, I/O).
 pub const EXIT_ERROR: u8 = 2;
@@ -66,6 +67,9 @@ enum Command {
     /// Check a policy before deploying it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The audit store's database.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Mask card numbers in stdin with the gateway's own engine.
     Mask(mask_cmd::Args),
     /// Approval requests: list them, approve or deny (operator token in TOLLGATE_TOKEN).
@@ -113,6 +117,13 @@ enum ApprovalsCommand {
     Approve(approvals::DecideArgs),
     /// Deny a pending request; the caller gets your reason.
     Deny(approvals::DecideArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Create or upgrade the PostgreSQL schema (idempotent; `serve` also creates a missing
+    /// schema when its role may).
+    Migrate(store_cmd::MigrateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +190,7 @@ impl Cli {
             Command::Serve(args) => serve::run(home, args).await,
             Command::Dev(DevCommand::Init(args)) => dev_init::run(home, args),
             Command::Policy(PolicyCommand::Check(args)) => policy_check::run(args),
+            Command::Store(StoreCommand::Migrate(args)) => store_cmd::migrate(home, args).await,
             Command::Mask(args) => mask_cmd::run(args),
             Command::Approvals(ApprovalsCommand::List(args)) => approvals::list(args).await,
             Command::Approvals(ApprovalsCommand::Approve(args)) => approvals::approve(args).await,

@@ -20,19 +20,23 @@ use crate::chain::StoredRecord;
 use crate::operator::Operator;
 use crate::pb;
 use crate::pb::audit_client::AuditClient;
-use crate::store::{Options, Reader, Store, StoredCheckpoint};
+use crate::store::{Location, Options, Reader, Store, StoredCheckpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {
-    /// Control plane to read from; when it cannot be reached, <home>/audit.sled is read directly.
+    /// Control plane to read from; when it cannot be reached, the store is read directly.
     #[arg(
         long,
         env = "TOLLGATE_SERVER",
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+    /// The store to read when no control plane answers: sled:PATH (default <home>/audit.sled)
+    /// or a postgres:// URL.
+    #[arg(long, env = "TOLLGATE_STORE")]
+    store: Option<String>,
 }
 
 /// Who runs this command, for the records of what it reads.
@@ -112,29 +116,28 @@ impl Source {
                 address: source.server.clone(),
             });
         }
-        let path = home.join("audit.sled");
+        let location =
+            Location::parse(source.store.as_deref(), home).map_err(anyhow::Error::msg)?;
         eprintln!(
             "tollgate: no control plane at {}; reading {} directly",
             source.server,
-            path.display()
+            location.display()
         );
-        if !path.exists() {
-            // Reader::open names the missing store.
-            Reader::open(&path)?;
+        if let Location::Sled(path) = &location {
+            if !path.exists() {
+                // Reader::open names the missing store.
+                Reader::open(&location).await?;
+            }
         }
         let mut options = Options::new(home);
         options.create_key = false;
-        let opened = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || Store::open(&path, &options)).await?
-        };
-        match opened {
+        match Store::open(&location, &options).await {
             Ok(store) => Ok(Self::Store(Arc::new(store))),
             Err(error) => {
                 eprintln!(
                     "tollgate: warning: cannot open the store for writing ({error}); reading it without recording this access"
                 );
-                let reader = Reader::open(&path).with_context(|| {
+                let reader = Reader::open(&location).await.with_context(|| {
                     "is `tollgate serve` running with this home? then pass its address as --server"
                 })?;
                 Ok(Self::Reader(reader))
@@ -188,7 +191,7 @@ impl Source {
                 }
             }
             Self::Store(store) => pipelined(store.records(0, 0), each)?,
-            Self::Reader(reader) => pipelined(reader.records(0, 0), each)?,
+            Self::Reader(reader) => pipelined(reader.reads().records(0, 0), each)?,
         }
         Ok(())
     }
@@ -204,7 +207,10 @@ impl Source {
                     .origin,
             ),
             Self::Store(store) => Some(store.origin().to_string()),
-            Self::Reader(reader) => reader.origin()?,
+            Self::Reader(reader) => {
+                let reader = reader.reads();
+                tokio::task::block_in_place(|| reader.origin())?
+            }
         })
     }
 
@@ -239,15 +245,20 @@ impl Source {
                 }
                 Ok(out)
             }
-            Self::Store(store) => Ok(store.reader().checkpoints()?),
-            Self::Reader(reader) => Ok(reader.checkpoints()?),
+            Self::Store(store) => Ok(tokio::task::block_in_place(|| {
+                store.reader().checkpoints()
+            })?),
+            Self::Reader(reader) => {
+                let reader = reader.reads();
+                Ok(tokio::task::block_in_place(|| reader.checkpoints())?)
+            }
         }
     }
 
     /// Closes a store opened here (marking a clean shutdown).
     pub async fn close(self) -> anyhow::Result<()> {
         if let Self::Store(store) = self {
-            tokio::task::spawn_blocking(move || store.close()).await??;
+            store.close().await?;
         }
         Ok(())
     }

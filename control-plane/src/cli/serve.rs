@@ -16,13 +16,17 @@ use crate::issuer::DevIssuer;
 use crate::operator;
 use crate::pb::audit_server::AuditServer;
 use crate::service::AuditService;
-use crate::store::{Options, Store};
+use crate::store::{Location, Options, Store};
 
 /// How long open calls and connections may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The audit store: sled:PATH (default <home>/audit.sled), or a postgres:// URL that
+    /// several replicas share (docs/postgres.md).
+    #[arg(long, env = "TOLLGATE_STORE")]
+    store: Option<String>,
     /// Address for gRPC; port 0 picks a free port (the address taken is printed).
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -64,21 +68,22 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             issuer.key_path.display()
         );
     }
-    let store_path = home.join("audit.sled");
+    let location = Location::parse(args.store.as_deref(), home).map_err(anyhow::Error::msg)?;
     let options = Options {
         origin: args.origin.clone(),
         checkpoint_every: args.checkpoint_every,
         checkpoint_interval: args.checkpoint_interval,
         ..Options::new(home)
     };
-    let store = {
-        let path = store_path.clone();
-        Arc::new(tokio::task::spawn_blocking(move || Store::open(&path, &options)).await??)
-    };
+    let store = Arc::new(
+        Store::open(&location, &options)
+            .await
+            .with_context(|| format!("opening the audit store {}", location.display()))?,
+    );
     let opened = store.opened().clone();
     eprintln!(
         "tollgate: audit store {} holds {} records (log {})",
-        store_path.display(),
+        location.display(),
         opened.records,
         store.origin()
     );
@@ -133,6 +138,10 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             .await?;
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    // Which signal stopped the server, set before the server starts to stop: the stop record
+    // must name it even when the server finishes before the grace timer below is polled.
+    let signal = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let stopped_by = signal.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuditServer::new(AuditService::new(store.clone())))
@@ -140,6 +149,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .add_service(revocations)
         .serve_with_incoming_shutdown(incoming, async move {
             let signal = shutdown_signal().await;
+            *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
             let _ = stopping_tx.send(signal);
         });
 
@@ -169,16 +179,11 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
 
     // Graceful shutdown waits for open connections; a client that keeps one open (Envoy does)
     // must not hold the process forever, so the wait is bounded.
-    let signal = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let grace = {
-        let signal = signal.clone();
-        async move {
-            if let Ok(name) = stopping_rx.await {
-                *signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+    let grace = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
         }
     };
     tokio::select! {
@@ -206,7 +211,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     }
     // Appends still queued are answered, a last checkpoint signed and everything flushed
     // before the process exits; the clean-shutdown marker is cleared last.
-    tokio::task::spawn_blocking(move || store.close()).await??;
+    store.close().await?;
     eprintln!(
         "tollgate: stopped; {records} records, {flushes} flushes taking {flush_millis} ms this run"
     );

@@ -2,9 +2,9 @@
 //! tokens (members of `serve --revocation-group`); every Envoy worker's filter lists the
 //! active revocations (no token) and refuses callers whose verified claims match one.
 //!
-//! State lives in the audit store's sled database, tree `revocations`: `rev_…` = JSON
-//! [`Entry`] (lifted entries are kept, marked lifted) and `version` = the list's version (big
-//! endian u64), bumped by every revoke and lift. Every change is written, then its audit record
+//! State lives beside the audit chain, table `revocations` ([`crate::store::Table`]): `rev_…` =
+//! JSON [`Entry`] (lifted entries are kept, marked lifted) and `version` = the list's version
+//! (big endian u64), bumped by every revoke and lift. Every change is written, then its audit record
 //! appended; the append's flush makes both durable before the operator is answered.
 
 pub mod registry;

@@ -1,4 +1,5 @@
-//! The revocation list in the audit store's database, and its audit records.
+//! The revocation list beside the audit log (a sled tree, or rows of `tollgate_state` on
+//! PostgreSQL, which every replica reads), and its audit records.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::approvals::auth::VerifiedOperator;
 use crate::clock::{self, Micros};
 use crate::pb;
-use crate::store::{Store, StoreError};
+use crate::store::{ChangeLock, Store, StoreError, Table};
 
 const TREE: &str = "revocations";
 const VERSION_KEY: &[u8] = b"version";
@@ -34,8 +35,6 @@ pub enum RevocationError {
     AlreadyLifted { id: String, by: String, at: String },
     #[error(transparent)]
     Audit(#[from] StoreError),
-    #[error("revocation store i/o failed: {0}")]
-    Io(#[from] sled::Error),
     #[error("stored revocation {0} is malformed")]
     Corrupt(String),
 }
@@ -49,7 +48,7 @@ impl RevocationError {
             Self::Invalid(_) => "invalid",
             Self::NotFound(_) | Self::NoOwner(_) => "not_found",
             Self::AlreadyLifted { .. } => "already_lifted",
-            Self::Audit(_) | Self::Io(_) | Self::Corrupt(_) => "internal",
+            Self::Audit(_) | Self::Corrupt(_) => "internal",
         }
     }
 }
@@ -66,7 +65,7 @@ impl From<RevocationError> for tonic::Status {
             }
             RevocationError::AlreadyLifted { .. } => Status::failed_precondition(error.to_string()),
             RevocationError::Audit(e) => e.into(),
-            RevocationError::Io(_) | RevocationError::Corrupt(_) => {
+            RevocationError::Corrupt(_) => {
                 eprintln!("tollgate: {error}");
                 Status::unavailable(error.to_string())
             }
@@ -154,9 +153,8 @@ impl Action {
 /// The revocation list.
 pub struct Registry {
     audit: Arc<Store>,
-    tree: sled::Tree,
+    tree: Table,
     group: String,
-    lock: tokio::sync::Mutex<()>,
 }
 
 fn new_id() -> String {
@@ -205,20 +203,20 @@ fn check_subject(what: &str, sub: &str) -> Result<(), RevocationError> {
 
 impl Registry {
     pub fn open(audit: Arc<Store>, group: String) -> Result<Arc<Self>, RevocationError> {
-        let tree = audit.db().open_tree(TREE)?;
-        Ok(Arc::new(Self {
-            audit,
-            tree,
-            group,
-            lock: tokio::sync::Mutex::new(()),
-        }))
+        let tree = audit.table(TREE)?;
+        Ok(Arc::new(Self { audit, tree, group }))
     }
 
-    pub fn version(&self) -> Result<u64, RevocationError> {
-        Ok(match self.tree.get(VERSION_KEY)? {
+    /// Serialises changes (across replicas on a shared store).
+    async fn changing(&self) -> Result<ChangeLock, RevocationError> {
+        Ok(self.audit.lock(TREE).await?)
+    }
+
+    pub async fn version(&self) -> Result<u64, RevocationError> {
+        Ok(match self.tree.get(VERSION_KEY).await? {
             Some(bytes) => u64::from_be_bytes(
                 bytes
-                    .as_ref()
+                    .as_slice()
                     .try_into()
                     .map_err(|_| RevocationError::Corrupt("version".into()))?,
             ),
@@ -226,36 +224,38 @@ impl Registry {
         })
     }
 
-    fn bump(&self) -> Result<u64, RevocationError> {
-        let version = self.version()?.saturating_add(1);
-        self.tree.insert(VERSION_KEY, &version.to_be_bytes())?;
+    async fn bump(&self) -> Result<u64, RevocationError> {
+        let version = self.version().await?.saturating_add(1);
+        self.tree
+            .insert(VERSION_KEY, &version.to_be_bytes())
+            .await?;
         Ok(version)
     }
 
-    fn load(&self, id: &str) -> Result<Option<Entry>, RevocationError> {
+    async fn load(&self, id: &str) -> Result<Option<Entry>, RevocationError> {
         if !id.starts_with(ID_PREFIX) {
             return Ok(None);
         }
         self.tree
-            .get(id.as_bytes())?
+            .get(id.as_bytes())
+            .await?
             .map(|bytes| {
                 serde_json::from_slice(&bytes).map_err(|_| RevocationError::Corrupt(id.to_string()))
             })
             .transpose()
     }
 
-    fn save(&self, entry: &Entry) -> Result<(), RevocationError> {
+    async fn save(&self, entry: &Entry) -> Result<(), RevocationError> {
         let bytes =
             serde_json::to_vec(entry).map_err(|e| RevocationError::Invalid(e.to_string()))?;
-        self.tree.insert(entry.id.as_bytes(), bytes)?;
+        self.tree.insert(entry.id.as_bytes(), &bytes).await?;
         Ok(())
     }
 
     /// Every revocation ever made (active and lifted), oldest first.
-    pub fn all(&self) -> Result<Vec<Entry>, RevocationError> {
+    pub async fn all(&self) -> Result<Vec<Entry>, RevocationError> {
         let mut entries = Vec::new();
-        for item in self.tree.scan_prefix(ID_PREFIX.as_bytes()) {
-            let (key, bytes) = item?;
+        for (key, bytes) in self.tree.scan_prefix(ID_PREFIX.as_bytes()).await? {
             let entry: Entry = serde_json::from_slice(&bytes).map_err(|_| {
                 RevocationError::Corrupt(String::from_utf8_lossy(&key).into_owned())
             })?;
@@ -281,10 +281,17 @@ impl Registry {
     /// The active revocations, the service account owners and the list's version, read
     /// consistently with changes.
     pub async fn list(&self) -> Result<pb::RevocationList, RevocationError> {
-        let _guard = self.lock.lock().await;
-        let version = self.version()?;
+        // Read under the change lock only on sled: PostgreSQL reads are consistent snapshots
+        // per statement, and the filter's polls must not queue behind every replica's changes.
+        let _guard = if self.audit.shared() {
+            None
+        } else {
+            Some(self.changing().await?)
+        };
+        let version = self.version().await?;
         let revocations = self
-            .all()?
+            .all()
+            .await?
             .iter()
             .filter(|e| e.active())
             .map(Entry::to_pb)
@@ -518,9 +525,10 @@ impl Registry {
         if reason.trim().is_empty() {
             return Err(RevocationError::Invalid("a reason is required".into()));
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self.changing().await?;
         if let Some(existing) = self
-            .all()?
+            .all()
+            .await?
             .into_iter()
             .find(|e| e.active() && e.claim == claim && e.value == value)
         {
@@ -534,7 +542,7 @@ impl Registry {
                     "reason": reason,
                     "alreadyRevoked": true,
                     "revokedBy": existing.revoked_by,
-                    "version": self.version()?,
+                    "version": self.version().await?,
                     "operator": operator_json(operator),
                 }),
             )
@@ -552,8 +560,8 @@ impl Registry {
             lifted_at: None,
             lift_reason: None,
         };
-        self.save(&entry)?;
-        let version = self.bump()?;
+        self.save(&entry).await?;
+        let version = self.bump().await?;
         self.record(
             "revocation.added",
             Some(&operator.sub),
@@ -600,9 +608,10 @@ impl Registry {
         if reason.trim().is_empty() {
             return Err(RevocationError::Invalid("a reason is required".into()));
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self.changing().await?;
         let mut entry = self
-            .load(id)?
+            .load(id)
+            .await?
             .ok_or_else(|| RevocationError::NotFound(id.to_string()))?;
         if let (Some(by), Some(at)) = (&entry.lifted_by, entry.lifted_at) {
             return Err(RevocationError::AlreadyLifted {
@@ -614,8 +623,8 @@ impl Registry {
         entry.lifted_by = Some(operator.sub.clone());
         entry.lifted_at = Some(clock::now_micros());
         entry.lift_reason = Some(reason.to_string());
-        self.save(&entry)?;
-        let version = self.bump()?;
+        self.save(&entry).await?;
+        let version = self.bump().await?;
         self.record(
             "revocation.lifted",
             Some(&operator.sub),

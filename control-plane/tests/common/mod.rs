@@ -1,4 +1,8 @@
-//! Shared by the integration tests: a real `tollgate serve` child process.
+//! Shared by the integration tests: a real `tollgate serve` child process, and a throwaway
+//! PostgreSQL cluster (`pg`).
+
+#[allow(dead_code)] // not every test binary uses PostgreSQL
+pub mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -40,6 +44,7 @@ pub fn stdout(output: &Output) -> String {
 }
 
 impl Server {
+    #[allow(dead_code)] // the PostgreSQL tests always pass --store
     pub fn start(home: &Path) -> Self {
         Self::start_with(home, &[])
     }

@@ -1,6 +1,8 @@
 use super::*;
+use crate::canonical;
 use crate::chain::Verifier;
 use crate::note::open_checkpoint;
+use crate::store::{Reads, RECEIVED_AT};
 
 fn options(dir: &Path) -> Options {
     Options::new(dir)
@@ -308,7 +310,11 @@ async fn checkpoints_every_n_records_and_when_idle() {
             .unwrap();
     }
     let sizes: Vec<u64> = checkpoints(&store).iter().map(|c| c.size).collect();
-    assert!(sizes.starts_with(&[10, 20]), "{sizes:?}");
+    // At least every 10 records; on a loaded machine the 100 ms timer may sign one in between,
+    // which restarts the count.
+    assert!(sizes.len() >= 2 && sizes[0] <= 10, "{sizes:?}");
+    assert!(sizes.windows(2).all(|w| w[1] - w[0] <= 10), "{sizes:?}");
+    assert!(25 - sizes.last().unwrap() < 10, "{sizes:?}");
     // Idle: time-based checkpoints keep coming with the same size and a later time.
     let before = store.checkpoints_signed();
     tokio::time::sleep(Duration::from_millis(450)).await;

@@ -1,0 +1,146 @@
+//! Durable appends per second through the gRPC API, by store: sled (one process) and
+//! PostgreSQL with one and with three `tollgate serve` replicas on one database (a throwaway
+//! cluster on this machine, fsync on). Writers are spread evenly over the replicas. Prints a
+//! markdown table. Ignored by default (it measures, it does not check); `scripts/bench-store.sh`
+//! runs it in release mode. `BENCH_SECONDS` sets how long each row runs (default 5),
+//! `BENCH_WRITERS` the writer counts (default `16,64`).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::pg::Postgres;
+use common::Server;
+use tollgate_proto::pb;
+use tollgate_proto::pb::audit_client::AuditClient;
+
+/// A request record as the filter writes one, built from a template so that the client spends
+/// its CPU on gRPC, not on JSON.
+struct Template {
+    before: Vec<u8>,
+    after: Vec<u8>,
+}
+
+impl Template {
+    fn new(writer: usize) -> Self {
+        let text = String::from_utf8(common::record(writer, 999_999_999)).unwrap();
+        let (before, after) = text.split_once("999999999").unwrap();
+        Self {
+            before: before.as_bytes().to_vec(),
+            after: after.as_bytes().to_vec(),
+        }
+    }
+
+    fn record(&self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.before.len() + 20 + self.after.len());
+        out.extend_from_slice(&self.before);
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(&self.after);
+        out
+    }
+}
+
+fn writer_counts() -> Vec<usize> {
+    std::env::var("BENCH_WRITERS")
+        .ok()
+        .map(|w| w.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![16, 64])
+}
+
+fn run_for() -> Duration {
+    let seconds = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    Duration::from_secs(seconds)
+}
+
+/// Appends from `writers` tasks spread over `servers` for `run`; returns appends per second.
+async fn measure(servers: &[Server], writers: usize, run: Duration) -> f64 {
+    let mut clients = Vec::new();
+    for server in servers {
+        clients.push(AuditClient::connect(server.url()).await.unwrap());
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let mut client = clients[w % clients.len()].clone();
+            let template = Template::new(w);
+            tokio::spawn(async move {
+                let mut n = 0;
+                while start.elapsed() < run {
+                    client
+                        .append(pb::AppendRequest {
+                            record_json: template.record(n),
+                        })
+                        .await
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn share(from: &Path, to: &Path, name: &str) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from.join(name))
+        .arg(to.join(name))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `replicas` servers on a fresh database of `cluster`.
+fn postgres_replicas(
+    cluster: &Postgres,
+    database: &str,
+    replicas: usize,
+) -> (Vec<tempfile::TempDir>, Vec<Server>) {
+    let url = cluster.database(database);
+    let homes: Vec<tempfile::TempDir> = (0..replicas)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut servers = vec![Server::start_with(homes[0].path(), &["--store", &url])];
+    for home in &homes[1..] {
+        share(homes[0].path(), home.path(), "keys");
+        servers.push(Server::start_with(home.path(), &["--store", &url]));
+    }
+    (homes, servers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly"]
+async fn durable_appends_per_second_by_store() {
+    let run = run_for();
+    let mut rows = Vec::new();
+    for writers in writer_counts() {
+        let home = tempfile::tempdir().unwrap();
+        let sled = [Server::start(home.path())];
+        rows.push(("sled", 1, writers, measure(&sled, writers, run).await));
+        drop(sled);
+
+        let cluster = Postgres::start();
+        for replicas in [1, 3] {
+            let (_homes, servers) =
+                postgres_replicas(&cluster, &format!("bench_{writers}_{replicas}"), replicas);
+            let rate = measure(&servers, writers, run).await;
+            rows.push(("PostgreSQL", replicas, writers, rate));
+        }
+    }
+    println!();
+    println!("| store | replicas | writers | durable appends/s |");
+    println!("|---|---:|---:|---:|");
+    for (store, replicas, writers, rate) in rows {
+        println!("| {store} | {replicas} | {writers} | {rate:.0} |");
+    }
+}

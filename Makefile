@@ -85,13 +85,16 @@ $(PY_DEPS): tests/node/requirements.txt | $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/node/requirements.txt
 	@touch $@
 
-## bench: the masking engine (corpus precision/recall, native MB/s), then Tollgate against plain Envoy
-bench: deps wasm
+## bench: the masking engine (corpus precision/recall, native MB/s), Tollgate against plain Envoy,
+## then durable appends/s by store (sled vs PostgreSQL with one and three replicas)
+bench: deps wasm pg-deps
 	scripts/bench-mask.sh
 	scripts/bench.sh
+	$(MAKE) --no-print-directory bench-store
 
 ## bench-store: durable appends/s through gRPC, sled vs PostgreSQL with one and three replicas
 bench-store: pg-deps
+	@echo "## Durable appends by store"
 	scripts/bench-store.sh
 
 clean:

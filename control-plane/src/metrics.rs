@@ -196,7 +196,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Options;
+    use crate::store::{Location, Options};
 
     fn value(text: &str, name: &str) -> Option<f64> {
         text.lines()
@@ -204,11 +204,14 @@ mod tests {
             .and_then(|v| v.parse().ok())
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appends_and_checkpoints_move_the_numbers() {
         let dir = tempfile::tempdir().unwrap();
+        let location = Location::Sled(dir.path().join("audit.sled"));
         let store = Arc::new(
-            Store::open(&dir.path().join("audit.sled"), &Options::new(dir.path())).unwrap(),
+            Store::open(&location, &Options::new(dir.path()))
+                .await
+                .unwrap(),
         );
         let metrics = Metrics::new(Arc::clone(&store));
         let before = metrics.render();
@@ -239,6 +242,6 @@ mod tests {
             after.lines().filter(|l| l.starts_with("# TYPE")).count(),
             samples
         );
-        store.close().unwrap();
+        store.close().await.unwrap();
     }
 }

@@ -409,6 +409,67 @@ async fn approvals_and_revocations_keep_their_state(backend: Backend) {
     );
     assert!(lifted.status.success(), "{lifted:?}");
 
+    // Service account owners travel with the list under the same version; a removed owner
+    // (kept as a tombstone: the store never deletes) is gone from it.
+    for (args, owners) in [
+        (
+            vec![
+                "service-accounts",
+                "set",
+                "ci-deploy",
+                "--owner",
+                "dana@example.com",
+                "--reason",
+                "PAY-7",
+            ],
+            1,
+        ),
+        (
+            vec![
+                "service-accounts",
+                "set",
+                "ci-report",
+                "--owner",
+                "dana@example.com",
+                "--reason",
+                "PAY-8",
+            ],
+            2,
+        ),
+        (
+            vec![
+                "service-accounts",
+                "remove",
+                "ci-report",
+                "--reason",
+                "retired",
+            ],
+            1,
+        ),
+    ] {
+        let changed = operator(&server, home, &sam, &args);
+        assert!(changed.status.success(), "{changed:?}");
+        let list = revocations
+            .list(pb::ListRevocationsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(list.owners.len(), owners, "{args:?}: {list:?}");
+    }
+    let again = operator(
+        &server,
+        home,
+        &sam,
+        &[
+            "service-accounts",
+            "remove",
+            "ci-report",
+            "--reason",
+            "twice",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+
     // The state survives a restart.
     assert!(server.terminate().success());
     let server = backend.start(home, &[]);
@@ -419,7 +480,15 @@ async fn approvals_and_revocations_keep_their_state(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((list.version, list.revocations.len()), (2, 0));
+    assert_eq!((list.version, list.revocations.len()), (5, 0));
+    assert_eq!(list.owners.len(), 1);
+    assert_eq!(
+        (
+            list.owners[0].service_account.as_str(),
+            list.owners[0].owner.as_str()
+        ),
+        ("ci-deploy", "dana@example.com")
+    );
     let listed = operator(&server, home, &olga, &["approvals", "list", "--json"]);
     assert_eq!(stdout(&listed).lines().count(), 2, "{listed:?}");
     let report = verify_over(&server, home);

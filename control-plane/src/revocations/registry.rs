@@ -266,10 +266,13 @@ impl Registry {
     }
 
     /// Every service account owner, by service account.
-    pub fn owners(&self) -> Result<Vec<Owner>, RevocationError> {
+    pub async fn owners(&self) -> Result<Vec<Owner>, RevocationError> {
         let mut owners = Vec::new();
-        for item in self.tree.scan_prefix(OWNER_PREFIX.as_bytes()) {
-            let (key, bytes) = item?;
+        for (key, bytes) in self.tree.scan_prefix(OWNER_PREFIX.as_bytes()).await? {
+            // An empty value is a removed owner (the store's state tables are never deleted from).
+            if bytes.is_empty() {
+                continue;
+            }
             let owner: Owner = serde_json::from_slice(&bytes).map_err(|_| {
                 RevocationError::Corrupt(String::from_utf8_lossy(&key).into_owned())
             })?;
@@ -296,7 +299,7 @@ impl Registry {
             .filter(|e| e.active())
             .map(Entry::to_pb)
             .collect();
-        let owners = self.owners()?.iter().map(Owner::to_pb).collect();
+        let owners = self.owners().await?.iter().map(Owner::to_pb).collect();
         Ok(pb::RevocationList {
             version,
             revocations,
@@ -347,12 +350,9 @@ impl Registry {
         if reason.trim().is_empty() {
             return Err(RevocationError::Invalid("a reason is required".into()));
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self.changing().await?;
         let key = format!("{OWNER_PREFIX}{service_account}");
-        let previous: Option<Owner> = self
-            .tree
-            .get(key.as_bytes())?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let previous = self.owner(&key).await?;
         let entry = Owner {
             service_account: service_account.to_string(),
             owner: owner.to_string(),
@@ -362,8 +362,8 @@ impl Registry {
         };
         let bytes =
             serde_json::to_vec(&entry).map_err(|e| RevocationError::Invalid(e.to_string()))?;
-        self.tree.insert(key.as_bytes(), bytes)?;
-        let version = self.bump()?;
+        self.tree.insert(key.as_bytes(), &bytes).await?;
+        let version = self.bump().await?;
         self.record(
             "serviceAccount.ownerSet",
             Some(&operator.sub),
@@ -413,15 +413,14 @@ impl Registry {
         if reason.trim().is_empty() {
             return Err(RevocationError::Invalid("a reason is required".into()));
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self.changing().await?;
         let key = format!("{OWNER_PREFIX}{service_account}");
-        let removed: Owner = match self.tree.remove(key.as_bytes())? {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|_| RevocationError::Corrupt(key.clone()))?
-            }
-            None => return Err(RevocationError::NoOwner(service_account.to_string())),
+        let Some(removed) = self.owner(&key).await? else {
+            return Err(RevocationError::NoOwner(service_account.to_string()));
         };
-        let version = self.bump()?;
+        // A tombstone rather than a delete: the PostgreSQL role needs no DELETE right.
+        self.tree.insert(key.as_bytes(), &[]).await?;
+        let version = self.bump().await?;
         self.record(
             "serviceAccount.ownerRemoved",
             Some(&operator.sub),
@@ -435,6 +434,16 @@ impl Registry {
         )
         .await?;
         Ok(removed)
+    }
+
+    /// The owner stored under `key`, if there is one (not removed).
+    async fn owner(&self, key: &str) -> Result<Option<Owner>, RevocationError> {
+        match self.tree.get(key.as_bytes()).await? {
+            Some(bytes) if !bytes.is_empty() => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| RevocationError::Corrupt(key.to_string())),
+            _ => Ok(None),
+        }
     }
 
     fn check_member(&self, operator: &VerifiedOperator) -> Result<(), RevocationError> {

@@ -2,11 +2,12 @@
 # `make bench`, masking part: the engine's precision and recall on the labelled corpus
 # (tests/corpus/, realistic MCP tool results) and its native throughput in MB/s, both from release
 # builds in this run. The in-Envoy cost of masking (64 KiB JSON with 50 cards, filter on vs off)
-# is in the table of scripts/bench.sh. Output also goes to target/bench/mask.md.
+# is in the table of scripts/bench.sh. Output also goes to target/bench-mask.md (outside
+# target/bench/, which scripts/bench.sh starts afresh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=target/bench/mask.md
-mkdir -p target/bench
+OUT=target/bench-mask.md
+mkdir -p target
 
 say() { printf '%s\n' "$*" >&2; }
 

@@ -583,20 +583,9 @@ pub const DEMO_PANS: [&str; 6] = [
     "3530111333300000",
 ];
 
-/// Raw demo PANs that appear in `text`, in any grouping.
+/// Raw demo PANs that appear in `text`, in any grouping or digit script.
 pub fn raw_pans_in(text: &str) -> Vec<&'static str> {
-    // Join digit groups separated by single spaces or dashes, then look for each PAN.
-    let mut joined = String::with_capacity(text.len());
-    let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let between_digits = (c == ' ' || c == '-')
-            && i > 0
-            && chars[i - 1].is_ascii_digit()
-            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if !between_digits {
-            joined.push(c);
-        }
-    }
+    let joined = payments_server::shapes::normalize_digits(text);
     DEMO_PANS
         .iter()
         .copied()

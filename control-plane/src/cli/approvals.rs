@@ -152,9 +152,7 @@ pub async fn deny(args: &DecideArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn decide(args: &DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
-    if args.reason.trim().is_empty() {
-        anyhow::bail!("--reason must say why");
-    }
+    operator_client::require_reason(&args.reason)?;
     let mut client = connect(&args.server).await?;
     let approval = match client
         .decide(pb::DecideRequest {

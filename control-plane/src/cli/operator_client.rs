@@ -27,6 +27,14 @@ pub struct ServerArgs {
     pub server: String,
 }
 
+/// Every operator change carries a reason, for the audit record; refused before connecting.
+pub fn require_reason(reason: &str) -> anyhow::Result<()> {
+    if reason.trim().is_empty() {
+        anyhow::bail!("--reason must say why");
+    }
+    Ok(())
+}
+
 /// A refusal is printed and exits 1; anything else is an error (exit 2). `precondition` words a
 /// failed precondition ("cannot decide"); `service` names what an older control plane may lack.
 pub fn refused(

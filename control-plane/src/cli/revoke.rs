@@ -113,9 +113,7 @@ fn to_json(revocation: &pb::Revocation) -> Value {
 
 pub async fn revoke(args: &RevokeArgs) -> anyhow::Result<ExitCode> {
     let (claim, value) = args.what.pair()?;
-    if args.reason.trim().is_empty() {
-        anyhow::bail!("--reason must say why");
-    }
+    operator_client::require_reason(&args.reason)?;
     let mut client = connect(&args.server).await?;
     let revocation = match client
         .revoke(pb::RevokeRequest {
@@ -182,9 +180,7 @@ pub async fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn lift(args: &LiftArgs) -> anyhow::Result<ExitCode> {
-    if args.reason.trim().is_empty() {
-        anyhow::bail!("--reason must say why");
-    }
+    operator_client::require_reason(&args.reason)?;
     let mut client = connect(&args.server).await?;
     let revocation = match client
         .lift(pb::LiftRequest {

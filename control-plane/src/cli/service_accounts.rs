@@ -78,9 +78,7 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
 }
 
 pub async fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
-    if args.reason.trim().is_empty() {
-        anyhow::bail!("--reason must say why");
-    }
+    operator_client::require_reason(&args.reason)?;
     let mut client = connect(&args.server).await?;
     let owner = match client
         .set_service_account_owner(pb::SetOwnerRequest {
@@ -105,9 +103,7 @@ pub async fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn remove(args: &RemoveArgs) -> anyhow::Result<ExitCode> {
-    if args.reason.trim().is_empty() {
-        anyhow::bail!("--reason must say why");
-    }
+    operator_client::require_reason(&args.reason)?;
     let mut client = connect(&args.server).await?;
     let owner = match client
         .remove_service_account_owner(pb::RemoveOwnerRequest {

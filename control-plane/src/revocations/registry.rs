@@ -316,20 +316,12 @@ impl Registry {
         owner: &str,
         reason: &str,
     ) -> Result<Owner, RevocationError> {
-        match self
+        let outcome = self
             .try_set_owner(operator, service_account, owner, reason)
+            .await;
+        let what = json!({"serviceAccount": service_account, "owner": owner, "reason": reason});
+        self.recording_refusal(operator, Action::SetOwner, what, outcome)
             .await
-        {
-            Ok(owner) => Ok(owner),
-            Err(error) => {
-                if !matches!(error.kind(), "internal") {
-                    let what = json!({"serviceAccount": service_account, "owner": owner, "reason": reason});
-                    self.refused(Some(operator), Action::SetOwner, what, &error)
-                        .await?;
-                }
-                Err(error)
-            }
-        }
     }
 
     async fn try_set_owner(
@@ -387,20 +379,12 @@ impl Registry {
         service_account: &str,
         reason: &str,
     ) -> Result<Owner, RevocationError> {
-        match self
+        let outcome = self
             .try_remove_owner(operator, service_account, reason)
+            .await;
+        let what = json!({"serviceAccount": service_account, "reason": reason});
+        self.recording_refusal(operator, Action::RemoveOwner, what, outcome)
             .await
-        {
-            Ok(owner) => Ok(owner),
-            Err(error) => {
-                if !matches!(error.kind(), "internal") {
-                    let what = json!({"serviceAccount": service_account, "reason": reason});
-                    self.refused(Some(operator), Action::RemoveOwner, what, &error)
-                        .await?;
-                }
-                Err(error)
-            }
-        }
     }
 
     async fn try_remove_owner(
@@ -469,6 +453,22 @@ impl Registry {
     }
 
     /// Records a refusal (`operator` is `None` when the token did not verify).
+    /// Passes `outcome` on; a refusal (any error but an internal failure) is recorded first.
+    async fn recording_refusal<T>(
+        &self,
+        operator: &VerifiedOperator,
+        action: Action,
+        what: Value,
+        outcome: Result<T, RevocationError>,
+    ) -> Result<T, RevocationError> {
+        if let Err(error) = &outcome {
+            if error.kind() != "internal" {
+                self.refused(Some(operator), action, what, error).await?;
+            }
+        }
+        outcome
+    }
+
     pub async fn refused(
         &self,
         operator: Option<&VerifiedOperator>,
@@ -504,17 +504,10 @@ impl Registry {
         value: &str,
         reason: &str,
     ) -> Result<Entry, RevocationError> {
+        let outcome = self.try_revoke(operator, claim, value, reason).await;
         let what = json!({"claim": claim, "value": value, "reason": reason});
-        match self.try_revoke(operator, claim, value, reason).await {
-            Ok(entry) => Ok(entry),
-            Err(error) => {
-                if !matches!(error.kind(), "internal") {
-                    self.refused(Some(operator), Action::Revoke, what, &error)
-                        .await?;
-                }
-                Err(error)
-            }
-        }
+        self.recording_refusal(operator, Action::Revoke, what, outcome)
+            .await
     }
 
     async fn try_revoke(
@@ -594,17 +587,10 @@ impl Registry {
         id: &str,
         reason: &str,
     ) -> Result<Entry, RevocationError> {
-        match self.try_lift(operator, id, reason).await {
-            Ok(entry) => Ok(entry),
-            Err(error) => {
-                if !matches!(error.kind(), "internal") {
-                    let what = json!({"revocationId": id, "reason": reason});
-                    self.refused(Some(operator), Action::Lift, what, &error)
-                        .await?;
-                }
-                Err(error)
-            }
-        }
+        let outcome = self.try_lift(operator, id, reason).await;
+        let what = json!({"revocationId": id, "reason": reason});
+        self.recording_refusal(operator, Action::Lift, what, outcome)
+            .await
     }
 
     async fn try_lift(

@@ -5,7 +5,7 @@ usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --cont
                  (--jwks FILE | --remote-jwks URL [--jwks-cache-duration S]) [--issuer ISS]
                  [--audience AUD] --wasm FILE [--config JSON] [--plain]
                  [--hop-port N --hop-header NAME=VALUE ...] [--route-timeout DURATION]
-                 [--request-timeout DURATION] [--lds-dir DIR]
+                 [--request-timeout DURATION] [--tls-cert FILE --tls-key FILE] [--lds-dir DIR]
 --jwks reads the issuer's keys from a file once (the dev issuer); --remote-jwks fetches them from
 the OIDC provider's jwks_uri (an http:// URL, through a cluster of its own), again every
 --jwks-cache-duration seconds and in the background, so a provider's key rotation is picked up
@@ -16,6 +16,8 @@ the --hop-header headers (e.g. authorization=Bearer TOKEN) to every request: for
 cannot send a token themselves, such as the conformance suite.
 --route-timeout bounds the MCP server's whole answer (Envoy duration, e.g. 30s; default 0s, none).
 --request-timeout bounds how long a client may take to send its whole request (default 60s).
+--tls-cert/--tls-key serve the MCP listener over TLS (ALPN h2 and http/1.1) with that certificate
+chain and key (PEM files).
 --lds-dir serves the listeners (and with them the filter's configuration and policy) from
 DIR/lds.yaml instead of the bootstrap: rendering again with a new --config replaces that file
 atomically, and Envoy swaps the listener without a restart; requests in flight finish on the old
@@ -47,8 +49,12 @@ def main():
     ap.add_argument("--hop-header", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--route-timeout", default="0s")
     ap.add_argument("--request-timeout", default="60s")
+    ap.add_argument("--tls-cert", default="")
+    ap.add_argument("--tls-key", default="")
     ap.add_argument("--lds-dir", default="")
     a = ap.parse_args()
+    if bool(a.tls_cert) != bool(a.tls_key):
+        sys.exit("render.py: --tls-cert and --tls-key go together")
 
     up = urlsplit(a.upstream)
     if up.scheme != "http" or not up.hostname:
@@ -56,8 +62,9 @@ def main():
     cp_host, _, cp_port = a.control_plane.rpartition(":")
     config_text = open(a.config[1:]).read() if a.config.startswith("@") else a.config
     config = json.loads(config_text)
-    resource = f"http://127.0.0.1:{a.listen_port}/mcp"
-    config.setdefault("resourceMetadataUrl", f"http://127.0.0.1:{a.listen_port}/.well-known/oauth-protected-resource")
+    scheme = "https" if a.tls_cert else "http"
+    resource = f"{scheme}://127.0.0.1:{a.listen_port}/mcp"
+    config.setdefault("resourceMetadataUrl", f"{scheme}://127.0.0.1:{a.listen_port}/.well-known/oauth-protected-resource")
     metadata = {"resource": resource, "authorization_servers": [a.issuer],
                 "bearer_methods_supported": ["header"], "resource_name": "Tollgate MCP gateway"}
     values = {
@@ -85,6 +92,8 @@ def main():
         text = text.replace("${%s}" % key, str(value))
     if a.remote_jwks:
         text = add_jwks_cluster(text, a.remote_jwks)
+    if a.tls_cert:
+        text = add_listener_tls(text, os.path.abspath(a.tls_cert), os.path.abspath(a.tls_key))
     if a.hop_port:
         text = add_client_hop(text, a.hop_port, a.listen_port, a.hop_header)
     if a.lds_dir:
@@ -144,6 +153,25 @@ def listeners_to_lds(text, lds_dir):
     # Dynamic resources need a node identity; a bootstrap that names one keeps it.
     node = "" if "\nnode:" in text else "node: { id: tollgate, cluster: tollgate }\n"
     return text[:start] + node + dynamic + "static_resources:\n" + text[end:]
+
+def add_listener_tls(text, cert, key):
+    """TLS on the MCP listener (the first filter chain), offering h2 and http/1.1 by ALPN."""
+    chain = "    filter_chains:\n    - filters:\n"
+    if chain not in text:
+        sys.exit("render.py: the bootstrap's MCP listener has no filter chain to put TLS on")
+    tls = f"""    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: {{ filename: {json.dumps(cert)} }}
+              private_key: {{ filename: {json.dumps(key)} }}
+      filters:
+"""
+    return text.replace(chain, tls, 1)
 
 def add_client_hop(text, hop_port, listen_port, headers):
     """A plain listener on hop_port that forwards everything to the gateway listener, adding

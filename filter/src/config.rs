@@ -42,6 +42,11 @@ pub struct FilterConfig {
     /// refused rather than passed unmasked.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// The MCP endpoint's path (Envoy normalises it first: `normalize_path`, `merge_slashes`).
+    /// A request for any other path is refused with 404 and recorded; only this one is decided
+    /// and forwarded.
+    #[serde(default = "default_mcp_path")]
+    pub mcp_path: String,
     /// Name of the upstream MCP server, as it appears in audit records.
     #[serde(default = "default_upstream")]
     pub upstream: String,
@@ -88,6 +93,9 @@ fn default_max_request_bytes() -> usize {
 }
 fn default_max_response_bytes() -> usize {
     32 * 1024 * 1024
+}
+fn default_mcp_path() -> String {
+    "/mcp".to_owned()
 }
 fn default_upstream() -> String {
     "mcp".to_owned()

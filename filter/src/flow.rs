@@ -90,8 +90,76 @@ pub fn too_large(
     refuse(config, masker, info, identity, (&[], &[]), reply, reason)
 }
 
-/// A complete request (`body` is `None` for GET and DELETE, which carry none), decided by the
-/// policy.
+/// What the headers alone decide, before any body arrives: a path other than the MCP endpoint
+/// (404), an HTTP method MCP does not use (405), a GET or DELETE (decided by the policy; with a
+/// body, 400), a POST without a body (400). `None` for a POST whose body follows: [`request`]
+/// decides it once the body is whole (its end, or trailers). Every one of these is recorded.
+pub fn headers_only(
+    config: &FilterConfig,
+    policy: &Policy,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &Identity,
+    end_of_stream: bool,
+) -> Option<Step> {
+    if route_path(&info.path) != config.mcp_path {
+        let reason = format!("no MCP endpoint at this path (only {})", config.mcp_path);
+        let reply = LocalReply::jsonrpc_error(404, None, jsonrpc::GATEWAY_ERROR, &reason, None);
+        return Some(refuse(
+            config,
+            masker,
+            info,
+            identity,
+            (&[], &[]),
+            reply,
+            reason,
+        ));
+    }
+    match info.http_method.as_str() {
+        "POST" if end_of_stream => Some(request(config, policy, masker, info, identity, Some(b""))),
+        "POST" => None,
+        "GET" | "DELETE" if !end_of_stream => {
+            let reason = format!("{} carries no body", info.http_method);
+            let reply =
+                LocalReply::jsonrpc_error(400, None, jsonrpc::INVALID_REQUEST, &reason, None);
+            Some(refuse(
+                config,
+                masker,
+                info,
+                identity,
+                (&[], &[]),
+                reply,
+                reason,
+            ))
+        }
+        "GET" | "DELETE" => Some(request(config, policy, masker, info, identity, None)),
+        other => {
+            let reason = format!("method {other} is not allowed on the MCP endpoint");
+            let mut reply =
+                LocalReply::jsonrpc_error(405, None, jsonrpc::GATEWAY_ERROR, &reason, None);
+            reply
+                .headers
+                .push(("allow".to_owned(), "GET, POST, DELETE".to_owned()));
+            Some(refuse(
+                config,
+                masker,
+                info,
+                identity,
+                (&[], &[]),
+                reply,
+                reason,
+            ))
+        }
+    }
+}
+
+/// The path without its query string.
+fn route_path(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// A complete request, decided by the policy: the JSON-RPC body of a POST, or `None` for a GET
+/// or DELETE, which carry none.
 pub fn request(
     config: &FilterConfig,
     policy: &Policy,
@@ -117,10 +185,13 @@ pub fn request(
         }
     }
     let Some(body) = body else {
-        // GET opens the server's SSE stream and DELETE ends a session: no call to decide, but
-        // both are audited under the caller's identity.
-        return forward(config, masker, info, identity, &[], &[]);
+        return bodiless(config, policy, masker, info, identity);
     };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        let reason = "empty body: a POST to the MCP endpoint carries a JSON-RPC message".to_owned();
+        let reply = LocalReply::jsonrpc_error(400, None, jsonrpc::INVALID_REQUEST, &reason, None);
+        return refuse(config, masker, info, identity, (&[], &[]), reply, reason);
+    }
     let parsed = match jsonrpc::parse(body) {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -186,6 +257,42 @@ pub fn request(
         reply,
         reason,
     )
+}
+
+/// GET (the server's stream) or DELETE (end of a session), decided by the policy as the
+/// method of the same name; recorded as one message of that method.
+fn bodiless(
+    config: &FilterConfig,
+    policy: &Policy,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &Identity,
+) -> Step {
+    let ctx = CallContext::for_identity(identity, &info.path, &config.upstream);
+    let verdict = policy.decide_bodiless(&info.http_method, &ctx);
+    let message = Message {
+        kind: Kind::Request,
+        id: None,
+        method: Some(info.http_method.clone()),
+        params: None,
+    };
+    let decided = (
+        std::slice::from_ref(&message),
+        std::slice::from_ref(&verdict),
+    );
+    if verdict.is_allowed() {
+        return forward(config, masker, info, identity, decided.0, decided.1);
+    }
+    // A held GET or DELETE would keep a connection open for a person's decision: refused.
+    let reply = LocalReply::jsonrpc_error(
+        403,
+        None,
+        jsonrpc::GATEWAY_ERROR,
+        &verdict.error_message(),
+        Some(verdict.error_data()),
+    );
+    let reason = verdict.error_message();
+    refuse(config, masker, info, identity, decided, reply, reason)
 }
 
 fn json_reply(status: u32, body: Vec<u8>) -> LocalReply {
@@ -437,6 +544,182 @@ mod tests {
         assert_eq!(step.next, Next::Forward);
         assert_eq!(step.record["messages"][0]["method"], "tools/call");
         assert_eq!(step.record["messages"][0]["target"], "get_customer");
+    }
+
+    fn info(method: &str, path: &str) -> RequestInfo {
+        RequestInfo {
+            http_method: method.into(),
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    fn reply_of(step: &Step) -> &LocalReply {
+        match &step.next {
+            Next::Reply(reply) => reply,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_mcp_path_is_decided_anything_else_is_404_and_recorded() {
+        let policy = Policy::from_json(
+            br#"{"rules":[{"id":"all","match":{"method":"*"},"action":"allow"}]}"#,
+        )
+        .unwrap();
+        for path in ["/mcpX", "/mcp/", "/MCP", "/mcp%2F..", "/admin", "/"] {
+            let step = headers_only(
+                &config(),
+                &policy,
+                &Masker::default(),
+                &info("POST", path),
+                &alice(),
+                false,
+            )
+            .unwrap_or_else(|| panic!("{path} went on to the body"));
+            assert_eq!(reply_of(&step).status, 404, "{path}");
+            assert_eq!(step.record["decision"], "deny", "{path}");
+            assert_eq!(step.record["outcome"], "refused", "{path}");
+        }
+        // The query string is not part of the path.
+        assert!(headers_only(
+            &config(),
+            &policy,
+            &Masker::default(),
+            &info("POST", "/mcp?x=1"),
+            &alice(),
+            false
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn bodiless_methods_are_decided_by_the_policy_and_others_refused() {
+        let masker = Masker::default();
+        let open = Policy::from_json(br#"{"rules":[]}"#).unwrap();
+        let get = headers_only(
+            &config(),
+            &open,
+            &masker,
+            &info("GET", "/mcp"),
+            &alice(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(get.next, Next::Forward);
+        assert_eq!(get.record["decision"], "allow");
+        assert_eq!(get.record["messages"][0]["method"], "GET");
+        let delete = headers_only(
+            &config(),
+            &open,
+            &masker,
+            &info("DELETE", "/mcp"),
+            &alice(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(delete.next, Next::Forward);
+
+        let no_streams = Policy::from_json(
+            br#"{"rules":[{"id":"no-get","match":{"method":"GET"},"action":"deny","reason":"no server streams"}]}"#,
+        )
+        .unwrap();
+        let refused = headers_only(
+            &config(),
+            &no_streams,
+            &masker,
+            &info("GET", "/mcp"),
+            &alice(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(reply_of(&refused).status, 403);
+        assert_eq!(refused.record["messages"][0]["rule"], "no-get");
+        // Without allowProtocol, a bodiless request is no plumbing: the default decides.
+        let strict = Policy::from_json(br#"{"allowProtocol":false,"rules":[]}"#).unwrap();
+        let refused = headers_only(
+            &config(),
+            &strict,
+            &masker,
+            &info("DELETE", "/mcp"),
+            &alice(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(reply_of(&refused).status, 403);
+        // A JSON-RPC message named "GET" is no plumbing.
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"GET"}"#;
+        let step = request(
+            &config(),
+            &open,
+            &masker,
+            &info("POST", "/mcp"),
+            &alice(),
+            Some(body),
+        );
+        assert_ne!(step.next, Next::Forward);
+
+        let get_with_body = headers_only(
+            &config(),
+            &open,
+            &masker,
+            &info("GET", "/mcp"),
+            &alice(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(reply_of(&get_with_body).status, 400);
+        for method in ["PUT", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE"] {
+            let step = headers_only(
+                &config(),
+                &open,
+                &masker,
+                &info(method, "/mcp"),
+                &alice(),
+                true,
+            )
+            .unwrap();
+            assert_eq!(reply_of(&step).status, 405, "{method}");
+            assert_eq!(step.record["httpMethod"], method);
+        }
+    }
+
+    #[test]
+    fn a_post_without_a_body_is_invalid_and_one_with_a_body_waits_for_it() {
+        let masker = Masker::default();
+        let open = Policy::from_json(br#"{"rules":[]}"#).unwrap();
+        let empty = headers_only(
+            &config(),
+            &open,
+            &masker,
+            &info("POST", "/mcp"),
+            &alice(),
+            true,
+        )
+        .unwrap();
+        let reply = reply_of(&empty);
+        assert_eq!(reply.status, 400);
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"]["code"], jsonrpc::INVALID_REQUEST);
+        assert_eq!(empty.record["decision"], "deny");
+        let blank = request(
+            &config(),
+            &open,
+            &masker,
+            &info("POST", "/mcp"),
+            &alice(),
+            Some(b" \r\n"),
+        );
+        assert_eq!(reply_of(&blank).status, 400);
+        assert!(headers_only(
+            &config(),
+            &open,
+            &masker,
+            &info("POST", "/mcp"),
+            &alice(),
+            false
+        )
+        .is_none());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct TollgateHttp {
     /// Set once the held call has long-polled for its approval: a second "pending" ends the wait.
     approval_awaited: bool,
     request_body: Option<Vec<u8>>,
+    /// Bytes of request body Envoy has buffered for this filter so far.
+    request_body_size: usize,
     /// A list request whose answer the policy filters.
     list_method: Option<String>,
     /// The filter answered itself; its own reply passes back through it untouched.
@@ -68,6 +70,8 @@ pub struct TollgateHttp {
     response_status: Option<u32>,
     /// Bytes of the (masked) answer so far, and its first bytes for the record.
     response_bytes: usize,
+    /// Bytes of a buffered answer Envoy holds for this filter so far.
+    response_body_size: usize,
     response_excerpt: Vec<u8>,
     started: std::time::SystemTime,
     /// Read in the headers callback: Envoy refuses header access once they have been sent, and
@@ -101,6 +105,7 @@ impl TollgateHttp {
             pending: None,
             approval_awaited: false,
             request_body: None,
+            request_body_size: 0,
             list_method: None,
             replied_locally: false,
             upstream_failure: None,
@@ -108,6 +113,7 @@ impl TollgateHttp {
             stream_mask_us: 0,
             response_status: None,
             response_bytes: 0,
+            response_body_size: 0,
             response_excerpt: Vec::new(),
             started: std::time::SystemTime::UNIX_EPOCH,
             response_content_type: None,
@@ -460,6 +466,78 @@ impl TollgateHttp {
         }
     }
 
+    /// The whole body is here (its end, trailers, or past the size limit): decide it. Without a
+    /// verified identity the call was already refused at its headers; stay paused.
+    fn decide_request_body(&mut self) -> Action {
+        let runtime = Rc::clone(&self.runtime);
+        let Some(identity) = self.identity.clone() else {
+            return Action::Pause;
+        };
+        let body_size = self.request_body_size;
+        if body_size > runtime.config.max_request_bytes {
+            return self.audit_then(flow::too_large(
+                &runtime.config,
+                &runtime.masker,
+                &self.info,
+                &identity,
+            ));
+        }
+        let body = host::buffer(BufferType::HttpRequestBody, body_size);
+        let step = flow::request(
+            &runtime.config,
+            &runtime.policy,
+            &runtime.masker,
+            &self.info,
+            &identity,
+            Some(&body),
+        );
+        self.list_method = flow::list_method(&runtime.policy, Some(&body));
+        self.request_body = Some(body);
+        self.audit_then(step)
+    }
+
+    /// The buffered answer is whole (its end, or trailers): filter a list, mask, replace the
+    /// body, and hold it until its record is acknowledged.
+    fn finish_buffered_response(&mut self) -> Action {
+        let runtime = Rc::clone(&self.runtime);
+        let body_size = self.response_body_size;
+        if let Some(reply) = self.upstream_failure.take() {
+            if !host::set_buffer(BufferType::HttpResponseBody, body_size, &reply.body) {
+                host::reset_response();
+                return Action::Pause;
+            }
+            self.note_response_bytes(&reply.body);
+            return self.record_response(false);
+        }
+        let original = host::buffer(BufferType::HttpResponseBody, body_size);
+        let mut body = std::borrow::Cow::from(&original);
+        if let (Some(method), Some(identity)) = (&self.list_method, &self.identity) {
+            let ctx =
+                CallContext::for_identity(identity, &self.info.path, &runtime.config.upstream);
+            if let Some(filtered) = flow::filter_list_body(&runtime.policy, method, &ctx, &body) {
+                body = filtered.into();
+            }
+        }
+        let started = host::now();
+        let masked = runtime.masker.mask_content(
+            self.response_content_type.as_deref(),
+            &body,
+            &mut self.masked,
+        );
+        stats::record(crate::metrics::MASK_US, micros_since(started));
+        if masked != original && !host::set_buffer(BufferType::HttpResponseBody, body_size, &masked)
+        {
+            host::log(
+                LogLevel::Error,
+                "tollgate: could not replace the response body; resetting",
+            );
+            host::reset_response();
+            return Action::Pause;
+        }
+        self.note_response_bytes(&masked);
+        self.record_response(false)
+    }
+
     fn send(&mut self, reply: &LocalReply) {
         self.replied_locally = true;
         self.response_mode = ResponseMode::Pass;
@@ -573,24 +651,24 @@ impl HttpContext for TollgateHttp {
                 );
                 self.audit_then(step)
             }
-            Ok(identity) if end_of_stream => {
-                let step = flow::request(
+            Ok(identity) => {
+                let step = flow::headers_only(
                     &runtime.config,
                     &runtime.policy,
                     &runtime.masker,
                     &self.info,
                     &identity,
-                    None,
+                    end_of_stream,
                 );
                 self.identity = Some(identity);
-                self.audit_then(step)
-            }
-            Ok(identity) => {
-                self.identity = Some(identity);
-                // The headers go on to Envoy's buffer filter, which holds them (and the router)
-                // until this filter releases the body: the upstream sees nothing of an undecided
-                // call. (Pausing here would stop the body from reaching this filter at all.)
-                Action::Continue
+                match step {
+                    Some(step) => self.audit_then(step),
+                    // A POST whose body follows. The headers go on to Envoy's buffer filter,
+                    // which holds them (and the router) until this filter releases the body:
+                    // the upstream sees nothing of an undecided call. (Pausing here would stop
+                    // the body from reaching this filter at all.)
+                    None => Action::Continue,
+                }
             }
         }
     }
@@ -599,33 +677,23 @@ impl HttpContext for TollgateHttp {
         if self.decided {
             return Action::Pause;
         }
-        let runtime = Rc::clone(&self.runtime);
-        let Some(identity) = self.identity.clone() else {
-            return Action::Pause;
-        };
-        if body_size > runtime.config.max_request_bytes {
-            return self.audit_then(flow::too_large(
-                &runtime.config,
-                &runtime.masker,
-                &self.info,
-                &identity,
-            ));
+        self.request_body_size = body_size;
+        if body_size > self.runtime.config.max_request_bytes {
+            return self.decide_request_body();
         }
         if !end_of_stream {
             return Action::Pause;
         }
-        let body = host::buffer(BufferType::HttpRequestBody, body_size);
-        let step = flow::request(
-            &runtime.config,
-            &runtime.policy,
-            &runtime.masker,
-            &self.info,
-            &identity,
-            Some(&body),
-        );
-        self.list_method = flow::list_method(&runtime.policy, Some(&body));
-        self.request_body = Some(body);
-        self.audit_then(step)
+        self.decide_request_body()
+    }
+
+    /// Trailers end the body as surely as END_STREAM does: the call is decided and recorded
+    /// now, and the trailers wait with the body until then.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.decided {
+            return Action::Pause;
+        }
+        self.decide_request_body()
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -694,50 +762,11 @@ impl HttpContext for TollgateHttp {
                     host::reset_response();
                     return Action::Pause;
                 }
+                self.response_body_size = body_size;
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                if let Some(reply) = self.upstream_failure.take() {
-                    if !host::set_buffer(BufferType::HttpResponseBody, body_size, &reply.body) {
-                        host::reset_response();
-                        return Action::Pause;
-                    }
-                    self.note_response_bytes(&reply.body);
-                    return self.record_response(false);
-                }
-                let original = host::buffer(BufferType::HttpResponseBody, body_size);
-                let mut body = std::borrow::Cow::from(&original);
-                if let (Some(method), Some(identity)) = (&self.list_method, &self.identity) {
-                    let ctx = CallContext::for_identity(
-                        identity,
-                        &self.info.path,
-                        &runtime.config.upstream,
-                    );
-                    if let Some(filtered) =
-                        flow::filter_list_body(&runtime.policy, method, &ctx, &body)
-                    {
-                        body = filtered.into();
-                    }
-                }
-                let started = host::now();
-                let masked = runtime.masker.mask_content(
-                    self.response_content_type.as_deref(),
-                    &body,
-                    &mut self.masked,
-                );
-                stats::record(crate::metrics::MASK_US, micros_since(started));
-                if masked != original
-                    && !host::set_buffer(BufferType::HttpResponseBody, body_size, &masked)
-                {
-                    host::log(
-                        LogLevel::Error,
-                        "tollgate: could not replace the response body; resetting",
-                    );
-                    host::reset_response();
-                    return Action::Pause;
-                }
-                self.note_response_bytes(&masked);
-                self.record_response(false)
+                self.finish_buffered_response()
             }
             ResponseMode::Stream => {
                 let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
@@ -764,6 +793,36 @@ impl HttpContext for TollgateHttp {
                     return self.record_response(true);
                 }
                 Action::Continue
+            }
+        }
+    }
+
+    /// Trailers end the answer without a last body chunk carrying END_STREAM: a buffered answer
+    /// is masked and recorded now, and the trailers follow it once its record is acknowledged;
+    /// a streamed one is recorded at its end.
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        match self.response_mode {
+            ResponseMode::Pass => Action::Continue,
+            ResponseMode::Buffer => self.finish_buffered_response(),
+            ResponseMode::Stream => {
+                let started = host::now();
+                let tail = self.stream.finish(&self.runtime.masker, &mut self.masked);
+                self.stream_mask_us += micros_since(started);
+                stats::record(crate::metrics::MASK_US, self.stream_mask_us);
+                if !tail.is_empty() {
+                    // The held-back tail of the last chunk (a possible card number cut at the
+                    // chunk's end) cannot be sent in front of trailers: end the stream rather
+                    // than pass a truncated answer as whole.
+                    host::log(
+                        LogLevel::Warn,
+                        "tollgate: streamed answer ended in trailers with masked bytes pending; resetting",
+                    );
+                    self.note_response_bytes(&tail);
+                    self.record_response(true);
+                    host::reset_response();
+                    return Action::Pause;
+                }
+                self.record_response(true)
             }
         }
     }

@@ -384,6 +384,19 @@ impl Policy {
 }
 
 impl Policy {
+    /// Decides a request that carries no JSON-RPC message: `GET` (opens the server's stream)
+    /// or `DELETE` (ends a session). Rules see the HTTP method as the method
+    /// (`"match": {"method": "GET"}`); when none matches, both are protocol plumbing. A JSON-RPC
+    /// message whose method is `"GET"` is decided by [`Policy::decide`] and is no plumbing.
+    pub fn decide_bodiless(&self, http_method: &str, ctx: &CallContext<'_>) -> Verdict {
+        let call = Call::new(Some(http_method), None, None);
+        match self.candidates(&call).find(|r| r.matches(&call, ctx)) {
+            Some(rule) => rule.verdict.fit_to(Kind::Request),
+            None if self.allow_protocol => Verdict::allow_protocol(),
+            None => self.default.fit_to(Kind::Request),
+        }
+    }
+
     /// The rules that may match `call`, in order.
     fn candidates<'p>(&'p self, call: &Call<'_>) -> impl Iterator<Item = &'p Rule> + 'p {
         self.index

@@ -16,6 +16,17 @@ use crate::policy::glob::Glob;
 /// Claims copied into every audit record when present.
 const STANDARD_CLAIMS: [&str; 7] = ["sub", "email", "groups", "iss", "jti", "client_id", "act"];
 
+/// How deep an `act` chain is followed: deeper nesting in a hostile token is ignored.
+const MAX_ACT_DEPTH: usize = 32;
+
+/// The subjects of an RFC 8693 `act` claim: the current actor, then each prior actor of its
+/// nested `act`s (every party the token acts through).
+pub fn act_subjects(act: Option<&Value>) -> impl Iterator<Item = &str> {
+    std::iter::successors(act, |claim| claim.get("act"))
+        .take(MAX_ACT_DEPTH)
+        .filter_map(|claim| claim.get("sub").and_then(Value::as_str))
+}
+
 /// A caller whose token jwt_authn verified.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {

@@ -74,10 +74,8 @@ fn matches(entry: &Entry, identity: &Identity) -> bool {
                     .accountable
                     .as_ref()
                     .is_some_and(|a| a.sub == entry.value)
-                || claim_equals(
-                    identity.claims.get("act").and_then(|a| a.get("sub")),
-                    &entry.value,
-                )
+                || crate::identity::act_subjects(identity.claims.get("act"))
+                    .any(|sub| sub == entry.value)
                 || claim_is("actor")
         }
         // Some issuers put the OAuth client in `azp` instead.
@@ -134,6 +132,9 @@ mod tests {
         assert!(revoked.find(&identity(ci)).is_some());
         let exchanged = json!({"sub":"svc-deploy","act":{"sub":"carol@contractor.example"}});
         assert!(revoked.find(&identity(exchanged)).is_some());
+        // Exchanged twice: the contractor is the prior actor, one `act` deeper.
+        let nested = json!({"sub":"svc-deploy","act":{"sub":"svc-ci","act":{"sub":"carol@contractor.example"}}});
+        assert!(revoked.find(&identity(nested)).is_some());
         assert!(revoked
             .find(&identity(json!({"sub":"alice@example.com"})))
             .is_none());

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
+use tollgate_filter::identity::act_subjects;
 
 use super::auth::VerifiedOperator;
 use super::webhook::Webhook;
@@ -181,13 +182,7 @@ impl Entry {
         if let Some(actor) = self.identity.get("actor").and_then(Value::as_str) {
             subjects.push(actor.to_string());
         }
-        let mut act = self.identity.get("act");
-        while let Some(claim) = act {
-            if let Some(sub) = claim.get("sub").and_then(Value::as_str) {
-                subjects.push(sub.to_string());
-            }
-            act = claim.get("act");
-        }
+        subjects.extend(act_subjects(self.identity.get("act")).map(str::to_owned));
         subjects
     }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
+use tollgate_filter::identity::act_subjects;
 
 use super::filter::{messages, FilterArgs};
 use super::records::{self, OperatorArgs, Source, SourceArgs};
@@ -72,13 +73,7 @@ fn who(record: &Value) -> (Option<String>, Vec<String>) {
     let identity = record.get("identity");
     let claim = |name: &str| identity.and_then(|i| i.get(name));
     let mut behalf = Vec::new();
-    let mut act = claim("act");
-    while let Some(a) = act {
-        if let Some(s) = a.get("sub").and_then(Value::as_str) {
-            behalf.push(format!("{s} (act)"));
-        }
-        act = a.get("act");
-    }
+    behalf.extend(act_subjects(claim("act")).map(|s| format!("{s} (act)")));
     if let Some(actor) = claim("actor").and_then(Value::as_str) {
         let mut text = format!("{actor} (actor");
         for extra in ["repository", "workflow"] {

@@ -497,6 +497,26 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_stops_at_serde_jsons_recursion_limit() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(read(&deep), Err(ParseError::NotJson(why)) if why.contains("recursion")));
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+        assert!(matches!(read(&deep), Err(ParseError::NotJson(_))));
+    }
+
+    #[test]
+    fn a_refusal_deep_inside_names_its_whole_location() {
+        let text = r#"{"params":{"arguments":{"rows":[0,{"x":{"Id":1,"ID":2}}]}}}"#;
+        assert_eq!(
+            read(text),
+            Err(ParseError::Invalid(
+                r#"members "Id" and "ID" are the same name when case and width are ignored in $.params.arguments.rows[1].x"#
+                    .to_owned()
+            ))
+        );
+    }
+
+    #[test]
     fn reads_what_serde_json_reads() {
         let text =
             r#"{"a":[1,-2,3.5,1e300,18446744073709551615,true,null,"s\u00e9",{}],"b":{"c":[]}}"#;

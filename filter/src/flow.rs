@@ -744,6 +744,37 @@ mod tests {
     }
 
     #[test]
+    fn ambiguous_member_names_are_refused_as_invalid_requests() {
+        let policy = Policy::from_json(
+            br#"{"rules":[{"id":"reads","match":{"tool":"get_*"},"action":"allow"}]}"#,
+        )
+        .unwrap();
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","name":"delete_merchant"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","Name":"delete_merchant"}}"#,
+        ] {
+            let step = request(
+                &config(),
+                &policy,
+                &Masker::default(),
+                &RequestInfo::default(),
+                &alice(),
+                Some(body),
+            );
+            let Next::Reply(reply) = step.next else {
+                panic!("forwarded")
+            };
+            assert_eq!(reply.status, 400);
+            let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(answer["error"]["code"], jsonrpc::INVALID_REQUEST);
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains("$.params"), "{message}");
+            assert!(!message.contains("delete_merchant"), "{message}");
+            assert_eq!(step.record["decision"], "deny");
+        }
+    }
+
+    #[test]
     fn a_service_account_without_a_person_is_refused_and_one_with_an_owner_is_attributed() {
         let config = FilterConfig::from_json(br#"{"serviceAccounts":{"subs":["svc-*"]}}"#).unwrap();
         let mut svc = Identity {

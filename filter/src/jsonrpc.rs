@@ -1,5 +1,10 @@
 //! JSON-RPC 2.0 as MCP uses it: single messages and batches of requests, notifications and
 //! client responses to server requests.
+//!
+//! Bodies are read strictly (see [`strict`]): a body the filter and the upstream could read as
+//! two different messages, through duplicate or case-variant member names, is refused.
+
+pub mod strict;
 
 use serde_json::{Map, Value};
 
@@ -85,12 +90,12 @@ impl ParseError {
     }
 }
 
-/// Parses a request body.
+/// Parses a request body. Duplicate member names, names that differ only in case or width, and
+/// look-alikes of the JSON-RPC/MCP member names are refused as invalid requests ([`strict`]).
 pub fn parse(body: &[u8]) -> Result<Body, ParseError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ParseError::NotJson(format!("body is not UTF-8 ({e})")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ParseError::NotJson(format!("body is not JSON ({e})")))?;
+    let value = strict::read(text)?;
     match value {
         Value::Array(items) if items.is_empty() => {
             Err(ParseError::Invalid("empty batch".to_owned()))
@@ -220,6 +225,233 @@ mod tests {
             parse(br#"{"jsonrpc":"2.0","id":1}"#).unwrap_err().code(),
             INVALID_REQUEST
         );
+    }
+
+    /// The refusal for `body`: an invalid request whose message is returned.
+    fn refused(body: &[u8]) -> String {
+        let error = parse(body).unwrap_err();
+        assert_eq!(error.code(), INVALID_REQUEST, "{}", error.message());
+        error.message()
+    }
+
+    #[test]
+    fn the_case_variant_bypass_is_refused() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","Name":"delete_merchant"}}"#;
+        let why = refused(body);
+        assert!(
+            why.contains(r#""Name""#) && why.contains("$.params"),
+            "{why}"
+        );
+        assert!(!why.contains("get_customer") && !why.contains("delete_merchant"));
+    }
+
+    #[test]
+    fn duplicate_method_in_the_envelope_is_refused() {
+        let why = refused(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}"#,
+        );
+        assert_eq!(why, r#"invalid request: duplicate member "method" in $"#);
+    }
+
+    #[test]
+    fn duplicate_name_in_params_is_refused() {
+        let why = refused(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","name":"delete_merchant"}}"#,
+        );
+        assert_eq!(
+            why,
+            r#"invalid request: duplicate member "name" in $.params"#
+        );
+    }
+
+    #[test]
+    fn duplicate_nested_in_arguments_is_refused_without_echoing_values() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"refund","arguments":{"card":{"pan":"4111111111111111","pan":"5500005555555559"}}}}"#;
+        let why = refused(body);
+        assert_eq!(
+            why,
+            r#"invalid request: duplicate member "pan" in $.params.arguments.card"#
+        );
+        assert!(!why.contains("4111") && !why.contains("5500"));
+    }
+
+    #[test]
+    fn duplicate_inside_a_batch_item_is_refused() {
+        let why = refused(
+            br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"a","arguments":{},"arguments":{"x":1}}}]"#,
+        );
+        assert_eq!(
+            why,
+            r#"invalid request: duplicate member "arguments" in $[1].params"#
+        );
+        let why = refused(br#"[{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}]"#);
+        assert_eq!(why, r#"invalid request: duplicate member "id" in $[0]"#);
+    }
+
+    #[test]
+    fn escaped_duplicates_are_duplicates() {
+        let why = refused(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","n\u0061me":"delete_merchant"}}"#,
+        );
+        assert_eq!(
+            why,
+            r#"invalid request: duplicate member "name" in $.params"#
+        );
+        let why = refused(br#"{"jsonrpc":"2.0","id":1,"\u006dethod":"a","method":"b"}"#);
+        assert_eq!(why, r#"invalid request: duplicate member "method" in $"#);
+        // Escaped members in arguments, too.
+        refused(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"\"a\"":1,"\u0022a\u0022":2}}}"#);
+    }
+
+    #[test]
+    fn case_and_width_variants_of_known_members_are_refused() {
+        for (body, name) in [
+            (&br#"{"jsonrpc":"2.0","id":1,"Method":"tools/call"}"#[..], "\"Method\""),
+            (br#"{"jsonrpc":"2.0","id":1,"method":"ping","METHOD":"x"}"#, "\"METHOD\""),
+            (
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"ＭＥＴＨＯＤ\":\"x\"}".as_bytes(),
+                "\"ＭＥＴＨＯＤ\"",
+            ),
+            (br#"{"jsonrpc":"2.0","ID":1,"method":"ping"}"#, "\"ID\""),
+            (br#"{"jsonrpc":"2.0","id":1,"method":"ping","Params":{}}"#, "\"Params\""),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"NAME":"delete_merchant"}}"#,
+                "\"NAME\"",
+            ),
+            (
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"ｎａｍｅ\":\"x\"}}".as_bytes(),
+                "\"ｎａｍｅ\"",
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name\u200b":"x"}}"#,
+                "\"name\\u{200b}\"",
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"\ufeffname":"x"}}"#,
+                "\"\\u{feff}name\"",
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{" name ":"x"}}"#,
+                "\" name \"",
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"URI":"file:///x"}}"#,
+                "\"URI\"",
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{},"_META":{}}}"#,
+                "\"_META\"",
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolversion":"2025-06-18"}}"#,
+                "\"protocolversion\"",
+            ),
+            (
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"argumentſ\":{}}}".as_bytes(),
+                "\"argumentſ\"",
+            ),
+            (
+                br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"Name":"x"}}]"#,
+                "\"Name\"",
+            ),
+        ] {
+            let why = refused(body);
+            assert!(why.contains(&format!("member {name} is not")), "{why}");
+        }
+    }
+
+    #[test]
+    fn case_collisions_are_refused_at_any_depth() {
+        let why = refused(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":1,"Amount":1000}}}"#,
+        );
+        assert_eq!(
+            why,
+            r#"invalid request: members "amount" and "Amount" are the same name when case and width are ignored in $.params.arguments"#
+        );
+        // Neither spelling is the plain one.
+        refused(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"Amount":1,"AMOUNT":2}}}"#);
+        // Deeper, in an array, with fullwidth letters.
+        refused("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\",\"arguments\":{\"items\":[{\"sku\":1,\"ｓｋｕ\":2}]}}}".as_bytes());
+        // In a client's response.
+        refused(br#"{"jsonrpc":"2.0","id":"s1","result":{"action":"accept","Action":"decline"}}"#);
+    }
+
+    #[test]
+    fn case_variants_inside_arguments_are_the_tools_own() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"update_customer","arguments":{"Name":"Ada","METHOD":"card","Params":{"ID":1},"uri":"x"}}}"#;
+        let Body::Single(m) = parse(body).unwrap() else {
+            panic!("not single")
+        };
+        assert_eq!(m.target(), Some("update_customer"));
+        assert_eq!(m.arguments().unwrap()["Name"], "Ada");
+    }
+
+    #[test]
+    fn ordinary_mcp_bodies_parse() {
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"roots":{"listChanged":true},"sampling":{},"elicitation":{}},"clientInfo":{"name":"claude","title":"Claude","version":"1.0.0"}}}"#[..],
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/list","params":{"cursor":"c1","_meta":{"progressToken":7}}}"#,
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_customer","arguments":{"customer_id":"cus_1","expand":["charges"]},"_meta":{"progressToken":"p"}}}"#,
+            br#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///a"}}"#,
+            br#"{"jsonrpc":"2.0","id":4,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"a","value":"b"}}}"#,
+            br#"{"jsonrpc":"2.0","id":5,"method":"logging/setLevel","params":{"level":"info"}}"#,
+            br#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"x","vendorExtension":true}}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":"s1","result":{"content":[{"type":"text","text":"hi"}]}}]"#,
+        ] {
+            parse(body).unwrap_or_else(|e| panic!("{}: {}", e.message(), String::from_utf8_lossy(body)));
+        }
+    }
+
+    #[test]
+    fn long_member_names_are_cut_in_messages() {
+        let long = "K".repeat(500);
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"{long}":1,"{long}":2}}}}}}"#
+        );
+        let why = refused(body.as_bytes());
+        assert!(why.contains(&format!("\"{}\"…", "K".repeat(64))), "{why}");
+        assert!(why.len() < 300, "{why}");
+    }
+
+    #[test]
+    fn lone_surrogates_are_parse_errors_in_names_and_values() {
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get\ud800"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\udc00x"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\ud800\u0041"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name\ud800":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"\udfff":1}}}"#,
+        ] {
+            let error = parse(body).unwrap_err();
+            assert_eq!(error.code(), PARSE_ERROR);
+            assert!(
+                error.message().contains("lone UTF-16 surrogate"),
+                "{}",
+                error.message()
+            );
+        }
+        // A proper pair is a character.
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\ud83d\ude00"}}"#;
+        let Body::Single(m) = parse(body).unwrap() else {
+            panic!("not single")
+        };
+        assert_eq!(m.target(), Some("\u{1F600}"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_parse_error_in_names_and_values() {
+        for body in [
+            &b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"get\xff\"}}"[..],
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"na\xc3me\":\"x\"}}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"\xed\xa0\x80\"}}",
+        ] {
+            let error = parse(body).unwrap_err();
+            assert_eq!(error.code(), PARSE_ERROR);
+            assert!(error.message().contains("not UTF-8"), "{}", error.message());
+        }
     }
 
     #[test]

@@ -8,15 +8,19 @@
 //! one (a 20-digit run is not a card number).
 //!
 //! Letters next to the digits do not hide a card number (`PAN4111111111111111`,
-//! `ref=4111111111111111abc`), with one exception, the *hash rule*: a window may not start at a group
-//! glued to an ASCII letter on its left, nor end at a group glued to one on its right, when that
-//! group is ASCII digits inside a hex token: a run of ASCII hex digits `[0-9A-Fa-f]` (the group
-//! included, nothing else in between) of at least [`HEX_TOKEN`] characters (hashes, trace and
-//! object ids), or a segment of a UUID (`8-4-4-4-12` hex segments joined by `-`); nor when the group
-//! lies in an IBAN written as one word (`GB82WEST12345698765432`: a country code, two digits, that
-//! country's IBAN length). Windows whose
-//! edges touch no letter are read as before, so whatever the independent checker
-//! (`shared/smoke/pan.py`, which still requires no letter on either side) flags is masked.
+//! `ref=4111111111111111abc`, `x5500000000000004y`), with one exception, the *hash rule*: a window
+//! may not start at a group glued to an ASCII letter on its left, nor end at a group glued to one
+//! on its right, when that group is ASCII digits and lies
+//!
+//! - in a run of at least [`HEX_TOKEN`] (24) ASCII hex digits `[0-9A-Fa-f]`, the group included
+//!   (hashes, trace ids, object ids; a card with a few hex letters glued to it stays shorter),
+//! - in a segment of a UUID (`8-4-4-4-12` hex segments joined by `-`), or
+//! - in an IBAN written as one word (`GB82WEST12345698765432`: uppercase, a country code, two
+//!   digits, that country's IBAN length).
+//!
+//! Windows whose edges touch no letter are read exactly as before, so whatever the independent
+//! checker (`shared/smoke/pan.py`, which still requires no letter on either side) flags is masked.
+//! To decide, the scanner may need up to 64 bytes past a group; in a stream it waits for them.
 //!
 //! Track 2 equivalent data (EMV tag 57: card number, `D`, YYMM, service code, discretionary data,
 //! often `F`-padded) and magnetic-stripe track 2 (`=` as the separator): when a card number is

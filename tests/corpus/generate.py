@@ -335,6 +335,113 @@ def stream(labels):
     events.append("event: message\nid: 41\ndata: " + json.dumps(body, ensure_ascii=False) + "\n\n")
     return "".join(events)
 
+# --- letters next to digits ---------------------------------------------------------------------
+# The engine masks card numbers glued to letters (`PAN4111…`, `…1111abc`, track 2 equivalent data
+# with its `D` separator) except inside hex tokens of 24+ characters, UUIDs and IBANs (the hash
+# rule, filter/src/mask/scan.rs). The checker above still requires no letter on either side, so
+# these records are built by hand: look-alikes plant a Luhn-valid run in an issuer range where the
+# hash rule must keep it, positives glue one to letters where it must not. Its own random source,
+# so the files above stay as they were.
+G = random.Random(20260402)
+HEX = "0123456789abcdef"
+
+def g_pan(lengths=(13, 14, 15, 16, 17, 18, 19)):
+    while True:
+        name, prefixes, lens = G.choice(BRANDS)
+        n = G.choice(lens)
+        if n not in lengths:
+            continue
+        p = G.choice(prefixes)
+        body = p + "".join(G.choice("0123456789") for _ in range(n - len(p) - 1))
+        d = with_check(body)
+        if in_range(d):
+            return d
+
+def g_hex(n, upper=False):
+    h = "".join(G.choice(HEX) for _ in range(n))
+    return h.upper() if upper else h
+
+def g_letter(upper=False):
+    c = G.choice("abcdef")
+    return c.upper() if upper else c
+
+def planted_hash(total):
+    """A hex token of `total` characters with a card-like run between hex letters."""
+    upper = G.random() < 0.2
+    p = g_pan(lengths=tuple(n for n in (13, 14, 15, 16, 17, 18, 19) if n <= total - 2))
+    at = G.randint(1, total - len(p) - 1)
+    left = g_hex(at - 1, upper) + g_letter(upper)
+    right = g_letter(upper) + g_hex(total - at - len(p) - 1, upper)
+    return left + p + right
+
+def planted_uuid():
+    """A UUID whose glued first field starts a card-like window across the next fields."""
+    while True:
+        k = G.randint(1, 4)
+        first = "".join(G.choice("abcdef") for _ in range(8 - k))
+        digits = "".join(G.choice("0123456789") for _ in range(k + 11))
+        cand = with_check(digits)
+        if not in_range(cand):
+            continue
+        a, b, c, d = cand[:k], cand[k:k + 4], cand[k + 4:k + 8], cand[k + 8:]
+        if len(d) != 4:
+            continue
+        u = f"{first}{a}-{b}-{c}-{d}-{g_letter()}{g_hex(11)}"
+        if not find(u):
+            return u
+
+def iban_gb():
+    while True:
+        acct = g_pan(lengths=(14,))
+        bban = G.choice(["NWBK", "BARC", "MIDL", "LOYD"]) + acct
+        n = int("".join(str(int(c, 36)) for c in bban + "GB00"))
+        return f"GB{98 - n % 97:02d}{bban}"
+
+def track2_emv(p):
+    yymm = f"{G.randint(26, 32)}{G.randint(1, 12):02d}"
+    rest = "".join(G.choice("0123456789") for _ in range(G.randint(10, 16)))
+    pad = "F" if (len(p) + 1 + 4 + 3 + len(rest)) % 2 else ""
+    return f"{p}{G.choice('Dd')}{yymm}{G.choice(['101', '201', '121'])}{rest}{pad}"
+
+GLUED = [  # (before, after): hex letters next to the digits stay few
+    ("PAN", ""), ("card:", "X"), ("ref=", "abc"), ("x", "y"), ("Nr", " ok"), ("id ", "b"),
+    ("KARTE", "."), ("pan_", "Z"), ("(", "EUR)"), ("", "USD"), ("cardno", "/exp"),
+]
+
+def lookalikes(labels):
+    lines = []
+    for i in range(600):
+        ts = date()
+        kind = G.random()
+        if kind < 0.12:
+            p = g_pan()
+            before, after = G.choice(GLUED)
+            labels.pans.append(p)
+            lines.append(f"{ts} WARN upstream echoed {before}{shape(p, G.choice(['plain', 'plain', 'space', 'dash']))}{after} in a tool result")
+        elif kind < 0.16:
+            p = g_pan(lengths=(16, 19))
+            labels.pans.append(p)
+            t = track2_emv(p)
+            lines.append(f"{ts} DEBUG emv tag57={t} aid=A0000000031010")
+        elif kind < 0.18:
+            p = g_pan(lengths=(16,))
+            labels.pans.append(p)
+            lines.append(f"{ts} DEBUG swipe raw=;{p}={G.randint(26, 32)}{G.randint(1, 12):02d}101{digits(12)}?")
+        else:
+            what, n = G.choice([
+                ("sha256", lambda: planted_hash(64)), ("sha1", lambda: planted_hash(40)),
+                ("md5", lambda: planted_hash(32)), ("objectId", lambda: planted_hash(24)),
+                ("uuid", planted_uuid), ("iban", iban_gb),
+            ])
+            n = n()
+            labels.negatives.append(n)
+            lines.append(G.choice([
+                f"{ts} INFO stored {what}={n} size={G.randint(1, 99999)}",
+                f"{ts} DEBUG {what} {n} cached",
+                f'{ts} INFO {{"{what}":"{n}","ok":true}}',
+            ]))
+    return "\n".join(lines) + "\n"
+
 FILES = [
     ("customers.json", "application/json", customers),
     ("customers_escaped.json", "application/json", customers_escaped),
@@ -343,6 +450,7 @@ FILES = [
     ("prose.txt", "text/plain", prose),
     ("prose_cards.txt", "text/plain", prose_with_cards),
     ("stream.sse", "text/event-stream", stream),
+    ("lookalikes.log", "text/plain", lookalikes),
 ]
 
 def main():

@@ -5,10 +5,16 @@
 //!   ([`StreamMasker`]), anything else as text ([`Masker::mask_body`]). It never returns a body
 //!   unmasked: a body that is not the JSON it claims to be is masked as text.
 //! - Detection ([`scan`]): 13–19 digits in groups joined by single separators (space, dash, dot,
-//!   no-break and narrow spaces, …), any Unicode decimal digit or `\uXXXX` escape of one, not glued
-//!   to letters, with a valid Luhn check digit and a prefix and length in the issuer table
-//!   ([`luhn::IIN_TABLE`]). Every window of whole groups is tried, as the independent acceptance
-//!   checker does.
+//!   no-break and narrow spaces, …), any Unicode decimal digit or `\uXXXX` escape of one, with a
+//!   valid Luhn check digit and a prefix and length in the issuer table ([`luhn::IIN_TABLE`]), not
+//!   part of a longer run of digits. Every window of whole groups is tried, as the independent
+//!   acceptance checker does. Letters next to the digits do not hide a card (`PAN4111…`,
+//!   `…1111abc`), except by the hash rule: digits glued to letters inside a run of 24 or more ASCII
+//!   hex digits (hashes, trace and object ids), a UUID, or an IBAN written as one word are not a
+//!   card.
+//! - Track 2 equivalent data (`<card>D<YYMM><service code><discretionary>`, EMV tag 57) and
+//!   magnetic-stripe track 2 (`<card>=…`): the card is masked as displayed and every digit after
+//!   the separator is masked too; one card of its brand is counted.
 //! - Display ([`Display`]): last four (default), BIN and last four, or a keyed HMAC token. Masked
 //!   digits keep their separators; masking is idempotent.
 //! - Extra detectors: card verification codes by JSON key name (and `CVV: 123` in text), track

@@ -3,10 +3,31 @@
 //!
 //! A *group* is a maximal run of digits (ASCII, any Unicode decimal digit, or `\uXXXX` escapes of
 //! them). Groups joined by exactly one separator form a *chain*. A *window* is a sequence of
-//! consecutive groups of a chain holding 13–19 digits, whose first group is not glued to an ASCII
-//! letter on its left and whose last group is not glued to one on its right. A window whose digits
-//! pass the Luhn check and fall in an issuer range is a card number. This is the definition that the
-//! independent checker (`shared/smoke/pan.py`) uses, so whatever it would flag is masked.
+//! consecutive groups of a chain holding 13–19 digits. A window whose digits pass the Luhn check
+//! and fall in an issuer range is a card number. A group longer than 19 digits is never part of
+//! one (a 20-digit run is not a card number).
+//!
+//! Letters next to the digits do not hide a card number (`PAN4111111111111111`,
+//! `ref=4111111111111111abc`, `x5500000000000004y`), with one exception, the *hash rule*: a window
+//! may not start at a group glued to an ASCII letter on its left, nor end at a group glued to one
+//! on its right, when that group is ASCII digits and lies
+//!
+//! - in a run of at least [`HEX_TOKEN`] (24) ASCII hex digits `[0-9A-Fa-f]`, the group included
+//!   (hashes, trace ids, object ids; a card with a few hex letters glued to it stays shorter),
+//! - in a segment of a UUID (`8-4-4-4-12` hex segments joined by `-`), or
+//! - in an IBAN written as one word (`GB82WEST12345698765432`: uppercase, a country code, two
+//!   digits, that country's IBAN length).
+//!
+//! Windows whose edges touch no letter are read exactly as before, so whatever the independent
+//! checker (`shared/smoke/pan.py`, which still requires no letter on either side) flags is masked.
+//! To decide, the scanner may need up to 64 bytes past a group; in a stream it waits for them.
+//!
+//! Track 2 equivalent data (EMV tag 57: card number, `D`, YYMM, service code, discretionary data,
+//! often `F`-padded) and magnetic-stripe track 2 (`=` as the separator): when a card number is
+//! followed by `D`/`d` and at least seven digits whose third and fourth are a month (01–12), or by
+//! `=` and at least seven digits, the hash rule does not apply to its right side, and every digit
+//! after the separator is masked too (the separator and any padding stay). It counts as one card
+//! of its brand.
 //!
 //! Masking a window can leave kept digits (the last four, the BIN) next to other digits, where they
 //! could form a new window: the scanner looks again until no window is a card number, masking such
@@ -23,6 +44,31 @@ const MAX_PAN: usize = 19;
 /// Digits of an open chain kept undecided: a future window (≤ 19 digits) and a secondary window
 /// left of its kept BIN (≤ 13 more) both lie within the last 32.
 const HOLD_DIGITS: usize = 40;
+/// Length from which a run of ASCII hex digits is a hash or an id, not text (24: MongoDB object
+/// ids; MD5, UUIDs without dashes, trace ids, SHA-1 and SHA-256 are longer). A card number of up to
+/// 19 digits with a few hex letters glued to it (`4111111111111111abc`) stays shorter.
+pub(crate) const HEX_TOKEN: usize = 24;
+/// How far the hash rule looks either way (bytes of hex digits and dashes).
+const HEX_LOOK: usize = 64;
+
+/// What the characters around a closing group allow.
+#[derive(Debug, Clone, Copy)]
+struct Glue {
+    /// A window may start at the group.
+    left_ok: bool,
+    /// A window may end at the group.
+    right_ok: bool,
+    /// Track data follows (`D` or `=` and digits): masked with a card ending at the group.
+    track: bool,
+}
+
+impl Glue {
+    const FREE: Glue = Glue {
+        left_ok: true,
+        right_ok: true,
+        track: false,
+    };
+}
 
 #[derive(Debug, Clone)]
 struct DigitRec {
@@ -54,6 +100,8 @@ enum State {
     Idle,
     InGroup,
     AfterSep,
+    /// Digits of track data after a masked card number: all masked.
+    Track,
 }
 
 /// Resumable scanner over a byte stream at absolute positions.
@@ -65,7 +113,10 @@ pub(crate) struct TextScan {
     tail: Vec<DigitRec>,
     group_len: usize,
     oversize: bool,
-    next_left_ok: bool,
+    /// The open group is glued to an ASCII letter on its left.
+    left_glued: bool,
+    /// Where the digits of track data start, after a card number and its separator.
+    track_at: Option<usize>,
     eff: Vec<Eff>,
     group_start_pos: usize,
     /// Byte ranges (absolute) worth showing the extra detectors: a 3–4 digit group right after a
@@ -89,7 +140,8 @@ impl TextScan {
             tail: Vec::new(),
             group_len: 0,
             oversize: false,
-            next_left_ok: true,
+            left_glued: false,
+            track_at: None,
             eff: Vec::new(),
             group_start_pos: pos,
             extra_windows: Vec::new(),
@@ -105,7 +157,8 @@ impl TextScan {
         self.tail.clear();
         self.group_len = 0;
         self.oversize = false;
-        self.next_left_ok = true;
+        self.left_glued = false;
+        self.track_at = None;
         self.extra_windows.clear();
     }
 
@@ -155,7 +208,7 @@ impl TextScan {
                 if t >= buf.len() {
                     break;
                 }
-                if buf[t].is_ascii_digit() {
+                if buf[t].is_ascii_digit() && self.track_at != Some(base + t) {
                     if let Some(end) = self.skip_plain_chain(&cx, t, last) {
                         self.pos = base + end;
                         self.prev = Class::Other;
@@ -177,25 +230,43 @@ impl TextScan {
             };
             let (start, end) = (self.pos, self.pos + u.len);
             match (self.state, u.class) {
+                (State::Track, Class::Digit) => cx.edits.push(Edit::star(start, end, u.escaped)),
+                (State::Track, c) => {
+                    self.state = State::Idle;
+                    self.prev = c;
+                }
+                (State::Idle, Class::Digit) if self.track_at.take() == Some(start) => {
+                    cx.edits.push(Edit::star(start, end, u.escaped));
+                    self.state = State::Track;
+                }
                 (State::Idle, Class::Digit) => {
-                    self.next_left_ok = self.prev != Class::Alpha;
+                    self.left_glued = self.prev == Class::Alpha;
                     self.push_digit(&mut cx, start, end, &u);
                     self.state = State::InGroup;
                 }
-                (State::Idle, c) => self.prev = c,
-                (State::InGroup, Class::Digit) => self.push_digit(&mut cx, start, end, &u),
-                (State::InGroup, Class::Sep) => {
-                    self.close_group(&mut cx, true);
-                    self.state = State::AfterSep;
-                    self.prev = Class::Sep;
+                (State::Idle, c) => {
+                    self.prev = c;
+                    self.track_at = None;
                 }
+                (State::InGroup, Class::Digit) => self.push_digit(&mut cx, start, end, &u),
                 (State::InGroup, c) => {
-                    self.close_group(&mut cx, c != Class::Alpha);
-                    self.end_chain(&mut cx);
+                    // What the group may be part of depends on what surrounds it (the hash rule,
+                    // track data): wait for more input when that is not known yet.
+                    let Some(glue) = self.glue(&cx, rel, c == Class::Alpha, last) else {
+                        break;
+                    };
+                    let hits = self.close_group(&mut cx, glue);
+                    // Track data after a card number that ends here is masked whole.
+                    self.track_at = (glue.track && hits > 0).then_some(end);
+                    if c == Class::Sep {
+                        self.state = State::AfterSep;
+                    } else {
+                        self.end_chain(&mut cx);
+                    }
                     self.prev = c;
                 }
                 (State::AfterSep, Class::Digit) => {
-                    self.next_left_ok = true;
+                    self.left_glued = false;
                     self.push_digit(&mut cx, start, end, &u);
                     self.state = State::InGroup;
                 }
@@ -208,10 +279,43 @@ impl TextScan {
         }
         if last {
             if self.state == State::InGroup {
-                self.close_group(&mut cx, true);
+                let rel = self.pos.saturating_sub(base).min(buf.len());
+                let glue = self.glue(&cx, rel, false, true).unwrap_or(Glue::FREE);
+                self.close_group(&mut cx, glue);
             }
             self.end_chain(&mut cx);
+            self.track_at = None;
         }
+    }
+
+    /// What the group that ends at `buf[ge]` allows, given the character there (`right_alpha`: an
+    /// ASCII letter). `None`: the input ends too soon to tell (never with `last`).
+    fn glue(&self, cx: &Cx<'_, '_>, ge: usize, right_alpha: bool, last: bool) -> Option<Glue> {
+        if self.oversize {
+            return Some(Glue::FREE);
+        }
+        let buf = cx.buf;
+        let Some(gs) = self
+            .group_start_pos
+            .checked_sub(cx.base)
+            .filter(|&gs| gs <= ge && ge <= buf.len())
+        else {
+            return Some(Glue::FREE);
+        };
+        let track = track_follows(buf, ge, last)?;
+        let right_glued = right_alpha && !track;
+        if !self.left_glued && !right_glued {
+            return Some(Glue {
+                track,
+                ..Glue::FREE
+            });
+        }
+        let hashed = in_hex_token(buf, gs, ge, right_glued, last)? || in_iban(buf, gs, ge, last)?;
+        Some(Glue {
+            left_ok: !(self.left_glued && hashed),
+            right_ok: !(right_glued && hashed),
+            track,
+        })
     }
 
     /// Fast path for the common case: a run of ASCII digit groups, starting at `t`, that certainly
@@ -252,7 +356,7 @@ impl TextScan {
             (Some(&b), Some(&c)) => is_sep(b) && ends(c),
             (Some(&b), None) => is_sep(b) && last,
         };
-        let found = certain && !(total >= MIN_PAN && self.plain_chain_has_window(buf, &groups, i));
+        let found = certain && !(total >= MIN_PAN && self.plain_chain_has_window(buf, &groups));
         if found && cx.m.extra_wants_windows() {
             for (k, &(gs, ge)) in groups.iter().enumerate() {
                 self.note_extra_window(cx, cx.base + gs, cx.base + ge, ge - gs, k == 0);
@@ -262,34 +366,26 @@ impl TextScan {
         found.then_some(i)
     }
 
-    /// True when some window of the plain ASCII chain `groups` (ending at `end`) is a card number.
-    fn plain_chain_has_window(&self, buf: &[u8], groups: &[(usize, usize)], end: usize) -> bool {
-        let i = end;
-        {
-            let left_ok = self.prev != Class::Alpha;
-            let right_ok = !buf.get(i).is_some_and(u8::is_ascii_alphabetic);
-            let mut values = [0u8; MAX_PAN];
-            for a in 0..groups.len() {
-                if a == 0 && !left_ok {
-                    continue;
+    /// True when some window of the plain ASCII chain `groups` could be a card number.
+    /// Letters next to the chain do not rule a window out (only the hash rule does, which the full
+    /// scanner applies): the chain is read as if it touched none.
+    fn plain_chain_has_window(&self, buf: &[u8], groups: &[(usize, usize)]) -> bool {
+        let mut values = [0u8; MAX_PAN];
+        for a in 0..groups.len() {
+            let mut len = 0;
+            for &(gs, ge) in &groups[a..] {
+                if len + (ge - gs) > MAX_PAN {
+                    break;
                 }
-                let mut len = 0;
-                for (b, &(gs, ge)) in groups.iter().enumerate().skip(a) {
-                    if len + (ge - gs) > MAX_PAN {
-                        break;
-                    }
-                    for (v, d) in values[len..].iter_mut().zip(&buf[gs..ge]) {
-                        *v = d - b'0';
-                    }
-                    len += ge - gs;
-                    let closes = b + 1 < groups.len() || right_ok;
-                    if len >= MIN_PAN
-                        && closes
-                        && luhn_values(values[..len].iter().copied())
-                        && brand_of_values(&values[..len]).is_some()
-                    {
-                        return true;
-                    }
+                for (v, d) in values[len..].iter_mut().zip(&buf[gs..ge]) {
+                    *v = d - b'0';
+                }
+                len += ge - gs;
+                if len >= MIN_PAN
+                    && luhn_values(values[..len].iter().copied())
+                    && brand_of_values(&values[..len]).is_some()
+                {
+                    return true;
                 }
             }
         }
@@ -319,7 +415,8 @@ impl TextScan {
             value: u.value,
             escaped: u.escaped,
             group_start: self.group_len == 1,
-            left_ok: self.next_left_ok,
+            // Settled when the group closes (see `close_group`).
+            left_ok: true,
             group_end: false,
             right_ok: false,
             masked: false,
@@ -328,7 +425,8 @@ impl TextScan {
         });
     }
 
-    fn close_group(&mut self, cx: &mut Cx<'_, '_>, right_ok: bool) {
+    /// Closes the open group; returns how many card numbers end at its last digit.
+    fn close_group(&mut self, cx: &mut Cx<'_, '_>, glue: Glue) -> usize {
         let len = std::mem::take(&mut self.group_len);
         if cx.m.extra_wants_windows() {
             self.note_extra_window(
@@ -341,13 +439,22 @@ impl TextScan {
         }
         if self.oversize {
             self.oversize = false;
-            return;
+            return 0;
+        }
+        if let Some(d) = self
+            .tail
+            .len()
+            .checked_sub(len)
+            .and_then(|k| self.tail.get_mut(k))
+            .filter(|d| d.group_start)
+        {
+            d.left_ok = glue.left_ok;
         }
         if let Some(d) = self.tail.last_mut() {
             d.group_end = true;
-            d.right_ok = right_ok;
+            d.right_ok = glue.right_ok;
         }
-        self.settle(cx);
+        self.settle(cx)
     }
 
     /// `first`: the group starts its run (a card verification code stands alone; the later groups
@@ -395,13 +502,16 @@ impl TextScan {
         self.oversize = false;
     }
 
-    /// Masks every card-number window among the open digits, then releases old groups.
-    fn settle(&mut self, cx: &mut Cx<'_, '_>) {
+    /// Masks every card-number window among the open digits, then releases old groups. Returns
+    /// how many card numbers of the input end at the last digit.
+    fn settle(&mut self, cx: &mut Cx<'_, '_>) -> usize {
+        let mut hits = 0;
         if self.tail.len() >= MIN_PAN {
             // Windows of the input ending at the group that just closed: primary hits, each shown as
             // configured (overlapping hits keep only what every one of them keeps).
             let mut primary = [(0usize, 0usize); MAX_PAN];
             let found = self.primary_windows(&mut primary);
+            hits = found;
             for &(a, b) in &primary[..found] {
                 self.hit(cx, a, b, true);
             }
@@ -437,6 +547,7 @@ impl TextScan {
             }
             self.finalize(cx, cut);
         }
+        hits
     }
 
     /// Card-number windows of the input (whole original groups, masking ignored) that end at the
@@ -701,6 +812,157 @@ pub(crate) fn find_trigger(buf: &[u8], from: usize) -> usize {
 /// True when `buf` holds anything the detector could read as a digit.
 pub(crate) fn may_hold_digits(buf: &[u8]) -> bool {
     find_trigger(buf, 0) < buf.len()
+}
+
+/// Whether track data follows a group ending at `buf[ge]`: `D`/`d` and seven digits whose third and
+/// fourth are a month (EMV track 2 equivalent data), or `=` and seven digits (magnetic stripe).
+/// `None`: the input ends too soon to tell.
+fn track_follows(buf: &[u8], ge: usize, last: bool) -> Option<bool> {
+    let Some(&sep) = buf.get(ge) else {
+        return Some(false);
+    };
+    if !matches!(sep, b'D' | b'd' | b'=') {
+        return Some(false);
+    }
+    let after = buf.get(ge + 1..).unwrap_or_default();
+    let digits = after
+        .iter()
+        .take(7)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits < 7 {
+        return if digits == after.len() && !last {
+            None
+        } else {
+            Some(false)
+        };
+    }
+    let month = (after[2] - b'0') * 10 + (after[3] - b'0');
+    Some(sep == b'=' || (1..=12).contains(&month))
+}
+
+/// The hash rule: whether the group `buf[gs..ge]` is ASCII digits inside a run of at least
+/// [`HEX_TOKEN`] hex digits (reaching past `ge` only when `right_glued`), or inside a UUID.
+/// `None`: the input ends too soon to tell.
+fn in_hex_token(buf: &[u8], gs: usize, ge: usize, right_glued: bool, last: bool) -> Option<bool> {
+    if !buf[gs..ge].iter().all(u8::is_ascii_digit) {
+        return Some(false);
+    }
+    let hex = |b: &&u8| b.is_ascii_hexdigit();
+    let l = buf[..gs]
+        .iter()
+        .rev()
+        .take(HEX_LOOK)
+        .take_while(hex)
+        .count();
+    let mut r = 0;
+    if right_glued {
+        r = buf[ge..].iter().take(HEX_LOOK).take_while(hex).count();
+        if ge + r == buf.len() && !last && l + (ge - gs) + r < HEX_TOKEN {
+            return None;
+        }
+    }
+    let seg = l + (ge - gs) + r;
+    if seg >= HEX_TOKEN {
+        return Some(true);
+    }
+    if !matches!(seg, 4 | 8 | 12) {
+        return Some(false);
+    }
+    in_uuid(buf, gs - l, ge + r, last)
+}
+
+/// IBAN lengths by country (ISO 13616 registry): country code and length, four bytes each.
+const IBAN_LENGTHS: &[&str] = &[
+    "AD24AE23AL28AT20AZ28BA20BE16BG22BH22BR29BY28CH21CR22CY28CZ24DE22DK18DO28EE20EG29ES24FI18",
+    "FO18FR27GB22GE22GI23GL18GR27GT28HR21HU28IE22IL23IQ23IS26IT27JO30KW30KZ20LB28LC32LI21LT20",
+    "LU20LV21LY25MC27MD24ME22MK19MR27MT31MU30NL18NO15PK24PL28PS29PT25QA29RO24RS22SA24SC31SD18",
+    "SE24SI19SK24SM27ST25SV28TL23TN24TR26UA29VA22VG24XK20",
+];
+
+/// Whether the group `buf[gs..ge]` lies in an IBAN in its electronic form: a word of uppercase
+/// ASCII letters and digits that starts with a country code and two digits and has that country's
+/// IBAN length. (The check digits are not verified: upstreams and test data print IBANs that fail
+/// them, and the shape alone is already far from a card number glued to a word.) `None`: the input
+/// ends too soon to tell.
+fn in_iban(buf: &[u8], gs: usize, ge: usize, last: bool) -> Option<bool> {
+    let word_char = |b: &&u8| b.is_ascii_uppercase() || b.is_ascii_digit();
+    let l = buf[..gs]
+        .iter()
+        .rev()
+        .take(35)
+        .take_while(word_char)
+        .count();
+    let r = buf[ge..].iter().take(35).take_while(word_char).count();
+    let len = l + (ge - gs) + r;
+    if ge + r == buf.len() && !last && len <= 34 {
+        return None;
+    }
+    // Not glued to more letters (lowercase) or digits on either side.
+    let word = &buf[gs - l..ge + r];
+    let clear = |b: Option<&u8>| !b.is_some_and(u8::is_ascii_alphanumeric);
+    if l < 4
+        || !clear((gs - l).checked_sub(1).and_then(|i| buf.get(i)))
+        || !clear(buf.get(ge + r))
+        || !word[2..4].iter().all(u8::is_ascii_digit)
+    {
+        return Some(false);
+    }
+    let want = [
+        word[0],
+        word[1],
+        b'0' + (len / 10) as u8,
+        b'0' + (len % 10) as u8,
+    ];
+    Some(
+        IBAN_LENGTHS
+            .iter()
+            .any(|row| row.as_bytes().chunks(4).any(|e| e == want)),
+    )
+}
+
+/// Whether the hex segment `buf[s..e]` is one of the five of a UUID (`8-4-4-4-12`).
+fn in_uuid(buf: &[u8], s: usize, e: usize, last: bool) -> Option<bool> {
+    let run = |b: &[u8]| {
+        b.iter()
+            .take(13)
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count()
+    };
+    let mut lens = [0usize; 9];
+    // Up to four segments before, in reverse order.
+    let mut before = 0;
+    let mut p = s;
+    while before < 4 && p >= 2 && buf[p - 1] == b'-' && buf[p - 2].is_ascii_hexdigit() {
+        let n = buf[..p - 1]
+            .iter()
+            .rev()
+            .take(13)
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        before += 1;
+        lens[4 - before] = n;
+        p -= 1 + n;
+    }
+    lens[4] = e - s;
+    let mut after = 0;
+    let mut p = e;
+    while after < 4 {
+        match (buf.get(p), buf.get(p + 1)) {
+            (Some(b'-'), Some(h)) if h.is_ascii_hexdigit() => {}
+            (None, _) | (Some(b'-'), None) if !last => return None,
+            _ => break,
+        }
+        let n = run(&buf[p + 1..]);
+        if p + 1 + n == buf.len() && n < 13 && !last {
+            return None;
+        }
+        after += 1;
+        lens[4 + after] = n;
+        p += 1 + n;
+    }
+    const UUID: [usize; 5] = [8, 4, 4, 4, 12];
+    Some((4 - before..=4).any(|a| a + 5 <= 5 + after && lens[a..a + 5] == UUID))
 }
 
 #[allow(dead_code)]

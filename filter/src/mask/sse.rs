@@ -432,6 +432,20 @@ fn link(m: &Masker, prev: &mut Vec<u8>, tail: Tail, next: &mut Vec<u8>, report: 
     let (Some((_, ctx)), Some((_, hend))) = (trailing_run(&ttext), leading_run(&htext)) else {
         return;
     };
+    // The hash rule and track data read the hex digits around a group: bring those along.
+    let ctx = ctx
+        - ttext[..ctx]
+            .iter()
+            .rev()
+            .take(64)
+            .take_while(|b| hex_or_dash(b))
+            .count();
+    let hend = hend
+        + htext[hend..]
+            .iter()
+            .take(64)
+            .take_while(|b| hex_or_dash(b))
+            .count();
     let mut joined = ttext[ctx..].to_vec();
     let split = joined.len();
     joined.extend_from_slice(&htext[..hend]);
@@ -478,6 +492,10 @@ fn link(m: &Masker, prev: &mut Vec<u8>, tail: Tail, next: &mut Vec<u8>, report: 
         apply(bytes, 0, &edits, &mut out);
         *bytes = out;
     }
+}
+
+fn hex_or_dash(b: &u8) -> bool {
+    b.is_ascii_hexdigit() || *b == b'-'
 }
 
 /// `release` moved back to the start of the word it falls in (bytes up to an ASCII space or

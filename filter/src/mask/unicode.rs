@@ -9,7 +9,8 @@ pub(crate) enum Class {
     Digit,
     /// A separator allowed once between digit groups.
     Sep,
-    /// An ASCII letter: digits glued to one are part of an identifier, not a card number.
+    /// An ASCII letter: digits glued to one are a card number only outside hex tokens, UUIDs and
+    /// IBANs (the hash rule in `scan`).
     Alpha,
     /// Anything else: ends a run of digit groups.
     Other,

@@ -183,7 +183,7 @@ def h1_request_bytes(spec, body, framing, keep_alive):
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data
 
 
-def h1(addr, tls, spec):
+def h1_request(addr, tls, spec):
     framing = spec.get("framing", "cl")
     sock = connect(addr[0], addr[1], tls, "http/1.1")
     try:
@@ -225,7 +225,7 @@ def no_answer(why):
 # --- HTTP/2 --------------------------------------------------------------------------------------
 
 
-def h2(addr, tls, spec):
+def h2_request(addr, tls, spec):
     framing = spec.get("framing", "end-stream")
     sock = connect(addr[0], addr[1], tls, "h2")
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -320,9 +320,9 @@ def main():
     for spec in plan:
         try:
             if spec.get("proto", "h1") == "h2":
-                out.append(h2((host, int(port)), tls, spec))
+                out.append(h2_request((host, int(port)), tls, spec))
             else:
-                out.append(h1((host, int(port)), tls, spec))
+                out.append(h1_request((host, int(port)), tls, spec))
         except Exception as err:  # noqa: BLE001 - reported to the test, which decides
             out.append(no_answer("%s: %s" % (type(err).__name__, err)))
     json.dump(out, sys.stdout)

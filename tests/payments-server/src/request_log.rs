@@ -21,7 +21,7 @@ use std::{
 use axum::{
     body::{to_bytes, Body},
     extract::{Request, State},
-    http::{Method, StatusCode},
+    http::StatusCode,
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -107,13 +107,13 @@ pub async fn log_requests(State(log): State<RequestLog>, request: Request, next:
     base["bytes"] = json!(bytes.len());
     base["body_sha256"] = json!(hex::encode(Sha256::digest(&bytes)));
 
-    if parts.method == Method::POST && !bytes.is_empty() {
+    if !bytes.is_empty() {
         for record in records_for_body(&base, &bytes) {
             log.write(&record);
         }
     } else {
-        // GET (SSE stream), DELETE (end session), an empty POST or any other method: no
-        // JSON-RPC message, but the request reached the server all the same.
+        // GET (SSE stream), DELETE (end session), an empty POST: no JSON-RPC message, but the
+        // request reached the server all the same. A body with any method is parsed above.
         log.write(&base);
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -490,9 +490,7 @@ fn differential_bodies() -> Vec<(&'static str, Vec<u8>, i64, bool)> {
         ),
         (
             "lone surrogate",
-            text(format!(
-                r#"{{"name":"get_customer","arguments":{{"customer_id":"cus_1\ud800"}}}}"#
-            )),
+            text(r#"{"name":"get_customer","arguments":{"customer_id":"cus_1\ud800"}}"#.to_owned()),
             -32600,
             false,
         ),

@@ -13,8 +13,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 pub mod faults;
+pub mod gate;
 pub mod oidc;
 pub mod peers;
+pub use gate::{assert_gate_invariant, gate_invariant_violations};
 pub use oidc::{Directory, OidcProvider};
 pub use peers::{ClientHop, Upstream};
 
@@ -174,6 +176,10 @@ pub struct StackOptions {
     pub render_args: Vec<String>,
     /// Extra arguments for `tollgate serve` (also on restart).
     pub control_plane_args: Vec<String>,
+    /// Serve the MCP listener over TLS (ALPN h2 and http/1.1) with a fresh self-signed
+    /// certificate for localhost: `envoy/render.py --tls-cert FILE --tls-key FILE`. The
+    /// gateway URL is then `https://`.
+    pub gateway_tls: bool,
 }
 
 impl Default for StackOptions {
@@ -193,6 +199,7 @@ impl Default for StackOptions {
             jwks_cache_secs: 2,
             render_args: Vec::new(),
             control_plane_args: Vec::new(),
+            gateway_tls: false,
         }
     }
 }
@@ -301,6 +308,16 @@ impl Stack {
             ];
             hop_url = Some(format!("http://127.0.0.1:{hop_port}/mcp"));
         }
+        let mut tls_args = Vec::new();
+        if options.gateway_tls {
+            let (cert, key) = self_signed_cert(dir.path())?;
+            tls_args = vec![
+                "--tls-cert".to_owned(),
+                cert.display().to_string(),
+                "--tls-key".to_owned(),
+                key.display().to_string(),
+            ];
+        }
         let mut render = Command::new("python3");
         render
             .arg(workspace().join("envoy/render.py"))
@@ -315,6 +332,7 @@ impl Stack {
             .arg(wasm_file())
             .args(["--config", &config.to_string()])
             .args(&hop_args)
+            .args(&tls_args)
             .args(&options.render_args);
         let rendered = render.output()?;
         if !rendered.status.success() {
@@ -336,7 +354,10 @@ impl Stack {
             server,
             server_request_log,
             envoy,
-            gateway_url: format!("http://127.0.0.1:{listen_port}/mcp"),
+            gateway_url: format!(
+                "{}://127.0.0.1:{listen_port}/mcp",
+                if options.gateway_tls { "https" } else { "http" }
+            ),
             admin_port,
             upstream_url: upstream,
             hop_url,
@@ -431,6 +452,28 @@ impl Stack {
         )?);
         Ok(())
     }
+}
+
+/// A self-signed P-256 certificate for `localhost` and 127.0.0.1 (openssl), written into `dir`;
+/// returns the certificate and key files.
+pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("gateway-cert.pem");
+    let key = dir.join("gateway-key.pem");
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((cert, key))
 }
 
 /// A token from the dev issuer in `home` (what `Stack::token` does, before the stack exists).

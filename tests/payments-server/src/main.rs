@@ -110,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot open request log {:?}", args.request_log))?;
     let app = Router::new()
         .route_service("/mcp", mcp)
+        // Any other path is 404, after the request log below has seen it: a request that
+        // reached the server on a path the gateway should never forward is evidence too.
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
             wire::WireOptions {
                 escape_json: args.escape_json,

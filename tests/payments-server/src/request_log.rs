@@ -1,9 +1,14 @@
-//! Logs every MCP request that reaches the server, before rmcp handles it.
+//! Logs every HTTP request that reaches the server, before rmcp handles it.
 //!
-//! It sits in front of the rmcp service as an axum middleware because the tests need proof of what
-//! arrived on the wire (a call the gateway blocked must never appear here), independent of how rmcp
-//! routes or rejects it. Each JSON-RPC message becomes one JSON line on stderr and, when configured,
-//! one line appended to the request-log file.
+//! It sits in front of the rmcp service (and the 404 fallback for other paths) as an axum
+//! middleware because the tests need proof of what arrived on the wire (a call the gateway blocked
+//! must never appear here), independent of how rmcp routes or rejects it. Each JSON-RPC message
+//! becomes one JSON line on stderr and, when configured, one line appended to the request-log file;
+//! a request without a JSON-RPC body (GET, DELETE, an empty or unparsable POST) becomes one line too.
+//!
+//! Every line carries what the gateway's audit records are checked against: the HTTP method, the
+//! request target (path with query), Envoy's `x-request-id`, the SHA-256 of the exact body bytes
+//! received and the receive time in microseconds since the Unix epoch.
 
 use std::{
     fs::{File, OpenOptions},
@@ -16,11 +21,12 @@ use std::{
 use axum::{
     body::{to_bytes, Body},
     extract::{Request, State},
-    http::{Method, StatusCode},
+    http::StatusCode,
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Bodies larger than this are refused before logging; far above what rmcp itself accepts (4 MiB).
 const MAX_LOGGED_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -61,33 +67,36 @@ impl RequestLog {
     }
 }
 
-/// The axum middleware: log, then hand the request (with its body put back) to rmcp.
+/// The axum middleware: log, then hand the request (with its body put back) to the service.
 pub async fn log_requests(State(log): State<RequestLog>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let session = parts
-        .headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let base = json!({
-        "ts_ms": now_ms(),
+    let ts_us = now_us();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let mut base = json!({
+        "ts_ms": ts_us / 1000,
+        "ts_us": ts_us,
         "http": parts.method.as_str(),
         "path": parts.uri.path(),
-        "session": session,
+        "target": target,
+        "x_request_id": header("x-request-id"),
+        "session": header("mcp-session-id"),
     });
-
-    if parts.method != Method::POST {
-        // GET (SSE stream) and DELETE (end session) carry no JSON-RPC message.
-        log.write(&base);
-        return next.run(Request::from_parts(parts, body)).await;
-    }
 
     let bytes = match to_bytes(body, MAX_LOGGED_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(err) => {
-            let mut record = base;
-            record["error"] = json!(format!("unreadable body: {err}"));
-            log.write(&record);
+            base["error"] = json!(format!("unreadable body: {err}"));
+            log.write(&base);
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body unreadable or too large",
@@ -95,9 +104,17 @@ pub async fn log_requests(State(log): State<RequestLog>, request: Request, next:
                 .into_response();
         }
     };
+    base["bytes"] = json!(bytes.len());
+    base["body_sha256"] = json!(hex::encode(Sha256::digest(&bytes)));
 
-    for record in records_for_body(&base, &bytes) {
-        log.write(&record);
+    if !bytes.is_empty() {
+        for record in records_for_body(&base, &bytes) {
+            log.write(&record);
+        }
+    } else {
+        // GET (SSE stream), DELETE (end session), an empty POST: no JSON-RPC message, but the
+        // request reached the server all the same. A body with any method is parsed above.
+        log.write(&base);
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
@@ -133,6 +150,12 @@ fn record_for(base: &Value, message: &Value) -> Value {
     obj.insert("method".into(), json!(method));
     obj.insert("id".into(), id.unwrap_or(Value::Null));
     let params = message.get("params");
+    // What the call acts on, whatever the method calls it: the gateway's `target`.
+    let rpc_target = match method {
+        Some("resources/read") => params.and_then(|p| p.get("uri")).cloned(),
+        _ => params.and_then(|p| p.get("name")).cloned(),
+    };
+    obj.insert("rpc_target".into(), rpc_target.unwrap_or(Value::Null));
     let param = |key: &str| params.and_then(|p| p.get(key)).cloned();
     match method {
         Some("tools/call") => {
@@ -155,10 +178,10 @@ fn insert_some(obj: &mut Map<String, Value>, key: &str, value: Option<Value>) {
     }
 }
 
-fn now_ms() -> u128 {
+fn now_us() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
+        .map(|d| d.as_micros())
         .unwrap_or(0)
 }
 
@@ -180,6 +203,7 @@ mod tests {
         assert_eq!(r["method"], "tools/call");
         assert_eq!(r["id"], 7);
         assert_eq!(r["tool"], "get_customer");
+        assert_eq!(r["rpc_target"], "get_customer");
         assert_eq!(r["arguments"]["customer_id"], "cus_1");
         assert_eq!(r["session"], "s1");
     }
@@ -191,10 +215,20 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[0]["kind"], "notification");
         assert_eq!(records[1]["uri"], "payments://policy");
+        assert_eq!(records[1]["rpc_target"], "payments://policy");
 
         let records = records_for_body(&base(), b"{nope");
         assert_eq!(records.len(), 1);
         assert!(records[0]["error"].is_string());
         assert!(records[0]["method"].is_null());
+    }
+
+    #[test]
+    fn body_hash_is_hex_sha256() {
+        // The SHA-256 of "abc" (FIPS 180-2, appendix B.1).
+        assert_eq!(
+            hex::encode(Sha256::digest(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

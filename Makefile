@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run test bench bench-store wasm build deps node-deps py-deps pg-deps lint unit e2e clean
+.PHONY: all run test bench bench-store wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
 
 all: build wasm
 
@@ -34,6 +34,13 @@ $(ENVOY):
 wasm: .wasm-target
 	$(CARGO) build -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release
 	@ls -l $(WASM) | awk '{print "wasm: " $$5 " bytes  " $$9}'
+
+## wasm-fault: a test-only build of the filter that panics on request (x-tollgate-fault: panic),
+## for the test of what a client sees when the VM fails; kept apart from the shipped filter
+WASM_FAULT := target/fault/$(WASM_TARGET)/wasm-release/tollgate_filter.wasm
+export TOLLGATE_WASM_FAULT := $(abspath $(WASM_FAULT))
+wasm-fault: .wasm-target
+	$(CARGO) build -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release --features fault-injection --target-dir target/fault
 
 ## build: the control plane (`tollgate`) and the demo payments MCP server
 build:
@@ -63,7 +70,7 @@ pg-deps:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
 	fi
 
-e2e: deps node-deps py-deps wasm build
+e2e: deps node-deps py-deps wasm wasm-fault build
 	$(CARGO) test -p tollgate-e2e -- --test-threads=2
 
 ## node-deps: the MCP peers the e2e tests run (server-everything, the TypeScript SDK, the

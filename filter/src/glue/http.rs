@@ -609,6 +609,13 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        if host::request_header("x-tollgate-fault").as_deref() == Some("panic") {
+            #[allow(clippy::panic)]
+            {
+                panic!("tollgate: injected fault");
+            }
+        }
         self.read_request_info();
         // Masking needs plain bytes: ask the upstream not to compress.
         host::set_request_header("accept-encoding", None);

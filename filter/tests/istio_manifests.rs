@@ -85,8 +85,14 @@ fn envoyfilter_selects_the_workload_of_the_wasmplugin() {
         "envoy/istio/requestauthentication.yaml",
         "RequestAuthentication",
     );
-    assert_eq!(filter["metadata"]["namespace"], plugin["metadata"]["namespace"]);
-    assert_eq!(filter["metadata"]["namespace"], auth["metadata"]["namespace"]);
+    assert_eq!(
+        filter["metadata"]["namespace"],
+        plugin["metadata"]["namespace"]
+    );
+    assert_eq!(
+        filter["metadata"]["namespace"],
+        auth["metadata"]["namespace"]
+    );
     // An EnvoyFilter selects by workloadSelector.labels, a WasmPlugin by selector.matchLabels.
     assert_eq!(
         filter["spec"]["workloadSelector"]["labels"],

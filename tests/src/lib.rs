@@ -174,6 +174,9 @@ pub struct StackOptions {
     pub render_args: Vec<String>,
     /// Extra arguments for `tollgate serve` (also on restart).
     pub control_plane_args: Vec<String>,
+    /// Another bootstrap renderer run instead of `envoy/render.py`, with the same arguments
+    /// (e.g. `envoy/istio/sidecar.py`).
+    pub renderer: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -193,6 +196,7 @@ impl Default for StackOptions {
             jwks_cache_secs: 2,
             render_args: Vec::new(),
             control_plane_args: Vec::new(),
+            renderer: None,
         }
     }
 }
@@ -303,7 +307,12 @@ impl Stack {
         }
         let mut render = Command::new("python3");
         render
-            .arg(workspace().join("envoy/render.py"))
+            .arg(
+                options
+                    .renderer
+                    .clone()
+                    .unwrap_or_else(|| workspace().join("envoy/render.py")),
+            )
             .arg("--out")
             .arg(&bootstrap)
             .args(["--listen-port", &listen_port.to_string()])

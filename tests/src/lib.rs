@@ -180,6 +180,9 @@ pub struct StackOptions {
     /// certificate for localhost: `envoy/render.py --tls-cert FILE --tls-key FILE`. The
     /// gateway URL is then `https://`.
     pub gateway_tls: bool,
+    /// Another bootstrap renderer run instead of `envoy/render.py`, with the same arguments
+    /// (e.g. `envoy/istio/sidecar.py`).
+    pub renderer: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -200,6 +203,7 @@ impl Default for StackOptions {
             render_args: Vec::new(),
             control_plane_args: Vec::new(),
             gateway_tls: false,
+            renderer: None,
         }
     }
 }
@@ -320,7 +324,12 @@ impl Stack {
         }
         let mut render = Command::new("python3");
         render
-            .arg(workspace().join("envoy/render.py"))
+            .arg(
+                options
+                    .renderer
+                    .clone()
+                    .unwrap_or_else(|| workspace().join("envoy/render.py")),
+            )
             .arg("--out")
             .arg(&bootstrap)
             .args(["--listen-port", &listen_port.to_string()])

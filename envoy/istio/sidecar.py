@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""Renders the Envoy bootstrap an Istio sidecar of the payments MCP server would run, from the
+manifests in this directory, so that a real Envoy can prove what they do without a cluster.
+
+usage: sidecar.py --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
+                  --jwks FILE [--issuer ISS] [--audience AUD] --wasm FILE [--config JSON|@FILE]
+                  [--path-normalization BASE|NONE|MERGE_SLASHES] [--jwt-payload-key KEY]
+                  [--manifests DIR] [--no-envoyfilter]
+
+What istiod would generate for this workload, as far as these resources determine it:
+- the inbound listener (--listen-port stands for the pod port the sidecar intercepts) whose HTTP
+  connection manager routes every path to the inbound cluster of the MCP server (--upstream), with
+  istiod's path normalisation (MeshConfig pathNormalization, --path-normalization, default BASE);
+- in it, jwt_authn built from requestauthentication.yaml the way istiod builds it: one provider
+  per jwtRule (`origins-N`), the issuer's keys inlined (istiod fetches the jwksUri itself; here
+  --jwks FILE), `forward` from forwardOriginalToken, `forward_payload_header` from
+  outputPayloadToHeader, the payload in dynamic metadata under `payload` (--jwt-payload-key; Istio
+  1.20 and earlier used the issuer) and a token required only when present (allow_missing);
+- then the WasmPlugin of wasmplugin.yaml as a wasm filter named NAMESPACE.NAME, its pluginConfig as
+  the configuration (--config JSON fields replace top-level fields), fail_open from failStrategy,
+  root_id from pluginName, the module from --wasm (the agent's local copy of the OCI image);
+- then the router; and every EnvoyFilter of envoyfilter.yaml that selects the workload, applied
+  as istiod applies it (MERGE with proto merge semantics, INSERT_BEFORE/INSERT_AFTER/INSERT_FIRST,
+  REPLACE, REMOVE) to the inbound listener and the inbound cluster (SIDECAR_INBOUND) or the
+  outbound ones (SIDECAR_OUTBOUND). A patch this script cannot apply stops it with an error.
+- the outbound cluster of the control plane, named as pluginConfig.controlPlaneCluster names it
+  (istiod's `outbound|PORT||HOST`), at --control-plane, over HTTP/2 (a gRPC port).
+Not modelled: mTLS, istio's own filters (metadata exchange, istio_authn, stats, RBAC), ECDS
+delivery of the wasm filter and the OCI image pull.
+--issuer/--audience replace the RequestAuthentication's (a test issuer instead of the real one).
+--no-envoyfilter leaves the EnvoyFilter out (what the sidecar runs without it).
+"""
+import argparse, copy, json, os, re, sys
+from urllib.parse import urlsplit
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover
+    sys.exit("sidecar.py: needs PyYAML (pip install pyyaml)")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HCM = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+# Proto map fields that may appear in patches: a merge replaces their entries whole.
+MAP_FIELDS = {"typed_extension_protocol_options", "typed_per_filter_config", "providers",
+              "filter_metadata", "typed_filter_metadata"}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--listen-port", type=int, default=15006)
+    ap.add_argument("--admin-port", type=int, default=15000)
+    ap.add_argument("--upstream", default="http://127.0.0.1:8080/mcp")
+    ap.add_argument("--control-plane", default="127.0.0.1:50051")
+    ap.add_argument("--jwks", required=True, help="the issuer's JWKS (what istiod fetches from jwksUri)")
+    ap.add_argument("--issuer", default="")
+    ap.add_argument("--audience", default="")
+    ap.add_argument("--wasm", required=True)
+    ap.add_argument("--config", default="{}", help="pluginConfig fields to replace (JSON) or @FILE")
+    ap.add_argument("--path-normalization", default="BASE", choices=["NONE", "BASE", "MERGE_SLASHES"])
+    ap.add_argument("--jwt-payload-key", default="payload")
+    ap.add_argument("--manifests", default=HERE)
+    ap.add_argument("--no-envoyfilter", action="store_true")
+    a = ap.parse_args()
+
+    docs = load_manifests(a.manifests)
+    plugin = one(docs, "WasmPlugin")
+    namespace = plugin["metadata"]["namespace"]
+    labels = plugin["spec"]["selector"]["matchLabels"]
+    authn = [d for d in docs if d["kind"] == "RequestAuthentication" and selects(d, namespace, labels)]
+    filters = [] if a.no_envoyfilter else [
+        d for d in docs if d["kind"] == "EnvoyFilter" and selects(d, namespace, labels)]
+
+    up = urlsplit(a.upstream)
+    if up.scheme != "http" or not up.hostname:
+        sys.exit(f"sidecar.py: --upstream must be an http:// URL, got {a.upstream!r}")
+    port = up.port or 80
+    config_text = open(a.config[1:]).read() if a.config.startswith("@") else a.config
+    plugin_config = dict(plugin["spec"].get("pluginConfig") or {})
+    plugin_config.update(json.loads(config_text))
+
+    http_filters = []
+    jwt = jwt_authn(authn, a)
+    if jwt:
+        http_filters.append(jwt)
+    http_filters.append(wasm_filter(plugin, plugin_config, a.wasm))
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+
+    inbound_cluster = f"inbound|{port}||"
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": f"inbound_0.0.0.0_{port}",
+        "route_config": {
+            "name": inbound_cluster,
+            "validate_clusters": False,
+            "virtual_hosts": [{
+                "name": f"inbound|http|{port}",
+                "domains": ["*"],
+                "routes": [{"name": "default", "match": {"prefix": "/"},
+                            "route": {"cluster": inbound_cluster, "timeout": "0s"}}],
+            }],
+        },
+        "http_filters": http_filters,
+        "use_remote_address": False,
+        "stream_idle_timeout": "0s",
+    }
+    hcm.update(path_normalization(a.path_normalization))
+    listener = {
+        "name": "virtualInbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": a.listen_port}},
+        "filter_chains": [{
+            "name": f"0.0.0.0_{port}",
+            "filters": [{"name": HCM, "typed_config": hcm}],
+        }],
+    }
+    cp_cluster_name = plugin_config.get("controlPlaneCluster", "tollgate_control_plane")
+    cp_host, _, cp_port = a.control_plane.rpartition(":")
+    clusters = [
+        cluster(inbound_cluster, up.hostname, port, inbound=True),
+        cluster(cp_cluster_name, cp_host or "127.0.0.1", int(cp_port), inbound=False, h2=True),
+    ]
+
+    for envoy_filter in filters:
+        for patch in envoy_filter["spec"]["configPatches"]:
+            apply_patch(snake(patch), listener, clusters, port)
+
+    bootstrap = {
+        "node": {"id": f"sidecar~127.0.0.1~{labels.get('app', 'workload')}.{namespace}~{namespace}.svc.cluster.local",
+                 "cluster": f"{labels.get('app', 'workload')}.{namespace}"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": a.admin_port}}},
+        "static_resources": {"listeners": [listener], "clusters": [c for c, _ in clusters]},
+    }
+    with open(a.out, "w") as f:
+        json.dump(bootstrap, f, indent=1)
+        f.write("\n")
+
+
+def load_manifests(directory):
+    docs = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith((".yaml", ".yml")):
+            with open(os.path.join(directory, name)) as f:
+                docs.extend(d for d in yaml.safe_load_all(f) if d)
+    return docs
+
+
+def one(docs, kind):
+    found = [d for d in docs if d.get("kind") == kind]
+    if len(found) != 1:
+        sys.exit(f"sidecar.py: expected one {kind}, found {len(found)}")
+    return found[0]
+
+
+def selects(doc, namespace, labels):
+    """Whether a resource applies to the workload: same namespace, and its selector's labels
+    (RequestAuthentication: selector.matchLabels; EnvoyFilter: workloadSelector.labels) are a
+    subset of the workload's. No selector: every workload of the namespace."""
+    if doc["metadata"].get("namespace") != namespace:
+        return False
+    spec = doc.get("spec") or {}
+    wanted = (spec.get("selector") or {}).get("matchLabels") or (spec.get("workloadSelector") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def jwt_authn(policies, a):
+    """istiod's jwt_authn for the RequestAuthentication rules (sorted by issuer, one provider
+    each; a single provider is required only when a token is present)."""
+    rules = sorted((r for p in policies for r in p["spec"].get("jwtRules") or []), key=lambda r: r["issuer"])
+    if not rules:
+        return None
+    if len(rules) != 1:
+        sys.exit("sidecar.py: only one jwtRule is modelled")
+    keys = open(a.jwks).read()
+    providers = {}
+    for i, rule in enumerate(rules):
+        provider = {
+            "issuer": a.issuer or rule["issuer"],
+            "local_jwks": {"inline_string": keys},
+            "forward": bool(rule.get("forwardOriginalToken", False)),
+            "payload_in_metadata": a.jwt_payload_key,
+            "normalize_payload_in_metadata": {"space_delimited_claims": ["permission", "scope"]},
+        }
+        audiences = [a.audience] if a.audience else rule.get("audiences") or []
+        if audiences:
+            provider["audiences"] = audiences
+        if rule.get("outputPayloadToHeader"):
+            provider["forward_payload_header"] = rule["outputPayloadToHeader"]
+        if rule.get("outputClaimToHeaders"):
+            provider["claim_to_headers"] = [{"header_name": c["header"], "claim_name": c["claim"]}
+                                            for c in rule["outputClaimToHeaders"]]
+        if rule.get("fromHeaders"):
+            provider["from_headers"] = [{"name": h["name"], "value_prefix": h.get("prefix", "")}
+                                        for h in rule["fromHeaders"]]
+        if rule.get("fromParams"):
+            provider["from_params"] = rule["fromParams"]
+        providers[f"origins-{i}"] = provider
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": providers,
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+            {"provider_name": "origins-0"}, {"allow_missing": {}}]}}}],
+        "bypass_cors_preflight": True,
+    }}
+
+
+def wasm_filter(plugin, plugin_config, wasm):
+    spec = plugin["spec"]
+    if spec.get("type", "HTTP") != "HTTP":
+        sys.exit("sidecar.py: only an HTTP WasmPlugin is modelled")
+    modes = {m.get("mode", "UNDEFINED") for m in spec.get("match") or [{}]}
+    if not modes & {"SERVER", "CLIENT_AND_SERVER", "UNDEFINED"}:
+        sys.exit("sidecar.py: the WasmPlugin does not apply to inbound traffic")
+    name = f"{plugin['metadata']['namespace']}.{plugin['metadata']['name']}"
+    return {"name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": name,
+            "root_id": spec.get("pluginName", ""),
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": json.dumps(plugin_config, separators=(",", ":"))},
+            "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": os.path.abspath(wasm)}}},
+            "fail_open": spec.get("failStrategy", "FAIL_CLOSE") == "FAIL_OPEN",
+        },
+    }}
+
+
+def path_normalization(mode):
+    """MeshConfig pathNormalization as istiod applies it to every HTTP connection manager."""
+    return {"NONE": {"normalize_path": False},
+            "BASE": {"normalize_path": True},
+            "MERGE_SLASHES": {"normalize_path": True, "merge_slashes": True}}[mode]
+
+
+def cluster(name, host, port, inbound, h2=False):
+    ip = re.fullmatch(r"[0-9.]+", host) is not None
+    c = {
+        "name": name,
+        "type": "STATIC" if ip else "STRICT_DNS",
+        "connect_timeout": "10s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
+    }
+    if h2:
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return c, {"inbound": inbound, "port": port}
+
+
+# --- EnvoyFilter patches -------------------------------------------------------------------
+
+def snake(value, map_field=False):
+    """camelCase keys to the proto field names (both spellings are valid in an EnvoyFilter);
+    map keys (e.g. extension names) and `@type` stay as they are."""
+    if isinstance(value, list):
+        return [snake(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for k, v in value.items():
+        key = k if map_field or k.startswith("@") else re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", k).lower()
+        if map_field:
+            out[key] = snake(v)
+        else:
+            out[key] = snake(v, map_field=key in MAP_FIELDS)
+    return out
+
+
+def merge(dst, src):
+    """Proto merge on the JSON form: scalars replace, messages merge field by field, repeated
+    fields append, map entries replace. Two Any values of the same type merge as messages (as
+    istiod merges a filter's typed_config); of different types, the new one replaces."""
+    for key, value in src.items():
+        old = dst.get(key)
+        if key in MAP_FIELDS and isinstance(value, dict):
+            dst[key] = {**(old or {}), **copy.deepcopy(value)}
+        elif isinstance(value, dict) and isinstance(old, dict):
+            if "@type" in value and value.get("@type") != old.get("@type"):
+                dst[key] = copy.deepcopy(value)
+            else:
+                merge(old, value)
+        elif isinstance(value, list) and isinstance(old, list):
+            old.extend(copy.deepcopy(value))
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def context_matches(match, inbound):
+    context = match.get("context", "ANY")
+    if context not in {"ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"}:
+        sys.exit(f"sidecar.py: unknown EnvoyFilter context {context}")
+    return context == "ANY" or context == ("SIDECAR_INBOUND" if inbound else "SIDECAR_OUTBOUND")
+
+
+def apply_patch(p, listener, clusters, service_port):
+    apply_to, match, patch = p["apply_to"], p.get("match") or {}, p["patch"]
+    operation, value = patch["operation"], patch.get("value")
+    if patch.get("filter_class"):
+        sys.exit("sidecar.py: filterClass is not modelled")
+    if apply_to == "CLUSTER":
+        patch_clusters(match, operation, value, clusters, service_port)
+    elif apply_to in ("NETWORK_FILTER", "HTTP_FILTER"):
+        if not context_matches(match, inbound=True):
+            return
+        lm = match.get("listener") or {}
+        if lm.get("port_number") not in (None, 0, service_port):
+            return
+        if lm.get("name") not in (None, "", listener["name"]):
+            return
+        chain_match = lm.get("filter_chain") or {}
+        unsupported = set(chain_match) - {"name", "filter"}
+        if unsupported:
+            sys.exit(f"sidecar.py: filterChain match on {sorted(unsupported)} is not modelled")
+        filter_match = chain_match.get("filter") or {}
+        for chain in listener["filter_chains"]:
+            if chain_match.get("name") not in (None, "", chain["name"]):
+                continue
+            if apply_to == "NETWORK_FILTER":
+                patch_list(chain["filters"], filter_match.get("name"), operation, value, merge_any=True)
+            else:
+                for f in chain["filters"]:
+                    if f["name"] != HCM or filter_match.get("name") not in (None, HCM):
+                        continue
+                    sub = (filter_match.get("sub_filter") or {}).get("name")
+                    patch_list(f["typed_config"]["http_filters"], sub, operation, value, merge_any=True)
+    else:
+        sys.exit(f"sidecar.py: applyTo {apply_to} is not modelled")
+
+
+def patch_list(items, name, operation, value, merge_any):
+    """An operation on a list of named filters, relative to the one called `name`."""
+    at = next((i for i, item in enumerate(items) if item["name"] == name), None) if name else None
+    if name and at is None:
+        return  # istiod skips a patch whose filter is not there
+    if operation == "MERGE":
+        targets = [items[at]] if at is not None else items
+        for item in targets:
+            merge(item, value)
+    elif operation == "INSERT_BEFORE":
+        items.insert(at if at is not None else 0, copy.deepcopy(value))
+    elif operation == "INSERT_AFTER":
+        items.insert(at + 1 if at is not None else len(items), copy.deepcopy(value))
+    elif operation == "INSERT_FIRST":
+        items.insert(0, copy.deepcopy(value))
+    elif operation == "ADD" and at is None:
+        items.append(copy.deepcopy(value))
+    elif operation == "REPLACE" and at is not None:
+        items[at] = copy.deepcopy(value)
+    elif operation == "REMOVE" and at is not None:
+        del items[at]
+    else:
+        sys.exit(f"sidecar.py: {operation} here is not modelled")
+
+
+def patch_clusters(match, operation, value, clusters, service_port):
+    cm = match.get("cluster") or {}
+    if cm.get("service") or cm.get("subset"):
+        sys.exit("sidecar.py: cluster match on service/subset is not modelled")
+    if operation == "ADD":
+        if match.get("context", "ANY") in ("ANY", "SIDECAR_OUTBOUND"):
+            clusters.append((copy.deepcopy(value), {"inbound": False, "port": 0}))
+        return
+    for c, meta in list(clusters):
+        if not context_matches(match, meta["inbound"]):
+            continue
+        if cm.get("name") not in (None, "", c["name"]):
+            continue
+        if cm.get("port_number") not in (None, 0, meta["port"]):
+            continue
+        if operation == "MERGE":
+            merge(c, value)
+        elif operation == "REMOVE":
+            clusters.remove((c, meta))
+        else:
+            sys.exit(f"sidecar.py: CLUSTER {operation} is not modelled")
+
+
+if __name__ == "__main__":
+    main()

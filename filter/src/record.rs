@@ -289,7 +289,8 @@ fn strip_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
 /// change what the text means or how it reads); `+` becomes a space when `plus_is_space`. Decoded
 /// bytes that are not UTF-8 are escaped again.
 fn decode_percent(text: &str, plus_is_space: bool) -> String {
-    if !text.contains('%') && !(plus_is_space && text.contains('+')) {
+    let has_plus = plus_is_space && text.contains('+');
+    if !has_plus && !text.contains('%') {
         return text.to_owned();
     }
     let bytes = text.as_bytes();

@@ -1,13 +1,16 @@
 //! The `tollgate.v1.Audit` gRPC service over the [`Store`], and the one mapping of store errors
 //! to gRPC statuses.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde_json::Map;
+use serde_json::{Map, Value};
 use tokio_stream::wrappers::ReceiverStream;
+use tollgate_filter::mask::{MaskReport, Masker};
 use tonic::{Request, Response, Status};
 
 use crate::bundle::{self, Selection};
+use crate::chain;
 use crate::clock;
 use crate::pb;
 use crate::store::{Store, StoreError};
@@ -17,14 +20,54 @@ const LIST_BUFFER: usize = 256;
 /// Export bundles are streamed in pieces of this size.
 const EXPORT_CHUNK: usize = 1 << 20;
 
+/// Field the control plane adds to a record in which it had to mask something at `Append` (the
+/// second line of defence: the filter masks first): `{"pans": N}`, plus `"other": M` when other
+/// detectors (card verification codes, track data) matched. Clients may not set it.
+pub const MASKED_AT_APPEND: &str = "maskedAtAppend";
+
 pub struct AuditService {
     store: Arc<Store>,
+    /// The default masking engine, run over every appended record.
+    masker: Masker,
 }
 
 impl AuditService {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            masker: Masker::default(),
+        }
     }
+}
+
+/// A client's record as it is to be chained: every card number in it masked (string values after
+/// unescaping, keys, number tokens: [`Masker::mask_json`], the filter's engine; as text should the
+/// engine ever read as not JSON what the parser accepts) and, when anything was masked, the fact
+/// recorded in [`MASKED_AT_APPEND`]. A record with nothing to mask comes back byte for byte as
+/// sent, for the store's own checks. Refusals never quote the record.
+pub fn prepare_append<'a>(record_json: &'a [u8], masker: &Masker) -> Result<Cow<'a, [u8]>, Status> {
+    let mut report = MaskReport::default();
+    let masked = masker
+        .mask_json(record_json, &mut report)
+        .unwrap_or_else(|_| masker.mask_body(record_json, &mut report));
+    let mut object = chain::parse_object(&masked).map_err(StoreError::from)?;
+    if object.contains_key(MASKED_AT_APPEND) {
+        return Err(Status::invalid_argument(format!(
+            "record must not set \"{MASKED_AT_APPEND}\": the control plane adds it"
+        )));
+    }
+    if masked == record_json {
+        return Ok(Cow::Borrowed(record_json));
+    }
+    let mut marker = Map::new();
+    marker.insert("pans".into(), report.total().into());
+    if report.detector_total() > 0 {
+        marker.insert("other".into(), report.detector_total().into());
+    }
+    object.insert(MASKED_AT_APPEND.into(), Value::Object(marker));
+    serde_json::to_vec(&object)
+        .map(Cow::Owned)
+        .map_err(|_| Status::invalid_argument("record could not be masked"))
 }
 
 impl From<StoreError> for Status {
@@ -82,7 +125,13 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let appended = self.store.append(&request.into_inner().record_json).await?;
+        let sent = request.into_inner().record_json;
+        let record = prepare_append(&sent, &self.masker)?;
+        if let Cow::Owned(_) = record {
+            // That it happened is logged, never what was masked.
+            eprintln!("tollgate: an appended record held card data: masked before it was chained");
+        }
+        let appended = self.store.append(&record).await?;
         Ok(Response::new(pb::AppendResponse {
             seq: appended.seq,
             chain_hash: hex::encode(appended.chain_hash),
@@ -262,5 +311,59 @@ impl pb::audit_server::Audit for AuditService {
             verifier_key: key.encode(),
             seq: appended.seq,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(json: &str) -> Result<Value, Status> {
+        prepare_append(json.as_bytes(), &Masker::default())
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn a_record_without_card_data_is_kept_as_sent() {
+        let json = r#"{"event":"mcp.request","route":"/mcp","messages":[{"id":7,"method":"tools/call"}],"maskedPans":{"visa":1}}"#;
+        let prepared = prepare_append(json.as_bytes(), &Masker::default()).unwrap();
+        assert!(matches!(prepared, Cow::Borrowed(_)));
+        assert_eq!(&*prepared, json.as_bytes());
+    }
+
+    #[test]
+    fn card_data_anywhere_is_masked_and_the_record_says_so() {
+        let record = prepare(
+            r#"{"event":"mcp.request","route":"/mcp/4111111111111111","session":"5500 0000 0000 0004",
+                "messages":[{"id":4111111111111111,"method":"m"}],"deep":{"a":["x 4111111111111111"]},
+                "note":"cvv: 123"}"#,
+        )
+        .unwrap();
+        let text = record.to_string();
+        assert!(!text.contains("4111111111111111"), "{text}");
+        assert!(!text.contains("5500 0000 0000 0004"), "{text}");
+        assert!(!text.contains("123"), "{text}");
+        assert_eq!(record["messages"][0]["id"], "************1111");
+        assert_eq!(record["session"], "**** **** **** 0004");
+        assert_eq!(record[MASKED_AT_APPEND]["pans"], 4);
+        assert_eq!(record[MASKED_AT_APPEND]["other"], 1);
+    }
+
+    #[test]
+    fn the_marker_is_the_control_plane_s_and_refusals_do_not_quote_the_record() {
+        for json in [
+            r#"["4111111111111111"]"#,
+            r#"{"pan":"4111111111111111""#,
+            r#"{"maskedAtAppend":{"pans":0},"pan":"4111111111111111"}"#,
+            r#"{"\u006daskedAtAppend":1}"#,
+        ] {
+            let status = prepare(json).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{json}");
+            assert!(!status.message().contains("4111"), "{}", status.message());
+        }
+        // The control plane's events are left for the store, which refuses them (the
+        // integration tests check how).
+        let own = br#"{"event":"controlPlane.stop"}"#;
+        assert_eq!(&*prepare_append(own, &Masker::default()).unwrap(), own);
     }
 }

@@ -54,7 +54,12 @@ pub struct Step {
 
 /// No verified identity: 401 with the `WWW-Authenticate` challenge the MCP authorization spec
 /// asks for.
-pub fn unauthenticated(config: &FilterConfig, info: &RequestInfo, error: &IdentityError) -> Step {
+pub fn unauthenticated(
+    config: &FilterConfig,
+    masker: &Masker,
+    info: &RequestInfo,
+    error: &IdentityError,
+) -> Step {
     let mut challenge = match &config.resource_metadata_url {
         Some(url) => format!("Bearer resource_metadata=\"{url}\""),
         None => "Bearer realm=\"tollgate\"".to_owned(),
@@ -73,7 +78,7 @@ pub fn unauthenticated(config: &FilterConfig, info: &RequestInfo, error: &Identi
         .headers
         .push(("www-authenticate".to_owned(), challenge));
     Step {
-        record: record::auth_failed(info, &config.upstream, error),
+        record: record::auth_failed(info, &config.upstream, error, masker),
         next: Next::Reply(reply),
     }
 }
@@ -514,7 +519,12 @@ mod tests {
 
     #[test]
     fn missing_token_gets_challenge_naming_resource_metadata() {
-        let step = unauthenticated(&config(), &RequestInfo::default(), &IdentityError::Missing);
+        let step = unauthenticated(
+            &config(),
+            &Masker::default(),
+            &RequestInfo::default(),
+            &IdentityError::Missing,
+        );
         let Next::Reply(reply) = step.next else {
             panic!("forwarded")
         };

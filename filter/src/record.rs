@@ -60,15 +60,18 @@ impl RequestInfo {
 }
 
 /// A refused authentication attempt.
-pub fn auth_failed(info: &RequestInfo, upstream: &str, error: &IdentityError) -> Value {
+pub fn auth_failed(
+    info: &RequestInfo,
+    upstream: &str,
+    error: &IdentityError,
+    masker: &Masker,
+) -> Value {
     let mut record = info.base("auth.failed", upstream);
     record.insert("outcome".to_owned(), "refused".into());
     record.insert("status".to_owned(), 401.into());
     record.insert("reason".to_owned(), error.reason().into());
     let mut record = Value::Object(record);
-    with_default_masker(|masker| {
-        mask_strings(&mut record, masker, &mut MaskReport::default());
-    });
+    mask_strings(&mut record, masker, &mut MaskReport::default());
     record
 }
 
@@ -201,16 +204,6 @@ pub fn mask_strings(value: &mut Value, masker: &Masker, report: &mut MaskReport)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&masked).into_owned()));
     }
     (report.total() + report.detector_total()).saturating_sub(before)
-}
-
-thread_local! {
-    /// The default engine, for records whose builder is not handed the configured one. Building
-    /// it compiles the extra detectors' patterns, so it is built once per thread (one in the VM).
-    static DEFAULT_MASKER: Masker = Masker::default();
-}
-
-fn with_default_masker<R>(f: impl FnOnce(&Masker) -> R) -> R {
-    DEFAULT_MASKER.with(f)
 }
 
 /// What replaces every query and fragment value in a recorded URL.
@@ -528,7 +521,12 @@ mod tests {
     #[test]
     fn every_string_of_an_auth_failure_is_masked() {
         let info = request_info("/mcp/4111111111111111?access_token=4111111111111111");
-        let record = auth_failed(&info, "payments", &IdentityError::Missing);
+        let record = auth_failed(
+            &info,
+            "payments",
+            &IdentityError::Missing,
+            &Masker::default(),
+        );
         let text = record.to_string();
         assert_no_pan(&text);
         assert_eq!(
@@ -606,6 +604,7 @@ mod tests {
             &FilterConfig::from_json(b"").unwrap(),
             &identity,
             &summary,
+            &Masker::default(),
         );
         let text = record.to_string();
         assert_no_pan(&text);
@@ -640,6 +639,7 @@ pub fn mcp_response(
     config: &FilterConfig,
     identity: &Identity,
     summary: &ResponseSummary<'_>,
+    masker: &Masker,
 ) -> Value {
     let mut record = info.base("mcp.response", &config.upstream);
     record.insert("time".to_owned(), summary.time.clone().into());
@@ -661,9 +661,7 @@ pub fn mcp_response(
     );
     // The fields about the request; the answer below is already masked and not scanned again.
     let mut record = Value::Object(record);
-    with_default_masker(|masker| {
-        mask_strings(&mut record, masker, &mut MaskReport::default());
-    });
+    mask_strings(&mut record, masker, &mut MaskReport::default());
     let Value::Object(mut record) = record else {
         return record;
     };

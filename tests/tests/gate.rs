@@ -362,7 +362,9 @@ async fn off_route_paths_never_reach_the_upstream_undecided() {
     let token = stack.token("alice@example.com", &[]).unwrap();
     let session = session(&stack, &token).await;
 
-    let paths = ["/mcpX", "/mcp/../admin", "//mcp", "/MCP", "/mcp%2F.."];
+    // `//mcp` is not among them: Envoy merges the slashes, and it is the MCP path, decided as
+    // such (see below).
+    let paths = ["/mcpX", "/mcp/../admin", "/MCP", "/mcp%2F.."];
     let mut plan = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         let id = 500 + 10 * i as u64;
@@ -388,11 +390,43 @@ async fn off_route_paths_never_reach_the_upstream_undecided() {
         );
     }
     for path in paths {
+        // The record names the path as Envoy normalised it.
+        let normalised = if path == "/mcp/../admin" {
+            "/admin"
+        } else {
+            path
+        };
         let recorded = records
             .iter()
-            .any(|r| r["event"] == "mcp.request" && r["route"] == path);
+            .any(|r| r["event"] == "mcp.request" && r["route"] == normalised);
         assert!(recorded, "no mcp.request record for {path}");
     }
+
+    // Repeated slashes are merged before the route and the filter see the path: `//mcp` is the
+    // MCP endpoint, decided exactly like `/mcp`.
+    let merged = json!([
+        {"proto":"h1","framing":"cl","path":"//mcp","token":token,"session":session,"body":allowed_call(700)},
+        {"proto":"h1","framing":"cl","path":"//mcp","token":token,"session":session,"body":denied_call(701)},
+    ]);
+    let answers = run_attack(&addr(&stack), false, &merged).unwrap();
+    assert_no_raw_pan("//mcp", &Value::Array(answers.clone()));
+    assert_eq!(answers[0]["status"], 200, "{}", answers[0]);
+    assert!(
+        answers[1]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("never-delete-merchant"),
+        "{}",
+        answers[1]
+    );
+    let (server_log, _) = check_invariant(&stack);
+    assert_never_reached(&server_log, &[701]);
+    assert!(
+        server_log
+            .iter()
+            .any(|line| line["id"] == 700 && line["path"] == "/mcp"),
+        "the allowed call on //mcp did not reach /mcp: {server_log:#?}"
+    );
 }
 
 /// Needs `envoy/render.py --tls-cert/--tls-key` (`StackOptions::gateway_tls`): without that
@@ -491,7 +525,8 @@ fn differential_bodies() -> Vec<(&'static str, Vec<u8>, i64, bool)> {
         (
             "lone surrogate",
             text(r#"{"name":"get_customer","arguments":{"customer_id":"cus_1\ud800"}}"#.to_owned()),
-            -32600,
+            // Not JSON at all (RFC 8259 text must be Unicode; I-JSON forbids lone surrogates).
+            -32700,
             false,
         ),
         (

@@ -422,6 +422,7 @@ impl TollgateHttp {
             &self.runtime.config,
             identity,
             &summary,
+            &self.runtime.masker,
         ))
     }
 
@@ -642,9 +643,12 @@ impl HttpContext for TollgateHttp {
             .ok()
             .and_then(|id| revocations.find(id).cloned());
         match identity {
-            Err(error) => {
-                self.audit_then(flow::unauthenticated(&runtime.config, &self.info, &error))
-            }
+            Err(error) => self.audit_then(flow::unauthenticated(
+                &runtime.config,
+                &runtime.masker,
+                &self.info,
+                &error,
+            )),
             Ok(identity) if revocation.is_some() => {
                 let Some(entry) = revocation else {
                     return Action::Pause;
@@ -704,8 +708,15 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if end_of_stream || self.replied_locally {
+        if self.replied_locally {
             return Action::Continue;
+        }
+        if end_of_stream {
+            // An answer without a body (a session's DELETE, a notification's 202) is an answer
+            // too: recorded before it leaves.
+            self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
+            self.bind_session();
+            return self.record_response(false);
         }
         let upstream_failure = host::property(vec!["response", "code_details"])
             .and_then(|details| flow::upstream_failure(&details, self.request_body.as_deref()));
@@ -740,8 +751,10 @@ impl HttpContext for TollgateHttp {
         if self.response_mode == ResponseMode::Pass {
             return Action::Continue;
         }
-        // A list answer is short and complete: buffer it, even as SSE, to filter it whole.
-        if self.list_method.is_some() {
+        // A list answer is short and complete: buffer it, even as SSE, to filter it whole. So is
+        // a stream that announces trailers: the masker may hold its last event back (a card
+        // number can go on in the next event), and nothing can be sent after trailers.
+        if self.list_method.is_some() || host::response_header("trailer").is_some() {
             self.response_mode = ResponseMode::Buffer;
         }
         // Masking changes the length.

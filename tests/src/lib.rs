@@ -617,6 +617,25 @@ pub async fn post_mcp(
     })
 }
 
+/// An initialized MCP session for `token` through the gateway (over HTTP/1.1): `initialize`,
+/// then `notifications/initialized`; returns the session id.
+pub async fn open_session(stack: &Stack, token: &str) -> String {
+    let init = post_mcp(&stack.gateway_url, Some(token), None, initialize_body(1))
+        .await
+        .unwrap();
+    assert_eq!(init.status, 200, "{}", init.body);
+    let session = init
+        .header("mcp-session-id")
+        .expect("session id")
+        .to_owned();
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    let ack = post_mcp(&stack.gateway_url, Some(token), Some(&session), initialized)
+        .await
+        .unwrap();
+    assert_eq!(ack.status, 202, "{}", ack.body);
+    session
+}
+
 /// An initialize request body.
 pub fn initialize_body(id: u64) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{

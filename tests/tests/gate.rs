@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tollgate_e2e::gate::{as_http_answer, naive_upstream, read_log, run_attack, settled_records};
 use tollgate_e2e::{
-    assert_gate_invariant, has_masked_form, initialize_body, post_mcp, post_mcp_with, raw_pans_in,
-    HttpAnswer, Stack, StackOptions,
+    assert_gate_invariant, has_masked_form, initialize_body, open_session, post_mcp_with,
+    raw_pans_in, HttpAnswer, Stack, StackOptions,
 };
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -41,24 +41,6 @@ fn addr(stack: &Stack) -> String {
         .split_once("://")
         .map_or(stack.gateway_url.as_str(), |(_, rest)| rest);
     rest.trim_end_matches("/mcp").to_owned()
-}
-
-/// An initialized MCP session for `token` (over plain HTTP/1.1); returns its id.
-async fn session(stack: &Stack, token: &str) -> String {
-    let init = post_mcp(&stack.gateway_url, Some(token), None, initialize_body(1))
-        .await
-        .unwrap();
-    assert_eq!(init.status, 200, "{}", init.body);
-    let session = init
-        .header("mcp-session-id")
-        .expect("session id")
-        .to_owned();
-    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
-    let ack = post_mcp(&stack.gateway_url, Some(token), Some(&session), initialized)
-        .await
-        .unwrap();
-    assert_eq!(ack.status, 202, "{}", ack.body);
-    session
 }
 
 /// What the client got never holds a raw card number (body and trailers alike).
@@ -184,7 +166,7 @@ fn attack_framings(
 async fn http1_framings_pipelining_and_aborted_bodies_are_decided_before_the_upstream() {
     let stack = Stack::start().unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let session = session(&stack, &token).await;
+    let session = open_session(&stack, &token).await;
 
     // a, b, c: Content-Length, chunked, chunked with a trailer.
     let mut denied = attack_framings(
@@ -239,7 +221,7 @@ async fn http1_framings_pipelining_and_aborted_bodies_are_decided_before_the_ups
 async fn http2_prior_knowledge_with_end_stream_and_resets_are_decided_before_the_upstream() {
     let stack = Stack::start().unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let session = session(&stack, &token).await;
+    let session = open_session(&stack, &token).await;
 
     // d: END_STREAM on the last DATA frame.
     let denied = attack_framings(&stack, false, "h2", &["end-stream"], &token, &session, 100);
@@ -263,7 +245,7 @@ async fn http2_prior_knowledge_with_end_stream_and_resets_are_decided_before_the
 async fn http2_bodies_ending_in_trailers_are_decided_before_the_upstream() {
     let stack = Stack::start().unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let session = session(&stack, &token).await;
+    let session = open_session(&stack, &token).await;
 
     // Before anything is judged: whatever the answers were, the denied call must not have run.
     let plan = framing_plan("h2", &["trailers", "split-trailers"], &token, &session, 100);
@@ -288,7 +270,7 @@ async fn http2_bodies_ending_in_trailers_are_decided_before_the_upstream() {
 async fn bodiless_and_unexpected_methods_are_decided_and_recorded() {
     let stack = Stack::start().unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let session = session(&stack, &token).await;
+    let session = open_session(&stack, &token).await;
 
     let mut plan = Vec::new();
     for proto in ["h1", "h2"] {
@@ -360,7 +342,7 @@ async fn bodiless_and_unexpected_methods_are_decided_and_recorded() {
 async fn off_route_paths_never_reach_the_upstream_undecided() {
     let stack = Stack::start().unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let session = session(&stack, &token).await;
+    let session = open_session(&stack, &token).await;
 
     // `//mcp` is not among them: Envoy merges the slashes, and it is the MCP path, decided as
     // such (see below).

@@ -2,25 +2,7 @@
 //! the server, and the server's own request log proves what never arrived.
 
 use serde_json::{json, Value};
-use tollgate_e2e::{initialize_body, post_mcp, Stack, StackOptions};
-
-/// An initialized MCP session for `token`; returns its id.
-async fn session(stack: &Stack, token: &str) -> String {
-    let init = post_mcp(&stack.gateway_url, Some(token), None, initialize_body(1))
-        .await
-        .unwrap();
-    assert_eq!(init.status, 200, "{}", init.body);
-    let session = init
-        .header("mcp-session-id")
-        .expect("session id")
-        .to_owned();
-    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
-    let ack = post_mcp(&stack.gateway_url, Some(token), Some(&session), initialized)
-        .await
-        .unwrap();
-    assert_eq!(ack.status, 202, "{}", ack.body);
-    session
-}
+use tollgate_e2e::{open_session, post_mcp, Stack, StackOptions};
 
 fn call(id: u64, tool: &str, arguments: Value) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}}).to_string()
@@ -38,7 +20,7 @@ async fn denied_calls_never_reach_the_server_and_name_the_rule() {
     })
     .unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let session = session(&stack, &token).await;
+    let session = open_session(&stack, &token).await;
 
     let allowed = post_mcp(
         &stack.gateway_url,
@@ -122,7 +104,7 @@ async fn group_rules_give_two_users_different_answers_and_lists() {
         json!({"payment_id":"pay_1","amount":50}),
     );
 
-    let alice_session = session(&stack, &alice).await;
+    let alice_session = open_session(&stack, &alice).await;
     let ok = post_mcp(
         &stack.gateway_url,
         Some(&alice),
@@ -137,7 +119,7 @@ async fn group_rules_give_two_users_different_answers_and_lists() {
         ok.body
     );
 
-    let carol_session = session(&stack, &contractor).await;
+    let carol_session = open_session(&stack, &contractor).await;
     let no = post_mcp(
         &stack.gateway_url,
         Some(&contractor),
@@ -208,7 +190,7 @@ async fn group_rules_give_two_users_different_answers_and_lists() {
 async fn bad_bodies_get_their_errors_are_audited_and_never_forwarded() {
     let stack = Stack::start().unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let session = session(&stack, &token).await;
+    let session = open_session(&stack, &token).await;
     let seen = stack.server_requests().len();
 
     let cases: Vec<(&str, Vec<u8>, u16, Option<i64>)> = vec![

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tollgate_e2e::gate::settled_records;
 use tollgate_e2e::{
-    assert_gate_invariant, initialize_body, post_mcp, post_mcp_with, raw_pans_in, Stack,
-    StackOptions,
+    assert_gate_invariant, open_session, post_mcp_with, raw_pans_in, Stack, StackOptions,
 };
 
 fn call(id: u64, tool: &str, arguments: Value) -> String {
@@ -29,21 +28,7 @@ async fn a_panicking_vm_fails_closed_and_is_reloaded() {
     })
     .unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
-    let init = post_mcp(&stack.gateway_url, Some(&token), None, initialize_body(100))
-        .await
-        .unwrap();
-    assert_eq!(init.status, 200, "{}", init.body);
-    let session = init.header("mcp-session-id").expect("session").to_owned();
-    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
-    let ack = post_mcp(
-        &stack.gateway_url,
-        Some(&token),
-        Some(&session),
-        initialized,
-    )
-    .await
-    .unwrap();
-    assert_eq!(ack.status, 202, "{}", ack.body);
+    let session = open_session(&stack, &token).await;
     let bearer = format!("Bearer {token}");
     let auth = [
         ("authorization", bearer.as_str()),

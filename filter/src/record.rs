@@ -101,11 +101,10 @@ pub fn mcp_request(
         "identity".to_owned(),
         identity.audit_json(&config.extra_claims),
     );
-    let mut report = MaskReport::default();
     let messages: Vec<Value> = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| message_json(m, verdicts.get(i), masker, &mut report))
+        .map(|(i, m)| message_json(m, verdicts.get(i)))
         .collect();
     record.insert("messages".to_owned(), messages.into());
     record.insert("decision".to_owned(), decision.decision.into());
@@ -121,9 +120,10 @@ pub fn mcp_request(
     if let Some(reason) = &decision.reason {
         record.insert("reason".to_owned(), reason.clone().into());
     }
-    // Everything else (ids, methods, the route, session and request ids, identity strings);
-    // the arguments are scanned again, which finds nothing new.
+    // One pass over the whole record masks the arguments, targets and reasons with everything
+    // else (ids, methods, the route, session and request ids, identity strings).
     let mut record = Value::Object(record);
+    let mut report = MaskReport::default();
     mask_strings(&mut record, masker, &mut report);
     if report.total() > 0 {
         if let Value::Object(map) = &mut record {
@@ -143,12 +143,8 @@ pub fn masked_counts(report: &MaskReport) -> Value {
     Value::Object(counts)
 }
 
-fn message_json(
-    message: &Message,
-    verdict: Option<&Verdict>,
-    masker: &Masker,
-    report: &mut MaskReport,
-) -> Value {
+/// One message as recorded, unmasked: the record it goes into is masked whole.
+fn message_json(message: &Message, verdict: Option<&Verdict>) -> Value {
     let mut out = json!({ "kind": format!("{:?}", message.kind).to_lowercase() });
     if let Some(id) = &message.id {
         out["id"] = id.clone();
@@ -157,10 +153,10 @@ fn message_json(
         out["method"] = method.clone().into();
     }
     if let Some(target) = message.target() {
-        out["target"] = mask_value(&Value::from(target), masker, report);
+        out["target"] = target.into();
     }
     if let Some(arguments) = message.arguments() {
-        out["arguments"] = mask_value(arguments, masker, report);
+        out["arguments"] = arguments.clone();
     }
     if let Some(verdict) = verdict {
         out["decision"] = verdict.action.name().into();
@@ -168,18 +164,10 @@ fn message_json(
             out["rule"] = rule.clone().into();
         }
         if let Some(reason) = &verdict.reason {
-            out["reason"] = mask_value(&Value::from(reason.as_str()), masker, report);
+            out["reason"] = reason.as_str().into();
         }
     }
     out
-}
-
-/// A JSON value with every card number masked.
-fn mask_value(value: &Value, masker: &Masker, report: &mut MaskReport) -> Value {
-    let masked = masker.mask_body(value.to_string().as_bytes(), report);
-    // Masking keeps JSON valid; if it ever did not, keep the masked text rather than the value.
-    serde_json::from_slice(&masked)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&masked).into_owned()))
 }
 
 /// Masks, in place, every card number (and whatever else `masker` detects) left anywhere in a

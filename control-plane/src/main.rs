@@ -14,6 +14,7 @@ mod note;
 mod operator;
 mod revocations;
 mod service;
+mod session_binding;
 mod store;
 mod verify;
 

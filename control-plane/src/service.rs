@@ -13,6 +13,7 @@ use crate::bundle::{self, Selection};
 use crate::chain;
 use crate::clock;
 use crate::pb;
+use crate::session_binding::{self, Refusal, SessionBindings};
 use crate::store::{Store, StoreError};
 
 /// Records buffered between the store iterator and a slow `ListRecords` reader.
@@ -25,18 +26,66 @@ const EXPORT_CHUNK: usize = 1 << 20;
 /// detectors (card verification codes, track data) matched. Clients may not set it.
 pub const MASKED_AT_APPEND: &str = "maskedAtAppend";
 
+/// Field the control plane adds to a record whose session check failed (see
+/// [`crate::session_binding`]): why. Clients may not set it.
+pub const SESSION_REFUSED: &str = "sessionRefused";
+
+/// Fields only the control plane writes into a client's record.
+const CONTROL_PLANE_FIELDS: [&str; 2] = [MASKED_AT_APPEND, SESSION_REFUSED];
+
 pub struct AuditService {
     store: Arc<Store>,
     /// The default masking engine, run over every appended record.
     masker: Masker,
+    sessions: Arc<SessionBindings>,
 }
 
 impl AuditService {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, sessions: Arc<SessionBindings>) -> Self {
         Self {
             store,
             masker: Masker::default(),
+            sessions,
         }
+    }
+
+    /// Checks the session step the record comes with; a refusal turns the record into the
+    /// refusal it describes.
+    async fn check_session<'a>(
+        &self,
+        record: Cow<'a, [u8]>,
+        check: &pb::SessionCheck,
+    ) -> Result<(Cow<'a, [u8]>, Option<Refusal>), Status> {
+        if check.session_id.is_empty() || check.subject.is_empty() {
+            return Err(Status::invalid_argument(
+                "a session check names the session and the subject",
+            ));
+        }
+        // Binding changes are serialised; on one process the lock is a local mutex, so plain
+        // uses take it too (a use must not write back a session its DELETE just removed).
+        let lock = if !self.store.shared() || check.step() != pb::SessionStep::Use {
+            Some(self.store.lock(session_binding::LOCK).await?)
+        } else {
+            None
+        };
+        let verdict = self.sessions.check(check, clock::now_micros()).await?;
+        drop(lock);
+        let Err(refusal) = verdict else {
+            return Ok((record, None));
+        };
+        let mut object = chain::parse_object(&record).map_err(StoreError::from)?;
+        if check.step() == pb::SessionStep::Open {
+            object.insert("outcome".into(), "refused".into());
+        } else {
+            object.insert("decision".into(), "deny".into());
+            object.insert("outcome".into(), "refused".into());
+            object.insert("status".into(), 404.into());
+            object.insert("reason".into(), refusal.reason().into());
+        }
+        object.insert(SESSION_REFUSED.into(), refusal.as_str().into());
+        let bytes = serde_json::to_vec(&object)
+            .map_err(|_| Status::invalid_argument("record could not be encoded"))?;
+        Ok((Cow::Owned(bytes), Some(refusal)))
     }
 }
 
@@ -51,9 +100,12 @@ pub fn prepare_append<'a>(record_json: &'a [u8], masker: &Masker) -> Result<Cow<
         .mask_json(record_json, &mut report)
         .unwrap_or_else(|_| masker.mask_body(record_json, &mut report));
     let mut object = chain::parse_object(&masked).map_err(StoreError::from)?;
-    if object.contains_key(MASKED_AT_APPEND) {
+    if let Some(field) = CONTROL_PLANE_FIELDS
+        .iter()
+        .find(|field| object.contains_key(**field))
+    {
         return Err(Status::invalid_argument(format!(
-            "record must not set \"{MASKED_AT_APPEND}\": the control plane adds it"
+            "record must not set \"{field}\": the control plane adds it"
         )));
     }
     if masked == record_json {
@@ -125,16 +177,24 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let sent = request.into_inner().record_json;
+        let pb::AppendRequest {
+            record_json: sent,
+            session,
+        } = request.into_inner();
         let record = prepare_append(&sent, &self.masker)?;
         if let Cow::Owned(_) = record {
             // That it happened is logged, never what was masked.
             eprintln!("tollgate: an appended record held card data: masked before it was chained");
         }
+        let (record, refusal) = match &session {
+            Some(check) => self.check_session(record, check).await?,
+            None => (record, None),
+        };
         let appended = self.store.append(&record).await?;
         Ok(Response::new(pb::AppendResponse {
             seq: appended.seq,
             chain_hash: hex::encode(appended.chain_hash),
+            session_refused: refusal.map(Refusal::as_str).unwrap_or_default().to_owned(),
         }))
     }
 

@@ -590,6 +590,16 @@ impl Table {
         }
     }
 
+    pub async fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Self::Sled(tree) => {
+                tree.remove(key)?;
+                Ok(())
+            }
+            Self::Postgres(table) => table.remove(key).await,
+        }
+    }
+
     /// Every entry whose key starts with `prefix`, in key order.
     pub async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         match self {

@@ -100,6 +100,7 @@ async fn card_numbers_sent_to_append_are_masked_before_they_are_chained() {
     let dirty_ack = client
         .append(pb::AppendRequest {
             record_json: dirty.as_bytes().to_vec(),
+            session: None,
         })
         .await
         .unwrap()
@@ -118,6 +119,7 @@ async fn card_numbers_sent_to_append_are_masked_before_they_are_chained() {
     let clean_ack = client
         .append(pb::AppendRequest {
             record_json: clean.to_string().into_bytes(),
+            session: None,
         })
         .await
         .unwrap()
@@ -127,6 +129,7 @@ async fn card_numbers_sent_to_append_are_masked_before_they_are_chained() {
     let refused = client
         .append(pb::AppendRequest {
             record_json: br#"{"event":"x","maskedAtAppend":{"pans":1}}"#.to_vec(),
+            session: None,
         })
         .await
         .unwrap_err();

@@ -96,6 +96,7 @@ async fn durable_appends_per_second() {
                         client
                             .append(pb::AppendRequest {
                                 record_json: template.record(n),
+                                session: None,
                             })
                             .await
                             .unwrap();

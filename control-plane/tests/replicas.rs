@@ -114,6 +114,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
                     match client
                         .append(pb::AppendRequest {
                             record_json: common::record(writer, n),
+                            session: None,
                         })
                         .await
                     {

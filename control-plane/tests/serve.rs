@@ -99,6 +99,7 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         let status = client
             .append(pb::AppendRequest {
                 record_json: body.to_vec(),
+                session: None,
             })
             .await
             .unwrap_err();
@@ -163,6 +164,7 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         .await
         .append(pb::AppendRequest {
             record_json: b"{}".to_vec(),
+            session: None,
         })
         .await
         .unwrap()
@@ -209,6 +211,7 @@ async fn acknowledged_appends_survive_sigkill_and_the_recovery_is_recorded() {
                     match client
                         .append(pb::AppendRequest {
                             record_json: record(w, n),
+                            session: None,
                         })
                         .await
                     {
@@ -417,6 +420,7 @@ async fn sessions_list_and_replay_show_who_what_and_which_decision() {
         client
             .append(pb::AppendRequest {
                 record_json: r.to_string().into_bytes(),
+                session: None,
             })
             .await
             .unwrap();
@@ -557,6 +561,7 @@ async fn idle_checkpoints_keep_coming_and_rotation_keeps_old_ones_verifiable() {
     client
         .append(pb::AppendRequest {
             record_json: b"{}".to_vec(),
+            session: None,
         })
         .await
         .unwrap();

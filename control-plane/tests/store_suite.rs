@@ -118,6 +118,7 @@ async fn appends_form_one_dense_verifiable_chain(backend: Backend) {
         let status = client
             .append(pb::AppendRequest {
                 record_json: body.to_vec(),
+                session: None,
             })
             .await
             .unwrap_err();
@@ -181,6 +182,7 @@ async fn appends_form_one_dense_verifiable_chain(backend: Backend) {
         .await
         .append(pb::AppendRequest {
             record_json: common::record(99, 0),
+            session: None,
         })
         .await
         .unwrap()
@@ -214,6 +216,7 @@ async fn checkpoints_and_proofs_cover_the_records(backend: Backend) {
         client
             .append(pb::AppendRequest {
                 record_json: common::record(1, n),
+                session: None,
             })
             .await
             .unwrap();

@@ -74,6 +74,7 @@ async fn measure(servers: &[Server], writers: usize, run: Duration) -> f64 {
                     client
                         .append(pb::AppendRequest {
                             record_json: template.record(n),
+                            session: None,
                         })
                         .await
                         .unwrap();

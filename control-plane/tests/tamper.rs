@@ -266,6 +266,7 @@ async fn a_rolled_back_store_and_a_forked_log_are_caught_by_an_earlier_checkpoin
         client
             .append(pb::AppendRequest {
                 record_json: format!(r#"{{"event":"other","n":{n}}}"#).into_bytes(),
+                session: None,
             })
             .await
             .unwrap();

@@ -10,6 +10,7 @@ use crate::jsonrpc::{self, Body, Kind, Message};
 use crate::mask::{Handling, Masker};
 use crate::policy::{BatchPlan, CallContext, Decision, Policy, Verdict};
 use crate::record::{self, RequestDecision, RequestInfo};
+use tollgate_proto::pb::{SessionCheck, SessionStep};
 
 /// A response the filter sends itself instead of forwarding.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,58 @@ pub enum Next {
 pub struct Step {
     pub record: Value,
     pub next: Next,
+}
+
+/// The session step a decided request takes, for the control plane to check with its record:
+/// none for a request that is refused anyway or names no session.
+pub fn session_check(
+    info: &RequestInfo,
+    identity: &Identity,
+    next: &Next,
+) -> Option<SessionCheck> {
+    if matches!(next, Next::Reply(_)) {
+        return None;
+    }
+    let session_id = info.session_id.clone()?;
+    let step = if info.http_method.eq_ignore_ascii_case("DELETE") {
+        SessionStep::End
+    } else {
+        SessionStep::Use
+    };
+    Some(SessionCheck {
+        session_id,
+        subject: identity.session_subject(),
+        step: step.into(),
+    })
+}
+
+/// The session step of an answer that names a session other than the one its request used:
+/// it opens that session for the caller.
+pub fn session_opened(
+    info: &RequestInfo,
+    identity: &Identity,
+    answered_session: Option<&str>,
+) -> Option<SessionCheck> {
+    let session_id = answered_session.filter(|s| Some(*s) != info.session_id.as_deref())?;
+    Some(SessionCheck {
+        session_id: session_id.to_owned(),
+        subject: identity.session_subject(),
+        step: SessionStep::Open.into(),
+    })
+}
+
+/// The control plane refused the request's session (unknown, ended, idle too long, or another
+/// identity's): 404, which tells an MCP client to start a new session. The reason is the same
+/// for each, so that a caller learns nothing about sessions that are not theirs; the record
+/// says which it was.
+pub fn session_refused(body: Option<&[u8]>) -> LocalReply {
+    LocalReply::jsonrpc_error(
+        404,
+        single_request_id(body).as_ref(),
+        jsonrpc::GATEWAY_ERROR,
+        "session not found: start a new session",
+        None,
+    )
 }
 
 /// No verified identity: 401 with the `WWW-Authenticate` challenge the MCP authorization spec
@@ -173,22 +226,6 @@ pub fn request(
     identity: &Identity,
     body: Option<&[u8]>,
 ) -> Step {
-    if let (Some(session), Some(owner)) = (&info.session_id, &info.session_owner) {
-        if *owner != identity.sub {
-            // A session is bound to the identity that opened it: another caller presenting its
-            // id is refused, whatever the policy says.
-            let id = body
-                .and_then(|b| jsonrpc::parse(b).ok())
-                .and_then(|parsed| match parsed {
-                    Body::Single(m) => m.id,
-                    Body::Batch(_) => None,
-                });
-            let reason = format!("session {session} belongs to another identity");
-            let reply =
-                LocalReply::jsonrpc_error(403, id.as_ref(), jsonrpc::GATEWAY_ERROR, &reason, None);
-            return refuse(config, masker, info, identity, (&[], &[]), reply, reason);
-        }
-    }
     let Some(body) = body else {
         return bodiless(config, policy, masker, info, identity);
     };
@@ -1149,49 +1186,51 @@ mod session_tests {
     use serde_json::Map;
 
     #[test]
-    fn a_session_of_another_identity_is_refused() {
-        let config = FilterConfig::from_json(b"").unwrap();
-        let policy = Policy::from_json(br#"{"defaultAction":{"action":"allow"}}"#).unwrap();
-        let info = RequestInfo {
-            session_id: Some("s1".into()),
-            session_owner: Some("alice".into()),
-            ..Default::default()
-        };
-        let mallory = Identity {
-            sub: "mallory".into(),
-            claims: Map::new(),
+    fn a_forwarded_request_in_a_session_is_checked_and_a_refused_one_is_not() {
+        let alice = Identity {
+            sub: "alice".into(),
+            claims: serde_json::from_str(r#"{"iss":"https://idp","sub":"alice"}"#).unwrap(),
             accountable: None,
         };
-        let body = br#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#;
-        let step = request(
-            &config,
-            &policy,
-            &Masker::default(),
-            &info,
-            &mallory,
-            Some(body),
-        );
-        let Next::Reply(reply) = step.next else {
-            panic!("forwarded")
+        let mut info = RequestInfo {
+            http_method: "POST".into(),
+            session_id: Some("s1".into()),
+            ..Default::default()
         };
-        assert_eq!(reply.status, 403);
-        let answer: Value = serde_json::from_slice(&reply.body).unwrap();
-        assert_eq!(answer["id"], 4);
-        assert_eq!(step.record["session"], "s1");
-        assert_eq!(step.record["decision"], "deny");
+        let check = session_check(&info, &alice, &Next::Forward).unwrap();
+        assert_eq!(check.session_id, "s1");
+        assert_eq!(check.subject, r#"["https://idp","alice"]"#);
+        assert_eq!(check.step(), SessionStep::Use);
+        let refused = Next::Reply(session_refused(None));
+        assert_eq!(session_check(&info, &alice, &refused), None);
+        info.http_method = "DELETE".into();
+        let check = session_check(&info, &alice, &Next::Forward).unwrap();
+        assert_eq!(check.step(), SessionStep::End);
+        info.session_id = None;
+        assert_eq!(session_check(&info, &alice, &Next::Forward), None);
+    }
+
+    #[test]
+    fn only_an_answer_naming_a_new_session_opens_one() {
         let alice = Identity {
             sub: "alice".into(),
             claims: Map::new(),
             accountable: None,
         };
-        let step = request(
-            &config,
-            &policy,
-            &Masker::default(),
-            &info,
-            &alice,
-            Some(body),
-        );
-        assert_eq!(step.next, Next::Forward);
+        let mut info = RequestInfo::default();
+        assert_eq!(session_opened(&info, &alice, None), None);
+        let check = session_opened(&info, &alice, Some("s9")).unwrap();
+        assert_eq!((check.session_id.as_str(), check.step()), ("s9", SessionStep::Open));
+        info.session_id = Some("s9".into());
+        assert_eq!(session_opened(&info, &alice, Some("s9")), None);
+    }
+
+    #[test]
+    fn a_refused_session_is_a_404_that_answers_the_request() {
+        let reply = session_refused(Some(br#"{"jsonrpc":"2.0","id":12,"method":"tools/list"}"#));
+        assert_eq!(reply.status, 404);
+        let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(answer["id"], 12);
+        assert_eq!(answer["error"]["code"], jsonrpc::GATEWAY_ERROR);
     }
 }

@@ -228,6 +228,13 @@ impl Identity {
         })
     }
 
+    /// Who a session is bound to: the issuer and subject of the verified token (the same `sub`
+    /// from two issuers is two identities).
+    pub fn session_subject(&self) -> String {
+        let issuer = self.claims.get("iss").and_then(Value::as_str).unwrap_or("");
+        Value::from(vec![issuer, self.sub.as_str()]).to_string()
+    }
+
     /// The identity as it goes into audit records: the standard claims plus `extra` ones.
     pub fn audit_json(&self, extra: &[String]) -> Value {
         let mut out = Map::new();

@@ -16,6 +16,9 @@ pub const FAIL_OPEN: &str = "tollgate.fail_open";
 /// Histogram: time the filter spent masking one response (a buffered body whole, or every chunk
 /// of a stream together), in microseconds; Envoy's admin `/stats` prints its quantiles.
 pub const MASK_US: &str = "tollgate.mask_us";
+/// Counter: requests the control plane refused because of their session (unknown, ended, idle
+/// too long, or another identity's); their records were chained as refusals.
+pub const SESSIONS_REFUSED: &str = "tollgate.sessions_refused";
 /// Gauge: calls held right now waiting for an approver's decision.
 pub const APPROVALS_PENDING: &str = "tollgate.approvals_pending";
 

@@ -30,8 +30,6 @@ pub struct RequestInfo {
     pub request_id: Option<String>,
     /// mTLS peer (an Istio SPIFFE id) when the connection had one.
     pub peer_principal: Option<String>,
-    /// The verified `sub` that opened the session named by `session_id`, when known.
-    pub session_owner: Option<String>,
 }
 
 impl RequestInfo {
@@ -388,7 +386,6 @@ mod tests {
             session_id: Some("sess-4111111111111111".into()),
             request_id: Some("5500 0000 0000 0004".into()),
             peer_principal: Some("spiffe://cluster.local/ns/a/sa/4111111111111111".into()),
-            session_owner: None,
         }
     }
 
@@ -619,6 +616,31 @@ pub struct ResponseSummary<'a> {
     pub excerpt: &'a [u8],
     /// Streamed (SSE) rather than buffered whole.
     pub streamed: bool,
+}
+
+/// An answer opened an MCP session: the session is bound to the caller before the answer
+/// (and the session id in it) leaves the gateway.
+pub fn session_opened(
+    info: &RequestInfo,
+    config: &FilterConfig,
+    identity: &Identity,
+    session_id: &str,
+    time: &str,
+    masker: &Masker,
+) -> Value {
+    let mut record = info.base("mcp.session.opened", &config.upstream);
+    record.insert("time".to_owned(), time.into());
+    record.insert("requestTime".to_owned(), info.time.clone().into());
+    record.insert("session".to_owned(), session_id.into());
+    record.insert("sub".to_owned(), identity.sub.clone().into());
+    record.insert(
+        "identity".to_owned(),
+        identity.audit_json(&config.extra_claims),
+    );
+    record.insert("outcome".to_owned(), "bound".into());
+    let mut record = Value::Object(record);
+    mask_strings(&mut record, masker, &mut MaskReport::default());
+    record
 }
 
 /// The answer to an MCP request, as the client received it (masked).

@@ -447,6 +447,61 @@ impl Stack {
             .collect()
     }
 
+    /// Stops Envoy and starts it again from the same bootstrap: whatever it kept in memory
+    /// (the filter's VMs and their shared data) is gone.
+    pub fn restart_envoy(&mut self) -> Result<()> {
+        self.envoy.kill();
+        self.envoy = self.spawn_envoy(&self.dir.path().join("envoy.yaml"), "envoy")?;
+        self.wait_envoy_ready()
+    }
+
+    /// A second Envoy with the same configuration on ports of its own (a replica), in front of
+    /// the same control plane and upstream; returns it and its MCP URL.
+    pub fn start_replica(&self) -> Result<(Proc, String)> {
+        let listen_port = free_port();
+        let admin_port = free_port();
+        let bootstrap = self.dir.path().join("envoy-replica.yaml");
+        let mut args = self.render_args.clone();
+        for (flag, value) in [
+            ("--out", bootstrap.display().to_string()),
+            ("--listen-port", listen_port.to_string()),
+            ("--admin-port", admin_port.to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        let rendered = Command::new("python3").args(&args).output()?;
+        if !rendered.status.success() {
+            bail!("render.py: {}", String::from_utf8_lossy(&rendered.stderr));
+        }
+        let mut envoy = self.spawn_envoy(&bootstrap, "envoy-replica")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if envoy.exited() {
+                bail!("replica exited: {}", envoy.log_tail());
+            }
+            if admin_get(admin_port, "/ready").is_ok_and(|body| body.trim() == "LIVE") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("replica not ready: {}", envoy.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let scheme = self.gateway_url.split_once("://").map_or("http", |(s, _)| s);
+        Ok((envoy, format!("{scheme}://127.0.0.1:{listen_port}/mcp")))
+    }
+
+    fn spawn_envoy(&self, bootstrap: &Path, name: &str) -> Result<Proc> {
+        let mut envoy_cmd = Command::new(envoy_bin());
+        envoy_cmd
+            .arg("-c")
+            .arg(bootstrap)
+            .args(["--concurrency", "2"])
+            .args(["--log-level", "warn", "--disable-hot-restart"]);
+        Proc::spawn(name, envoy_cmd, self.dir.path())
+    }
+
     pub fn stop_control_plane(&mut self) {
         self.control_plane.take();
     }

@@ -1189,13 +1189,11 @@ async fn long_lived_streams_with_keep_alives_are_not_cut() {
 /// A session belongs to the identity that opened it: another valid identity presenting its
 /// Mcp-Session-Id is refused by the gateway, and the server never sees the request.
 ///
-/// What it expects of the filter: when an `initialize` answer carries `Mcp-Session-Id`, remember
-/// session -> sub (proxy-wasm shared data, so every worker sees it; entries expire with the
-/// session, and DELETE by the owner removes them). A request carrying a session id owned by another
-/// sub gets 403 with a JSON-RPC error (code -32001, the request's id, a message naming the
-/// session mismatch), before anything is forwarded, and an audit record with the caller's sub,
-/// the session id and a refusal decision. POST, GET and DELETE alike. The owner's session still
-/// works afterwards. (An unknown session id is left to the server, which answers 404.)
+/// The session is bound to alice in the control plane when its `initialize` answer passes; a
+/// request carrying it from another identity gets 404 with a JSON-RPC error (the request's id, a
+/// message about the session, nothing about whose it is) before anything is forwarded, and a
+/// refusal record with the caller's sub, the session id and why. POST, GET and DELETE alike. The
+/// owner's session still works afterwards. (`session_binding.rs` attacks the binding itself.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_id_of_another_identity_is_refused() {
     let stack = payments_stack(&[]);
@@ -1213,7 +1211,7 @@ async fn session_id_of_another_identity_is_refused() {
     let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
         "params":{"name":"get_customer","arguments":{"customer_id":"cus_1"}}});
     let stolen = mallory.post(Some(&session), &call).await;
-    assert_eq!(stolen.status, 403, "{}", stolen.body);
+    assert_eq!(stolen.status, 404, "{}", stolen.body);
     let body: Value = serde_json::from_str(&stolen.body).unwrap();
     assert_eq!(body["id"], 3, "{body}");
     assert!(
@@ -1224,12 +1222,12 @@ async fn session_id_of_another_identity_is_refused() {
         "{body}"
     );
     let get = mallory.get_stream(&session, None).await;
-    assert_eq!(get.status, 403, "GET with another identity's session");
+    assert_eq!(get.status, 404, "GET with another identity's session");
     drop(get);
     let delete = mallory
         .send(mallory.request(Method::DELETE, Some(&session)))
         .await;
-    assert_eq!(delete.status, 403, "DELETE with another identity's session");
+    assert_eq!(delete.status, 404, "DELETE with another identity's session");
     assert_eq!(
         stack.server_requests().len(),
         seen_before,

@@ -16,6 +16,7 @@ use crate::issuer::DevIssuer;
 use crate::operator;
 use crate::pb::audit_server::AuditServer;
 use crate::service::AuditService;
+use crate::session_binding::SessionBindings;
 use crate::store::{Location, Options, Store};
 
 /// How long open calls and connections may take to finish after a shutdown signal.
@@ -51,6 +52,8 @@ pub struct Args {
     approvals: crate::approvals::Config,
     #[command(flatten)]
     revocations: crate::revocations::Settings,
+    #[command(flatten)]
+    sessions: crate::session_binding::SessionSettings,
 }
 
 impl Args {
@@ -137,6 +140,11 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         crate::revocations::service::build(home, &args.approvals, &args.revocations, store.clone())
             .await?;
 
+    let sessions = Arc::new(
+        SessionBindings::open(&store, &args.sessions).context("opening the session bindings")?,
+    );
+    crate::session_binding::spawn_sweeper(sessions.clone(), store.clone());
+
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
     // Which signal stopped the server, set before the server starts to stop: the stop record
     // must name it even when the server finishes before the grace timer below is polled.
@@ -144,7 +152,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let stopped_by = signal.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuditServer::new(AuditService::new(store.clone())))
+        .add_service(AuditServer::new(AuditService::new(store.clone(), sessions)))
         .add_service(approvals)
         .add_service(revocations)
         .serve_with_incoming_shutdown(incoming, async move {

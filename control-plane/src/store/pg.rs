@@ -466,6 +466,18 @@ impl Table {
         Ok(())
     }
 
+    pub async fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.client
+            .get()
+            .await?
+            .execute(
+                "DELETE FROM tollgate_state WHERE space = $1 AND key = $2",
+                &[&self.space, &key],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         // bytea has no LIKE; compare the leading bytes instead.
         let length = i32::try_from(prefix.len()).map_err(|_| StoreError::Range("prefix".into()))?;

@@ -150,6 +150,7 @@ pub async fn append_concurrently(
                     let ack = client
                         .append(pb::AppendRequest {
                             record_json: record(w, n),
+                            session: None,
                         })
                         .await
                         .unwrap();

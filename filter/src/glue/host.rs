@@ -130,23 +130,6 @@ pub fn reset_response() {
     }
 }
 
-/// Shared data (all workers of this VM): the value under `key`, empty meaning absent.
-pub fn shared(key: &str) -> Option<String> {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(bytes), _)) if !bytes.is_empty() => String::from_utf8(bytes).ok(),
-        _ => None,
-    }
-}
-
-pub fn set_shared(key: &str, value: &str) {
-    if let Err(status) = hostcalls::set_shared_data(key, Some(value.as_bytes()), None) {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: writing shared data failed: {status:?}"),
-        );
-    }
-}
-
 /// Shared data with its CAS token (which changes whenever the value is replaced).
 pub fn shared_bytes(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
     hostcalls::get_shared_data(key).unwrap_or((None, None))

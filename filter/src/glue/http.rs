@@ -20,11 +20,6 @@ use crate::timefmt::rfc3339_micros;
 
 const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
 
-/// Shared-data key of a session's owner.
-fn session_key(session: &str) -> String {
-    format!("tollgate.session.{session}")
-}
-
 /// What an outstanding gRPC call is for.
 enum Waiting {
     /// The audit append of the request's record; then `Next`.
@@ -35,6 +30,17 @@ enum Waiting {
     ResponseAudit,
     /// The response record of a streamed answer, already passed on.
     StreamedResponseAudit,
+    /// The record of an answer that opens a session, whose headers wait until the session is
+    /// bound; then what the headers callback would have done.
+    SessionOpen(AfterOpen),
+}
+
+/// What an answer's headers do once the session it opens is bound.
+#[derive(Clone, Copy)]
+enum AfterOpen {
+    Resume,
+    /// A headers-only answer: recorded next.
+    RecordAnswer,
 }
 
 /// How much of the deferred-record queue a record may fill.
@@ -132,9 +138,6 @@ impl TollgateHttp {
     fn read_request_info(&mut self) {
         self.started = host::now();
         let session_id = host::request_header("mcp-session-id");
-        let session_owner = session_id
-            .as_deref()
-            .and_then(|id| host::shared(&session_key(id)));
         self.info = RequestInfo {
             time: rfc3339_micros(self.started),
             http_method: host::request_header(":method").unwrap_or_default(),
@@ -144,7 +147,6 @@ impl TollgateHttp {
             session_id,
             request_id: host::request_header("x-request-id"),
             peer_principal: host::property(vec!["connection", "uri_san_peer_certificate"]),
-            session_owner,
         };
     }
 
@@ -172,8 +174,15 @@ impl TollgateHttp {
         if step.next == Next::Forward && config.fail_open.allows(&step.record) {
             self.fail_open_record = Some(step.record.clone());
         }
+        // A forwarded request in a session is checked against the session's owner by the
+        // control plane, with its record.
+        let session = self
+            .identity
+            .as_ref()
+            .and_then(|identity| flow::session_check(&self.info, identity, &step.next));
         let append = AppendRequest {
             record_json: step.record.to_string().into_bytes(),
+            session,
         };
         let message = append.encode_to_vec();
         // Kept (not copied) in case the append fails: see `audit_failed`.
@@ -328,17 +337,66 @@ impl TollgateHttp {
         }
     }
 
-    /// The first answer that names a session (the answer to initialize) binds it to the caller:
-    /// the same id from anyone else is refused on every worker.
-    fn bind_session(&self) {
-        let (Some(identity), Some(session)) =
-            (&self.identity, host::response_header("mcp-session-id"))
-        else {
-            return;
+    /// An answer that names a new session (the answer to initialize) binds it to the caller
+    /// in the control plane before its headers leave: the client cannot use the id before
+    /// every Envoy would accept it, and nobody else can claim it. `then` is what the headers
+    /// callback does otherwise.
+    fn open_session_then(&mut self, then: Action, after: AfterOpen) -> Action {
+        let Some(identity) = &self.identity else {
+            return then;
         };
-        if self.info.session_owner.is_none() {
-            host::set_shared(&session_key(&session), &identity.sub);
+        let answered = host::response_header("mcp-session-id");
+        let Some(check) = flow::session_opened(&self.info, identity, answered.as_deref()) else {
+            return then;
+        };
+        let config = &self.runtime.config;
+        let record = record::session_opened(
+            &self.info,
+            config,
+            identity,
+            &check.session_id,
+            &rfc3339_micros(host::now()),
+            &self.runtime.masker,
+        );
+        stats::count_record(&record);
+        self.append_sent = host::now();
+        let message = AppendRequest {
+            record_json: record.to_string().into_bytes(),
+            session: Some(check),
         }
+        .encode_to_vec();
+        match host::grpc_call(
+            &config.control_plane_cluster,
+            tollgate_proto::service::AUDIT,
+            "Append",
+            &message,
+            Duration::from_millis(config.audit_timeout_ms),
+        ) {
+            Some(token) => {
+                self.pending = Some((token, Waiting::SessionOpen(after)));
+            }
+            None => {
+                stats::count(metrics::AUDIT_APPEND_FAILURES, 1);
+                self.session_not_bound();
+            }
+        }
+        Action::Pause
+    }
+
+    /// The session an answer opens could not be bound (control plane down, or the id is
+    /// another identity's): the answer, which would hand out the id, never leaves.
+    fn session_not_bound(&mut self) {
+        host::log(
+            LogLevel::Warn,
+            "tollgate: the session an answer opens could not be bound; resetting",
+        );
+        self.response_recorded = true;
+        if let Some(mut record) = self.response_json(false, host::now()) {
+            record["outcome"] = "reset: the session it opens could not be bound".into();
+            stats::count_record(&record);
+            self.defer_record(record.to_string().into_bytes(), Room::Half);
+        }
+        host::reset_response();
     }
 
     fn note_response_bytes(&mut self, bytes: &[u8]) {
@@ -365,6 +423,7 @@ impl TollgateHttp {
         let config = &self.runtime.config;
         let message = AppendRequest {
             record_json: record.to_string().into_bytes(),
+            session: None,
         }
         .encode_to_vec();
         let timeout = Duration::from_millis(config.audit_timeout_ms);
@@ -555,19 +614,23 @@ impl Context for TollgateHttp {
             self.pending = Some((token, waiting));
             return;
         }
-        // An empty or undecodable reply is a failure, the same as a gRPC error.
-        let acked = || {
-            status_code == 0
-                && AppendResponse::decode(host::grpc_response(response_size).as_slice())
-                    .is_ok_and(|ack| !ack.chain_hash.is_empty())
-        };
         if let Waiting::Approval(ask) = waiting {
             return self.on_approval_status(ask, status_code, response_size);
         }
-        let acked = acked();
+        // An empty or undecodable reply is a failure, the same as a gRPC error.
+        let ack = (status_code == 0)
+            .then(|| AppendResponse::decode(host::grpc_response(response_size).as_slice()).ok())
+            .flatten()
+            .filter(|ack| !ack.chain_hash.is_empty());
+        let acked = ack.is_some();
+        let session_refused = ack.is_some_and(|ack| !ack.session_refused.is_empty());
         self.note_append(acked);
         match waiting {
             Waiting::Approval(_) => {}
+            Waiting::Audit(_) if session_refused => {
+                stats::count(metrics::SESSIONS_REFUSED, 1);
+                self.send(&flow::session_refused(self.request_body.as_deref()));
+            }
             Waiting::Audit(next) if acked => self.audited(next),
             Waiting::Audit(next) => {
                 host::log(
@@ -587,6 +650,13 @@ impl Context for TollgateHttp {
                     "tollgate: response record not acknowledged; resetting",
                 );
                 host::reset_response();
+            }
+            Waiting::SessionOpen(_) if !acked || session_refused => self.session_not_bound(),
+            Waiting::SessionOpen(AfterOpen::Resume) => host::resume_response(),
+            Waiting::SessionOpen(AfterOpen::RecordAnswer) => {
+                if self.record_response(false) == Action::Continue {
+                    host::resume_response();
+                }
             }
             Waiting::StreamedResponseAudit => {
                 if !acked && !self.queue_response_record() {
@@ -715,7 +785,10 @@ impl HttpContext for TollgateHttp {
             // An answer without a body (a session's DELETE, a notification's 202) is an answer
             // too: recorded before it leaves.
             self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
-            self.bind_session();
+            if let Action::Pause = self.open_session_then(Action::Continue, AfterOpen::RecordAnswer)
+            {
+                return Action::Pause;
+            }
             return self.record_response(false);
         }
         let upstream_failure = host::property(vec!["response", "code_details"])
@@ -732,7 +805,6 @@ impl HttpContext for TollgateHttp {
             return Action::Continue;
         }
         self.response_status = host::response_header(":status").and_then(|s| s.parse().ok());
-        self.bind_session();
         self.response_content_type = host::response_header("content-type");
         let encoding = host::response_header("content-encoding");
         let handling = self
@@ -749,7 +821,7 @@ impl HttpContext for TollgateHttp {
         };
         self.response_mode = mode;
         if self.response_mode == ResponseMode::Pass {
-            return Action::Continue;
+            return self.open_session_then(Action::Continue, AfterOpen::Resume);
         }
         // A list answer is short and complete: buffer it, even as SSE, to filter it whole. So is
         // a stream that announces trailers: the masker may hold its last event back (a card
@@ -759,8 +831,9 @@ impl HttpContext for TollgateHttp {
         }
         // Masking changes the length.
         host::set_response_header("content-length", None);
-        // Never pause here: Envoy would then withhold the body from this filter as well.
-        Action::Continue
+        // Never pause here to wait for the body: Envoy would then withhold it from this filter
+        // as well. A pause for the session binding ends with its acknowledgement.
+        self.open_session_then(Action::Continue, AfterOpen::Resume)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -69,6 +69,7 @@ impl TollgateRoot {
         let message = match runtime.deferred.borrow().front() {
             Some(record) => AppendRequest {
                 record_json: record.to_vec(),
+                session: None,
             }
             .encode_to_vec(),
             None => return,

@@ -403,6 +403,7 @@ fn request(sub: &str, identity: Value, time: &str) -> pb::AppendRequest {
         })
         .to_string()
         .into_bytes(),
+        session: None,
     }
 }
 

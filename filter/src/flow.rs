@@ -55,11 +55,7 @@ pub struct Step {
 
 /// The session step a decided request takes, for the control plane to check with its record:
 /// none for a request that is refused anyway or names no session.
-pub fn session_check(
-    info: &RequestInfo,
-    identity: &Identity,
-    next: &Next,
-) -> Option<SessionCheck> {
+pub fn session_check(info: &RequestInfo, identity: &Identity, next: &Next) -> Option<SessionCheck> {
     if matches!(next, Next::Reply(_)) {
         return None;
     }
@@ -1220,7 +1216,10 @@ mod session_tests {
         let mut info = RequestInfo::default();
         assert_eq!(session_opened(&info, &alice, None), None);
         let check = session_opened(&info, &alice, Some("s9")).unwrap();
-        assert_eq!((check.session_id.as_str(), check.step()), ("s9", SessionStep::Open));
+        assert_eq!(
+            (check.session_id.as_str(), check.step()),
+            ("s9", SessionStep::Open)
+        );
         info.session_id = Some("s9".into());
         assert_eq!(session_opened(&info, &alice, Some("s9")), None);
     }

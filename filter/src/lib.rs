@@ -2,11 +2,13 @@
 //!
 //! Everything that decides something is plain Rust with no proxy-wasm types, tested natively with
 //! `cargo test`: masking ([`mask`]), JSON-RPC parsing ([`jsonrpc`]), the request decision
-//! ([`flow`]), audit records ([`record`]), configuration ([`config`]). The Envoy glue lives in
-//! `glue/` and is compiled only for `wasm32`.
+//! ([`flow`]), audit records ([`record`]), configuration ([`config`]), and one request's course
+//! through its callbacks ([`exchange`], behind a host seam). The Envoy glue lives in `glue/` and
+//! is compiled only for `wasm32`.
 
 pub mod approval;
 pub mod config;
+pub mod exchange;
 pub mod failopen;
 pub mod flow;
 pub mod identity;

@@ -488,7 +488,10 @@ impl Stack {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let scheme = self.gateway_url.split_once("://").map_or("http", |(s, _)| s);
+        let scheme = self
+            .gateway_url
+            .split_once("://")
+            .map_or("http", |(s, _)| s);
         Ok((envoy, format!("{scheme}://127.0.0.1:{listen_port}/mcp")))
     }
 

@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tollgate_e2e::gate::settled_records;
 use tollgate_e2e::{
-    assert_gate_invariant, initialize_body, open_session, post_mcp, HttpAnswer, Stack,
-    StackOptions,
+    assert_gate_invariant, initialize_body, open_session, post_mcp, HttpAnswer, Stack, StackOptions,
 };
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -125,7 +124,11 @@ async fn a_session_is_its_openers_on_every_envoy_across_restarts_until_it_ends()
     // Envoy forgets everything; the binding does not.
     stack.restart_envoy().unwrap();
     let answer = use_session(&url, &alice, &session, 14).await;
-    assert_eq!(answer.status, 200, "after an Envoy restart: {}", answer.body);
+    assert_eq!(
+        answer.status, 200,
+        "after an Envoy restart: {}",
+        answer.body
+    );
     assert_refused(
         "mallory after the restart",
         &use_session(&url, &mallory, &session, 15).await,
@@ -206,9 +209,9 @@ async fn a_session_is_its_openers_on_every_envoy_across_restarts_until_it_ends()
     // The binding was on record before the answer carrying the id was: the client could not
     // have used the id earlier.
     let position = |event: &str| {
-        records
-            .iter()
-            .position(|r| r["event"] == event && r["session"].is_null() == (event == "mcp.response"))
+        records.iter().position(|r| {
+            r["event"] == event && r["session"].is_null() == (event == "mcp.response")
+        })
     };
     let (bound_at, answered_at) = (position("mcp.session.opened"), position("mcp.response"));
     assert!(

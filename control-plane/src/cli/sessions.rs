@@ -322,6 +322,9 @@ fn replay_lines(seq: u64, record: &Value) -> Vec<String> {
     if let Some(reason) = text("reason") {
         outcome.push(format!("reason: {reason}"));
     }
+    if let Some(why) = text("sessionRefused") {
+        outcome.push(format!("session refused: {why}"));
+    }
     for approval in ["approvalId", "approval", "approver", "approvedBy"] {
         if let Some(v) = record.get(approval) {
             let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);

@@ -6,6 +6,105 @@ use std::time::{Duration, SystemTime};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
+use crate::exchange::{Buffer, Host, Level};
+
+/// Envoy, as the host of a request's [`crate::exchange::Exchange`].
+pub struct EnvoyHost;
+
+impl Host for EnvoyHost {
+    fn log(&self, level: Level, message: &str) {
+        let level = match level {
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        log(level, message);
+    }
+
+    fn buffer(&self, kind: Buffer, size: usize) -> Vec<u8> {
+        buffer(buffer_type(kind), size)
+    }
+
+    fn set_buffer(&self, kind: Buffer, size: usize, value: &[u8]) -> bool {
+        set_buffer(buffer_type(kind), size, value)
+    }
+
+    fn request_header(&self, name: &str) -> Option<String> {
+        request_header(name)
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        response_header(name)
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        set_request_header(name, value);
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        set_response_header(name, value);
+    }
+
+    fn property(&self, path: &[&str]) -> Option<String> {
+        property(path.to_vec())
+    }
+
+    fn now(&self) -> SystemTime {
+        now()
+    }
+
+    fn send_reply(&self, status: u32, headers: &[(String, String)], body: &[u8]) {
+        send_reply(status, headers, body);
+    }
+
+    fn resume_request(&self) {
+        resume_request();
+    }
+
+    fn resume_response(&self) {
+        resume_response();
+    }
+
+    fn reset_response(&self) {
+        reset_response();
+    }
+
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Option<u32> {
+        grpc_call(cluster, service, method, message, timeout)
+    }
+
+    fn shared_bytes(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        shared_bytes(key)
+    }
+
+    fn count(&self, name: &str, n: u64) {
+        super::stats::count(name, n);
+    }
+
+    fn gauge_add(&self, name: &str, delta: i64) {
+        super::stats::gauge_add(name, delta);
+    }
+
+    fn record_metric(&self, name: &str, value: u64) {
+        super::stats::record(name, value);
+    }
+}
+
+fn buffer_type(kind: Buffer) -> BufferType {
+    match kind {
+        Buffer::RequestBody => BufferType::HttpRequestBody,
+        Buffer::ResponseBody => BufferType::HttpResponseBody,
+        Buffer::GrpcReceive => BufferType::GrpcReceiveBuffer,
+    }
+}
+
 pub fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }

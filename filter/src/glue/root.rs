@@ -1,4 +1,3 @@
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,43 +9,10 @@ use tollgate_proto::pb::{AppendRequest, AppendResponse, ListRevocationsRequest, 
 use super::host;
 use super::http::TollgateHttp;
 use crate::config::FilterConfig;
-use crate::failopen::Queue;
+use crate::exchange::{Runtime, REVOCATIONS_KEY};
 use crate::mask::Masker;
 use crate::policy::Policy;
 use crate::revocation::RevocationSet;
-
-/// Shared-data key of the revocation list: written by every worker's root context, read by
-/// every request.
-pub const REVOCATIONS_KEY: &str = "tollgate.revocations";
-
-/// Everything a request needs from the configuration, built once per configuration load.
-pub struct Runtime {
-    pub config: FilterConfig,
-    pub masker: Masker,
-    pub policy: Policy,
-    /// The revocation list last parsed from shared data, by its CAS token: parsed again only
-    /// when another worker (or this one) stored a new list.
-    pub revocations: RefCell<(Option<u32>, Rc<RevocationSet>)>,
-    /// Records this worker's root context appends later: those of calls that passed fail-open
-    /// while the control plane was unreachable, and those of streams their client abandoned.
-    pub deferred: RefCell<Queue>,
-}
-
-impl Runtime {
-    /// The current revocations, from shared data.
-    pub fn revocations(&self) -> Rc<RevocationSet> {
-        let (bytes, cas) = host::shared_bytes(REVOCATIONS_KEY);
-        let mut cached = self.revocations.borrow_mut();
-        if cas.is_some() && cached.0 == cas {
-            return Rc::clone(&cached.1);
-        }
-        let set = bytes
-            .and_then(|b| RevocationSet::from_json(&b))
-            .unwrap_or_default();
-        *cached = (cas, Rc::new(set));
-        Rc::clone(&cached.1)
-    }
-}
 
 #[derive(Default)]
 pub struct TollgateRoot {
@@ -129,13 +95,7 @@ impl RootContext for TollgateRoot {
                 .map_err(|e| format!("invalid mask configuration: {e}"))?;
             let policy =
                 Policy::compile(&config.policy).map_err(|e| format!("invalid policy: {e}"))?;
-            Ok(Runtime {
-                config,
-                masker,
-                policy,
-                revocations: RefCell::default(),
-                deferred: RefCell::default(),
-            })
+            Ok(Runtime::new(config, masker, policy))
         });
         match loaded {
             Ok(runtime) => {

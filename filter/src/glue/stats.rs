@@ -41,10 +41,3 @@ pub fn record(name: &str, value: u64) {
         let _ = hostcalls::record_metric(id, value);
     }
 }
-
-/// The counters an audit record adds to (decisions by rule, masked card numbers by brand).
-pub fn count_record(record: &serde_json::Value) {
-    for (name, n) in crate::metrics::counts(record) {
-        count(&name, n);
-    }
-}

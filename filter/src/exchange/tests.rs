@@ -1,0 +1,518 @@
+//! One request's course through its callbacks, against a scripted host: what reaches the
+//! upstream (`resume_request`), what reaches the client (`resume_response`, local replies,
+//! resets) and what is recorded (gRPC appends), whatever order the callbacks come in.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use prost::Message as _;
+use serde_json::{json, Value};
+use tollgate_proto::pb::{AppendRequest, AppendResponse, SessionStep};
+
+use super::*;
+
+/// What the request did to its host, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Call {
+    ResumeRequest,
+    ResumeResponse,
+    ResetResponse,
+    Reply { status: u32, body: Value },
+    Append { token: u32, request: AppendRequest },
+}
+
+#[derive(Default)]
+struct Scripted {
+    request_headers: HashMap<String, String>,
+    response_headers: HashMap<String, String>,
+    properties: HashMap<String, String>,
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
+    grpc_answer: Vec<u8>,
+    next_token: u32,
+    calls: Vec<Call>,
+    gauges: HashMap<String, i64>,
+    /// The control plane cannot be reached: no gRPC call starts.
+    grpc_down: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeHost(Rc<RefCell<Scripted>>);
+
+impl Host for FakeHost {
+    fn log(&self, _level: Level, _message: &str) {}
+
+    fn buffer(&self, kind: Buffer, size: usize) -> Vec<u8> {
+        let host = self.0.borrow();
+        let bytes = match kind {
+            Buffer::RequestBody => &host.request_body,
+            Buffer::ResponseBody => &host.response_body,
+            Buffer::GrpcReceive => &host.grpc_answer,
+        };
+        bytes[..size.min(bytes.len())].to_vec()
+    }
+
+    fn set_buffer(&self, kind: Buffer, size: usize, value: &[u8]) -> bool {
+        let mut host = self.0.borrow_mut();
+        let bytes = match kind {
+            Buffer::RequestBody => &mut host.request_body,
+            Buffer::ResponseBody => &mut host.response_body,
+            Buffer::GrpcReceive => return false,
+        };
+        let size = size.min(bytes.len());
+        bytes.splice(..size, value.iter().copied());
+        true
+    }
+
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.0.borrow().request_headers.get(name).cloned()
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.0.borrow().response_headers.get(name).cloned()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let headers = &mut self.0.borrow_mut().request_headers;
+        match value {
+            Some(v) => headers.insert(name.to_owned(), v.to_owned()),
+            None => headers.remove(name),
+        };
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        let headers = &mut self.0.borrow_mut().response_headers;
+        match value {
+            Some(v) => headers.insert(name.to_owned(), v.to_owned()),
+            None => headers.remove(name),
+        };
+    }
+
+    fn property(&self, path: &[&str]) -> Option<String> {
+        self.0.borrow().properties.get(&path.join("/")).cloned()
+    }
+
+    fn now(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_760_000_000)
+    }
+
+    fn send_reply(&self, status: u32, _headers: &[(String, String)], body: &[u8]) {
+        let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+        self.0.borrow_mut().calls.push(Call::Reply { status, body });
+    }
+
+    fn resume_request(&self) {
+        self.0.borrow_mut().calls.push(Call::ResumeRequest);
+    }
+
+    fn resume_response(&self) {
+        self.0.borrow_mut().calls.push(Call::ResumeResponse);
+    }
+
+    fn reset_response(&self) {
+        self.0.borrow_mut().calls.push(Call::ResetResponse);
+    }
+
+    fn grpc_call(
+        &self,
+        _cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        _timeout: Duration,
+    ) -> Option<u32> {
+        let mut host = self.0.borrow_mut();
+        if host.grpc_down {
+            return None;
+        }
+        host.next_token += 1;
+        let token = host.next_token;
+        assert_eq!(
+            (service, method),
+            (tollgate_proto::service::AUDIT, "Append")
+        );
+        let request = AppendRequest::decode(message).unwrap_or_default();
+        host.calls.push(Call::Append { token, request });
+        Some(token)
+    }
+
+    fn shared_bytes(&self, _key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        (None, None)
+    }
+
+    fn count(&self, _name: &str, _n: u64) {}
+
+    fn gauge_add(&self, name: &str, delta: i64) {
+        *self
+            .0
+            .borrow_mut()
+            .gauges
+            .entry(name.to_owned())
+            .or_default() += delta;
+    }
+
+    fn record_metric(&self, _name: &str, _value: u64) {}
+}
+
+impl FakeHost {
+    fn calls(&self) -> Vec<Call> {
+        self.0.borrow().calls.clone()
+    }
+
+    fn forwarded(&self) -> bool {
+        self.calls().contains(&Call::ResumeRequest)
+    }
+
+    /// The appends sent so far: token and record.
+    fn appends(&self) -> Vec<(u32, Value, AppendRequest)> {
+        self.calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                Call::Append { token, request } => {
+                    let record = serde_json::from_slice(&request.record_json).unwrap_or_default();
+                    Some((token, record, request))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn last_append(&self) -> (u32, Value, AppendRequest) {
+        self.appends().pop().expect("an append")
+    }
+}
+
+fn runtime() -> Rc<Runtime> {
+    let config = FilterConfig::from_json(
+        json!({"policy": {
+            "defaultAction": {"action": "allow"},
+            "rules": [{"id": "never-delete-merchant", "match": {"tool": "delete_merchant"},
+                       "action": "deny", "reason": "never"}]
+        }})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let masker = Masker::new(config.mask.clone()).unwrap();
+    let policy = Policy::compile(&config.policy).unwrap();
+    Rc::new(Runtime::new(config, masker, policy))
+}
+
+/// A POST by alice, with a verified token, its headers already read.
+fn post(session: Option<&str>) -> (FakeHost, Exchange<FakeHost>) {
+    let host = FakeHost::default();
+    {
+        let mut scripted = host.0.borrow_mut();
+        for (name, value) in [
+            (":method", "POST"),
+            (":path", "/mcp"),
+            ("x-request-id", "rid-1"),
+            ("authorization", "Bearer t"),
+        ] {
+            scripted
+                .request_headers
+                .insert(name.to_owned(), value.to_owned());
+        }
+        let payload = json!({"sub": "alice", "iss": "https://idp.example"}).to_string();
+        scripted.request_headers.insert(
+            "x-tollgate-jwt-payload".to_owned(),
+            URL_SAFE_NO_PAD.encode(payload),
+        );
+        scripted.properties.insert(
+            "metadata/filter_metadata/envoy.filters.http.jwt_authn/jwt_payload/sub".to_owned(),
+            "alice".to_owned(),
+        );
+        if let Some(session) = session {
+            scripted
+                .request_headers
+                .insert("mcp-session-id".to_owned(), session.to_owned());
+        }
+    }
+    let mut exchange = Exchange::new(host.clone(), runtime());
+    assert_eq!(exchange.on_request_headers(false), Flow::Continue);
+    (host, exchange)
+}
+
+fn call_body(id: u64, tool: &str) -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+           "params":{"name":tool,"arguments":{"customer_id":"cus_1"}}})
+    .to_string()
+    .into_bytes()
+}
+
+/// `bytes` of body arrive (all of it buffered so far).
+fn body_arrives(host: &FakeHost, bytes: &[u8]) -> usize {
+    let mut scripted = host.0.borrow_mut();
+    scripted.request_body.extend_from_slice(bytes);
+    scripted.request_body.len()
+}
+
+/// The control plane answers call `token`: acknowledged (optionally refusing the session), or
+/// failed with a gRPC status.
+fn answer(
+    host: &FakeHost,
+    exchange: &mut Exchange<FakeHost>,
+    token: u32,
+    outcome: Result<&str, u32>,
+) {
+    let (status, bytes) = match outcome {
+        Ok(session_refused) => (
+            0,
+            AppendResponse {
+                seq: 1,
+                chain_hash: "ab".repeat(32),
+                session_refused: session_refused.to_owned(),
+            }
+            .encode_to_vec(),
+        ),
+        Err(status) => (status, Vec::new()),
+    };
+    let size = bytes.len();
+    host.0.borrow_mut().grpc_answer = bytes;
+    exchange.on_grpc_call_response(token, status, size);
+}
+
+#[test]
+fn trailers_end_the_body_the_call_is_decided_and_recorded_before_anything_goes_on() {
+    let (host, mut exchange) = post(None);
+    let body = call_body(1, "get_customer");
+    let (first, rest) = body.split_at(10);
+    let size = body_arrives(&host, first);
+    assert_eq!(exchange.on_request_body(size, false), Flow::Pause);
+    let size = body_arrives(&host, rest);
+    assert_eq!(exchange.on_request_body(size, false), Flow::Pause);
+    assert!(host.appends().is_empty(), "decided before the body ended");
+    // The body ends in trailers instead of END_STREAM.
+    assert_eq!(exchange.on_request_trailers(), Flow::Pause);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["messages"][0]["target"], "get_customer");
+    assert!(
+        !host.forwarded(),
+        "forwarded before the record was acknowledged"
+    );
+    // More callbacks before the acknowledgement change nothing.
+    assert_eq!(exchange.on_request_trailers(), Flow::Pause);
+    assert_eq!(exchange.on_request_body(size, true), Flow::Pause);
+    assert_eq!(host.appends().len(), 1);
+    answer(&host, &mut exchange, token, Ok(""));
+    assert_eq!(host.calls().last(), Some(&Call::ResumeRequest));
+    assert_eq!(
+        exchange.state,
+        RequestState::Forwarded { failed_open: false }
+    );
+}
+
+#[test]
+fn a_denied_call_ending_in_trailers_is_answered_and_never_released() {
+    let (host, mut exchange) = post(None);
+    let size = body_arrives(&host, &call_body(2, "delete_merchant"));
+    assert_eq!(exchange.on_request_body(size, false), Flow::Pause);
+    assert_eq!(exchange.on_request_trailers(), Flow::Pause);
+    let (token, record, request) = host.last_append();
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(
+        request.session, None,
+        "a refused call needs no session check"
+    );
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(!host.forwarded());
+    let Some(Call::Reply { status, body }) = host.calls().last().cloned() else {
+        panic!("no reply: {:?}", host.calls())
+    };
+    assert_eq!((status, &body["id"]), (200, &json!(2)));
+    // The reply passes back through the filter untouched.
+    assert_eq!(exchange.on_response_headers(false), Flow::Continue);
+}
+
+#[test]
+fn late_and_foreign_acknowledgements_release_nothing() {
+    let (host, mut exchange) = post(None);
+    let size = body_arrives(&host, &call_body(3, "get_customer"));
+    assert_eq!(exchange.on_request_body(size, true), Flow::Pause);
+    let (token, _, _) = host.last_append();
+    // An answer to a call this request did not make (a stale token) is ignored.
+    answer(&host, &mut exchange, token + 7, Ok(""));
+    assert!(!host.forwarded());
+    // The append timed out: 503, never forwarded.
+    answer(&host, &mut exchange, token, Err(4));
+    assert!(!host.forwarded());
+    assert!(matches!(
+        host.calls().last(),
+        Some(Call::Reply { status: 503, .. })
+    ));
+    // The acknowledgement arriving after the timeout releases nothing either.
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(!host.forwarded(), "{:?}", host.calls());
+}
+
+#[test]
+fn a_client_that_resets_mid_body_gets_nothing_forwarded_or_recorded_as_decided() {
+    let (host, mut exchange) = post(None);
+    let body = call_body(4, "get_customer");
+    let size = body_arrives(&host, &body[..body.len() / 2]);
+    assert_eq!(exchange.on_request_body(size, false), Flow::Pause);
+    // The client went away: only on_log follows.
+    exchange.on_log();
+    assert!(host.calls().is_empty(), "{:?}", host.calls());
+    assert_eq!(exchange.state, RequestState::Reading);
+}
+
+#[test]
+fn the_control_plane_down_at_the_start_is_a_503() {
+    let (host, mut exchange) = post(None);
+    host.0.borrow_mut().grpc_down = true;
+    let size = body_arrives(&host, &call_body(5, "get_customer"));
+    assert_eq!(exchange.on_request_body(size, true), Flow::Pause);
+    assert!(!host.forwarded());
+    assert!(matches!(
+        host.calls().last(),
+        Some(Call::Reply { status: 503, .. })
+    ));
+}
+
+#[test]
+fn a_request_in_a_session_is_checked_and_a_refused_session_is_a_404() {
+    let (host, mut exchange) = post(Some("sess-1"));
+    let size = body_arrives(&host, &call_body(6, "get_customer"));
+    assert_eq!(exchange.on_request_body(size, true), Flow::Pause);
+    let (token, _, request) = host.last_append();
+    let check = request.session.expect("a session check");
+    assert_eq!(check.session_id, "sess-1");
+    assert_eq!(check.step(), SessionStep::Use);
+    assert_eq!(check.subject, r#"["https://idp.example","alice"]"#);
+    answer(&host, &mut exchange, token, Ok("other_identity"));
+    assert!(!host.forwarded());
+    let Some(Call::Reply { status, body }) = host.calls().last().cloned() else {
+        panic!("no reply: {:?}", host.calls())
+    };
+    assert_eq!((status, &body["id"]), (404, &json!(6)));
+    assert!(!body.to_string().contains("alice"), "{body}");
+}
+
+/// A forwarded POST whose answer's headers have just arrived.
+fn answered(headers: &[(&str, &str)]) -> (FakeHost, Exchange<FakeHost>) {
+    let (host, mut exchange) = post(None);
+    let size = body_arrives(&host, &call_body(7, "get_customer"));
+    exchange.on_request_body(size, true);
+    let (token, _, _) = host.last_append();
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(host.forwarded());
+    host.0.borrow_mut().calls.clear();
+    for (name, value) in headers {
+        host.0
+            .borrow_mut()
+            .response_headers
+            .insert((*name).to_owned(), (*value).to_owned());
+    }
+    (host, exchange)
+}
+
+#[test]
+fn an_answer_opening_a_session_waits_until_the_session_is_bound() {
+    let (host, mut exchange) = answered(&[
+        (":status", "200"),
+        ("content-type", "text/event-stream"),
+        ("mcp-session-id", "sess-new"),
+    ]);
+    assert_eq!(exchange.on_response_headers(false), Flow::Pause);
+    let (token, record, request) = host.last_append();
+    assert_eq!(record["event"], "mcp.session.opened");
+    assert_eq!(record["session"], "sess-new");
+    let check = request.session.expect("a session check");
+    assert_eq!(
+        (check.session_id.as_str(), check.step()),
+        ("sess-new", SessionStep::Open)
+    );
+    assert!(!host.calls().contains(&Call::ResumeResponse));
+    answer(&host, &mut exchange, token, Ok(""));
+    assert_eq!(host.calls().last(), Some(&Call::ResumeResponse));
+}
+
+#[test]
+fn an_answer_whose_session_cannot_be_bound_never_leaves() {
+    for outcome in [Ok("other_identity"), Err(14)] {
+        let (host, mut exchange) = answered(&[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("mcp-session-id", "sess-taken"),
+        ]);
+        assert_eq!(exchange.on_response_headers(false), Flow::Pause);
+        let (token, _, _) = host.last_append();
+        answer(&host, &mut exchange, token, outcome);
+        let calls = host.calls();
+        assert!(
+            !calls.contains(&Call::ResumeResponse),
+            "{outcome:?}: {calls:?}"
+        );
+        assert_eq!(calls.last(), Some(&Call::ResetResponse), "{outcome:?}");
+        // Its record is queued for the root context to append.
+        assert_eq!(exchange.runtime.deferred.borrow().len(), 1, "{outcome:?}");
+    }
+}
+
+#[test]
+fn a_buffered_answer_leaves_masked_and_only_once_recorded() {
+    let (host, mut exchange) =
+        answered(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(exchange.on_response_headers(false), Flow::Continue);
+    let answer_body = br#"{"jsonrpc":"2.0","id":7,"result":{"card":"4111111111111111"}}"#;
+    host.0.borrow_mut().response_body = answer_body[..20].to_vec();
+    assert_eq!(exchange.on_response_body(20, false), Flow::Pause);
+    host.0.borrow_mut().response_body = answer_body.to_vec();
+    assert_eq!(
+        exchange.on_response_body(answer_body.len(), false),
+        Flow::Pause
+    );
+    // The answer ends in trailers.
+    assert_eq!(exchange.on_response_trailers(), Flow::Pause);
+    let sent = String::from_utf8(host.0.borrow().response_body.clone()).unwrap();
+    assert!(!sent.contains("4111111111111111"), "{sent}");
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["event"], "mcp.response");
+    assert!(!record.to_string().contains("4111111111111111"));
+    assert!(!host.calls().contains(&Call::ResumeResponse));
+    answer(&host, &mut exchange, token, Ok(""));
+    assert_eq!(host.calls().last(), Some(&Call::ResumeResponse));
+}
+
+#[test]
+fn a_stream_ending_in_trailers_with_a_held_tail_is_reset_not_cut_short() {
+    let (host, mut exchange) =
+        answered(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    assert_eq!(exchange.on_response_headers(false), Flow::Continue);
+    // The chunk ends inside what may be a card number: the masker holds its tail back.
+    let chunk = b"event: message\ndata: {\"card\":\"4111 1111";
+    host.0.borrow_mut().response_body = chunk.to_vec();
+    assert_eq!(
+        exchange.on_response_body(chunk.len(), false),
+        Flow::Continue
+    );
+    let passed = String::from_utf8(host.0.borrow().response_body.clone()).unwrap();
+    assert!(!passed.contains("4111 1111"), "{passed}");
+    assert_eq!(exchange.on_response_trailers(), Flow::Pause);
+    let calls = host.calls();
+    assert!(calls.contains(&Call::ResetResponse), "{calls:?}");
+    let (_, record, _) = host.last_append();
+    assert_eq!(record["event"], "mcp.response");
+}
+
+#[test]
+fn a_held_call_counts_as_pending_until_its_client_goes_away() {
+    let (host, mut exchange) = post(None);
+    exchange.state = RequestState::Held {
+        awaited: true,
+        counted: true,
+    };
+    host.gauge_add(metrics::APPROVALS_PENDING, 1);
+    exchange.on_log();
+    exchange.on_log();
+    assert_eq!(
+        host.0.borrow().gauges.get(metrics::APPROVALS_PENDING),
+        Some(&0)
+    );
+}

@@ -15,6 +15,16 @@ pub struct FilterConfig {
     /// Envoy cluster of the control plane's gRPC API (needs `http2_protocol_options`).
     #[serde(default = "default_control_plane_cluster")]
     pub control_plane_cluster: String,
+    /// The `:authority` of the filter's gRPC calls to the control plane. Default: the cluster
+    /// name, except for istiod's `outbound|PORT|SUBSET|HOST` names (a `|` is not allowed in an
+    /// authority, and the control plane's HTTP/2 server refuses it): then `HOST`.
+    #[serde(default)]
+    pub control_plane_authority: Option<String>,
+    /// What the filter passes to `dispatch_grpc_call` as the target: the cluster name, or a
+    /// serialized `envoy.config.core.v3.GrpcService` naming cluster and authority, which Envoy
+    /// takes in its place. Derived at load.
+    #[serde(skip)]
+    pub control_plane_target: String,
     /// How long to wait for the control plane to acknowledge an audit append before failing
     /// closed.
     #[serde(default = "default_audit_timeout_ms")]
@@ -120,8 +130,49 @@ impl FilterConfig {
             // built yet; refusing the configuration beats silently refusing whole batches.
             return Err("invalid tollgate configuration: policy.batchMode \"perMessage\" is not supported by this filter; use \"wholeBatch\"".to_owned());
         }
+        config.control_plane_target = grpc_target(
+            &config.control_plane_cluster,
+            config.control_plane_authority.as_deref(),
+        )?;
         Ok(config)
     }
+}
+
+/// `envoy.config.core.v3.GrpcService`, only as far as the filter names a cluster and authority.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GrpcService {
+    #[prost(message, optional, tag = "1")]
+    envoy_grpc: Option<EnvoyGrpc>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvoyGrpc {
+    #[prost(string, tag = "1")]
+    cluster_name: String,
+    #[prost(string, tag = "2")]
+    authority: String,
+}
+
+/// The `dispatch_grpc_call` target for `cluster` with `authority` (see
+/// [`FilterConfig::control_plane_target`]).
+fn grpc_target(cluster: &str, authority: Option<&str>) -> Result<String, String> {
+    let derived = cluster
+        .contains('|')
+        .then(|| cluster.rsplit('|').next().unwrap_or_default());
+    let Some(authority) = authority.or(derived).filter(|a| !a.is_empty()) else {
+        return Ok(cluster.to_owned());
+    };
+    let service = GrpcService {
+        envoy_grpc: Some(EnvoyGrpc {
+            cluster_name: cluster.to_owned(),
+            authority: authority.to_owned(),
+        }),
+    };
+    // The SDK passes the target as a string: the encoding must be UTF-8, which it is while
+    // every length fits in one byte.
+    String::from_utf8(prost::Message::encode_to_vec(&service)).map_err(|_| {
+        "invalid tollgate configuration: controlPlaneCluster and controlPlaneAuthority are too long together (at most 120 bytes)".to_owned()
+    })
 }
 
 #[cfg(test)]
@@ -151,6 +202,36 @@ mod tests {
         assert!(err.contains("serviceAccounts.subs"), "{err}");
         let err = FilterConfig::from_json(br#"{"serviceAccounts":{"sub":["svc-*"]}}"#).unwrap_err();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn an_istio_cluster_name_is_called_with_its_host_as_authority() {
+        let config = FilterConfig::from_json(b"").unwrap();
+        assert_eq!(config.control_plane_target, "tollgate_control_plane");
+        let istio = "outbound|50051||tollgate-control-plane.tollgate.svc.cluster.local";
+        let config =
+            FilterConfig::from_json(format!(r#"{{"controlPlaneCluster":"{istio}"}}"#).as_bytes())
+                .unwrap();
+        let service: GrpcService =
+            prost::Message::decode(config.control_plane_target.as_bytes()).unwrap();
+        let grpc = service.envoy_grpc.unwrap();
+        assert_eq!(grpc.cluster_name, istio);
+        assert_eq!(
+            grpc.authority,
+            "tollgate-control-plane.tollgate.svc.cluster.local"
+        );
+        let config = FilterConfig::from_json(
+            br#"{"controlPlaneCluster":"cp","controlPlaneAuthority":"cp.example:443"}"#,
+        )
+        .unwrap();
+        let service: GrpcService =
+            prost::Message::decode(config.control_plane_target.as_bytes()).unwrap();
+        assert_eq!(service.envoy_grpc.unwrap().authority, "cp.example:443");
+        let long = "x".repeat(200);
+        let err =
+            FilterConfig::from_json(format!(r#"{{"controlPlaneCluster":"a|{long}"}}"#).as_bytes())
+                .unwrap_err();
+        assert!(err.contains("too long"), "{err}");
     }
 
     #[test]

@@ -68,12 +68,10 @@ fn python() -> PathBuf {
 /// The sidecar of the payments MCP server, from the manifests, in front of a JSON-answering
 /// payments server (no MCP sessions: every POST stands alone).
 ///
-/// One pluginConfig field is replaced: the control plane's cluster. The manifest names it as
-/// istiod names outbound clusters (`outbound|50051||HOST`), and the filter's gRPC calls carry the
-/// cluster name as `:authority`, which the control plane's HTTP/2 server refuses (`|` is not
-/// allowed in an authority): see `the_manifests_control_plane_cluster_fails_closed`.
+/// The manifests as they are (the pluginConfig names the control plane's cluster as istiod does,
+/// `outbound|50051||HOST`).
 fn sidecar() -> Stack {
-    sidecar_with(json!({"controlPlaneCluster": "tollgate-control-plane"}))
+    sidecar_with(json!({}))
 }
 
 fn sidecar_with(config: Value) -> Stack {
@@ -330,13 +328,12 @@ fn http1_chunked_trailers_are_parsed_and_decided() {
     );
 }
 
-/// Known limitation, kept visible: with the WasmPlugin's own controlPlaneCluster (istiod's
-/// `outbound|PORT||HOST` name), the filter's audit appends never reach the control plane (the
-/// gRPC `:authority` is the cluster name, and `|` is refused by an HTTP/2 server), so every call
-/// fails closed: 503, nothing forwarded. The fix belongs in the filter (an explicit authority for
-/// its gRPC calls); when it lands, this test should expect 200.
+/// The WasmPlugin's own controlPlaneCluster is istiod's `outbound|PORT||HOST` name, which is not
+/// a valid `:authority` (an HTTP/2 server refuses the `|`). The filter then calls the cluster
+/// with `HOST` as the authority (a serialized GrpcService in place of the cluster name), and the
+/// call is recorded and forwarded as with any other cluster name.
 #[test]
-fn the_manifests_control_plane_cluster_fails_closed() {
+fn the_manifests_own_control_plane_cluster_is_reached() {
     let stack = sidecar_with(json!({}));
     let token = stack.token("alice@example.com", &[]).unwrap();
     let answer = h2_post(
@@ -346,15 +343,16 @@ fn the_manifests_control_plane_cluster_fails_closed() {
         &call(2, "get_customer", json!({"customer_id": "cus_2"})),
         Value::Null,
     );
-    assert_eq!(answer.status, Some(503), "{}", answer.body);
-    assert_eq!(answer.json()["error"]["data"]["retryable"], true);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        server_request_count(&stack),
-        0,
-        "{:?}",
-        stack.server_requests()
+    assert_eq!(answer.status, Some(200), "{}", answer.body);
+    assert!(answer.json()["result"].is_object(), "{}", answer.body);
+    let records = stack.audit_records().unwrap();
+    assert!(
+        records.iter().any(|r| r["event"] == "mcp.request"
+            && r["messages"][0]["id"] == 2
+            && r["decision"] == "allow"),
+        "{records:#?}"
     );
+    assert_eq!(server_request_count(&stack), 1);
 }
 
 #[test]

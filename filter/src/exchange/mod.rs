@@ -235,7 +235,7 @@ impl<H: Host> Exchange<H> {
         self.request_record_json = Some(append.record_json);
         let timeout = Duration::from_millis(config.audit_timeout_ms);
         match self.host.grpc_call(
-            &config.control_plane_cluster,
+            &config.control_plane_target,
             tollgate_proto::service::AUDIT,
             "Append",
             &message,
@@ -326,7 +326,7 @@ impl<H: Host> Exchange<H> {
     }
 
     fn call_approvals(&mut self, method: &str, message: &[u8], timeout_ms: u64, ask: Box<Ask>) {
-        let cluster = self.runtime.config.control_plane_cluster.clone();
+        let cluster = self.runtime.config.control_plane_target.clone();
         let timeout = Duration::from_millis(timeout_ms);
         match self.host.grpc_call(
             &cluster,
@@ -425,7 +425,7 @@ impl<H: Host> Exchange<H> {
         }
         .encode_to_vec();
         match self.host.grpc_call(
-            &config.control_plane_cluster,
+            &config.control_plane_target,
             tollgate_proto::service::AUDIT,
             "Append",
             &message,
@@ -487,7 +487,7 @@ impl<H: Host> Exchange<H> {
         .encode_to_vec();
         let timeout = Duration::from_millis(config.audit_timeout_ms);
         let token = self.host.grpc_call(
-            &config.control_plane_cluster,
+            &config.control_plane_target,
             tollgate_proto::service::AUDIT,
             "Append",
             &message,

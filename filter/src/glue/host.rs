@@ -208,7 +208,7 @@ pub fn grpc_call(
         Err(status) => {
             log(
                 LogLevel::Warn,
-                &format!("tollgate: gRPC call to {cluster} failed to start: {status:?}"),
+                &format!("tollgate: gRPC call to {cluster:?} failed to start: {status:?}"),
             );
             None
         }

@@ -42,7 +42,7 @@ impl TollgateRoot {
         };
         let config = &runtime.config;
         self.flushing = host::grpc_call(
-            &config.control_plane_cluster,
+            &config.control_plane_target,
             tollgate_proto::service::AUDIT,
             "Append",
             &message,
@@ -124,7 +124,7 @@ impl RootContext for TollgateRoot {
         }
         let config = &runtime.config;
         self.refreshing = host::grpc_call(
-            &config.control_plane_cluster,
+            &config.control_plane_target,
             tollgate_proto::service::REVOCATIONS,
             "List",
             &ListRevocationsRequest {}.encode_to_vec(),

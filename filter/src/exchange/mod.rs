@@ -212,7 +212,7 @@ impl<H: Host> Exchange<H> {
 
     /// Appends the step's record; the request waits for the acknowledgement.
     fn audit_then(&mut self, step: Step) -> Flow {
-        self.state = RequestState::Recording;
+        self.enter(RequestState::Recording);
         self.host.count(metrics::CALLS, 1);
         count_record(&self.host, &step.record);
         self.append_sent = self.host.now();
@@ -282,7 +282,7 @@ impl<H: Host> Exchange<H> {
         if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
             let marked = crate::failopen::mark(&record).to_string().into_bytes();
             if self.defer_record(marked, Room::All) {
-                self.state = RequestState::Forwarded { failed_open: true };
+                self.enter(RequestState::Forwarded { failed_open: true });
                 self.host.count(metrics::FAIL_OPEN, 1);
                 self.host.resume_request();
                 return;
@@ -310,10 +310,10 @@ impl<H: Host> Exchange<H> {
             Next::Forward => self.forward(),
             Next::Reply(reply) => self.send(&reply),
             Next::Approve(ask) => {
-                self.state = RequestState::Held {
+                self.enter(RequestState::Held {
                     awaited: false,
                     counted: false,
-                };
+                });
                 let message = ask.request.encode_to_vec();
                 self.call_approvals(
                     "Request",
@@ -344,7 +344,6 @@ impl<H: Host> Exchange<H> {
     }
 
     fn on_approval_status(&mut self, ask: Box<Ask>, status_code: u32, response_size: usize) {
-        self.release_approval_gauge();
         let status = (status_code == 0)
             .then(|| {
                 ApprovalStatus::decode(
@@ -376,10 +375,10 @@ impl<H: Host> Exchange<H> {
             approval::Outcome::Reply(reply) => self.send(&reply),
             approval::Outcome::Wait(approval_id) if !self.state.awaited_approval() => {
                 // Long poll: the control plane answers the moment the approval is decided.
-                self.state = RequestState::Held {
+                self.enter(RequestState::Held {
                     awaited: true,
                     counted: true,
-                };
+                });
                 self.host.gauge_add(metrics::APPROVALS_PENDING, 1);
                 let wait_ms = self.runtime.config.approval_wait_ms;
                 let message = AwaitRequest {
@@ -563,6 +562,13 @@ impl<H: Host> Exchange<H> {
         }
     }
 
+    /// Moves to `next`. Leaving a held call that counts in the approvals-pending gauge takes it
+    /// out, whichever way it leaves (forwarded, answered, or its long poll failed to start).
+    fn enter(&mut self, next: RequestState) {
+        self.release_approval_gauge();
+        self.state = next;
+    }
+
     fn release_approval_gauge(&mut self) {
         if let RequestState::Held {
             awaited,
@@ -579,7 +585,7 @@ impl<H: Host> Exchange<H> {
 
     /// The record is durable (or the call passed fail-open): the upstream may have it.
     fn forward(&mut self) {
-        self.state = RequestState::Forwarded { failed_open: false };
+        self.enter(RequestState::Forwarded { failed_open: false });
         self.host.resume_request();
     }
 
@@ -677,7 +683,7 @@ impl<H: Host> Exchange<H> {
     }
 
     fn send(&mut self, reply: &LocalReply) {
-        self.state = RequestState::Answered;
+        self.enter(RequestState::Answered);
         self.response_mode = ResponseMode::Pass;
         self.host
             .send_reply(reply.status, &reply.headers, &reply.body);

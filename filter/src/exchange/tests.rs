@@ -21,8 +21,19 @@ enum Call {
     ResumeRequest,
     ResumeResponse,
     ResetResponse,
-    Reply { status: u32, body: Value },
-    Append { token: u32, request: AppendRequest },
+    Reply {
+        status: u32,
+        body: Value,
+    },
+    Append {
+        token: u32,
+        request: AppendRequest,
+    },
+    /// A call to the approvals service.
+    Approvals {
+        token: u32,
+        method: String,
+    },
 }
 
 #[derive(Default)]
@@ -131,6 +142,11 @@ impl Host for FakeHost {
         }
         host.next_token += 1;
         let token = host.next_token;
+        if service == tollgate_proto::service::APPROVALS {
+            let method = method.to_owned();
+            host.calls.push(Call::Approvals { token, method });
+            return Some(token);
+        }
         assert_eq!(
             (service, method),
             (tollgate_proto::service::AUDIT, "Append")
@@ -191,7 +207,9 @@ fn runtime() -> Rc<Runtime> {
         json!({"policy": {
             "defaultAction": {"action": "allow"},
             "rules": [{"id": "never-delete-merchant", "match": {"tool": "delete_merchant"},
-                       "action": "deny", "reason": "never"}]
+                       "action": "deny", "reason": "never"},
+                      {"id": "approve-payout", "match": {"tool": "update_payout_account"},
+                       "action": "approve", "approverGroup": "approvers", "reason": "four eyes"}]
         }})
         .to_string()
         .as_bytes(),
@@ -510,6 +528,47 @@ fn a_held_call_counts_as_pending_until_its_client_goes_away() {
     };
     host.gauge_add(metrics::APPROVALS_PENDING, 1);
     exchange.on_log();
+    exchange.on_log();
+    assert_eq!(
+        host.0.borrow().gauges.get(metrics::APPROVALS_PENDING),
+        Some(&0)
+    );
+}
+
+#[test]
+fn a_held_call_leaves_the_pending_gauge_however_its_wait_ends() {
+    let (host, mut exchange) = post(None);
+    let size = body_arrives(&host, &call_body(8, "update_payout_account"));
+    assert_eq!(exchange.on_request_body(size, true), Flow::Pause);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["decision"], "approve");
+    answer(&host, &mut exchange, token, Ok(""));
+    let Some(Call::Approvals { token, method }) = host.calls().last().cloned() else {
+        panic!("no approval request: {:?}", host.calls())
+    };
+    assert_eq!(method, "Request");
+    // Still pending: the call is held and long-polls, counted as pending, but the long poll
+    // cannot even start (the control plane went away).
+    host.0.borrow_mut().grpc_down = true;
+    let pending = tollgate_proto::pb::ApprovalStatus {
+        approval_id: "apr_1".into(),
+        state: tollgate_proto::pb::ApprovalState::Pending.into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let size = pending.len();
+    host.0.borrow_mut().grpc_answer = pending;
+    exchange.on_grpc_call_response(token, 0, size);
+    assert!(!host.forwarded());
+    assert!(matches!(
+        host.calls().last(),
+        Some(Call::Reply { status: 503, .. })
+    ));
+    assert_eq!(
+        host.0.borrow().gauges.get(metrics::APPROVALS_PENDING),
+        Some(&0),
+        "the answered call still counts as pending"
+    );
     exchange.on_log();
     assert_eq!(
         host.0.borrow().gauges.get(metrics::APPROVALS_PENDING),

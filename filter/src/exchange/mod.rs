@@ -215,9 +215,7 @@ impl<H: Host> Exchange<H> {
         self.enter(RequestState::Recording);
         self.host.count(metrics::CALLS, 1);
         count_record(&self.host, &step.record);
-        self.append_sent = self.host.now();
-        let config = &self.runtime.config;
-        if step.next == Next::Forward && config.fail_open.allows(&step.record) {
+        if step.next == Next::Forward && self.runtime.config.fail_open.allows(&step.record) {
             self.fail_open_record = Some(step.record.clone());
         }
         // A forwarded request in a session is checked against the session's owner by the
@@ -230,28 +228,38 @@ impl<H: Host> Exchange<H> {
             record_json: step.record.to_string().into_bytes(),
             session,
         };
-        let message = append.encode_to_vec();
+        let token = self.dispatch_append(&append);
         // Kept (not copied) in case the append fails: see `audit_failed`.
         self.request_record_json = Some(append.record_json);
-        let timeout = Duration::from_millis(config.audit_timeout_ms);
-        match self.host.grpc_call(
-            &config.control_plane_target,
-            tollgate_proto::service::AUDIT,
-            "Append",
-            &message,
-            timeout,
-        ) {
+        match token {
             Some(token) => {
                 self.pending = Some((token, Waiting::Audit(step.next)));
                 Flow::Pause
             }
             None => {
                 // Could not even start: as if the control plane were unreachable (UNAVAILABLE).
-                self.host.count(metrics::AUDIT_APPEND_FAILURES, 1);
                 self.audit_failed(step.next, 14);
                 Flow::Pause
             }
         }
+    }
+
+    /// Starts the audit `Append` of `append`, timed from now; `None` (counted as a failed append)
+    /// when the call could not even start.
+    fn dispatch_append(&mut self, append: &AppendRequest) -> Option<u32> {
+        self.append_sent = self.host.now();
+        let config = &self.runtime.config;
+        let token = self.host.grpc_call(
+            &config.control_plane_target,
+            tollgate_proto::service::AUDIT,
+            "Append",
+            &append.encode_to_vec(),
+            Duration::from_millis(config.audit_timeout_ms),
+        );
+        if token.is_none() {
+            self.host.count(metrics::AUDIT_APPEND_FAILURES, 1);
+        }
+        token
     }
 
     /// Keeps a record for the root context to append (once the control plane answers); `false`
@@ -407,36 +415,22 @@ impl<H: Host> Exchange<H> {
         let Some(check) = flow::session_opened(&self.info, identity, answered.as_deref()) else {
             return then;
         };
-        let config = &self.runtime.config;
         let record = record::session_opened(
             &self.info,
-            config,
+            &self.runtime.config,
             identity,
             &check.session_id,
             &rfc3339_micros(self.host.now()),
             &self.runtime.masker,
         );
         count_record(&self.host, &record);
-        self.append_sent = self.host.now();
-        let message = AppendRequest {
+        let append = AppendRequest {
             record_json: record.to_string().into_bytes(),
             session: Some(check),
-        }
-        .encode_to_vec();
-        match self.host.grpc_call(
-            &config.control_plane_target,
-            tollgate_proto::service::AUDIT,
-            "Append",
-            &message,
-            Duration::from_millis(config.audit_timeout_ms),
-        ) {
-            Some(token) => {
-                self.pending = Some((token, Waiting::SessionOpen(after)));
-            }
-            None => {
-                self.host.count(metrics::AUDIT_APPEND_FAILURES, 1);
-                self.session_not_bound();
-            }
+        };
+        match self.dispatch_append(&append) {
+            Some(token) => self.pending = Some((token, Waiting::SessionOpen(after))),
+            None => self.session_not_bound(),
         }
         Flow::Pause
     }
@@ -477,25 +471,11 @@ impl<H: Host> Exchange<H> {
             record["failOpen"] = true.into();
             self.response_record = Some(record.to_string().into_bytes());
         }
-        self.append_sent = now;
-        let config = &self.runtime.config;
-        let message = AppendRequest {
+        let append = AppendRequest {
             record_json: record.to_string().into_bytes(),
             session: None,
-        }
-        .encode_to_vec();
-        let timeout = Duration::from_millis(config.audit_timeout_ms);
-        let token = self.host.grpc_call(
-            &config.control_plane_target,
-            tollgate_proto::service::AUDIT,
-            "Append",
-            &message,
-            timeout,
-        );
-        if token.is_none() {
-            self.host.count(metrics::AUDIT_APPEND_FAILURES, 1);
-        }
-        match (token, streamed) {
+        };
+        match (self.dispatch_append(&append), streamed) {
             (Some(token), true) => {
                 self.pending = Some((token, Waiting::StreamedResponseAudit));
                 Flow::Continue

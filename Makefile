@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run test bench bench-store wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
+.PHONY: all run test bench bench-ab bench-store wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
 
 all: build wasm
 
@@ -103,6 +103,12 @@ bench: deps wasm pg-deps
 bench-store: pg-deps
 	@echo "## Durable appends by store"
 	scripts/bench-store.sh
+
+## bench-ab: this tree (or NEW=REV) against an earlier revision (BASE=REV), alternating rounds
+BASE ?= 829378f
+NEW ?=
+bench-ab: deps
+	scripts/bench-ab.sh $(BASE) $(NEW)
 
 clean:
 	$(CARGO) clean

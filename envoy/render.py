@@ -6,6 +6,7 @@ usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --cont
                  [--audience AUD] --wasm FILE [--config JSON] [--plain]
                  [--hop-port N --hop-header NAME=VALUE ...] [--route-timeout DURATION]
                  [--request-timeout DURATION] [--tls-cert FILE --tls-key FILE] [--lds-dir DIR]
+                 (--control-plane-tls DIR [--control-plane-identity URI] | --control-plane-plaintext)
 --jwks reads the issuer's keys from a file once (the dev issuer); --remote-jwks fetches them from
 the OIDC provider's jwks_uri (an http:// URL, through a cluster of its own), again every
 --jwks-cache-duration seconds and in the background, so a provider's key rotation is picked up
@@ -18,6 +19,12 @@ cannot send a token themselves, such as the conformance suite.
 --request-timeout bounds how long a client may take to send its whole request (default 60s).
 --tls-cert/--tls-key serve the MCP listener over TLS (ALPN h2 and http/1.1) with that certificate
 chain and key (PEM files).
+--control-plane-tls DIR: the filter's cluster to the control plane uses mutual TLS with the files
+of DIR (as `tollgate serve` creates them under <home>/tls): the gateway's client certificate
+gateway.pem and gateway-key.pem, and ca.pem, the CA the control plane's certificate must chain to;
+that certificate must also name --control-plane-identity (default
+spiffe://tollgate.local/control-plane). --control-plane-plaintext uses h2c instead, for a control
+plane run with --insecure-plaintext (behind a mesh sidecar); one of the two is required.
 --lds-dir serves the listeners (and with them the filter's configuration and policy) from
 DIR/lds.yaml instead of the bootstrap: rendering again with a new --config replaces that file
 atomically, and Envoy swaps the listener without a restart; requests in flight finish on the old
@@ -52,6 +59,10 @@ def main():
     ap.add_argument("--tls-cert", default="")
     ap.add_argument("--tls-key", default="")
     ap.add_argument("--lds-dir", default="")
+    cp_transport = ap.add_mutually_exclusive_group(required=True)
+    cp_transport.add_argument("--control-plane-tls", metavar="DIR")
+    cp_transport.add_argument("--control-plane-plaintext", action="store_true")
+    ap.add_argument("--control-plane-identity", default="spiffe://tollgate.local/control-plane")
     a = ap.parse_args()
     if bool(a.tls_cert) != bool(a.tls_key):
         sys.exit("render.py: --tls-cert and --tls-key go together")
@@ -92,6 +103,8 @@ def main():
         text = text.replace("${%s}" % key, str(value))
     if a.remote_jwks:
         text = add_jwks_cluster(text, a.remote_jwks)
+    if a.control_plane_tls:
+        text = add_control_plane_tls(text, os.path.abspath(a.control_plane_tls), a.control_plane_identity)
     if a.tls_cert:
         text = add_listener_tls(text, os.path.abspath(a.tls_cert), os.path.abspath(a.tls_key))
     if a.hop_port:
@@ -172,6 +185,33 @@ def add_listener_tls(text, cert, key):
       filters:
 """
     return text.replace(chain, tls, 1)
+
+def add_control_plane_tls(text, pki, identity):
+    """Mutual TLS on the cluster to the control plane: the gateway's client certificate, and the
+    control plane's certificate checked against the CA and pinned to its identity."""
+    for name in ("ca.pem", "gateway.pem", "gateway-key.pem"):
+        if not os.path.isfile(os.path.join(pki, name)):
+            sys.exit(f"render.py: --control-plane-tls {pki} holds no {name}")
+    anchor = "  - name: tollgate_control_plane\n    type: STRICT_DNS\n    connect_timeout: 1s\n"
+    if anchor not in text:
+        sys.exit("render.py: the bootstrap has no tollgate_control_plane cluster to put TLS on")
+    file = lambda name: json.dumps(os.path.join(pki, name))
+    tls = f"""    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificates:
+          - certificate_chain: {{ filename: {file("gateway.pem")} }}
+            private_key: {{ filename: {file("gateway-key.pem")} }}
+          validation_context:
+            trusted_ca: {{ filename: {file("ca.pem")} }}
+            match_typed_subject_alt_names:
+            - san_type: URI
+              matcher: {{ exact: {json.dumps(identity)} }}
+"""
+    return text.replace(anchor, anchor + tls, 1)
 
 def add_client_hop(text, hop_port, listen_port, headers):
     """A plain listener on hop_port that forwards everything to the gateway listener, adding

@@ -11,7 +11,7 @@
 # Everything it starts is stopped on exit. Results stay in target/bench/ (report.md, raw JSON, logs).
 #
 # Environment (all optional):
-#   TOLLGATE_BENCH_PORT_BASE  first of the ports used, base..base+171 (default 28000, below the ephemeral range)
+#   TOLLGATE_BENCH_PORT_BASE  first of the ports used, base..base+181 (default 28000, below the ephemeral range)
 #   TOLLGATE_BENCH_DURATION   seconds measured per cell (default 10)
 #   TOLLGATE_BENCH_WARMUP     seconds of unmeasured load before each cell (default 2)
 #   TOLLGATE_BENCH_MEM_REQUESTS  requests through the filter for the memory samples (default 100000)
@@ -42,6 +42,7 @@ TOLLGATE=$ROOT/target/release/tollgate
 PAYMENTS=$ROOT/target/release/payments-server
 
 CP_PORT=$((BASE + 51))
+CP_H2C_PORT=$((BASE + 52))   # a second control plane, --insecure-plaintext: what mTLS costs
 JSON_PORT=$((BASE + 81))
 SSE_PORT=$((BASE + 82))
 # name listen-port admin-port upstream-port config ("plain" = rendered --plain)
@@ -54,96 +55,29 @@ ENVOYS=(
   "policy-200   $((BASE + 150)) $((BASE + 151)) $JSON_PORT config-200rule.json"
   "memory       $((BASE + 160)) $((BASE + 161)) $JSON_PORT config-main.json"
   "mask64       $((BASE + 170)) $((BASE + 171)) $JSON_PORT config-main.json"
+  "tollgate-h2c $((BASE + 180)) $((BASE + 181)) $JSON_PORT config-main.json"
 )
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "bench: $*"; exit 1; }
+# shellcheck source=scripts/bench/lib.sh
+. "$HERE/lib.sh"
 
-# ---- tools ---------------------------------------------------------------------------------------
-ensure_tools() {
-  local missing=()
-  command -v wrk >/dev/null || missing+=(wrk)
-  command -v curl >/dev/null || missing+=(curl)
-  if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]} (Debian packages)"
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
-  command -v python3 >/dev/null || die "python3 is needed"
-  [ -x "$ENVOY" ] || die "no Envoy at $ENVOY (run \`make bench\`, which installs it)"
-  [ -f "$WASM" ] || die "no filter at $WASM (run \`make bench\`, which builds it)"
-}
-
-# ---- processes -----------------------------------------------------------------------------------
-pids=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 50); do
-    local alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-wait_for_line() { # FILE PATTERN PID
-  for _ in $(seq 1 300); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || die "$(basename "$1" .log) exited: $(tail -5 "$1")"
-    sleep 0.1
-  done
-  die "timed out waiting for $1"
-}
-
-# Nobody listens on the port (connections in TIME_WAIT from an earlier run do not count: the
-# servers and Envoy bind with SO_REUSEADDR too).
-port_free() {
-  python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
-}
-
-declare -A LISTEN ADMIN EPID
 start_envoy() { # NAME LISTEN ADMIN UPSTREAM_PORT CONFIG
   local name=$1 listen=$2 admin=$3 upstream=$4 config=$5 args=()
   if [ "$config" = plain ]; then args=(--plain); else args=(--wasm "$WASM" --config "@$STATE/$config"); fi
+  if [ "$name" = tollgate-h2c ]; then
+    args+=(--control-plane "127.0.0.1:$CP_H2C_PORT" --control-plane-plaintext)
+  else
+    args+=(--control-plane "127.0.0.1:$CP_PORT" --control-plane-tls "$STATE/home/tls")
+  fi
   python3 envoy/render.py --out "$STATE/envoy-$name.yaml" --listen-port "$listen" --admin-port "$admin" \
-    --upstream "http://127.0.0.1:$upstream/mcp" --control-plane "127.0.0.1:$CP_PORT" \
-    --jwks "$STATE/home/dev/jwks.json" "${args[@]}"
+    --upstream "http://127.0.0.1:$upstream/mcp" --jwks "$STATE/home/dev/jwks.json" "${args[@]}"
   "$ENVOY" -c "$STATE/envoy-$name.yaml" --concurrency "$WORKERS" --log-level warn \
     --disable-hot-restart >"$STATE/logs/envoy-$name.log" 2>&1 &
   pids+=($!)
   LISTEN[$name]=$listen ADMIN[$name]=$admin EPID[$name]=$!
 }
-wait_envoy() { # NAME
-  local name=$1
-  for _ in $(seq 1 600); do
-    [ "$(curl -s -m 1 "http://127.0.0.1:${ADMIN[$name]}/ready" 2>/dev/null)" = LIVE ] && return 0
-    kill -0 "${EPID[$name]}" 2>/dev/null || die "envoy $name exited: $(tail -5 "$STATE/logs/envoy-$name.log")"
-    sleep 0.1
-  done
-  die "envoy $name not ready: $(tail -5 "$STATE/logs/envoy-$name.log")"
-}
-url() { echo "http://127.0.0.1:${LISTEN[$1]}/mcp"; }
 
 # ---- load ----------------------------------------------------------------------------------------
-# run_wrk OUT_JSON URL BODY CONNECTIONS SECONDS
-run_wrk() {
-  local out=$1 target=$2 body=$3 conns=$4 secs=$5 threads=2
-  [ "$conns" -lt 2 ] && threads=1
-  BENCH_BODY_FILE=$STATE/$body BENCH_TOKEN=$TOKEN BENCH_OUT=$out \
-    wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s -s "$HERE/post.lua" "$target" \
-    >>"$STATE/logs/wrk.log" 2>&1
-}
-
 # cell ID ENVOY BODY CONNECTIONS CHECK: warm-up, then the measured run into results/ID.json;
 # not measured (with the reason) when the pre-run check CHECK failed.
 cell() {
@@ -182,25 +116,12 @@ else:
 PY
 }
 
-# cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
-cpu_ticks() {
-  local line rest
-  read -r line <"/proc/$1/stat" || { echo 0; return; }
-  rest=${line##*) }
-  # shellcheck disable=SC2086
-  set -- $rest
-  echo $(( ${12} + ${13} ))
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-
 # ---- main ----------------------------------------------------------------------------------------
 ensure_tools
 say "building release binaries (tollgate, payments-server)"
 cargo build --release --quiet -p tollgate-control-plane -p payments-server
 
-for p in $CP_PORT $JSON_PORT $SSE_PORT; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
+for p in $CP_PORT $CP_H2C_PORT $JSON_PORT $SSE_PORT; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
 for e in "${ENVOYS[@]}"; do
   read -r _ l a _ _ <<<"$e"
   for p in "$l" "$a"; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
@@ -216,6 +137,10 @@ T0=$(date +%s)
 CP_PID=$!
 pids+=($CP_PID)
 wait_for_line "$STATE/logs/control-plane.log" "listening on" $CP_PID
+"$TOLLGATE" --home "$STATE/home-h2c" serve --listen "127.0.0.1:$CP_H2C_PORT" --insecure-plaintext \
+  >"$STATE/logs/control-plane-h2c.log" 2>&1 &
+pids+=($!)
+wait_for_line "$STATE/logs/control-plane-h2c.log" "listening on" $!
 "$PAYMENTS" --listen "127.0.0.1:$JSON_PORT" --stateless --json-response >"$STATE/logs/payments-json.log" 2>&1 &
 JSON_PID=$!
 pids+=($JSON_PID)
@@ -233,8 +158,8 @@ for e in "${ENVOYS[@]}"; do
   case $name in memory|mask64) continue ;; esac
   start_envoy "$name" "$l" "$a" "$up" "$cfg"
 done
-for name in plain-json tollgate-json plain-sse tollgate-sse policy-1 policy-200; do wait_envoy "$name"; done
-say "stack up: control plane 127.0.0.1:$CP_PORT, payments servers :$JSON_PORT (JSON) :$SSE_PORT (SSE), 6 Envoys ($WORKERS workers each)"
+for name in plain-json tollgate-json plain-sse tollgate-sse policy-1 policy-200 tollgate-h2c; do wait_envoy "$name"; done
+say "stack up: control plane 127.0.0.1:$CP_PORT (mTLS) and :$CP_H2C_PORT (h2c), payments servers :$JSON_PORT (JSON) :$SSE_PORT (SSE), 7 Envoys ($WORKERS workers each)"
 
 # One request per workload: the answer is the one meant, in clear through plain Envoy and masked
 # through Tollgate. A failed check leaves that workload's cells unmeasured, with the reason.
@@ -249,6 +174,8 @@ check 64k plain-json tollgate-json body-64k.json 50
 check sse plain-sse tollgate-sse body-sse.json $((2 * SSE_COUNT + 1))
 check policy1 plain-json policy-1 body-1k.json 1
 check policy200 plain-json policy-200 body-1k.json 1
+check cp-mtls plain-json tollgate-json body-1k.json 1
+check cp-h2c plain-json tollgate-h2c body-1k.json 1
 
 say "measuring: ${DURATION}s per cell after ${WARMUP}s of warm-up, plain Envoy then Envoy + Tollgate"
 for workload in 1k 64k sse; do
@@ -258,29 +185,31 @@ for workload in 1k 64k sse; do
     cell "$workload-c$c-tollgate" $tg "body-$workload.json" "$c" $workload
   done
 done
-# The policy rows compare two Envoys whose difference is microseconds of rule evaluation, so they
-# alternate (1 rule, 200 rules, 1 rule, ...) in POLICY_ROUNDS rounds and report the median
-# p50/p99 of the rounds: a burst of load from another process on the machine then spoils one
-# round, not the comparison.
-say "policy size: 1 rule vs 200 rules (1 KiB result), $POLICY_ROUNDS alternating rounds of ${POLICY_ROUND}s"
-for c in "${POLICY_CONCURRENCY[@]}"; do
-  for variant in 1 200; do
-    if [ -n "${FAILED_CHECK[policy$variant]:-}" ]; then
-      printf '{"error":"%s"}\n' "${FAILED_CHECK[policy$variant]}" >"$STATE/results/policy$variant-c$c.json"
-    else
-      run_wrk "$STATE/results/warmup.json" "$(url policy-$variant)" body-1k.json "$c" "$WARMUP" || true
-    fi
-  done
-  for round in $(seq 1 "$POLICY_ROUNDS"); do
-    for variant in 1 200; do
-      [ -n "${FAILED_CHECK[policy$variant]:-}" ] && continue
-      run_wrk "$STATE/results/policy$variant-c$c-r$round.json" "$(url policy-$variant)" body-1k.json \
-        "$c" "$POLICY_ROUND" || true
+# Pairs of Envoys whose difference is microseconds per call (rule evaluation; TLS on the hop to
+# the control plane) alternate (A, B, A, ...) in POLICY_ROUNDS rounds, and the report takes the
+# median p50/p99 of the rounds: a burst of load from another process on the machine then spoils
+# one round, not the comparison.
+# alternate KEY_A ENVOY_A KEY_B ENVOY_B: results KEY-cC.json for each connection count.
+alternate() {
+  local keys=("$1" "$3") envoys=("$2" "$4") c i
+  for c in "${POLICY_CONCURRENCY[@]}"; do
+    for i in 0 1; do
+      if [ -n "${FAILED_CHECK[${keys[$i]}]:-}" ]; then
+        printf '{"error":"%s"}\n' "${FAILED_CHECK[${keys[$i]}]}" >"$STATE/results/${keys[$i]}-c$c.json"
+      else
+        run_wrk "$STATE/results/warmup.json" "$(url "${envoys[$i]}")" body-1k.json "$c" "$WARMUP" || true
+      fi
     done
-  done
-  for variant in 1 200; do
-    [ -n "${FAILED_CHECK[policy$variant]:-}" ] && continue
-    python3 - "$STATE/results" "policy$variant-c$c" "$POLICY_ROUNDS" >&2 <<'PY'
+    for round in $(seq 1 "$POLICY_ROUNDS"); do
+      for i in 0 1; do
+        [ -n "${FAILED_CHECK[${keys[$i]}]:-}" ] && continue
+        run_wrk "$STATE/results/${keys[$i]}-c$c-r$round.json" "$(url "${envoys[$i]}")" body-1k.json \
+          "$c" "$POLICY_ROUND" || true
+      done
+    done
+    for i in 0 1; do
+      [ -n "${FAILED_CHECK[${keys[$i]}]:-}" ] && continue
+      python3 - "$STATE/results" "${keys[$i]}-c$c" "$POLICY_ROUNDS" >&2 <<'PY'
 import json, os, statistics, sys
 d, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rounds = []
@@ -305,8 +234,13 @@ else:
           f"{out['p99_us']/1000:7.2f} ms  (round p99s: {', '.join(f'{p/1000:.2f}' for p in out['round_p99_us'])})")
 json.dump(out, open(os.path.join(d, f"{name}.json"), "w"))
 PY
+    done
   done
-done
+}
+say "policy size: 1 rule vs 200 rules (1 KiB result), $POLICY_ROUNDS alternating rounds of ${POLICY_ROUND}s"
+alternate policy1 policy-1 policy200 policy-200
+say "the hop to the control plane: mutual TLS vs h2c (1 KiB result), $POLICY_ROUNDS alternating rounds of ${POLICY_ROUND}s"
+alternate cp-mtls tollgate-json cp-h2c tollgate-h2c
 LOAD_AFTER_TABLE=$(loadavg)
 
 # Masking inside Envoy: a fresh Envoy + Tollgate that carries only the 64 KiB / 50-card call, at 1
@@ -356,7 +290,7 @@ for name in tollgate-json tollgate-sse policy-1 policy-200 memory; do
   n=$(curl -s "http://127.0.0.1:${ADMIN[$name]}/stats?filter=^http.mcp.downstream_rq_completed$" | awk '{print $2}')
   filter_requests=$((filter_requests + ${n:-0}))
 done
-TOLLGATE_SERVER=http://127.0.0.1:$CP_PORT "$TOLLGATE" --home "$STATE/home" audit verify --json \
+TOLLGATE_SERVER=https://127.0.0.1:$CP_PORT "$TOLLGATE" --home "$STATE/home" audit verify --json \
   >"$STATE/audit-verify.json" 2>"$STATE/logs/audit-verify.log" || true
 
 AUDIT_BYTES=$(du -sb "$STATE/home/audit.sled" | cut -f1)
@@ -404,5 +338,5 @@ PY
 if [ "${TOLLGATE_BENCH_KEEP:-0}" != 1 ]; then
   kill -TERM "$CP_PID" 2>/dev/null || true
   wait "$CP_PID" 2>/dev/null || true
-  rm -rf "$STATE/home/audit.sled"
+  rm -rf "$STATE/home/audit.sled" "$STATE/home-h2c/audit.sled"
 fi

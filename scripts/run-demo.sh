@@ -87,7 +87,7 @@ fi
   >"$LOGS/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for_line "$LOGS/control-plane.log" "listening on" $!
-echo "control plane   grpc://$CONTROL_PLANE   (sled: $TOLLGATE_HOME/audit.sled, log: $LOGS/control-plane.log)"
+echo "control plane   https://$CONTROL_PLANE   (gRPC over mutual TLS, dev PKI: $TOLLGATE_HOME/tls; sled: $TOLLGATE_HOME/audit.sled, log: $LOGS/control-plane.log)"
 echo "                metrics http://$METRICS/metrics, health http://$METRICS/healthz"
 
 if [ -z "${TOLLGATE_UPSTREAM:-}" ]; then
@@ -106,7 +106,7 @@ if sys.argv[2] == "oidc":
 print(json.dumps(config))' "$POLICY" "$IDP")
 python3 envoy/render.py --out "$TOLLGATE_HOME/envoy.yaml" --listen-port "$LISTEN_PORT" \
   --admin-port "$ADMIN_PORT" --upstream "$UPSTREAM" --control-plane "$CONTROL_PLANE" \
-  "${jwks_args[@]}" --wasm "$WASM" --config "$config"
+  --control-plane-tls "$TOLLGATE_HOME/tls" "${jwks_args[@]}" --wasm "$WASM" --config "$config"
 "$ENVOY" -c "$TOLLGATE_HOME/envoy.yaml" --concurrency 2 --log-level warn >"$LOGS/envoy.log" 2>&1 &
 envoy_pid=$!
 pids+=($envoy_pid)

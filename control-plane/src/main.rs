@@ -1,5 +1,6 @@
 //! `tollgate`: the control plane server and the operator's command line.
 
+mod access;
 mod approvals;
 mod bundle;
 mod canonical;
@@ -16,6 +17,7 @@ mod revocations;
 mod service;
 mod session_binding;
 mod store;
+mod tls;
 mod verify;
 
 use tollgate_proto::pb;

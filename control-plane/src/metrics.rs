@@ -3,6 +3,7 @@
 //! gRPC health service answers on the main port). Read-only: it never touches the chain.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +18,13 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the signed-checkpoint count is looked at, to date the newest checkpoint.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
+
+/// Callers and handshakes refused by the access layer, this run (also those not recorded).
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+pub fn count_refusal() {
+    REFUSED.fetch_add(1, Ordering::Relaxed);
+}
 
 pub struct Metrics {
     store: Arc<Store>,
@@ -119,6 +127,12 @@ impl Metrics {
                 format!("{age:.3}"),
             );
         }
+        metric(
+            "tollgate_refused_total",
+            "counter",
+            "Calls and TLS handshakes the control plane refused (not the gateway, no client certificate, a certificate from another CA).",
+            REFUSED.load(Ordering::Relaxed).to_string(),
+        );
         metric(
             "tollgate_store_healthy",
             "gauge",

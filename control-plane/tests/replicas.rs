@@ -101,7 +101,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for replica in &replicas {
-        clients.push(AuditClient::connect(replica.url()).await.unwrap());
+        clients.push(AuditClient::new(replica.gateway_channel().await));
     }
     let tasks: Vec<_> = (0..WRITERS)
         .map(|writer| {
@@ -224,7 +224,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
     // An approval decided on replica A releases the call held on replica B.
     let (a, b) = (&replicas[0], &replicas[1]);
     let olga = dev_token(homes[0].path(), "olga@example.com", "payments-approvers");
-    let mut filter_b = ApprovalsClient::connect(b.url()).await.unwrap();
+    let mut filter_b = ApprovalsClient::new(b.gateway_channel().await);
     let asked = filter_b
         .request(pb::ApprovalRequest {
             requester: "alice@example.com".into(),
@@ -294,9 +294,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
         ],
     );
     assert!(revoked.status.success(), "{revoked:?}");
-    let list = RevocationsClient::connect(b.url())
-        .await
-        .unwrap()
+    let list = RevocationsClient::new(b.gateway_channel().await)
         .list(pb::ListRevocationsRequest {})
         .await
         .unwrap()

@@ -56,9 +56,7 @@ fn revoke(server: &Server, home: &Path, token: &str, args: &[&str]) -> String {
 
 /// What the filter sees: the list, without a token.
 async fn filter_list(server: &Server) -> pb::RevocationList {
-    RevocationsClient::connect(server.url())
-        .await
-        .unwrap()
+    RevocationsClient::new(server.gateway_channel().await)
         .list(pb::ListRevocationsRequest {})
         .await
         .unwrap()
@@ -323,7 +321,16 @@ async fn non_members_expired_and_missing_tokens_are_refused_and_recorded() {
         &["revocations", "lift", &id, "--reason", "mine now"],
     );
     assert_eq!(lift.status.code(), Some(1), "{lift:?}");
-    let mut client = RevocationsClient::connect(server.url()).await.unwrap();
+    // The gateway's certificate is no operator: refused before any service sees the call.
+    let as_gateway = RevocationsClient::new(server.gateway_channel().await)
+        .lift(pb::LiftRequest {
+            revocation_id: id.clone(),
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(as_gateway.code(), tonic::Code::PermissionDenied);
+    let mut client = RevocationsClient::new(server.anonymous_channel().await);
     let anonymous = client
         .lift(pb::LiftRequest {
             revocation_id: id.clone(),

@@ -35,11 +35,7 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
     let home = tempfile::tempdir().unwrap();
     let server = Server::start(home.path());
 
-    let channel = Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.anonymous_channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -577,11 +573,12 @@ async fn idle_checkpoints_keep_coming_and_rotation_keeps_old_ones_verifiable() {
         }
         notes
     };
-    let before = checkpoints(client.clone()).await.len();
+    let reader = server.reader().await;
+    let before = checkpoints(reader.clone()).await.len();
     // Poll: at least three more idle checkpoints, same size, later times.
     let mut notes = Vec::new();
     for _ in 0..100 {
-        notes = checkpoints(client.clone()).await;
+        notes = checkpoints(reader.clone()).await;
         if notes.len() >= before + 3 {
             break;
         }

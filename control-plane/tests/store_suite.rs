@@ -221,6 +221,7 @@ async fn checkpoints_and_proofs_cover_the_records(backend: Backend) {
             .await
             .unwrap();
     }
+    let mut client = server.reader().await;
     let fresh = client
         .checkpoint(pb::CheckpointRequest {})
         .await
@@ -333,7 +334,7 @@ async fn approvals_and_revocations_keep_their_state(backend: Backend) {
     let server = backend.start(home, &[]);
     let olga = dev_token(home, "olga@example.com", "payments-approvers");
     let sam = dev_token(home, "sam@example.com", "security-admins");
-    let mut filter = ApprovalsClient::connect(server.url()).await.unwrap();
+    let mut filter = ApprovalsClient::new(server.gateway_channel().await);
 
     let asked = filter
         .request(approval_request("alice@example.com"))
@@ -395,7 +396,7 @@ async fn approvals_and_revocations_keep_their_state(backend: Backend) {
     );
     assert!(revoked.status.success(), "{revoked:?}");
     let id = stdout(&revoked).trim().to_string();
-    let mut revocations = RevocationsClient::connect(server.url()).await.unwrap();
+    let mut revocations = RevocationsClient::new(server.gateway_channel().await);
     let list = revocations
         .list(pb::ListRevocationsRequest {})
         .await
@@ -476,9 +477,7 @@ async fn approvals_and_revocations_keep_their_state(backend: Backend) {
     // The state survives a restart.
     assert!(server.terminate().success());
     let server = backend.start(home, &[]);
-    let list = RevocationsClient::connect(server.url())
-        .await
-        .unwrap()
+    let list = RevocationsClient::new(server.gateway_channel().await)
         .list(pb::ListRevocationsRequest {})
         .await
         .unwrap()

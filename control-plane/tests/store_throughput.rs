@@ -61,7 +61,7 @@ fn run_for() -> Duration {
 async fn measure(servers: &[Server], writers: usize, run: Duration) -> f64 {
     let mut clients = Vec::new();
     for server in servers {
-        clients.push(AuditClient::connect(server.url()).await.unwrap());
+        clients.push(AuditClient::new(server.gateway_channel().await));
     }
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)

@@ -256,12 +256,14 @@ async fn a_rolled_back_store_and_a_forked_log_are_caught_by_an_earlier_checkpoin
 
     // Grow the rolled-back copy with other records to exactly the size seen: a fork.
     let server = Server::start_with(home.path(), &["--checkpoint-every", "10"]);
-    let mut client = server.client().await;
-    let info = client
+    let info = server
+        .reader()
+        .await
         .log_info(pb::LogInfoRequest {})
         .await
         .unwrap()
         .into_inner();
+    let mut client = server.client().await;
     for n in info.size..seen_size {
         client
             .append(pb::AppendRequest {
@@ -271,7 +273,9 @@ async fn a_rolled_back_store_and_a_forked_log_are_caught_by_an_earlier_checkpoin
             .await
             .unwrap();
     }
-    let checkpoint = client
+    let checkpoint = server
+        .reader()
+        .await
         .checkpoint(pb::CheckpointRequest {})
         .await
         .unwrap()

@@ -6,6 +6,7 @@ usage: sidecar.py --out FILE --listen-port N --admin-port N --upstream URL --con
                   --jwks FILE [--issuer ISS] [--audience AUD] --wasm FILE [--config JSON|@FILE]
                   [--path-normalization BASE|NONE|MERGE_SLASHES] [--jwt-payload-key KEY]
                   [--manifests DIR] [--no-envoyfilter]
+                  (--control-plane-tls DIR [--control-plane-identity URI] | --control-plane-plaintext)
 
 What istiod would generate for this workload, as far as these resources determine it:
 - the inbound listener (--listen-port stands for the pod port the sidecar intercepts) whose HTTP
@@ -24,8 +25,11 @@ What istiod would generate for this workload, as far as these resources determin
   REPLACE, REMOVE) to the inbound listener and the inbound cluster (SIDECAR_INBOUND) or the
   outbound ones (SIDECAR_OUTBOUND). A patch this script cannot apply stops it with an error.
 - the outbound cluster of the control plane, named as pluginConfig.controlPlaneCluster names it
-  (istiod's `outbound|PORT||HOST`), at --control-plane, over HTTP/2 (a gRPC port).
-Not modelled: mTLS, istio's own filters (metadata exchange, istio_authn, stats, RBAC), ECDS
+  (istiod's `outbound|PORT||HOST`), at --control-plane, over HTTP/2 (a gRPC port), with mutual TLS
+  as the mesh gives it (istiod's ISTIO_MUTUAL: the workload's certificate, the mesh CA, the peer's
+  SPIFFE id pinned), here from the files of --control-plane-tls DIR as render.py takes them;
+  --control-plane-plaintext leaves the cluster in h2c.
+Not modelled: inbound mTLS, istio's own filters (metadata exchange, istio_authn, stats, RBAC), ECDS
 delivery of the wasm filter and the OCI image pull.
 --issuer/--audience replace the RequestAuthentication's (a test issuer instead of the real one).
 --no-envoyfilter leaves the EnvoyFilter out (what the sidecar runs without it).
@@ -62,6 +66,10 @@ def main():
     ap.add_argument("--jwt-payload-key", default="payload")
     ap.add_argument("--manifests", default=HERE)
     ap.add_argument("--no-envoyfilter", action="store_true")
+    cp_transport = ap.add_mutually_exclusive_group(required=True)
+    cp_transport.add_argument("--control-plane-tls", metavar="DIR")
+    cp_transport.add_argument("--control-plane-plaintext", action="store_true")
+    ap.add_argument("--control-plane-identity", default="spiffe://tollgate.local/control-plane")
     a = ap.parse_args()
 
     docs = load_manifests(a.manifests)
@@ -121,6 +129,9 @@ def main():
         cluster(inbound_cluster, up.hostname, port, inbound=True),
         cluster(cp_cluster_name, cp_host or "127.0.0.1", int(cp_port), inbound=False, h2=True),
     ]
+    if a.control_plane_tls:
+        clusters[1][0]["transport_socket"] = mesh_tls(os.path.abspath(a.control_plane_tls),
+                                                      a.control_plane_identity)
 
     for envoy_filter in filters:
         for patch in envoy_filter["spec"]["configPatches"]:
@@ -248,6 +259,25 @@ def cluster(name, host, port, inbound, h2=False):
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}}}
     return c, {"inbound": inbound, "port": port}
+
+
+def mesh_tls(pki, identity):
+    """The client side of the mesh's mutual TLS to the control plane's workload."""
+    for name in ("ca.pem", "gateway.pem", "gateway-key.pem"):
+        if not os.path.isfile(os.path.join(pki, name)):
+            sys.exit(f"sidecar.py: --control-plane-tls {pki} holds no {name}")
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificates": [{"certificate_chain": {"filename": os.path.join(pki, "gateway.pem")},
+                                  "private_key": {"filename": os.path.join(pki, "gateway-key.pem")}}],
+            "validation_context": {
+                "trusted_ca": {"filename": os.path.join(pki, "ca.pem")},
+                "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": identity}}],
+            },
+        },
+    }}
 
 
 # --- EnvoyFilter patches -------------------------------------------------------------------

@@ -131,6 +131,22 @@ def main():
     p("**Policy evaluation, 200 rules vs 1 rule** (every call tested against all 200): " + "; ".join(lines))
     p("")
 
+    # The hop to the control plane: mutual TLS against h2c
+    lines = []
+    for c in meta.get("policy_concurrency", []):
+        a, b = res(f"cp-h2c-c{c}"), res(f"cp-mtls-c{c}")
+        if "error" in a or "error" in b:
+            lines.append(f"{c} conns: not measured")
+        else:
+            lines.append(f"{c} conns: req/s {a['rps']:.0f} → {b['rps']:.0f} ({b['rps'] / a['rps']:.2f}×), "
+                         f"p50 {ms(a['p50_us'])} → {ms(b['p50_us'])} ms "
+                         f"({(b['p50_us'] - a['p50_us']) / 1000:+.2f} ms), p99 {ms(a['p99_us'])} → "
+                         f"{ms(b['p99_us'])} ms ({(b['p99_us'] - a['p99_us']) / 1000:+.2f} ms)")
+    p("**The hop to the control plane, h2c → mutual TLS** (Envoy + Tollgate, 1 KiB result; the same "
+      "Envoy configuration against a second control plane run `--insecure-plaintext`; alternating "
+      f"rounds as for the policy): " + "; ".join(lines))
+    p("")
+
     # Aim of issue 10 at 16 connections
     aims = []
     for key, label in WORKLOADS:

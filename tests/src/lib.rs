@@ -183,6 +183,9 @@ pub struct StackOptions {
     /// Another bootstrap renderer run instead of `envoy/render.py`, with the same arguments
     /// (e.g. `envoy/istio/sidecar.py`).
     pub renderer: Option<PathBuf>,
+    /// Run the control plane with `--insecure-plaintext` and Envoy's cluster to it in h2c,
+    /// instead of mutual TLS with the dev PKI `tollgate serve` creates in the stack's home.
+    pub control_plane_plaintext: bool,
 }
 
 impl Default for StackOptions {
@@ -204,6 +207,7 @@ impl Default for StackOptions {
             control_plane_args: Vec::new(),
             gateway_tls: false,
             renderer: None,
+            control_plane_plaintext: false,
         }
     }
 }
@@ -214,6 +218,8 @@ pub struct Stack {
     pub home: PathBuf,
     pub control_plane: Option<Proc>,
     pub control_plane_addr: String,
+    /// `https://ADDR` (or `http://` with `control_plane_plaintext`), for `--server`.
+    pub control_plane_url: String,
     pub control_plane_args: Vec<String>,
     pub server: Proc,
     pub server_request_log: PathBuf,
@@ -269,9 +275,27 @@ impl Stack {
                 vec![format!("--jwks={}", home.join("dev/jwks.json").display())],
             ),
         };
+        let (transport_args, control_plane_transport, scheme) = if options.control_plane_plaintext {
+            (
+                vec!["--insecure-plaintext".to_owned()],
+                vec!["--control-plane-plaintext".to_owned()],
+                "http",
+            )
+        } else {
+            (
+                Vec::new(),
+                vec![
+                    "--control-plane-tls".to_owned(),
+                    home.join("tls").display().to_string(),
+                ],
+                "https",
+            )
+        };
+        let control_plane_url = format!("{scheme}://{control_plane_addr}");
         // The options' own arguments come last, so that they win.
         let control_plane_args: Vec<String> = control_plane_args
             .into_iter()
+            .chain(transport_args)
             .chain(options.control_plane_args.iter().cloned())
             .collect();
         let control_plane =
@@ -302,7 +326,7 @@ impl Stack {
         let mut hop_args = Vec::new();
         let mut hop_url = None;
         if let Some(hop) = &options.client_hop {
-            let token = dev_token(&home, &control_plane_addr, &hop.sub, &hop.token_args)?;
+            let token = dev_token(&home, &hop.sub, &hop.token_args)?;
             let hop_port = free_port();
             hop_args = vec![
                 "--hop-port".to_owned(),
@@ -336,6 +360,7 @@ impl Stack {
             .args(["--admin-port", &admin_port.to_string()])
             .args(["--upstream", &upstream])
             .args(["--control-plane", &control_plane_addr])
+            .args(&control_plane_transport)
             .args(&jwks_args)
             .arg("--wasm")
             .arg(wasm_file())
@@ -359,6 +384,7 @@ impl Stack {
             home,
             control_plane: Some(control_plane),
             control_plane_addr,
+            control_plane_url,
             control_plane_args,
             server,
             server_request_log,
@@ -403,10 +429,7 @@ impl Stack {
             .arg("--home")
             .arg(&self.home)
             .args(args)
-            .env(
-                "TOLLGATE_SERVER",
-                format!("http://{}", self.control_plane_addr),
-            )
+            .env("TOLLGATE_SERVER", &self.control_plane_url)
             .env_remove("TOLLGATE_TOKEN");
         if let Some(token) = token {
             command.env("TOLLGATE_TOKEN", token);
@@ -544,13 +567,12 @@ pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// A token from the dev issuer in `home` (what `Stack::token` does, before the stack exists).
-fn dev_token(home: &Path, control_plane: &str, sub: &str, args: &[String]) -> Result<String> {
+fn dev_token(home: &Path, sub: &str, args: &[String]) -> Result<String> {
     let out = Command::new(tollgate_bin())
         .arg("--home")
         .arg(home)
         .args(["dev", "token", "--sub", sub])
         .args(args)
-        .env("TOLLGATE_SERVER", format!("http://{control_plane}"))
         .output()?;
     if !out.status.success() {
         bail!("dev token: {}", String::from_utf8_lossy(&out.stderr));
@@ -559,7 +581,13 @@ fn dev_token(home: &Path, control_plane: &str, sub: &str, args: &[String]) -> Re
     Ok(text.lines().last().unwrap_or_default().trim().to_owned())
 }
 
-fn start_control_plane(home: &Path, addr: &str, args: &[String], log_dir: &Path) -> Result<Proc> {
+/// `tollgate serve` on `addr` with `home`; ready once it prints its address.
+pub fn start_control_plane(
+    home: &Path,
+    addr: &str,
+    args: &[String],
+    log_dir: &Path,
+) -> Result<Proc> {
     let mut cmd = Command::new(tollgate_bin());
     cmd.arg("--home")
         .arg(home)

@@ -370,7 +370,11 @@ fn without_the_envoyfilter_the_sidecar_lacks_the_guarantees() {
             .arg(&out)
             .arg("--jwks")
             .arg(&jwks)
-            .args(["--wasm", "tollgate_filter.wasm"])
+            .args([
+                "--wasm",
+                "tollgate_filter.wasm",
+                "--control-plane-plaintext",
+            ])
             .args(extra)
             .status()
             .unwrap();

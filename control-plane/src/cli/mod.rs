@@ -31,8 +31,8 @@ pub const EXIT_ERROR: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version)]
 pub struct Cli {
-    /// State directory: the audit store (`audit.sled`), checkpoint keys (`keys/`) and the dev
-    /// issuer (`dev/`).
+    /// State directory: the audit store (`audit.sled`), checkpoint keys (`keys/`), the dev
+    /// issuer (`dev/`) and the dev PKI (`tls/`).
     #[arg(
         long,
         global = true,
@@ -40,6 +40,11 @@ pub struct Cli {
         default_value = ".tollgate"
     )]
     home: PathBuf,
+
+    /// CA certificate (PEM) the control plane's certificate must chain to, for commands that
+    /// talk to it over https://. Default: <home>/tls/ca.pem (the dev PKI of `tollgate serve`).
+    #[arg(long, global = true, env = "TOLLGATE_CA")]
+    ca: Option<PathBuf>,
 
     #[command(flatten)]
     operator: records::OperatorArgs,
@@ -185,6 +190,11 @@ impl Cli {
 
     pub async fn run(&self) -> anyhow::Result<ExitCode> {
         let home = &self.home;
+        crate::tls::trust_for_clients(
+            self.ca
+                .clone()
+                .unwrap_or_else(|| crate::tls::DevPki::at(home).ca()),
+        );
         let operator = &self.operator;
         match &self.command {
             Command::Serve(args) => serve::run(home, args).await,

@@ -22,7 +22,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     pub server: String,
 }
@@ -85,8 +85,7 @@ pub async fn connect(server: &str, group: &str) -> anyhow::Result<(Channel, Bear
     let bearer = format!("Bearer {token}")
         .parse()
         .context("TOLLGATE_TOKEN is not a valid header value")?;
-    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .with_context(|| format!("invalid --server {server:?}"))?
+    let channel = crate::tls::endpoint(server)?
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await

@@ -30,7 +30,7 @@ pub struct SourceArgs {
     #[arg(
         long,
         env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     server: String,
     /// The store to read when no control plane answers: sled:PATH (default <home>/audit.sled)
@@ -100,10 +100,15 @@ impl Source {
         source: &SourceArgs,
         operator: &Operator,
     ) -> anyhow::Result<Self> {
-        let endpoint = tonic::transport::Endpoint::from_shared(source.server.clone())
-            .with_context(|| format!("invalid --server {:?}", source.server))?
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Ok(channel) = endpoint.connect().await {
+        let connected = match crate::tls::endpoint(&source.server) {
+            Ok(endpoint) => endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect()
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Ok(channel) = connected {
             let claims = Claims {
                 operator: operator.clone(),
                 token: token(),

@@ -12,12 +12,14 @@ use tonic::transport::server::TcpIncoming;
 
 use serde_json::{Map, Value};
 
+use crate::access::{Access, AccessLayer, Refusals};
 use crate::issuer::DevIssuer;
 use crate::operator;
 use crate::pb::audit_server::AuditServer;
 use crate::service::AuditService;
 use crate::session_binding::SessionBindings;
 use crate::store::{Location, Options, Store};
+use crate::tls::Transport;
 
 /// How long open calls and connections may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -54,6 +56,8 @@ pub struct Args {
     revocations: crate::revocations::Settings,
     #[command(flatten)]
     sessions: crate::session_binding::SessionSettings,
+    #[command(flatten)]
+    tls: crate::tls::ServerArgs,
 }
 
 impl Args {
@@ -69,6 +73,14 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!(
             "tollgate: created the dev issuer key {}",
             issuer.key_path.display()
+        );
+    }
+    // Certificates first: a control plane that cannot serve TLS must not open the store.
+    let transport = Transport::load(&args.tls, home).context("setting up TLS")?;
+    if matches!(transport, Transport::Plaintext) {
+        eprintln!(
+            "tollgate: WARNING: serving gRPC without TLS (--insecure-plaintext): anyone who reaches {} is taken for the gateway",
+            args.listen
         );
     }
     let location = Location::parse(args.store.as_deref(), home).map_err(anyhow::Error::msg)?;
@@ -118,6 +130,17 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             .into(),
     );
     event.insert("listen".into(), args.listen.to_string().into());
+    event.insert(
+        "transport".into(),
+        match &transport {
+            Transport::Tls { description, .. } => {
+                let mut tls = description.clone();
+                tls["gatewayIdentities"] = args.tls.gateway_identities.clone().into();
+                serde_json::json!({ "tls": tls })
+            }
+            Transport::Plaintext => serde_json::json!({ "plaintext": true, "insecure": true }),
+        },
+    );
     store
         .append_event(&event)
         .await
@@ -127,8 +150,12 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    // Small unary calls: Nagle's delay would add tens of milliseconds to every append.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let refusals = Refusals::new(store.clone());
+    let access = Arc::new(Access::new(
+        args.tls.gateway_identities.clone(),
+        matches!(transport, Transport::Plaintext),
+        refusals.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServer<AuditService>>().await;
@@ -150,16 +177,32 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     // must name it even when the server finishes before the grace timer below is polled.
     let signal = std::sync::Arc::new(std::sync::Mutex::new(None));
     let stopped_by = signal.clone();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
+        .layer(AccessLayer(access))
         .add_service(health_service)
         .add_service(AuditServer::new(AuditService::new(store.clone(), sessions)))
         .add_service(approvals)
-        .add_service(revocations)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let signal = shutdown_signal().await;
-            *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
-            let _ = stopping_tx.send(signal);
-        });
+        .add_service(revocations);
+    let shutdown = async move {
+        let signal = shutdown_signal().await;
+        *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
+        let _ = stopping_tx.send(signal);
+    };
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match transport {
+        Transport::Tls { acceptor, .. } => {
+            let incoming = crate::tls::incoming(listener, acceptor, move |peer, reason| {
+                refusals.handshake(peer, reason)
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown))
+        }
+        Transport::Plaintext => {
+            // Small unary calls: Nagle's delay would add tens of milliseconds to every append.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown))
+        }
+    };
 
     let metrics_listener = match args.metrics_listen {
         Some(addr) => Some(

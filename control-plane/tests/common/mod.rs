@@ -5,13 +5,13 @@
 pub mod pg;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use tollgate_proto::pb::audit_client::AuditClient;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -19,6 +19,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 pub struct Server {
     pub child: Child,
     pub address: String,
+    /// Its home: the dev PKI it created is under `tls/`.
+    pub home: PathBuf,
     _stdout: BufReader<ChildStdout>,
 }
 
@@ -47,6 +49,12 @@ impl Server {
     #[allow(dead_code)] // the PostgreSQL tests always pass --store
     pub fn start(home: &Path) -> Self {
         Self::start_with(home, &[])
+    }
+
+    /// Starts `tollgate serve --insecure-plaintext` (`url()` does not apply: use `address`).
+    #[allow(dead_code)]
+    pub fn start_plaintext(home: &Path) -> Self {
+        Self::start_with(home, &["--insecure-plaintext"])
     }
 
     /// Starts `tollgate serve` with extra arguments (e.g. checkpoint settings).
@@ -84,16 +92,55 @@ impl Server {
         Self {
             child,
             address,
+            home: home.to_path_buf(),
             _stdout: reader.join().unwrap(),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        format!("https://{}", self.address)
     }
 
+    /// A channel as the gateway connects: mutual TLS with the dev gateway certificate.
+    pub async fn gateway_channel(&self) -> Channel {
+        let tls = self.home.join("tls");
+        let identity = Identity::from_pem(
+            std::fs::read(tls.join("gateway.pem")).unwrap(),
+            std::fs::read(tls.join("gateway-key.pem")).unwrap(),
+        );
+        self.channel(Some(identity)).await
+    }
+
+    /// A channel with TLS and no client certificate, as an operator's command connects.
+    #[allow(dead_code)]
+    pub async fn anonymous_channel(&self) -> Channel {
+        self.channel(None).await
+    }
+
+    async fn channel(&self, identity: Option<Identity>) -> Channel {
+        let ca = std::fs::read(self.home.join("tls/ca.pem")).unwrap();
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// The audit service as the gateway calls it (appends).
     pub async fn client(&self) -> AuditClient<Channel> {
-        AuditClient::connect(self.url()).await.expect("connect")
+        AuditClient::new(self.gateway_channel().await)
+    }
+
+    /// The audit service as an operator's command calls it (reads).
+    #[allow(dead_code)]
+    pub async fn reader(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.anonymous_channel().await)
     }
 
     /// SIGTERM, then wait: a graceful stop.
@@ -177,7 +224,7 @@ pub async fn append_concurrently(
 #[allow(dead_code)]
 pub async fn list(server: &Server) -> Vec<tollgate_proto::pb::StoredRecord> {
     let mut stream = server
-        .client()
+        .reader()
         .await
         .list_records(tollgate_proto::pb::ListRecordsRequest {
             from_seq: 0,

@@ -1,0 +1,344 @@
+//! Who may call what on the control plane: one tower layer in front of every service, with a
+//! table from gRPC method to the caller it needs. It runs before any service sees the call, and
+//! every refusal is recorded in the audit log (rate-limited, so that refusals cannot flood it).
+//!
+//! - The gateway (an Envoy with a client certificate that chains to the configured CA and names
+//!   a configured gateway identity) appends records, requests and awaits approvals and reads
+//!   revocations. Nothing else: a stolen gateway certificate does not read or decide anything.
+//! - Operators (a bearer token, verified by the services against the operators' issuer) call the
+//!   other methods, never on a connection that presented the gateway's certificate.
+//! - Anyone may ask the health service.
+//!
+//! With `--insecure-plaintext` there are no certificates: every caller is taken for the gateway
+//! (that mode is for a control plane behind an authenticating proxy) and still cannot call an
+//! operator method without a token.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+
+use crate::store::Store;
+
+/// The caller a method needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Gateway,
+    GatewayOrOperator,
+    Operator,
+    Anyone,
+}
+
+/// Methods the gateway calls (and nobody else), and the few anyone may; every other method,
+/// including those added later, is an operator's.
+const METHODS: &[(&str, Caller)] = &[
+    ("/tollgate.v1.Audit/Append", Caller::Gateway),
+    ("/tollgate.v1.Approvals/Request", Caller::Gateway),
+    ("/tollgate.v1.Approvals/Await", Caller::Gateway),
+    ("/tollgate.v1.Revocations/List", Caller::GatewayOrOperator),
+    ("/grpc.health.v1.Health/Check", Caller::Anyone),
+    ("/grpc.health.v1.Health/Watch", Caller::Anyone),
+];
+
+pub fn needed(method: &str) -> Caller {
+    METHODS
+        .iter()
+        .find(|(name, _)| *name == method)
+        .map_or(Caller::Operator, |(_, caller)| *caller)
+}
+
+/// Who a connection proved to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A client certificate naming a configured gateway identity (or any caller, in plaintext).
+    Gateway(Vec<String>),
+    /// A client certificate from the CA that names no gateway identity.
+    OtherCertificate(Vec<String>),
+    /// No client certificate.
+    Anonymous,
+}
+
+impl Peer {
+    fn identities(&self) -> &[String] {
+        match self {
+            Self::Gateway(names) | Self::OtherCertificate(names) => names,
+            Self::Anonymous => &[],
+        }
+    }
+}
+
+/// The table and the configured gateway identities.
+pub struct Access {
+    gateway_identities: Vec<String>,
+    plaintext: bool,
+    refusals: Refusals,
+}
+
+impl Access {
+    pub fn new(gateway_identities: Vec<String>, plaintext: bool, refusals: Refusals) -> Self {
+        Self {
+            gateway_identities,
+            plaintext,
+            refusals,
+        }
+    }
+
+    fn peer<B>(&self, request: &http::Request<B>) -> (Peer, Option<SocketAddr>) {
+        if let Some(tls) = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() {
+            let address = tls.get_ref().remote_addr();
+            let Some(leaf) = tls.peer_certs().and_then(|c| c.first().cloned()) else {
+                return (Peer::Anonymous, address);
+            };
+            let names = crate::tls::certificate_identities(&leaf);
+            if names.iter().any(|n| self.gateway_identities.contains(n)) {
+                return (Peer::Gateway(names), address);
+            }
+            return (Peer::OtherCertificate(names), address);
+        }
+        let address = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        if self.plaintext {
+            (Peer::Gateway(Vec::new()), address)
+        } else {
+            (Peer::Anonymous, address)
+        }
+    }
+
+    fn check<B>(&self, request: &http::Request<B>) -> Result<(), Status> {
+        let method = request.uri().path();
+        let (peer, address) = self.peer(request);
+        let has_token = request.headers().contains_key("authorization");
+        let decided = decide(method, &peer, has_token, self.plaintext);
+        if let Err(status) = &decided {
+            self.refusals
+                .record(address, refused_call(method, peer.identities(), status));
+        }
+        decided
+    }
+}
+
+/// Ok when `peer` may call `method`; otherwise the status to answer with.
+pub fn decide(method: &str, peer: &Peer, has_token: bool, plaintext: bool) -> Result<(), Status> {
+    let gateway = matches!(peer, Peer::Gateway(_));
+    match needed(method) {
+        Caller::Anyone => Ok(()),
+        Caller::Gateway if gateway => Ok(()),
+        Caller::GatewayOrOperator if gateway || has_token => Ok(()),
+        Caller::Gateway | Caller::GatewayOrOperator => Err(match peer {
+            Peer::Anonymous => Status::unauthenticated(format!(
+                "{method} is for the gateway: present its client certificate"
+            )),
+            _ => Status::permission_denied(format!(
+                "{method} is for the gateway; this client certificate names no gateway identity"
+            )),
+        }),
+        // The gateway's certificate is not an operator, with or without a token: a gateway
+        // that is taken over reads and decides nothing.
+        Caller::Operator if gateway && !plaintext => Err(Status::permission_denied(format!(
+            "{method} is for operators; the gateway's certificate may not call it"
+        ))),
+        Caller::Operator => Ok(()),
+    }
+}
+
+/// The record of a refused call. The path is the caller's text (any path reaches the layer), so
+/// it is cut to [`MAX_RECORDED_PATH`] characters and, like every field, masked.
+fn refused_call(method: &str, identities: &[String], status: &Status) -> Map<String, Value> {
+    let mut event = Map::new();
+    let method: String = method.chars().take(MAX_RECORDED_PATH).collect();
+    event.insert("method".into(), method.into());
+    event.insert("identities".into(), identities.to_vec().into());
+    event.insert("code".into(), format!("{:?}", status.code()).into());
+    event.insert("reason".into(), status.message().into());
+    event
+}
+
+const MAX_RECORDED_PATH: usize = 200;
+
+/// Records refusals (of a handshake or of a call) as `controlPlane.refused`: at most
+/// [`REFUSALS_PER_WINDOW`] per [`REFUSAL_WINDOW`], then only counted; the next record after a
+/// window with unrecorded refusals says how many there were.
+#[derive(Clone)]
+pub struct Refusals {
+    store: Arc<Store>,
+    window: Arc<Mutex<Window>>,
+}
+
+const REFUSALS_PER_WINDOW: u32 = 60;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+
+struct Window {
+    started: Instant,
+    recorded: u32,
+    unrecorded: u64,
+}
+
+impl Refusals {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            window: Arc::new(Mutex::new(Window {
+                started: Instant::now(),
+                recorded: 0,
+                unrecorded: 0,
+            })),
+        }
+    }
+
+    pub fn record(&self, peer: Option<SocketAddr>, mut event: Map<String, Value>) {
+        crate::metrics::count_refusal();
+        let unrecorded = {
+            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            if window.started.elapsed() >= REFUSAL_WINDOW {
+                window.started = Instant::now();
+                window.recorded = 0;
+            }
+            if window.recorded >= REFUSALS_PER_WINDOW {
+                window.unrecorded += 1;
+                return;
+            }
+            window.recorded += 1;
+            std::mem::take(&mut window.unrecorded)
+        };
+        event.insert("event".into(), "controlPlane.refused".into());
+        event.insert(
+            "peer".into(),
+            peer.map_or(Value::Null, |p| p.to_string().into()),
+        );
+        if unrecorded > 0 {
+            event.insert("unrecordedBefore".into(), unrecorded.into());
+        }
+        let Some(event) = masked(event) else {
+            eprintln!("tollgate: cannot record a refused caller: the record could not be masked");
+            return;
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.append_event(&event).await {
+                eprintln!("tollgate: cannot record a refused caller: {e}");
+            }
+        });
+    }
+
+    /// A TLS handshake that failed (no common protocol, a certificate from another CA, ...).
+    pub fn handshake(&self, peer: std::net::SocketAddr, reason: String) {
+        let mut event = Map::new();
+        event.insert("reason".into(), reason.into());
+        self.record(Some(peer), event);
+    }
+}
+
+/// `event` as the chain may hold it: card numbers masked as in a client's `Append`.
+fn masked(event: Map<String, Value>) -> Option<Map<String, Value>> {
+    let json = serde_json::to_vec(&event).ok()?;
+    let prepared =
+        crate::service::prepare_append(&json, &tollgate_filter::mask::Masker::default()).ok()?;
+    serde_json::from_slice(&prepared).ok()
+}
+
+/// The layer put in front of all services.
+#[derive(Clone)]
+pub struct AccessLayer(pub Arc<Access>);
+
+impl<S> tower::Layer<S> for AccessLayer {
+    type Service = AccessService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessService {
+            inner,
+            access: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessService<S> {
+    inner: S,
+    access: Arc<Access>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AccessService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        match self.access.check(&request) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_method_needs_its_caller() {
+        let gateway = Peer::Gateway(vec![crate::tls::GATEWAY_IDENTITY.into()]);
+        let other = Peer::OtherCertificate(vec!["spiffe://elsewhere/agent".into()]);
+        let code = |method: &str, peer: &Peer, token: bool| {
+            decide(method, peer, token, false).err().map(|s| s.code())
+        };
+        let append = "/tollgate.v1.Audit/Append";
+        assert_eq!(code(append, &gateway, false), None);
+        assert_eq!(
+            code(append, &Peer::Anonymous, true),
+            Some(Code::Unauthenticated)
+        );
+        assert_eq!(code(append, &other, false), Some(Code::PermissionDenied));
+        let export = "/tollgate.v1.Audit/Export";
+        assert_eq!(code(export, &gateway, true), Some(Code::PermissionDenied));
+        assert_eq!(code(export, &Peer::Anonymous, true), None);
+        let list = "/tollgate.v1.Revocations/List";
+        assert_eq!(code(list, &gateway, false), None);
+        assert_eq!(code(list, &Peer::Anonymous, true), None);
+        assert_eq!(
+            code(list, &Peer::Anonymous, false),
+            Some(Code::Unauthenticated)
+        );
+        assert_eq!(
+            code("/tollgate.v1.Audit/Invented", &gateway, false),
+            Some(Code::PermissionDenied)
+        );
+        assert_eq!(
+            code("/grpc.health.v1.Health/Check", &Peer::Anonymous, false),
+            None
+        );
+    }
+
+    #[test]
+    fn a_refused_path_is_cut_and_masked_before_it_is_recorded() {
+        let path = format!("/tollgate.v1.Audit/4111111111111111{}", "x".repeat(500));
+        let status = Status::permission_denied("no");
+        let event = masked(refused_call(&path, &[], &status)).unwrap();
+        let method = event["method"].as_str().unwrap();
+        assert!(!method.contains("4111111111111111"), "{method}");
+        assert!(
+            method.contains("1111"),
+            "the masked form keeps the last four: {method}"
+        );
+        assert!(method.chars().count() <= MAX_RECORDED_PATH, "{method}");
+        assert!(event.contains_key("maskedAtAppend"), "{event:?}");
+    }
+}

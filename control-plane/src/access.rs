@@ -238,9 +238,9 @@ impl Refusals {
 /// `event` as the chain may hold it: card numbers masked as in a client's `Append`.
 fn masked(event: Map<String, Value>) -> Option<Map<String, Value>> {
     let json = serde_json::to_vec(&event).ok()?;
-    let prepared =
-        crate::service::prepare_append(&json, &tollgate_filter::mask::Masker::default()).ok()?;
-    serde_json::from_slice(&prepared).ok()
+    crate::service::prepare_append(&json, &tollgate_filter::mask::Masker::default())
+        .ok()
+        .map(|(object, _)| object)
 }
 
 /// The layer put in front of all services.

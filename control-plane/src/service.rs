@@ -1,7 +1,6 @@
 //! The `tollgate.v1.Audit` gRPC service over the [`Store`], and the one mapping of store errors
 //! to gRPC statuses.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -51,11 +50,11 @@ impl AuditService {
 
     /// Checks the session step the record comes with; a refusal turns the record into the
     /// refusal it describes.
-    async fn check_session<'a>(
+    async fn check_session(
         &self,
-        record: Cow<'a, [u8]>,
+        object: &mut Map<String, Value>,
         check: &pb::SessionCheck,
-    ) -> Result<(Cow<'a, [u8]>, Option<Refusal>), Status> {
+    ) -> Result<Option<Refusal>, Status> {
         if check.session_id.is_empty() || check.subject.is_empty() {
             return Err(Status::invalid_argument(
                 "a session check names the session and the subject",
@@ -71,9 +70,8 @@ impl AuditService {
         let verdict = self.sessions.check(check, clock::now_micros()).await?;
         drop(lock);
         let Err(refusal) = verdict else {
-            return Ok((record, None));
+            return Ok(None);
         };
-        let mut object = chain::parse_object(&record).map_err(StoreError::from)?;
         if check.step() == pb::SessionStep::Open {
             object.insert("outcome".into(), "refused".into());
         } else {
@@ -83,18 +81,19 @@ impl AuditService {
             object.insert("reason".into(), refusal.reason().into());
         }
         object.insert(SESSION_REFUSED.into(), refusal.as_str().into());
-        let bytes = serde_json::to_vec(&object)
-            .map_err(|_| Status::invalid_argument("record could not be encoded"))?;
-        Ok((Cow::Owned(bytes), Some(refusal)))
+        Ok(Some(refusal))
     }
 }
 
 /// A client's record as it is to be chained: every card number in it masked (string values after
 /// unescaping, keys, number tokens: [`Masker::mask_json`], the filter's engine; as text should the
 /// engine ever read as not JSON what the parser accepts) and, when anything was masked, the fact
-/// recorded in [`MASKED_AT_APPEND`]. A record with nothing to mask comes back byte for byte as
-/// sent, for the store's own checks. Refusals never quote the record.
-pub fn prepare_append<'a>(record_json: &'a [u8], masker: &Masker) -> Result<Cow<'a, [u8]>, Status> {
+/// recorded in [`MASKED_AT_APPEND`]; `true` with it when anything was. Parsed once, here: the
+/// store takes the object. Refusals never quote the record.
+pub fn prepare_append(
+    record_json: &[u8],
+    masker: &Masker,
+) -> Result<(Map<String, Value>, bool), Status> {
     let mut report = MaskReport::default();
     let masked = masker
         .mask_json(record_json, &mut report)
@@ -109,7 +108,7 @@ pub fn prepare_append<'a>(record_json: &'a [u8], masker: &Masker) -> Result<Cow<
         )));
     }
     if masked == record_json {
-        return Ok(Cow::Borrowed(record_json));
+        return Ok((object, false));
     }
     let mut marker = Map::new();
     marker.insert("pans".into(), report.total().into());
@@ -117,9 +116,7 @@ pub fn prepare_append<'a>(record_json: &'a [u8], masker: &Masker) -> Result<Cow<
         marker.insert("other".into(), report.detector_total().into());
     }
     object.insert(MASKED_AT_APPEND.into(), Value::Object(marker));
-    serde_json::to_vec(&object)
-        .map(Cow::Owned)
-        .map_err(|_| Status::invalid_argument("record could not be masked"))
+    Ok((object, true))
 }
 
 impl From<StoreError> for Status {
@@ -181,16 +178,16 @@ impl pb::audit_server::Audit for AuditService {
             record_json: sent,
             session,
         } = request.into_inner();
-        let record = prepare_append(&sent, &self.masker)?;
-        if let Cow::Owned(_) = record {
+        let (mut record, masked) = prepare_append(&sent, &self.masker)?;
+        if masked {
             // That it happened is logged, never what was masked.
             eprintln!("tollgate: an appended record held card data: masked before it was chained");
         }
-        let (record, refusal) = match &session {
-            Some(check) => self.check_session(record, check).await?,
-            None => (record, None),
+        let refusal = match &session {
+            Some(check) => self.check_session(&mut record, check).await?,
+            None => None,
         };
-        let appended = self.store.append(&record).await?;
+        let appended = self.store.append_object(&record).await?;
         Ok(Response::new(pb::AppendResponse {
             seq: appended.seq,
             chain_hash: hex::encode(appended.chain_hash),
@@ -379,16 +376,18 @@ mod tests {
     use super::*;
 
     fn prepare(json: &str) -> Result<Value, Status> {
-        prepare_append(json.as_bytes(), &Masker::default())
-            .map(|bytes| serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        prepare_append(json.as_bytes(), &Masker::default()).map(|(object, _)| Value::Object(object))
     }
 
     #[test]
     fn a_record_without_card_data_is_kept_as_sent() {
         let json = r#"{"event":"mcp.request","route":"/mcp","messages":[{"id":7,"method":"tools/call"}],"maskedPans":{"visa":1}}"#;
-        let prepared = prepare_append(json.as_bytes(), &Masker::default()).unwrap();
-        assert!(matches!(prepared, Cow::Borrowed(_)));
-        assert_eq!(&*prepared, json.as_bytes());
+        let (prepared, masked) = prepare_append(json.as_bytes(), &Masker::default()).unwrap();
+        assert!(!masked);
+        assert_eq!(
+            Value::Object(prepared),
+            serde_json::from_str::<Value>(json).unwrap()
+        );
     }
 
     #[test]
@@ -424,6 +423,8 @@ mod tests {
         // The control plane's events are left for the store, which refuses them (the
         // integration tests check how).
         let own = br#"{"event":"controlPlane.stop"}"#;
-        assert_eq!(&*prepare_append(own, &Masker::default()).unwrap(), own);
+        let (object, masked) = prepare_append(own, &Masker::default()).unwrap();
+        assert!(!masked);
+        assert_eq!(object["event"], "controlPlane.stop");
     }
 }

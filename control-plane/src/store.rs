@@ -418,10 +418,15 @@ impl Store {
         }
     }
 
-    /// Appends one record from a client (a JSON object); see the contract for what `Ok`
-    /// promises and what is refused.
+    /// [`Store::append_object`] of a record's JSON text.
+    #[cfg(test)]
     pub async fn append(&self, record_json: &[u8]) -> Result<Appended, StoreError> {
-        let object = chain::parse_object(record_json)?;
+        self.append_object(&chain::parse_object(record_json)?).await
+    }
+
+    /// Appends one record from a client, parsed by `chain::parse_object` (which refuses what
+    /// cannot be chained); see the contract for what `Ok` promises and what is refused.
+    pub async fn append_object(&self, object: &Map<String, Value>) -> Result<Appended, StoreError> {
         if object
             .get("event")
             .and_then(Value::as_str)
@@ -429,7 +434,7 @@ impl Store {
         {
             return Err(StoreError::ReservedEvent);
         }
-        self.append_event(&object).await
+        self.append_event(object).await
     }
 
     /// Appends one of the control plane's own records (its `event` should start with

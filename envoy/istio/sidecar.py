@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Renders the Envoy bootstrap an Istio sidecar of the payments MCP server would run, from the
-manifests in this directory, so that a real Envoy can prove what they do without a cluster.
+manifests in this directory, so that a real Envoy can prove what they do without a cluster; with
+--workload control-plane, the sidecar of the control plane (control-plane.yaml) instead.
 
-usage: sidecar.py --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
+usage: sidecar.py [--workload payments-mcp] --out FILE --listen-port N --admin-port N --upstream URL --control-plane HOST:PORT
                   --jwks FILE [--issuer ISS] [--audience AUD] --wasm FILE [--config JSON|@FILE]
                   [--path-normalization BASE|NONE|MERGE_SLASHES] [--jwt-payload-key KEY]
                   [--manifests DIR] [--no-envoyfilter]
@@ -33,6 +34,38 @@ Not modelled: inbound mTLS, istio's own filters (metadata exchange, istio_authn,
 delivery of the wasm filter and the OCI image pull.
 --issuer/--audience replace the RequestAuthentication's (a test issuer instead of the real one).
 --no-envoyfilter leaves the EnvoyFilter out (what the sidecar runs without it).
+
+usage: sidecar.py --workload control-plane --out FILE --mesh-tls DIR [--listen-port N]
+                  [--admin-port N] [--upstream URL] [--jwks FILE] [--issuer ISS] [--audience AUD]
+                  [--path-normalization BASE|NONE|MERGE_SLASHES] [--jwt-payload-key KEY]
+                  [--manifests DIR]
+
+The control plane's sidecar: the workload is the one behind the Service that the WasmPlugin's
+pluginConfig.controlPlaneCluster names (istiod's `outbound|PORT||NAME.NAMESPACE.svc.cluster.local`),
+i.e. the Deployment that Service selects, which must have a sidecar injected and serve that port
+in plaintext (`tollgate serve --insecure-plaintext`). What istiod would generate for it:
+- the inbound listener of that port (--listen-port stands for it) with the PeerAuthentication's
+  STRICT mutual TLS: a TLS filter chain only (a plaintext connection matches no chain and is
+  closed), the client certificate required and verified against the mesh CA, the workload's own
+  certificate served; here ca.pem, control-plane.pem and control-plane-key.pem of --mesh-tls DIR
+  (the test's CA standing in for istiod's, its files named as in `tollgate serve`'s dev PKI);
+- in its HTTP connection manager (path normalisation as above, x-forwarded-client-cert as istiod
+  sets it inbound): jwt_authn from the RequestAuthentications that select the workload, as above
+  (--jwks, --issuer, --audience, --jwt-payload-key); then `envoy.filters.http.rbac` from the
+  AuthorizationPolicies that select it, built as istiod builds it: action ALLOW, one policy per
+  rule named ns[NS]-policy[NAME]-rule[N], each `from` an and_ids of its fields (principals as
+  `authenticated.principal_name` with the `spiffe://` prefix, requestPrincipals as the `iss` and
+  `sub` claims in jwt_authn's metadata under --jwt-payload-key, namespaces as a regex on the
+  principal; the not* fields negated), each `to` an and_rules of its fields (paths as `url_path`,
+  methods as the `:method` header), no `from`/`to` meaning any; then the router;
+- the inbound cluster to --upstream (the local control plane), in HTTP/2 for a grpc/http2 port
+  (appProtocol or the port name's prefix), HTTP/1.1 for http.
+Refused with an error: another kind of resource in the workload's namespace, a PeerAuthentication
+other than STRICT (or none: the mesh default is PERMISSIVE), portLevelMtls, an AuthorizationPolicy
+that is not ALLOW or uses `when`, ports, hosts, ipBlocks, path templates or targetRefs, a
+Deployment serving TLS itself or without a sidecar. Not modelled: the other ports of the Service
+(only the named one is rendered), istio's own filters (metadata exchange, istio_authn, stats), the
+probes (the injector sends them through pilot-agent, past the sidecar's listener).
 """
 import argparse, copy, json, os, re, sys
 from urllib.parse import urlsplit
@@ -50,8 +83,18 @@ MAP_FIELDS = {"typed_extension_protocol_options", "typed_per_filter_config", "pr
               "filter_metadata", "typed_filter_metadata"}
 
 
+WORKLOADS = ("payments-mcp", "control-plane")
+
+
 def main():
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--workload", choices=WORKLOADS, default="payments-mcp")
+    workload, rest = pre.parse_known_args()
+    if workload.workload == "control-plane":
+        return control_plane_main(rest)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=WORKLOADS, default="payments-mcp",
+                    help="whose sidecar: the payments MCP server's (default) or the control plane's")
     ap.add_argument("--out", required=True)
     ap.add_argument("--listen-port", type=int, default=15006)
     ap.add_argument("--admin-port", type=int, default=15000)
@@ -406,6 +449,331 @@ def patch_clusters(match, operation, value, clusters, service_port):
             clusters.remove((c, meta))
         else:
             sys.exit(f"sidecar.py: CLUSTER {operation} is not modelled")
+
+
+# --- The control plane's sidecar (--workload control-plane) --------------------------------
+
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+# Kinds that change nothing in the sidecar's Envoy configuration.
+INERT_KINDS = {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap"}
+MODELLED_KINDS = INERT_KINDS | {"Service", "Deployment", "PeerAuthentication",
+                                "RequestAuthentication", "AuthorizationPolicy"}
+
+
+def control_plane_main(argv):
+    ap = argparse.ArgumentParser(prog="sidecar.py --workload control-plane", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=WORKLOADS)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--listen-port", type=int, default=15006)
+    ap.add_argument("--admin-port", type=int, default=15000)
+    ap.add_argument("--upstream", default="http://127.0.0.1:50051",
+                    help="the control plane itself (tollgate serve --insecure-plaintext)")
+    ap.add_argument("--mesh-tls", required=True, metavar="DIR",
+                    help="ca.pem (the mesh CA), control-plane.pem and control-plane-key.pem (the workload's certificate)")
+    ap.add_argument("--jwks", help="the operators' issuer's JWKS (what istiod fetches from jwksUri)")
+    ap.add_argument("--issuer", default="")
+    ap.add_argument("--audience", default="")
+    ap.add_argument("--path-normalization", default="BASE", choices=["NONE", "BASE", "MERGE_SLASHES"])
+    ap.add_argument("--jwt-payload-key", default="payload")
+    ap.add_argument("--manifests", default=HERE)
+    a = ap.parse_args(argv)
+
+    docs = load_manifests(a.manifests)
+    plugin = one(docs, "WasmPlugin")
+    service_name, namespace, service_port = control_plane_service(plugin)
+    for d in docs:
+        in_namespace = d["metadata"].get("namespace") == namespace or (
+            d["kind"] == "Namespace" and d["metadata"]["name"] == namespace)
+        if in_namespace and d["kind"] not in MODELLED_KINDS:
+            sys.exit(f"sidecar.py: {d['kind']} {d['metadata']['name']} in namespace {namespace} is not modelled")
+    service = named(docs, "Service", namespace, service_name)
+    port = next((p for p in service["spec"].get("ports") or [] if p.get("port") == service_port), None)
+    if port is None:
+        sys.exit(f"sidecar.py: Service {service_name} has no port {service_port}")
+    h2 = port_is_h2(port)
+    selector = service["spec"].get("selector") or {}
+    deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"].get("namespace") == namespace
+                   and selector and all(pod_labels(d).get(k) == v for k, v in selector.items())]
+    if len(deployments) != 1:
+        sys.exit(f"sidecar.py: Service {service_name} selects {len(deployments)} Deployments, expected one")
+    deployment = deployments[0]
+    labels = pod_labels(deployment)
+    check_injected(docs, namespace, labels)
+    target_port = container_port(deployment, port.get("targetPort", service_port))
+    check_plaintext(deployment, target_port)
+    check_strict(docs, namespace, labels)
+
+    up = urlsplit(a.upstream)
+    if up.scheme != "http" or not up.hostname:
+        sys.exit(f"sidecar.py: --upstream must be an http:// URL, got {a.upstream!r}")
+
+    http_filters = []
+    authn = [d for d in docs if d["kind"] == "RequestAuthentication" and selects(d, namespace, labels)]
+    if authn:
+        if not a.jwks:
+            sys.exit("sidecar.py: a RequestAuthentication selects the workload: --jwks is needed")
+        http_filters.append(jwt_authn(authn, a))
+    policies = [d for d in docs if d["kind"] == "AuthorizationPolicy" and selects(d, namespace, labels)]
+    if policies:
+        http_filters.append(rbac_filter(policies, a.jwt_payload_key))
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+
+    inbound_cluster = f"inbound|{target_port}||"
+    route = {"cluster": inbound_cluster, "timeout": "0s"}
+    if h2:
+        route["max_stream_duration"] = {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": f"inbound_0.0.0.0_{target_port}",
+        "route_config": {
+            "name": inbound_cluster,
+            "validate_clusters": False,
+            "virtual_hosts": [{
+                "name": f"inbound|http|{target_port}",
+                "domains": ["*"],
+                "routes": [{"name": "default", "match": {"prefix": "/"}, "route": route}],
+            }],
+        },
+        "http_filters": http_filters,
+        "use_remote_address": False,
+        "stream_idle_timeout": "0s",
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"subject": True, "dns": True, "uri": True},
+    }
+    hcm.update(path_normalization(a.path_normalization))
+    listener = {
+        "name": "virtualInbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": a.listen_port}},
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filter_chains": [{
+            "name": f"0.0.0.0_{target_port}",
+            # STRICT: no plaintext chain next to this one.
+            "filter_chain_match": {"transport_protocol": "tls"},
+            "transport_socket": mesh_server_tls(os.path.abspath(a.mesh_tls)),
+            "filters": [{"name": HCM, "typed_config": hcm}],
+        }],
+    }
+    inbound, _ = cluster(inbound_cluster, up.hostname, up.port or 80, inbound=True, h2=h2)
+    app = labels.get("app", deployment["metadata"]["name"])
+    bootstrap = {
+        "node": {"id": f"sidecar~127.0.0.1~{app}.{namespace}~{namespace}.svc.cluster.local",
+                 "cluster": f"{app}.{namespace}"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": a.admin_port}}},
+        "static_resources": {"listeners": [listener], "clusters": [inbound]},
+    }
+    with open(a.out, "w") as f:
+        json.dump(bootstrap, f, indent=1)
+        f.write("\n")
+
+
+def control_plane_service(plugin):
+    """(service, namespace, port) of the WasmPlugin's controlPlaneCluster, an istiod name."""
+    name = (plugin["spec"].get("pluginConfig") or {}).get("controlPlaneCluster", "")
+    m = re.fullmatch(r"outbound\|(\d+)\|\|([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", name)
+    if not m:
+        sys.exit(f"sidecar.py: controlPlaneCluster {name!r} is not istiod's outbound|PORT||NAME.NS.svc.cluster.local")
+    return m.group(2), m.group(3), int(m.group(1))
+
+
+def named(docs, kind, namespace, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"].get("namespace") == namespace
+             and d["metadata"]["name"] == name]
+    if len(found) != 1:
+        sys.exit(f"sidecar.py: expected one {kind} {namespace}/{name}, found {len(found)}")
+    return found[0]
+
+
+def pod_labels(deployment):
+    return ((deployment["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+
+
+def port_is_h2(port):
+    """Istio's protocol selection: appProtocol, else the port name's prefix."""
+    protocol = (port.get("appProtocol") or port.get("name", "").split("-")[0]).lower()
+    if protocol in ("grpc", "http2", "grpc-web", "h2c"):
+        return True
+    if protocol == "http":
+        return False
+    sys.exit(f"sidecar.py: port {port.get('name')} is not HTTP or gRPC ({protocol!r}): not modelled")
+
+
+def check_injected(docs, namespace, labels):
+    wanted = labels.get("sidecar.istio.io/inject")
+    ns = [d for d in docs if d["kind"] == "Namespace" and d["metadata"]["name"] == namespace]
+    ns_enabled = any((d["metadata"].get("labels") or {}).get("istio-injection") == "enabled" for d in ns)
+    if wanted == "false" or (wanted != "true" and not ns_enabled):
+        sys.exit("sidecar.py: the workload gets no sidecar (sidecar.istio.io/inject, istio-injection)")
+
+
+def container_port(deployment, target):
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    if isinstance(target, int):
+        return target
+    for c in containers:
+        for p in c.get("ports") or []:
+            if p.get("name") == target:
+                return p["containerPort"]
+    sys.exit(f"sidecar.py: no container port named {target}")
+
+
+def check_plaintext(deployment, port):
+    """The container listening on `port` serves it in plaintext (TLS is the sidecar's)."""
+    for c in deployment["spec"]["template"]["spec"]["containers"]:
+        args = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+        env = {e["name"]: str(e.get("value", "")) for e in c.get("env") or []}
+        listen = next((args[i + 1] for i, x in enumerate(args[:-1]) if x == "--listen"), None)
+        listen = next((x.split("=", 1)[1] for x in args if x.startswith("--listen=")), listen)
+        listen = listen or env.get("TOLLGATE_LISTEN")
+        if not listen or listen.rpartition(":")[2] != str(port):
+            continue
+        if listen.rpartition(":")[0] not in ("0.0.0.0", "[::]"):
+            sys.exit(f"sidecar.py: the control plane listens on {listen}: the sidecar cannot reach it")
+        if "--insecure-plaintext" not in args and env.get("TOLLGATE_INSECURE_PLAINTEXT") not in ("true", "1"):
+            sys.exit("sidecar.py: the control plane serves TLS itself behind its sidecar: not modelled")
+        return
+    sys.exit(f"sidecar.py: no container of the Deployment listens on port {port}")
+
+
+def check_strict(docs, namespace, labels):
+    """istiod's precedence: a PeerAuthentication with a selector over the namespace-wide one."""
+    found = [d for d in docs if d["kind"] == "PeerAuthentication" and selects(d, namespace, labels)]
+    specific = [d for d in found if (d.get("spec") or {}).get("selector")]
+    chosen = specific or found
+    if len(chosen) != 1:
+        sys.exit(f"sidecar.py: expected one PeerAuthentication for the workload, found {len(chosen)}"
+                 " (without one the mesh default, PERMISSIVE, is not modelled)")
+    spec = chosen[0].get("spec") or {}
+    if spec.get("portLevelMtls"):
+        sys.exit("sidecar.py: portLevelMtls is not modelled")
+    mode = (spec.get("mtls") or {}).get("mode", "UNSET")
+    if mode != "STRICT":
+        sys.exit(f"sidecar.py: PeerAuthentication mode {mode} is not modelled (only STRICT)")
+
+
+def mesh_server_tls(pki):
+    """The server side of the mesh's mutual TLS, as PeerAuthentication STRICT gives it."""
+    for name in ("ca.pem", "control-plane.pem", "control-plane-key.pem"):
+        if not os.path.isfile(os.path.join(pki, name)):
+            sys.exit(f"sidecar.py: --mesh-tls {pki} holds no {name}")
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "tls_certificates": [{"certificate_chain": {"filename": os.path.join(pki, "control-plane.pem")},
+                                  "private_key": {"filename": os.path.join(pki, "control-plane-key.pem")}}],
+            "validation_context": {"trusted_ca": {"filename": os.path.join(pki, "ca.pem")}},
+        },
+    }}
+
+
+def rbac_filter(policies, payload_key):
+    """istiod's RBAC filter for ALLOW AuthorizationPolicies: a request no rule matches is
+    answered 403 ("RBAC: access denied")."""
+    rules = {}
+    for policy in sorted(policies, key=lambda p: p["metadata"]["name"]):
+        meta, spec = policy["metadata"], policy.get("spec") or {}
+        unsupported = set(spec) - {"selector", "action", "rules"}
+        if unsupported:
+            sys.exit(f"sidecar.py: AuthorizationPolicy {meta['name']}: {sorted(unsupported)} not modelled")
+        if spec.get("action", "ALLOW") != "ALLOW":
+            sys.exit(f"sidecar.py: AuthorizationPolicy {meta['name']}: action {spec['action']} not modelled")
+        for i, rule in enumerate(spec.get("rules") or []):
+            name = f"ns[{meta['namespace']}]-policy[{meta['name']}]-rule[{i}]"
+            rules[name] = rbac_policy(rule, name, payload_key)
+    return {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": RBAC_TYPE, "rules": {"action": "ALLOW", "policies": rules}}}
+
+
+def rbac_policy(rule, name, payload_key):
+    unsupported = set(rule) - {"from", "to"}
+    if unsupported:
+        sys.exit(f"sidecar.py: {name}: {sorted(unsupported)} not modelled")
+    principals = []
+    for f in rule.get("from") or []:
+        source = f.get("source") or {}
+        unsupported = set(source) - {"principals", "notPrincipals", "requestPrincipals",
+                                     "notRequestPrincipals", "namespaces", "notNamespaces"}
+        if unsupported:
+            sys.exit(f"sidecar.py: {name}: source {sorted(unsupported)} not modelled")
+        ids = []
+        for field, make in (("principals", peer_principal),
+                            ("requestPrincipals", lambda v: request_principal(v, payload_key)),
+                            ("namespaces", namespace_principal)):
+            negated = "not" + field[0].upper() + field[1:]
+            if source.get(field):
+                ids.append({"or_ids": {"ids": [make(v) for v in source[field]]}})
+            if source.get(negated):
+                ids.append({"not_id": {"or_ids": {"ids": [make(v) for v in source[negated]]}}})
+        principals.append({"and_ids": {"ids": ids or [{"any": True}]}})
+    permissions = []
+    for t in rule.get("to") or []:
+        operation = t.get("operation") or {}
+        unsupported = set(operation) - {"paths", "notPaths", "methods", "notMethods"}
+        if unsupported:
+            sys.exit(f"sidecar.py: {name}: operation {sorted(unsupported)} not modelled")
+        rules = []
+        for field, make in (("paths", path_permission), ("methods", method_permission)):
+            negated = "not" + field[0].upper() + field[1:]
+            if operation.get(field):
+                rules.append({"or_rules": {"rules": [make(v) for v in operation[field]]}})
+            if operation.get(negated):
+                rules.append({"not_rule": {"or_rules": {"rules": [make(v) for v in operation[negated]]}}})
+        permissions.append({"and_rules": {"rules": rules or [{"any": True}]}})
+    return {"permissions": permissions or [{"and_rules": {"rules": [{"any": True}]}}],
+            "principals": principals or [{"and_ids": {"ids": [{"any": True}]}}]}
+
+
+def string_matcher(value, prefix=""):
+    """istiod's StringMatcherWithPrefix: `*` any non-empty, `x*` prefix, `*x` suffix, else exact."""
+    if value == "*":
+        return {"safe_regex": {"regex": ".+"}}
+    if value.endswith("*"):
+        return {"prefix": prefix + value[:-1]}
+    if value.startswith("*"):
+        if prefix:
+            sys.exit(f"sidecar.py: a principal {value!r} with a leading wildcard is not modelled")
+        return {"suffix": value[1:]}
+    return {"exact": prefix + value}
+
+
+def peer_principal(value):
+    return {"authenticated": {"principal_name": string_matcher(value, "spiffe://")}}
+
+
+def namespace_principal(value):
+    regex = ".*/ns/" + value.replace("*", ".*") + "/.*"
+    return {"authenticated": {"principal_name": {"safe_regex": {"regex": regex}}}}
+
+
+def request_principal(value, payload_key):
+    """`ISS/SUB` (or `*`): the verified token's `iss` and `sub`, read from jwt_authn's metadata."""
+    def claim(name, matcher):
+        return {"metadata": {"filter": JWT_FILTER, "path": [{"key": payload_key}, {"key": name}],
+                             "value": {"string_match": matcher}}}
+    if value == "*":
+        iss, sub = {"safe_regex": {"regex": ".+"}}, {"safe_regex": {"regex": ".+"}}
+    elif "*" in value or "/" not in value:
+        sys.exit(f"sidecar.py: requestPrincipal {value!r} is not modelled (only * and ISS/SUB)")
+    else:
+        issuer, _, subject = value.rpartition("/")
+        iss, sub = {"exact": issuer}, {"exact": subject}
+    return {"and_ids": {"ids": [claim("iss", iss), claim("sub", sub)]}}
+
+
+def path_permission(value):
+    if "{" in value:
+        sys.exit(f"sidecar.py: the path template {value!r} is not modelled")
+    return {"url_path": {"path": string_matcher(value)}}
+
+
+def method_permission(value):
+    return {"header": {"name": ":method", "string_match": {"exact": value}}}
 
 
 if __name__ == "__main__":

@@ -63,9 +63,10 @@ in plaintext (`tollgate serve --insecure-plaintext`). What istiod would generate
 Refused with an error: another kind of resource in the workload's namespace, a PeerAuthentication
 other than STRICT (or none: the mesh default is PERMISSIVE), portLevelMtls, an AuthorizationPolicy
 that is not ALLOW or uses `when`, ports, hosts, ipBlocks, path templates or targetRefs, a
-Deployment serving TLS itself or without a sidecar. Not modelled: the other ports of the Service
-(only the named one is rendered), istio's own filters (metadata exchange, istio_authn, stats), the
-probes (the injector sends them through pilot-agent, past the sidecar's listener).
+Deployment serving TLS itself or without a sidecar, a security policy in the root namespace
+(istio-system). Not modelled: the Service's other ports (only the one controlPlaneCluster names is
+rendered), istio's own filters (metadata exchange, istio_authn, stats), the probes (the injector
+sends them through pilot-agent, past the sidecar's listener).
 """
 import argparse, copy, json, os, re, sys
 from urllib.parse import urlsplit
@@ -457,8 +458,10 @@ RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 # Kinds that change nothing in the sidecar's Envoy configuration.
 INERT_KINDS = {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "ConfigMap"}
-MODELLED_KINDS = INERT_KINDS | {"Service", "Deployment", "PeerAuthentication",
-                                "RequestAuthentication", "AuthorizationPolicy"}
+SECURITY_KINDS = {"PeerAuthentication", "RequestAuthentication", "AuthorizationPolicy"}
+MODELLED_KINDS = INERT_KINDS | SECURITY_KINDS | {"Service", "Deployment"}
+# Istio's root namespace: its policies apply to every workload of the mesh.
+ROOT_NAMESPACE = "istio-system"
 
 
 def control_plane_main(argv):
@@ -488,6 +491,8 @@ def control_plane_main(argv):
             d["kind"] == "Namespace" and d["metadata"]["name"] == namespace)
         if in_namespace and d["kind"] not in MODELLED_KINDS:
             sys.exit(f"sidecar.py: {d['kind']} {d['metadata']['name']} in namespace {namespace} is not modelled")
+        if d["metadata"].get("namespace") == ROOT_NAMESPACE and d["kind"] in SECURITY_KINDS:
+            sys.exit(f"sidecar.py: mesh-wide {d['kind']} {d['metadata']['name']} is not modelled")
     service = named(docs, "Service", namespace, service_name)
     port = next((p for p in service["spec"].get("ports") or [] if p.get("port") == service_port), None)
     if port is None:

@@ -46,7 +46,7 @@ const CONTROL_PLANE: &str = "spiffe://cluster.local/ns/tollgate/sa/tollgate-cont
 const OPERATOR_AUDIENCE: &str = "tollgate-operators";
 /// The dev issuer of `tollgate dev token` stands in for the operators' issuer.
 const DEV_ISSUER: &str = "https://dev.tollgate.local";
-/// The port of the Service (and the stat prefix of the inbound HTTP connection manager).
+/// The stat prefix of the inbound HTTP connection manager (of the Service's port 50051).
 const INBOUND: &str = "http.inbound_0.0.0.0_50051";
 /// What Envoy's RBAC filter answers (a 403, which a gRPC caller sees as PERMISSION_DENIED).
 const RBAC_DENIED: &str = "RBAC: access denied";
@@ -503,7 +503,9 @@ async fn without_a_certificate_of_the_mesh_there_is_no_connection() {
             .map_err(|status| format!("{status:?}"))
     }
 
-    // No client certificate: the TLS handshake fails (STRICT requires one).
+    // No client certificate: the TLS handshake fails (STRICT requires one). In TLS 1.3 the
+    // client learns it only on its first call (the server's alert, or a broken pipe when the
+    // client writes first), so Envoy's counter says why.
     let error = append(&mesh, None, "no-certificate").await.unwrap_err();
     assert!(
         mesh.listener_stat("ssl.fail_verify_no_cert") >= 1,

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tollgate_proto::pb;
 use tollgate_proto::pb::approvals_client::ApprovalsClient;
 use tollgate_proto::pb::audit_client::AuditClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint, Identity};
 use tonic::Code;
 
 /// A record an attacker would like in the chain.
@@ -54,17 +54,8 @@ fn certificate(uri: &str, issuer: Option<(&str, &str)>) -> Identity {
 }
 
 async fn channel(server: &Server, identity: Option<Identity>) -> Result<Channel, String> {
-    let ca = std::fs::read(server.home.join("tls/ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some(identity) = identity {
-        tls = tls.identity(identity);
-    }
-    Endpoint::from_shared(server.url())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+    server
+        .try_channel(identity)
         .await
         .map_err(|e| format!("{e:?}"))
 }

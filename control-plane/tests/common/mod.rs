@@ -118,6 +118,14 @@ impl Server {
     }
 
     async fn channel(&self, identity: Option<Identity>) -> Channel {
+        self.try_channel(identity).await.expect("connect")
+    }
+
+    /// TLS trusting the server's dev CA, with `identity` as the client certificate if given.
+    pub async fn try_channel(
+        &self,
+        identity: Option<Identity>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let ca = std::fs::read(self.home.join("tls/ca.pem")).unwrap();
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
         if let Some(identity) = identity {
@@ -127,9 +135,9 @@ impl Server {
             .unwrap()
             .tls_config(tls)
             .unwrap()
+            .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await
-            .expect("connect")
     }
 
     /// The audit service as the gateway calls it (appends).

@@ -215,7 +215,7 @@ impl Refusals {
         if unrecorded > 0 {
             event.insert("unrecordedBefore".into(), unrecorded.into());
         }
-        let Some(event) = masked(event) else {
+        let Some(event) = crate::service::masked_event(&event) else {
             eprintln!("tollgate: cannot record a refused caller: the record could not be masked");
             return;
         };
@@ -233,14 +233,6 @@ impl Refusals {
         event.insert("reason".into(), reason.into());
         self.record(Some(peer), event);
     }
-}
-
-/// `event` as the chain may hold it: card numbers masked as in a client's `Append`.
-fn masked(event: Map<String, Value>) -> Option<Map<String, Value>> {
-    let json = serde_json::to_vec(&event).ok()?;
-    crate::service::prepare_append(&json, &tollgate_filter::mask::Masker::default())
-        .ok()
-        .map(|(object, _)| object)
 }
 
 /// The layer put in front of all services.
@@ -331,7 +323,7 @@ mod tests {
     fn a_refused_path_is_cut_and_masked_before_it_is_recorded() {
         let path = format!("/tollgate.v1.Audit/4111111111111111{}", "x".repeat(500));
         let status = Status::permission_denied("no");
-        let event = masked(refused_call(&path, &[], &status)).unwrap();
+        let event = crate::service::masked_event(&refused_call(&path, &[], &status)).unwrap();
         let method = event["method"].as_str().unwrap();
         assert!(!method.contains("4111111111111111"), "{method}");
         assert!(

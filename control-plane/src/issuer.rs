@@ -17,8 +17,11 @@ use sha2::{Digest, Sha256};
 
 /// `iss` of every dev token.
 pub const ISSUER: &str = "https://dev.tollgate.local";
-/// Default `aud` of dev tokens.
+/// Default `aud` of dev tokens (the gateway's audience).
 pub const AUDIENCE: &str = "tollgate";
+/// `aud` operator tokens must carry by default: distinct from the gateway's, so that an agent's
+/// MCP token is never an operator token.
+pub const OPERATOR_AUDIENCE: &str = "tollgate-operators";
 
 /// How far in the past an `--expired` token's `exp` lies: beyond Envoy's default 60 s clock skew.
 const EXPIRED_BY: Duration = Duration::from_secs(300);

@@ -119,6 +119,15 @@ pub fn prepare_append(
     Ok((object, true))
 }
 
+/// One of the control plane's own records that quotes what a caller sent (a refused call's path,
+/// a refused approval request's tool), as the chain may hold it: masked as a client's `Append`.
+pub fn masked_event(event: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let json = serde_json::to_vec(event).ok()?;
+    prepare_append(&json, &Masker::default())
+        .ok()
+        .map(|(object, _)| object)
+}
+
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {

@@ -90,6 +90,10 @@ async fn only_the_gateway_certificate_appends_and_it_reads_nothing() {
     let start = &json_of(&list(&server).await)[0];
     assert_eq!(start["event"], "controlPlane.start");
     assert_eq!(start["transport"]["tls"]["devPki"], true, "{start}");
+    // The state directory (chain, keys, PKI) is its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(home.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 
     // No client certificate: TLS works, the gateway's methods do not.
     let anonymous = channel(&server, None).await.unwrap();

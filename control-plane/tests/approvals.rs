@@ -20,7 +20,17 @@ const GROUP: &str = "payments-approvers";
 fn dev_token(home: &Path, sub: &str, groups: &str, extra: &[&str]) -> String {
     let output = common::tollgate(
         home,
-        &[&["dev", "token", "--sub", sub, "--groups", groups], extra].concat(),
+        &[
+            &["dev", "token", "--sub", sub, "--groups", groups][..],
+            // Operators' audience unless the test names another.
+            if extra.contains(&"--aud") {
+                &[]
+            } else {
+                &["--aud", "tollgate-operators"]
+            },
+            extra,
+        ]
+        .concat(),
     );
     assert!(output.status.success(), "{output:?}");
     common::stdout(&output).lines().last().unwrap().to_string()
@@ -362,6 +372,70 @@ async fn a_time_window_grant_is_reused_within_its_window() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shaped_request_neither_gets_a_lasting_grant_nor_reuses_another_decision() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start_with(home, &["--max-grant-ttl", "10m"]);
+    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
+    let mut filter = filter(&server).await;
+
+    // A grant that never expires (u64::MAX seconds once saturated into one) is refused.
+    let forever = pb::ApprovalRequest {
+        grant_ttl_seconds: u64::MAX,
+        ..call("alice@example.com", "4444")
+    };
+    let status = filter.request(forever).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("--max-grant-ttl"), "{status:?}");
+
+    // What was approved for one rule, group and lifetime is not found again for others.
+    let approved_terms = pb::ApprovalRequest {
+        grant_ttl_seconds: 60,
+        ..call("alice@example.com", "5555")
+    };
+    let id = ask(&mut filter, approved_terms.clone()).await.approval_id;
+    let approved = approvals(&server, home, &olga, &["approve", &id, "--reason", "ok"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    for shaped in [
+        pb::ApprovalRequest {
+            grant_ttl_seconds: 600,
+            ..approved_terms.clone()
+        },
+        pb::ApprovalRequest {
+            approver_group: "interns".into(),
+            ..approved_terms.clone()
+        },
+        pb::ApprovalRequest {
+            rule: "some-other-rule".into(),
+            ..approved_terms.clone()
+        },
+    ] {
+        let status = ask(&mut filter, shaped).await;
+        assert_eq!(state(&status), pb::ApprovalState::Pending);
+        assert_ne!(status.approval_id, id, "a shaped request reused the grant");
+    }
+    let used = ask(&mut filter, approved_terms).await;
+    assert_eq!(
+        (state(&used), used.approval_id.as_str()),
+        (pb::ApprovalState::Granted, id.as_str())
+    );
+
+    let records = common::json_of(&common::list(&server).await);
+    let refused: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["event"] == "approval.refused" && r["decision"] == "request")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    // As the canonical form writes numbers past 2^53: a float.
+    assert!(
+        refused[0]["grantTtlSeconds"].as_f64() >= Some(1.8e19),
+        "{refused:?}"
+    );
+    assert_eq!(refused[0]["refusal"], "invalid");
+    assert_eq!(refused[0]["sub"], "alice@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_clear_and_recorded_and_deny_carries_the_reason() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
@@ -607,7 +681,7 @@ async fn operator_keys_can_come_from_a_jwks_url() {
     );
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     assert!(
-        stderr(&refused).contains("not for audience \"tollgate\""),
+        stderr(&refused).contains("not for audience \"tollgate-operators\""),
         "{}",
         stderr(&refused)
     );

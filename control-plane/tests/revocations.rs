@@ -16,7 +16,17 @@ const GROUP: &str = "security-admins";
 fn dev_token(home: &Path, sub: &str, groups: &str, extra: &[&str]) -> String {
     let output = common::tollgate(
         home,
-        &[&["dev", "token", "--sub", sub, "--groups", groups], extra].concat(),
+        &[
+            &["dev", "token", "--sub", sub, "--groups", groups][..],
+            // Operators' audience unless the test names another.
+            if extra.contains(&"--aud") {
+                &[]
+            } else {
+                &["--aud", "tollgate-operators"]
+            },
+            extra,
+        ]
+        .concat(),
     );
     assert!(output.status.success(), "{output:?}");
     common::stdout(&output).lines().last().unwrap().to_string()

@@ -289,7 +289,19 @@ async fn checkpoints_and_proofs_cover_the_records(backend: Backend) {
 }
 
 fn dev_token(home: &Path, sub: &str, groups: &str) -> String {
-    let output = common::tollgate(home, &["dev", "token", "--sub", sub, "--groups", groups]);
+    let output = common::tollgate(
+        home,
+        &[
+            "dev",
+            "token",
+            "--sub",
+            sub,
+            "--groups",
+            groups,
+            "--aud",
+            "tollgate-operators",
+        ],
+    );
     assert!(output.status.success(), "{output:?}");
     stdout(&output).lines().last().unwrap().to_string()
 }

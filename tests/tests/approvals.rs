@@ -67,7 +67,15 @@ async fn a_held_call_is_released_the_moment_a_second_person_approves() {
         .token("alice@example.com", &["--groups", "payments-ops"])
         .unwrap();
     let bob = stack
-        .token("bob@example.com", &["--groups", "payments-approvers"])
+        .token(
+            "bob@example.com",
+            &[
+                "--groups",
+                "payments-approvers",
+                "--aud",
+                "tollgate-operators",
+            ],
+        )
         .unwrap();
     let session = session(&stack, &alice).await;
 
@@ -126,15 +134,44 @@ async fn a_pending_call_passes_once_after_approval_and_only_for_its_own_argument
         .token("alice@example.com", &["--groups", "payments-ops"])
         .unwrap();
     let bob = stack
-        .token("bob@example.com", &["--groups", "payments-approvers"])
+        .token(
+            "bob@example.com",
+            &[
+                "--groups",
+                "payments-approvers",
+                "--aud",
+                "tollgate-operators",
+            ],
+        )
         .unwrap();
     let mallory = stack
-        .token("mallory@example.com", &["--groups", "payments-ops"])
+        .token(
+            "mallory@example.com",
+            &["--groups", "payments-ops", "--aud", "tollgate-operators"],
+        )
         .unwrap();
     let expired = stack
         .token(
             "bob@example.com",
-            &["--groups", "payments-approvers", "--expired"],
+            &[
+                "--groups",
+                "payments-approvers",
+                "--aud",
+                "tollgate-operators",
+                "--expired",
+            ],
+        )
+        .unwrap();
+    // The requester as an operator, even in the approver group.
+    let alice_operator = stack
+        .token(
+            "alice@example.com",
+            &[
+                "--groups",
+                "payments-approvers",
+                "--aud",
+                "tollgate-operators",
+            ],
         )
         .unwrap();
     let session = session(&stack, &alice).await;
@@ -159,7 +196,12 @@ async fn a_pending_call_passes_once_after_approval_and_only_for_its_own_argument
     );
 
     // Refused deciders, each with a clear reason; the request stays pending.
-    let (ok, text) = decide(&stack, &alice, "approve", &id, "me");
+    let (ok, text) = decide(&stack, &alice, "approve", &id, "my MCP token");
+    assert!(
+        !ok && text.contains("tollgate-operators"),
+        "an agent's MCP token used as an operator token: {text}"
+    );
+    let (ok, text) = decide(&stack, &alice_operator, "approve", &id, "me");
     assert!(
         !ok && text.to_lowercase().contains("own"),
         "self-approval: {text}"

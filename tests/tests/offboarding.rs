@@ -65,7 +65,10 @@ async fn offboarded_contractor_and_their_ci_job_are_stopped_within_seconds() {
         .unwrap();
     let alice = stack.token("alice@example.com", &["--ttl", "1h"]).unwrap();
     let security = stack
-        .token("sam@example.com", &["--groups", "security-admins"])
+        .token(
+            "sam@example.com",
+            &["--groups", "security-admins", "--aud", "tollgate-operators"],
+        )
         .unwrap();
 
     for token in [&contractor, &ci_job, &alice] {

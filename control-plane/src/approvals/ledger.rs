@@ -235,6 +235,8 @@ pub struct Ledger {
     approvals: Table,
     grants: Table,
     ttl: Duration,
+    /// The longest grant a request may ask for (`--max-grant-ttl`).
+    max_grant_ttl: Duration,
     changes: broadcast::Sender<Entry>,
     webhook: Option<Arc<Webhook>>,
 }
@@ -243,13 +245,19 @@ fn now() -> Micros {
     clock::now_micros()
 }
 
+/// What makes two requests the same call: a grant or an open request is found again only for
+/// the same caller, call and arguments under the same rule, approver group and grant lifetime,
+/// so that a request cannot reuse what was decided for different terms.
 fn call_key(request: &pb::ApprovalRequest) -> Vec<u8> {
     let parts = json!([
         request.requester,
         request.upstream,
         request.method,
         request.target,
-        request.arguments_hash
+        request.arguments_hash,
+        request.rule,
+        request.approver_group,
+        request.grant_ttl_seconds
     ]);
     Sha256::digest(parts.to_string().as_bytes()).to_vec()
 }
@@ -263,6 +271,7 @@ impl Ledger {
     pub fn open(
         audit: Arc<Store>,
         ttl: Duration,
+        max_grant_ttl: Duration,
         webhook: Option<Arc<Webhook>>,
     ) -> Result<Arc<Self>, LedgerError> {
         Ok(Arc::new(Self {
@@ -270,6 +279,7 @@ impl Ledger {
             grants: audit.table(GRANTS_TREE)?,
             audit,
             ttl,
+            max_grant_ttl,
             changes: broadcast::channel(CHANGES_BUFFER).0,
             webhook,
         }))
@@ -379,6 +389,15 @@ impl Ledger {
             if value.is_empty() {
                 return Err(LedgerError::Invalid(format!("{name} is required")));
             }
+        }
+        let cap = self.max_grant_ttl.as_secs();
+        if request.grant_ttl_seconds > cap {
+            let error = LedgerError::Invalid(format!(
+                "a grant lifetime of {} s exceeds this control plane's cap of {cap} s (--max-grant-ttl)",
+                request.grant_ttl_seconds
+            ));
+            self.refused_request(&request, &error).await?;
+            return Err(error);
         }
         let identity = if request.identity_json.is_empty() {
             Value::Null
@@ -550,6 +569,32 @@ impl Ledger {
             }
         }
         outcome
+    }
+
+    /// Records a refused request (what it asked for, never its arguments).
+    async fn refused_request(
+        &self,
+        request: &pb::ApprovalRequest,
+        error: &LedgerError,
+    ) -> Result<(), LedgerError> {
+        let mut record = Map::new();
+        record.insert("event".into(), "approval.refused".into());
+        record.insert("time".into(), clock::format(now()).into());
+        record.insert("sub".into(), request.requester.clone().into());
+        record.insert("decision".into(), "request".into());
+        record.insert("tool".into(), request.target.clone().into());
+        record.insert("rule".into(), request.rule.clone().into());
+        record.insert(
+            "approverGroup".into(),
+            request.approver_group.clone().into(),
+        );
+        record.insert("grantTtlSeconds".into(), request.grant_ttl_seconds.into());
+        record.insert("refusal".into(), error.kind().into());
+        record.insert("message".into(), error.to_string().into());
+        let record = crate::service::masked_event(&record)
+            .ok_or_else(|| LedgerError::Invalid("the request could not be recorded".into()))?;
+        self.audit.append_event(&record).await?;
+        Ok(())
     }
 
     /// Records a refused decision (also one whose token did not verify).

@@ -22,6 +22,10 @@ pub struct Config {
     /// How long an approval request stays open before it expires.
     #[arg(long, env = "TOLLGATE_APPROVAL_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub approval_ttl: Duration,
+    /// The longest grant lifetime (`grantTtlSeconds` of a policy rule) a request may ask for;
+    /// a request for more is refused and recorded.
+    #[arg(long, env = "TOLLGATE_MAX_GRANT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_grant_ttl: Duration,
     /// http:// URL that gets a JSON POST for every new approval request (e.g. a chat hook).
     #[arg(long, env = "TOLLGATE_APPROVAL_WEBHOOK")]
     pub approval_webhook: Option<String>,
@@ -32,8 +36,9 @@ pub struct Config {
     /// `iss` operator tokens must carry.
     #[arg(long, env = "TOLLGATE_OPERATOR_ISSUER", default_value = crate::issuer::ISSUER)]
     pub operator_issuer: String,
-    /// `aud` operator tokens must carry.
-    #[arg(long, env = "TOLLGATE_OPERATOR_AUDIENCE", default_value = crate::issuer::AUDIENCE)]
+    /// `aud` operator tokens must carry (never the gateway's, or an agent's MCP token would
+    /// sign an operator in).
+    #[arg(long, env = "TOLLGATE_OPERATOR_AUDIENCE", default_value = crate::issuer::OPERATOR_AUDIENCE)]
     pub operator_audience: String,
 }
 

@@ -34,7 +34,7 @@ pub async fn build(home: &Path, config: &Config, store: Arc<Store>) -> Result<Se
         .approval_webhook
         .clone()
         .map(|url| Arc::new(Webhook { url }));
-    let ledger = Ledger::open(store, config.approval_ttl, webhook)?;
+    let ledger = Ledger::open(store, config.approval_ttl, config.max_grant_ttl, webhook)?;
     ledger.spawn_sweeper(SWEEP_EVERY);
     let auth = OperatorAuth::new(
         config.jwks_source(home),

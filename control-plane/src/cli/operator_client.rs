@@ -81,7 +81,7 @@ pub async fn connect(server: &str, group: &str) -> anyhow::Result<(Channel, Bear
         .ok()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
-        .with_context(|| format!("set TOLLGATE_TOKEN to your operator token (for a dev setup: `tollgate dev token --sub you@example.com --groups {group}`)"))?;
+        .with_context(|| format!("set TOLLGATE_TOKEN to your operator token (for a dev setup: `tollgate dev token --sub you@example.com --groups {group} --aud tollgate-operators`)"))?;
     let bearer = format!("Bearer {token}")
         .parse()
         .context("TOLLGATE_TOKEN is not a valid header value")?;

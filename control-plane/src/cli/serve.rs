@@ -68,6 +68,7 @@ impl Args {
 
 pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+    restrict_to_owner(home)?;
     let issuer = DevIssuer::at(home);
     if issuer.ensure(false)? {
         eprintln!(
@@ -267,6 +268,26 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         "tollgate: stopped; {records} records, {flushes} flushes taking {flush_millis} ms this run"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The state directory holds the audit chain, the signing keys and the dev PKI: only its owner
+/// may list or enter it (0700), whatever the umask made of it.
+fn restrict_to_owner(home: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(home)
+        .with_context(|| format!("cannot read {}", home.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", home.display()))?;
+        eprintln!(
+            "tollgate: {} was readable by others (mode {:o}); it is now 0700",
+            home.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
 }
 
 /// Waits for SIGINT or SIGTERM and says which.

@@ -135,11 +135,18 @@ An operator token for sam@example.com (security-admins), for TOLLGATE_TOKEN:
 MSG
 else
   token=$("$TOLLGATE" dev token --sub alice@example.com --groups payments-readers --ttl 12h)
+  operator=$("$TOLLGATE" dev token --sub auditor@example.com --groups auditors,security-admins \
+    --aud tollgate-operators --ttl 12h)
   cat <<MSG
 
 A dev token for alice@example.com (12 h, from the dev issuer in $TOLLGATE_HOME/dev):
 
 export TOKEN=$token
+
+An operator token for auditor@example.com (auditors, security-admins; audience
+tollgate-operators), which the tollgate commands below send to the control plane:
+
+export TOLLGATE_TOKEN=$operator
 MSG
 fi
 cat <<MSG

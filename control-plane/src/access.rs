@@ -5,8 +5,12 @@
 //! - The gateway (an Envoy with a client certificate that chains to the configured CA and names
 //!   a configured gateway identity) appends records, requests and awaits approvals and reads
 //!   revocations. Nothing else: a stolen gateway certificate does not read or decide anything.
-//! - Operators (a bearer token, verified by the services against the operators' issuer) call the
-//!   other methods, never on a connection that presented the gateway's certificate.
+//! - Operators call the other methods with a bearer token that this layer verifies against the
+//!   operators' issuer (audience `tollgate-operators`), never on a connection that presented the
+//!   gateway's certificate. Reading the audit log needs an auditor group (`--auditor-group`, or
+//!   the security admins' `--revocation-group`), rotating the signing key the security admins';
+//!   the services check the groups of decisions and revocations themselves. The verified operator
+//!   goes into the request's extensions, for the records of what it read or did.
 //! - Anyone may ask the health service.
 //!
 //! With `--insecure-plaintext` there are no certificates: every caller is taken for the gateway
@@ -23,6 +27,7 @@ use serde_json::{Map, Value};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
+use crate::approvals::auth::{OperatorAuth, VerifiedOperator};
 use crate::store::Store;
 
 /// The caller a method needs.
@@ -44,6 +49,32 @@ const METHODS: &[(&str, Caller)] = &[
     ("/grpc.health.v1.Health/Check", Caller::Anyone),
     ("/grpc.health.v1.Health/Watch", Caller::Anyone),
 ];
+
+/// Audit reads: each one recorded with the verified operator.
+const AUDIT_READS: &[&str] = &[
+    "/tollgate.v1.Audit/ListRecords",
+    "/tollgate.v1.Audit/LogInfo",
+    "/tollgate.v1.Audit/Checkpoint",
+    "/tollgate.v1.Audit/ListCheckpoints",
+    "/tollgate.v1.Audit/InclusionProof",
+    "/tollgate.v1.Audit/ConsistencyProof",
+    "/tollgate.v1.Audit/Export",
+];
+const ROTATE_KEY: &str = "/tollgate.v1.Audit/RotateKey";
+
+/// `serve` options: who may read the audit log.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessSettings {
+    /// Operator group whose members may read and export the audit log (with the security
+    /// admins of --revocation-group). Comma-separated or repeated for several.
+    #[arg(
+        long = "auditor-group",
+        env = "TOLLGATE_AUDITOR_GROUP",
+        value_delimiter = ',',
+        default_value = "auditors"
+    )]
+    pub auditor_groups: Vec<String>,
+}
 
 pub fn needed(method: &str) -> Caller {
     METHODS
@@ -77,14 +108,70 @@ pub struct Access {
     gateway_identities: Vec<String>,
     plaintext: bool,
     refusals: Refusals,
+    operators: Arc<OperatorAuth>,
+    /// Groups that may read the audit log, and the one that may rotate its key.
+    readers: Vec<String>,
+    admins: String,
 }
 
 impl Access {
-    pub fn new(gateway_identities: Vec<String>, plaintext: bool, refusals: Refusals) -> Self {
+    pub fn new(
+        gateway_identities: Vec<String>,
+        plaintext: bool,
+        refusals: Refusals,
+        operators: Arc<OperatorAuth>,
+        settings: &AccessSettings,
+        admins: String,
+    ) -> Self {
+        let mut readers = settings.auditor_groups.clone();
+        readers.push(admins.clone());
         Self {
             gateway_identities,
             plaintext,
             refusals,
+            operators,
+            readers,
+            admins,
+        }
+    }
+
+    /// The operator behind an operator call, or why not: a verified token, in a group that may
+    /// call `method` when the method has one.
+    fn operator<B>(
+        &self,
+        method: &str,
+        request: &http::Request<B>,
+    ) -> Result<VerifiedOperator, Status> {
+        let token = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "{method} needs an operator token: send `authorization: Bearer <token>` (the CLI reads TOLLGATE_TOKEN)"
+                ))
+            })?;
+        let operator = self.operators.verify(token.trim()).map_err(Status::from)?;
+        let groups: &[String] = if AUDIT_READS.contains(&method) {
+            &self.readers
+        } else if method == ROTATE_KEY {
+            std::slice::from_ref(&self.admins)
+        } else {
+            return Ok(operator);
+        };
+        if operator.groups.iter().any(|g| groups.contains(g)) {
+            Ok(operator)
+        } else {
+            Err(Status::permission_denied(format!(
+                "{method} is for members of {}; {} is not one",
+                groups
+                    .iter()
+                    .map(|g| format!("\"{g}\""))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                operator.sub
+            )))
         }
     }
 
@@ -111,14 +198,27 @@ impl Access {
         }
     }
 
-    fn check<B>(&self, request: &http::Request<B>) -> Result<(), Status> {
-        let method = request.uri().path();
+    fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
+        let method = request.uri().path().to_owned();
         let (peer, address) = self.peer(request);
         let has_token = request.headers().contains_key("authorization");
-        let decided = decide(method, &peer, has_token, self.plaintext);
+        let mut decided = decide(&method, &peer, has_token, self.plaintext);
+        let operator_call = match needed(&method) {
+            Caller::Operator => true,
+            Caller::GatewayOrOperator => !matches!(peer, Peer::Gateway(_)),
+            _ => false,
+        };
+        if decided.is_ok() && operator_call {
+            decided = self.operator(&method, request).map(|operator| {
+                request.extensions_mut().insert(operator);
+            });
+        }
         if let Err(status) = &decided {
-            self.refusals
-                .record(address, refused_call(method, peer.identities(), status));
+            let mut event = refused_call(&method, peer.identities(), status);
+            if let Some(sub) = unverified_sub(request) {
+                event.insert("claimedSub".into(), sub.into());
+            }
+            self.refusals.record(address, event);
         }
         decided
     }
@@ -146,6 +246,12 @@ pub fn decide(method: &str, peer: &Peer, has_token: bool, plaintext: bool) -> Re
         ))),
         Caller::Operator => Ok(()),
     }
+}
+
+/// The `sub` a refused call's token claims (not verified: it says who tried, as they put it).
+fn unverified_sub<B>(request: &http::Request<B>) -> Option<String> {
+    let token = request.headers().get("authorization")?.to_str().ok()?;
+    crate::operator::unverified_sub(token.strip_prefix("Bearer ").unwrap_or(token).trim())
 }
 
 /// The record of a refused call. The path is the caller's text (any path reaches the layer), so
@@ -272,8 +378,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match self.access.check(&request) {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.access.check(&mut request) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }

@@ -1,12 +1,11 @@
 //! Who is reading or administering the audit log, as recorded in the control plane's own
 //! records.
 //!
-//! For now nothing here is verified: the CLI sends the OS user, the `--operator` name and (if
-//! `TOLLGATE_TOKEN` is set) the token, whose `sub` is read without checking its signature.
-//! Records say `"verified": false`. The service reads the claims only in the calls that record
-//! them (not on the append path, where it would cost every record). Operator authentication
-//! with OIDC tokens, checked against the issuer's JWKS in an interceptor that puts the
-//! verified operator into the request extensions, is a later issue.
+//! The CLI sends the OS user, the `--operator` name and the token of `TOLLGATE_TOKEN`. Over gRPC
+//! the control plane's access layer has verified that token before the call reaches a service
+//! (`crate::access`): records then carry the verified `sub` and groups with `"verified": true`.
+//! Read directly from the store (no control plane running), only the claims are known, the
+//! token's `sub` read without checking its signature, and records say `"verified": false`.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -34,6 +33,8 @@ pub struct Operator {
     pub purpose: Option<String>,
     /// The caller's filter (command-line selection), as JSON.
     pub filter: Option<Value>,
+    /// `sub` and groups of the token, when the control plane verified it.
+    pub verified: Option<(String, Vec<String>)>,
 }
 
 impl Operator {
@@ -67,7 +68,16 @@ impl Operator {
                 out.insert(key.into(), value.clone().into());
             }
         }
-        out.insert("verified".into(), false.into());
+        match &self.verified {
+            Some((sub, groups)) => {
+                out.insert("sub".into(), sub.clone().into());
+                out.insert("groups".into(), groups.clone().into());
+                out.insert("verified".into(), true.into());
+            }
+            None => {
+                out.insert("verified".into(), false.into());
+            }
+        }
         Value::Object(out)
     }
 
@@ -131,6 +141,7 @@ impl Operator {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             filter: bin(FILTER).and_then(|f| serde_json::from_str(&f).ok()),
+            verified: None,
         }
     }
 }
@@ -139,11 +150,15 @@ impl Operator {
 pub fn of_request<T>(request: &Request<T>) -> Operator {
     let mut operator = Operator::from_metadata(request.metadata());
     operator.peer = request.remote_addr().map(|a| a.to_string());
+    operator.verified = request
+        .extensions()
+        .get::<crate::approvals::auth::VerifiedOperator>()
+        .map(|o| (o.sub.clone(), o.groups.clone()));
     operator
 }
 
 /// The `sub` claim of a JWT, read WITHOUT verifying the signature.
-fn unverified_sub(token: &str) -> Option<String> {
+pub fn unverified_sub(token: &str) -> Option<String> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))

@@ -244,16 +244,26 @@ async fn plaintext_is_asked_for_warned_about_and_recorded() {
         .connect()
         .await
         .unwrap();
+    // Anyone reaching the port is the gateway...
     AuditClient::new(channel.clone())
         .append(forged())
         .await
         .unwrap();
+    // ...but nobody reads without a verified operator token.
+    let ask = || pb::ListRecordsRequest {
+        from_seq: 0,
+        limit: 1,
+    };
+    let status = AuditClient::new(channel.clone())
+        .list_records(ask())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let token = common::operator_token(home.path(), "auditor@example.com", "auditors");
+    let bearer = common::Bearer(format!("Bearer {token}").parse().unwrap());
     let start = json_of(
-        &AuditClient::new(channel)
-            .list_records(pb::ListRecordsRequest {
-                from_seq: 0,
-                limit: 1,
-            })
+        &AuditClient::with_interceptor(channel, bearer)
+            .list_records(ask())
             .await
             .unwrap()
             .into_inner()

@@ -528,20 +528,31 @@ async fn refusals_are_clear_and_recorded_and_deny_carries_the_reason() {
         "was already denied by olga@example.com",
     );
 
-    let refusals: Vec<Value> = common::json_of(&common::list(&server).await)
-        .into_iter()
+    let records = common::json_of(&common::list(&server).await);
+    let refusals: Vec<&Value> = records
+        .iter()
         .filter(|r| r["event"] == "approval.refused")
         .collect();
     let kinds: Vec<&str> = refusals
         .iter()
         .map(|r| r["refusal"].as_str().unwrap())
         .collect();
+    // The expired token never reached the approvals service: the access layer refused it, and
+    // recorded who it claimed to be.
+    let unauthenticated: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["event"] == "controlPlane.refused" && r["method"] == "/tollgate.v1.Approvals/Decide"
+        })
+        .collect();
+    assert_eq!(unauthenticated.len(), 1, "{unauthenticated:?}");
+    assert_eq!(unauthenticated[0]["code"], "Unauthenticated");
+    assert_eq!(unauthenticated[0]["claimedSub"], "olga@example.com");
     assert_eq!(
         kinds,
         [
             "self_approval",
             "not_in_approver_group",
-            "unauthenticated",
             "on_behalf_of_approver",
             "on_behalf_of_approver",
             "already_decided"

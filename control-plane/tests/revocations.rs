@@ -363,17 +363,33 @@ async fn non_members_expired_and_missing_tokens_are_refused_and_recorded() {
     assert_eq!(stale.status.code(), Some(1), "{stale:?}");
     assert_eq!(filter_list(&server).await.revocations.len(), 1);
 
-    let records = revocation_records(&server).await;
+    // Refusals the services decide are theirs (`revocation.refused`); a token that does not
+    // verify, or none, is refused by the access layer before them (`controlPlane.refused`).
+    let records: Vec<Value> = common::json_of(&common::list(&server).await)
+        .into_iter()
+        .filter(|r| {
+            r["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("revocation.") || e == "controlPlane.refused")
+        })
+        .collect();
     let story: Vec<(String, String, String, String)> = records
         .iter()
         .map(|r| {
             let text = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-            (text("event"), text("sub"), text("action"), text("refusal"))
+            if r["event"] == "controlPlane.refused" {
+                let method = text("method");
+                let method = method.rsplit('/').next().unwrap_or_default().to_lowercase();
+                (text("event"), text("claimedSub"), method, text("code"))
+            } else {
+                (text("event"), text("sub"), text("action"), text("refusal"))
+            }
         })
         .collect();
     let s = |a: &str, b: &str, c: &str, d: &str| {
         (a.to_string(), b.to_string(), c.to_string(), d.to_string())
     };
+    let refused = "controlPlane.refused";
     assert_eq!(
         story,
         [
@@ -383,7 +399,7 @@ async fn non_members_expired_and_missing_tokens_are_refused_and_recorded() {
                 "revoke",
                 "not_in_revocation_group"
             ),
-            s("revocation.refused", "-", "revoke", "unauthenticated"),
+            s(refused, "ida@example.com", "revoke", "Unauthenticated"),
             s("revocation.added", "ida@example.com", "-", "-"),
             s(
                 "revocation.refused",
@@ -391,12 +407,14 @@ async fn non_members_expired_and_missing_tokens_are_refused_and_recorded() {
                 "lift",
                 "not_in_revocation_group"
             ),
-            s("revocation.refused", "-", "lift", "unauthenticated"),
-            s("revocation.refused", "-", "revoke", "unauthenticated"),
-            s("revocation.refused", "-", "list", "unauthenticated"),
+            // The gateway's certificate, then no token at all.
+            s(refused, "-", "lift", "PermissionDenied"),
+            s(refused, "-", "lift", "Unauthenticated"),
+            s(refused, "-", "revoke", "Unauthenticated"),
+            s(refused, "ida@example.com", "list", "Unauthenticated"),
         ]
     );
-    assert!(records[1]["message"]
+    assert!(records[1]["reason"]
         .as_str()
         .unwrap()
         .contains("operator token expired"));
@@ -451,8 +469,14 @@ async fn identities_lists_who_called_and_who_went_quiet() {
         audit.append(append).await.unwrap();
     }
 
+    let auditor = common::operator_token(home, "auditor@example.com", "auditors");
     let run = |args: &[&str]| {
-        let output = operator(&server, home, None, &[&["identities"], args].concat());
+        let output = operator(
+            &server,
+            home,
+            Some(&auditor),
+            &[&["identities"], args].concat(),
+        );
         assert!(output.status.success(), "{output:?}");
         common::stdout(&output)
     };

@@ -14,7 +14,6 @@ use common::{
 };
 use serde_json::{json, Value};
 use tollgate_proto::pb;
-use tonic::transport::Channel;
 
 fn events(records: &[Value]) -> Vec<&str> {
     records
@@ -69,7 +68,8 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         .unwrap()
         .starts_with("tollgate.local/audit/"));
     assert_eq!(values[401]["event"], "controlPlane.auditRead");
-    assert_eq!(values[401]["operator"]["verified"], false);
+    assert_eq!(values[401]["operator"]["verified"], true);
+    assert_eq!(values[401]["operator"]["sub"], "auditor@example.com");
     for (seq, record) in records.iter().enumerate().skip(1).take(400) {
         assert_eq!(record.seq, seq as u64);
         assert_eq!(record.chain_hash, acks[&record.seq]);
@@ -349,28 +349,42 @@ async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_over_grpc_are_recorded_with_the_claimed_operator() {
+async fn reads_over_grpc_need_a_verified_auditor_and_are_recorded_with_them() {
     let home = tempfile::tempdir().unwrap();
     let server = Server::start(home.path());
+    let query = |token: &str| {
+        Command::new(BIN)
+            .args([
+                "audit",
+                "query",
+                "--server",
+                &server.url(),
+                "--decision",
+                "deny",
+                "--operator",
+                "carol",
+            ])
+            .env("TOLLGATE_HOME", home.path())
+            .env("TOLLGATE_TOKEN", token)
+            .env("USER", "ops")
+            .output()
+            .unwrap()
+    };
+    // A token nobody signed, and a real one of someone outside the auditor groups: no read.
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(br#"{"sub":"carol@example.com","iss":"https://idp"}"#);
-    let token = format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln");
-    let output = Command::new(BIN)
-        .args([
-            "audit",
-            "query",
-            "--server",
-            &server.url(),
-            "--decision",
-            "deny",
-            "--operator",
-            "carol",
-        ])
-        .env("TOLLGATE_HOME", home.path())
-        .env("TOLLGATE_TOKEN", &token)
-        .env("USER", "ops")
-        .output()
-        .unwrap();
+    let forged = query(&format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln"));
+    assert!(!forged.status.success(), "{forged:?}");
+    let outsider = common::operator_token(home.path(), "dave@example.com", "payments-approvers");
+    let refused = query(&outsider);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("auditors"),
+        "the refusal names the groups: {refused:?}"
+    );
+
+    let carol = common::operator_token(home.path(), "carol@example.com", "auditors");
+    let output = query(&carol);
     assert!(output.status.success(), "{output:?}");
     let values = json_of(&list(&server).await);
     let read = values
@@ -380,7 +394,8 @@ async fn reads_over_grpc_are_recorded_with_the_claimed_operator() {
     assert_eq!(
         read["operator"],
         json!({"name": "carol", "osUser": "ops", "tokenSub": "carol@example.com",
-               "peer": read["operator"]["peer"], "verified": false})
+               "sub": "carol@example.com", "groups": ["auditors"],
+               "peer": read["operator"]["peer"], "verified": true})
     );
     assert!(read["operator"]["peer"]
         .as_str()
@@ -388,6 +403,15 @@ async fn reads_over_grpc_are_recorded_with_the_claimed_operator() {
         .starts_with("127.0.0.1:"));
     assert_eq!(read["filter"], json!({"decision": "deny"}));
     assert_eq!(read["via"], "grpc");
+    let refusals: Vec<&Value> = values
+        .iter()
+        .filter(|v| v["event"] == "controlPlane.refused")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert_eq!(refusals[0]["claimedSub"], "carol@example.com");
+    assert_eq!(refusals[0]["code"], "Unauthenticated");
+    assert_eq!(refusals[1]["claimedSub"], "dave@example.com");
+    assert_eq!(refusals[1]["code"], "PermissionDenied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +585,7 @@ async fn idle_checkpoints_keep_coming_and_rotation_keeps_old_ones_verifiable() {
         })
         .await
         .unwrap();
-    let checkpoints = |mut client: pb::audit_client::AuditClient<Channel>| async move {
+    let checkpoints = |mut client: common::Reader| async move {
         let mut stream = client
             .list_checkpoints(pb::ListCheckpointsRequest {})
             .await

@@ -54,7 +54,22 @@ pub fn wasm_file() -> PathBuf {
 }
 
 /// A loopback port nobody listens on right now.
+/// A port nobody listens on, below the ephemeral range (32768 and up on Linux): a port the
+/// kernel handed out could be taken, before Envoy binds it, by one of the thousands of client
+/// sockets a concurrent test opens. Each test process walks its own stretch of the range.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(FIRST + offset).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -221,6 +236,8 @@ pub struct Stack {
     /// `https://ADDR` (or `http://` with `control_plane_plaintext`), for `--server`.
     pub control_plane_url: String,
     pub control_plane_args: Vec<String>,
+    /// The operator token `Stack::tollgate` runs commands with (auditors, security-admins).
+    pub operator_token: String,
     pub server: Proc,
     pub server_request_log: PathBuf,
     pub envoy: Proc,
@@ -252,7 +269,11 @@ impl Stack {
                 "oidc-provider",
                 &dir.path().join("idp-keys"),
                 &format!("http://127.0.0.1:{listen_port}/mcp"),
-                directory,
+                // The operator the stack's own `tollgate` commands run as.
+                &directory.clone().person(
+                    AUDITOR,
+                    json!({"email": AUDITOR, "groups": ["auditors", "security-admins"]}),
+                ),
             )?),
             None => None,
         };
@@ -300,6 +321,18 @@ impl Stack {
             .collect();
         let control_plane =
             start_control_plane(&home, &control_plane_addr, &control_plane_args, dir.path())?;
+        let operator_token = match &idp {
+            Some(idp) => idp.person_token_blocking(AUDITOR, oidc::OPERATOR_RESOURCE)?,
+            None => dev_token(
+                &home,
+                AUDITOR,
+                &[
+                    "--groups=auditors,security-admins".to_owned(),
+                    "--aud=tollgate-operators".to_owned(),
+                    "--ttl=2h".to_owned(),
+                ],
+            )?,
+        };
 
         let server_request_log = dir.path().join("server-requests.jsonl");
         let (server, upstream) = match &options.upstream {
@@ -386,6 +419,7 @@ impl Stack {
             control_plane_addr,
             control_plane_url,
             control_plane_args,
+            operator_token,
             server,
             server_request_log,
             envoy,
@@ -417,9 +451,10 @@ impl Stack {
         bail!("envoy not ready: {}", self.envoy.log_tail())
     }
 
-    /// Runs `tollgate ARGS` against this stack's control plane and home.
+    /// Runs `tollgate ARGS` against this stack's control plane and home, as the stack's
+    /// operator (an auditor and security admin).
     pub fn tollgate(&self, args: &[&str]) -> Result<Output> {
-        self.tollgate_as(None, args)
+        self.tollgate_as(Some(&self.operator_token), args)
     }
 
     /// Runs `tollgate ARGS` as the operator whose token is given (`TOLLGATE_TOKEN`).
@@ -565,6 +600,9 @@ pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     Ok((cert, key))
 }
+
+/// The operator `Stack::tollgate` runs commands as.
+pub const AUDITOR: &str = "auditor@example.com";
 
 /// A token from the dev issuer in `home` (what `Stack::token` does, before the stack exists).
 fn dev_token(home: &Path, sub: &str, args: &[String]) -> Result<String> {

@@ -197,26 +197,30 @@ impl OidcProvider {
     }
 
     async fn token(&self, form: &[(&str, &str)]) -> Result<String> {
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let response = reqwest::Client::new()
-            .post(format!("{}/token", self.issuer))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        let answer: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("token endpoint answered {status}: {answer}");
-        }
-        answer["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no access_token in the token response")
+        token_at(&self.issuer, form).await
+    }
+
+    /// [`OidcProvider::person_token`] from synchronous code (which may itself run inside a
+    /// runtime): the request runs on a thread of its own.
+    pub fn person_token_blocking(&self, sub: &str, resource: &str) -> Result<String> {
+        let issuer = self.issuer.clone();
+        let (sub, resource) = (sub.to_owned(), resource.to_owned());
+        std::thread::spawn(move || {
+            let form = [
+                ("grant_type", "password"),
+                ("client_id", LOGIN_CLIENT),
+                ("client_secret", LOGIN_SECRET),
+                ("username", sub.as_str()),
+                ("password", sub.as_str()),
+                ("resource", resource.as_str()),
+            ];
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(token_at(&issuer, &form))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("fetching a token panicked"))?
     }
 
     /// Publishes exactly `kids` (generating new keys as needed) and signs with the first:
@@ -280,6 +284,30 @@ pub fn base64url_encode(bytes: &[u8]) -> String {
 
 fn base64url_decode(text: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()
+}
+
+/// An access token from the token endpoint of `issuer` for the form's grant.
+async fn token_at(issuer: &str, form: &[(&str, &str)]) -> Result<String> {
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let response = reqwest::Client::new()
+        .post(format!("{issuer}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    let answer: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("token endpoint answered {status}: {answer}");
+    }
+    answer["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no access_token in the token response")
 }
 
 #[cfg(test)]

@@ -95,14 +95,34 @@ async fn an_impostor_control_plane_gets_no_call_and_the_request_fails_closed() {
         "Envoy did not refuse the impostor's certificate"
     );
 
-    // Nothing of the call reached the impostor either.
-    let out = std::process::Command::new(tollgate_e2e::tollgate_bin())
-        .arg("--home")
-        .arg(&impostor_home)
-        .args(["audit", "query", "--json"])
-        .env("TOLLGATE_SERVER", format!("https://{impostor_addr}"))
-        .output()
-        .unwrap();
+    // Nothing of the call reached the impostor either (read as an auditor of its own issuer).
+    let tollgate = |args: &[&str], token: Option<&str>| {
+        let mut command = std::process::Command::new(tollgate_e2e::tollgate_bin());
+        command
+            .arg("--home")
+            .arg(&impostor_home)
+            .args(args)
+            .env("TOLLGATE_SERVER", format!("https://{impostor_addr}"));
+        if let Some(token) = token {
+            command.env("TOLLGATE_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let minted = tollgate(
+        &[
+            "dev",
+            "token",
+            "--sub",
+            "auditor@example.com",
+            "--groups",
+            "auditors",
+            "--aud",
+            "tollgate-operators",
+        ],
+        None,
+    );
+    let token = String::from_utf8_lossy(&minted.stdout).trim().to_owned();
+    let out = tollgate(&["audit", "query", "--json"], Some(&token));
     assert!(out.status.success(), "{out:?}");
     let impostor_records = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -240,9 +240,12 @@ impl Mesh {
         text.lines().last().unwrap_or_default().trim().to_owned()
     }
 
-    /// An operator's token: the operators' issuer and audience.
+    /// An operator's token: the operators' issuer and audience, in the auditors' group.
     fn operator_token(&self) -> String {
-        self.token("ops@example.com", &["--aud", OPERATOR_AUDIENCE])
+        self.token(
+            "ops@example.com",
+            &["--aud", OPERATOR_AUDIENCE, "--groups", "auditors"],
+        )
     }
 
     /// The whole chain, read from the control plane directly (its plaintext port, as from
@@ -254,7 +257,7 @@ impl Mesh {
             .args(["audit", "query", "--json", "--server"])
             .arg(format!("http://{}", self.control_plane_addr))
             .env_remove("TOLLGATE_SERVER")
-            .env_remove("TOLLGATE_TOKEN")
+            .env("TOLLGATE_TOKEN", self.operator_token())
             .output()
             .unwrap();
         assert!(out.status.success(), "audit query: {out:?}");

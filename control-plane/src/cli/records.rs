@@ -113,6 +113,12 @@ impl Source {
                 operator: operator.clone(),
                 token: token(),
             };
+            if claims.token.is_none() {
+                eprintln!(
+                    "tollgate: no TOLLGATE_TOKEN: the control plane at {} reads the audit log only to operators of group auditors or security-admins (for a dev setup: `tollgate dev token --sub you@example.com --groups auditors --aud tollgate-operators`)",
+                    source.server
+                );
+            }
             return Ok(Self::Server {
                 client: Box::new(
                     AuditClient::with_interceptor(channel, claims)

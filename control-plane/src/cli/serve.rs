@@ -58,6 +58,8 @@ pub struct Args {
     sessions: crate::session_binding::SessionSettings,
     #[command(flatten)]
     tls: crate::tls::ServerArgs,
+    #[command(flatten)]
+    access: crate::access::AccessSettings,
 }
 
 impl Args {
@@ -152,10 +154,19 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let refusals = Refusals::new(store.clone());
+    let operators = crate::approvals::auth::OperatorAuth::new(
+        args.approvals.jwks_source(home),
+        args.approvals.operator_issuer.clone(),
+        args.approvals.operator_audience.clone(),
+    )
+    .await;
     let access = Arc::new(Access::new(
         args.tls.gateway_identities.clone(),
         matches!(transport, Transport::Plaintext),
         refusals.clone(),
+        operators,
+        &args.access,
+        args.revocations.revocation_group.clone(),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -28,17 +28,61 @@ pub struct Server {
 #[allow(dead_code)]
 pub const NO_SERVER: &str = "http://127.0.0.1:1";
 
-/// Runs the `tollgate` command line with `home`.
+/// Runs the `tollgate` command line with `home`. A command sent to a control plane
+/// (`--server`) runs as an auditor and security admin of the dev issuer in `home`.
 #[allow(dead_code)]
 pub fn tollgate(home: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .env("TOLLGATE_HOME", home)
         .env_remove("TOLLGATE_SERVER")
-        .env_remove("TOLLGATE_TOKEN")
-        .output()
-        .expect("run tollgate")
+        .env_remove("TOLLGATE_TOKEN");
+    if args.contains(&"--server") {
+        command.env(
+            "TOLLGATE_TOKEN",
+            operator_token(home, "auditor@example.com", "auditors,security-admins"),
+        );
+    }
+    command.output().expect("run tollgate")
 }
+
+/// An operator token (audience `tollgate-operators`) from the dev issuer in `home`.
+#[allow(dead_code)]
+pub fn operator_token(home: &Path, sub: &str, groups: &str) -> String {
+    let output = Command::new(BIN)
+        .args(["dev", "token", "--sub", sub, "--groups", groups])
+        .args(["--aud", "tollgate-operators"])
+        .env("TOLLGATE_HOME", home)
+        .output()
+        .expect("run tollgate dev token");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Sends an operator token with every call.
+#[derive(Clone)]
+pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The audit service as an auditor's command calls it.
+pub type Reader = AuditClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 #[allow(dead_code)]
 pub fn stdout(output: &Output) -> String {
@@ -145,10 +189,16 @@ impl Server {
         AuditClient::new(self.gateway_channel().await)
     }
 
-    /// The audit service as an operator's command calls it (reads).
+    /// The audit service as an auditor (and security admin) calls it, for reads.
     #[allow(dead_code)]
-    pub async fn reader(&self) -> AuditClient<Channel> {
-        AuditClient::new(self.anonymous_channel().await)
+    pub async fn reader(&self) -> Reader {
+        let token = operator_token(
+            &self.home,
+            "auditor@example.com",
+            "auditors,security-admins",
+        );
+        let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
+        AuditClient::with_interceptor(self.anonymous_channel().await, bearer)
     }
 
     /// SIGTERM, then wait: a graceful stop.

@@ -17,25 +17,6 @@ use tonic::transport::Channel;
 
 const GROUP: &str = "payments-approvers";
 
-fn dev_token(home: &Path, sub: &str, groups: &str, extra: &[&str]) -> String {
-    let output = common::tollgate(
-        home,
-        &[
-            &["dev", "token", "--sub", sub, "--groups", groups][..],
-            // Operators' audience unless the test names another.
-            if extra.contains(&"--aud") {
-                &[]
-            } else {
-                &["--aud", "tollgate-operators"]
-            },
-            extra,
-        ]
-        .concat(),
-    );
-    assert!(output.status.success(), "{output:?}");
-    common::stdout(&output).lines().last().unwrap().to_string()
-}
-
 /// `tollgate approvals ...` as an operator runs it.
 fn approvals(server: &Server, home: &Path, token: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -138,7 +119,7 @@ async fn held_call_is_released_on_approval_and_the_grant_is_used_once() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = Server::start(home);
-    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
     let mut filter = filter(&server).await;
 
     // Operators watch new requests and decisions.
@@ -283,7 +264,7 @@ async fn decision_releases_the_held_call_within_milliseconds() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = Server::start(home);
-    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
     let mut filter = filter(&server).await;
     let mut operator = operator_client(&server).await;
     let rounds = 50;
@@ -338,7 +319,7 @@ async fn a_time_window_grant_is_reused_within_its_window() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = Server::start(home);
-    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
     let mut filter = filter(&server).await;
     let windowed = pb::ApprovalRequest {
         grant_ttl_seconds: 2,
@@ -376,7 +357,7 @@ async fn a_shaped_request_neither_gets_a_lasting_grant_nor_reuses_another_decisi
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = Server::start_with(home, &["--max-grant-ttl", "10m"]);
-    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
     let mut filter = filter(&server).await;
 
     // A grant that never expires (u64::MAX seconds once saturated into one) is refused.
@@ -441,11 +422,11 @@ async fn refusals_are_clear_and_recorded_and_deny_carries_the_reason() {
     let home = home.path();
     let server = Server::start(home);
     let mut filter = filter(&server).await;
-    let alice = dev_token(home, "alice@example.com", GROUP, &[]);
-    let bob = dev_token(home, "bob@example.com", "support", &[]);
-    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
-    let expired = dev_token(home, "olga@example.com", GROUP, &["--expired"]);
-    let dave = dev_token(home, "dave@example.com", GROUP, &[]);
+    let alice = common::dev_token(home, "alice@example.com", GROUP, &[]);
+    let bob = common::dev_token(home, "bob@example.com", "support", &[]);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
+    let expired = common::dev_token(home, "olga@example.com", GROUP, &["--expired"]);
+    let dave = common::dev_token(home, "dave@example.com", GROUP, &[]);
     let id = ask(&mut filter, call("alice@example.com", "4444"))
         .await
         .approval_id;
@@ -597,7 +578,7 @@ async fn an_expired_request_cannot_be_decided_and_the_webhook_gets_each_request(
         }
     });
     let server = Server::start_with(home, &["--approval-ttl", "1s", "--approval-webhook", &hook]);
-    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
     let mut filter = filter(&server).await;
     let id = ask(&mut filter, call("alice@example.com", "6666"))
         .await
@@ -654,8 +635,8 @@ async fn an_expired_request_cannot_be_decided_and_the_webhook_gets_each_request(
 async fn operator_keys_can_come_from_a_jwks_url() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let olga = dev_token(home, "olga@example.com", GROUP, &[]);
-    let wrong_audience = dev_token(home, "olga@example.com", GROUP, &["--aud", "other"]);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
+    let wrong_audience = common::dev_token(home, "olga@example.com", GROUP, &["--aud", "other"]);
     let jwks = std::fs::read(home.join("dev/jwks.json")).unwrap();
     // The issuer's JWKS endpoint.
     let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

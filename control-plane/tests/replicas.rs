@@ -64,24 +64,6 @@ async fn reached(counter: &AtomicUsize, target: usize) {
     .unwrap_or_else(|_| panic!("appends stalled before {target} were acknowledged"));
 }
 
-fn dev_token(home: &Path, sub: &str, groups: &str) -> String {
-    let output = common::tollgate(
-        home,
-        &[
-            "dev",
-            "token",
-            "--sub",
-            sub,
-            "--groups",
-            groups,
-            "--aud",
-            "tollgate-operators",
-        ],
-    );
-    assert!(output.status.success(), "{output:?}");
-    stdout(&output).lines().last().unwrap().to_string()
-}
-
 fn operator(server: &Server, home: &Path, token: &str, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
@@ -235,7 +217,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
 
     // An approval decided on replica A releases the call held on replica B.
     let (a, b) = (&replicas[0], &replicas[1]);
-    let olga = dev_token(homes[0].path(), "olga@example.com", "payments-approvers");
+    let olga = common::operator_token(homes[0].path(), "olga@example.com", "payments-approvers");
     let mut filter_b = ApprovalsClient::new(b.gateway_channel().await);
     let asked = filter_b
         .request(pb::ApprovalRequest {
@@ -292,7 +274,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
     assert_eq!(released.decided_by, "olga@example.com");
 
     // A revocation made on A is listed by B (what B's Envoy workers poll).
-    let sam = dev_token(homes[0].path(), "sam@example.com", "security-admins");
+    let sam = common::operator_token(homes[0].path(), "sam@example.com", "security-admins");
     let revoked = operator(
         a,
         homes[0].path(),
@@ -359,7 +341,7 @@ async fn the_documented_grants_are_enough_and_records_stay_insert_only() {
     let server = Server::start_with(home, &["--store", &url, "--checkpoint-every", "5"]);
     let acks = common::append_concurrently(&server, 4, 5).await;
     assert_eq!(acks.len(), 20);
-    let sam = dev_token(home, "sam@example.com", "security-admins");
+    let sam = common::operator_token(home, "sam@example.com", "security-admins");
     let revoked = operator(
         &server,
         home,

@@ -13,25 +13,6 @@ use tollgate_proto::pb::revocations_client::RevocationsClient;
 
 const GROUP: &str = "security-admins";
 
-fn dev_token(home: &Path, sub: &str, groups: &str, extra: &[&str]) -> String {
-    let output = common::tollgate(
-        home,
-        &[
-            &["dev", "token", "--sub", sub, "--groups", groups][..],
-            // Operators' audience unless the test names another.
-            if extra.contains(&"--aud") {
-                &[]
-            } else {
-                &["--aud", "tollgate-operators"]
-            },
-            extra,
-        ]
-        .concat(),
-    );
-    assert!(output.status.success(), "{output:?}");
-    common::stdout(&output).lines().last().unwrap().to_string()
-}
-
 /// `tollgate ARGS...` as an operator with `token` runs it against `server`.
 fn operator(server: &Server, home: &Path, token: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(BIN);
@@ -100,7 +81,7 @@ async fn revoke_list_and_lift_are_versioned_and_recorded() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = Server::start(home);
-    let sam = dev_token(home, "sam@example.com", GROUP, &[]);
+    let sam = common::dev_token(home, "sam@example.com", GROUP, &[]);
 
     let empty = filter_list(&server).await;
     assert!(empty.revocations.is_empty());
@@ -267,9 +248,9 @@ async fn non_members_expired_and_missing_tokens_are_refused_and_recorded() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = Server::start_with(home, &["--revocation-group", "incident-response"]);
-    let member = dev_token(home, "ida@example.com", "incident-response", &[]);
-    let outsider = dev_token(home, "bob@example.com", GROUP, &[]);
-    let expired = dev_token(home, "ida@example.com", "incident-response", &["--expired"]);
+    let member = common::dev_token(home, "ida@example.com", "incident-response", &[]);
+    let outsider = common::dev_token(home, "bob@example.com", GROUP, &[]);
+    let expired = common::dev_token(home, "ida@example.com", "incident-response", &["--expired"]);
 
     let denied = operator(
         &server,
@@ -531,8 +512,8 @@ async fn service_account_owners_are_versioned_listed_to_the_filter_and_recorded(
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = Server::start(home);
-    let sam = dev_token(home, "sam@example.com", GROUP, &[]);
-    let mallory = dev_token(home, "mallory@example.com", "payments", &[]);
+    let sam = common::dev_token(home, "sam@example.com", GROUP, &[]);
+    let mallory = common::dev_token(home, "mallory@example.com", "payments", &[]);
     let before = filter_list(&server).await;
 
     let set = operator(

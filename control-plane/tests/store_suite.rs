@@ -288,24 +288,6 @@ async fn checkpoints_and_proofs_cover_the_records(backend: Backend) {
     assert!(!bundle["checkpoints"].as_array().unwrap().is_empty());
 }
 
-fn dev_token(home: &Path, sub: &str, groups: &str) -> String {
-    let output = common::tollgate(
-        home,
-        &[
-            "dev",
-            "token",
-            "--sub",
-            sub,
-            "--groups",
-            groups,
-            "--aud",
-            "tollgate-operators",
-        ],
-    );
-    assert!(output.status.success(), "{output:?}");
-    stdout(&output).lines().last().unwrap().to_string()
-}
-
 /// `tollgate ARGS` as an operator holding `token`, against `server`.
 fn operator(server: &Server, home: &Path, token: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -344,8 +326,8 @@ async fn approvals_and_revocations_keep_their_state(backend: Backend) {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let server = backend.start(home, &[]);
-    let olga = dev_token(home, "olga@example.com", "payments-approvers");
-    let sam = dev_token(home, "sam@example.com", "security-admins");
+    let olga = common::operator_token(home, "olga@example.com", "payments-approvers");
+    let sam = common::operator_token(home, "sam@example.com", "security-admins");
     let mut filter = ApprovalsClient::new(server.gateway_channel().await);
 
     let asked = filter

@@ -50,10 +50,25 @@ pub fn tollgate(home: &Path, args: &[&str]) -> Output {
 /// An operator token (audience `tollgate-operators`) from the dev issuer in `home`.
 #[allow(dead_code)]
 pub fn operator_token(home: &Path, sub: &str, groups: &str) -> String {
+    dev_token(home, sub, groups, &[])
+}
+
+/// A token from the dev issuer in `home` for `sub` in `groups`, with the operators' audience
+/// unless `extra` names another (`--aud`), and `extra`'s other options (`--expired`, ...).
+#[allow(dead_code)]
+pub fn dev_token(home: &Path, sub: &str, groups: &str, extra: &[&str]) -> String {
+    let audience: &[&str] = if extra.contains(&"--aud") {
+        &[]
+    } else {
+        &["--aud", "tollgate-operators"]
+    };
     let output = Command::new(BIN)
         .args(["dev", "token", "--sub", sub, "--groups", groups])
-        .args(["--aud", "tollgate-operators"])
+        .args(audience)
+        .args(extra)
         .env("TOLLGATE_HOME", home)
+        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_TOKEN")
         .output()
         .expect("run tollgate dev token");
     assert!(output.status.success(), "{output:?}");

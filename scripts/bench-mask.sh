@@ -12,10 +12,10 @@ mkdir -p target
 say() { printf '%s\n' "$*" >&2; }
 
 say "bench: masking corpus (precision/recall) and native throughput (release builds)"
-corpus=$(cargo test -q -p tollgate-filter --release --test mask_corpus -- --nocapture 2>/dev/null \
+corpus=$(cargo test -q -p tollgate-engine --release --test mask_corpus -- --nocapture 2>/dev/null \
   | sed -n '/^file /,/^TOTAL/p')
 [ -n "$corpus" ] || { say "bench: the corpus report did not run"; exit 1; }
-speed=$(MASK_BENCH_SECS=${MASK_BENCH_SECS:-1} cargo bench -q -p tollgate-filter --bench mask 2>/dev/null \
+speed=$(MASK_BENCH_SECS=${MASK_BENCH_SECS:-1} cargo bench -q -p tollgate-engine --bench mask 2>/dev/null \
   | sed -n '/^case /,$p')
 [ -n "$speed" ] || { say "bench: the throughput bench did not run"; exit 1; }
 
@@ -25,7 +25,7 @@ speed=$(MASK_BENCH_SECS=${MASK_BENCH_SECS:-1} cargo bench -q -p tollgate-filter 
   echo "- machine: $(nproc) CPUs, load average before $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- source: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
   echo
-  echo "Labelled corpus (\`cargo test -p tollgate-filter --release --test mask_corpus -- --nocapture\`):"
+  echo "Labelled corpus (\`cargo test -p tollgate-engine --release --test mask_corpus -- --nocapture\`):"
   echo "cards = labelled card numbers, TP/FN = masked/missed, FP = masked text that is not a card,"
   echo "negatives = labelled look-alikes left byte for byte."
   echo
@@ -33,7 +33,7 @@ speed=$(MASK_BENCH_SECS=${MASK_BENCH_SECS:-1} cargo bench -q -p tollgate-filter 
   echo "$corpus"
   echo '```'
   echo
-  echo "Native throughput, best of 5 rounds (\`cargo bench -p tollgate-filter --bench mask\`):"
+  echo "Native throughput, best of 5 rounds (\`cargo bench -p tollgate-engine --bench mask\`):"
   echo
   echo '```'
   echo "$speed"

@@ -83,7 +83,8 @@ PY
   jwks_args=(--remote-jwks "$issuer/jwks" --issuer "$issuer" --audience tollgate)
 fi
 
-"$TOLLGATE" serve --listen "$CONTROL_PLANE" --metrics-listen "$METRICS" "${serve_args[@]}" \
+# The control plane judges approval requests by the same policy file the filter loads.
+"$TOLLGATE" serve --listen "$CONTROL_PLANE" --metrics-listen "$METRICS" --policy "$POLICY" "${serve_args[@]}" \
   >"$LOGS/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for_line "$LOGS/control-plane.log" "listening on" $!

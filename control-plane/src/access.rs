@@ -10,7 +10,8 @@
 //!   gateway's certificate. Reading the audit log needs an auditor group (`--auditor-group`, or
 //!   the security admins' `--revocation-group`), rotating the signing key the security admins';
 //!   the services check the groups of decisions and revocations themselves. The verified operator
-//!   goes into the request's extensions, for the records of what it read or did.
+//!   goes into the request's extensions, for the records of what it read or did. An operator
+//!   named by an active revocation is refused on every call, like any caller of the gateway.
 //! - Anyone may ask the health service.
 //!
 //! With `--insecure-plaintext` there are no certificates: every caller is taken for the gateway
@@ -28,6 +29,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
 use crate::approvals::auth::{OperatorAuth, VerifiedOperator};
+use crate::revocations::registry::Registry;
 use crate::store::Store;
 
 /// The caller a method needs.
@@ -112,6 +114,16 @@ pub struct Access {
     /// Groups that may read the audit log, and the one that may rotate its key.
     readers: Vec<String>,
     admins: String,
+    revocations: Arc<Registry>,
+}
+
+/// A call the table lets through: the operator behind it, if it is an operator's call, and
+/// where it came from (for the record of a later refusal).
+struct Admitted {
+    operator: Option<VerifiedOperator>,
+    method: String,
+    identities: Vec<String>,
+    address: Option<SocketAddr>,
 }
 
 impl Access {
@@ -122,6 +134,7 @@ impl Access {
         operators: Arc<OperatorAuth>,
         settings: &AccessSettings,
         admins: String,
+        revocations: Arc<Registry>,
     ) -> Self {
         let mut readers = settings.auditor_groups.clone();
         readers.push(admins.clone());
@@ -132,6 +145,7 @@ impl Access {
             operators,
             readers,
             admins,
+            revocations,
         }
     }
 
@@ -198,7 +212,7 @@ impl Access {
         }
     }
 
-    fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
+    fn check<B>(&self, request: &mut http::Request<B>) -> Result<Admitted, Status> {
         let method = request.uri().path().to_owned();
         let (peer, address) = self.peer(request);
         let has_token = request.headers().contains_key("authorization");
@@ -208,19 +222,48 @@ impl Access {
             Caller::GatewayOrOperator => !matches!(peer, Peer::Gateway(_)),
             _ => false,
         };
+        let mut operator = None;
         if decided.is_ok() && operator_call {
-            decided = self.operator(&method, request).map(|operator| {
-                request.extensions_mut().insert(operator);
+            decided = self.operator(&method, request).map(|verified| {
+                request.extensions_mut().insert(verified.clone());
+                operator = Some(verified);
             });
         }
-        if let Err(status) = &decided {
-            let mut event = refused_call(&method, peer.identities(), status);
+        if let Err(status) = decided {
+            let mut event = refused_call(&method, peer.identities(), &status);
             if let Some(sub) = unverified_sub(request) {
                 event.insert("claimedSub".into(), sub.into());
             }
             self.refusals.record(address, event);
+            return Err(status);
         }
-        decided
+        Ok(Admitted {
+            operator,
+            identities: peer.identities().to_vec(),
+            method,
+            address,
+        })
+    }
+
+    /// Refuses (and records) an operator whom an active revocation names. A list that cannot
+    /// be read refuses too: a revoked operator must not get through a store hiccup.
+    async fn not_revoked(&self, admitted: &Admitted) -> Result<(), Status> {
+        let Some(operator) = &admitted.operator else {
+            return Ok(());
+        };
+        let status = match self.revocations.revoking(&operator.identity()).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(revocation)) => Status::permission_denied(format!(
+                "{} is revoked ({}): a revoked operator may not call the control plane",
+                operator.sub, revocation.id
+            )),
+            Err(e) => Status::unavailable(format!("cannot read the revocation list: {e}")),
+        };
+        let mut event = refused_call(&admitted.method, &admitted.identities, &status);
+        event.insert("sub".into(), operator.sub.clone().into());
+        event.insert("verified".into(), true.into());
+        self.refusals.record(admitted.address, event);
+        Err(status)
     }
 }
 
@@ -366,9 +409,13 @@ type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + 
 
 impl<S, B> tower::Service<http::Request<B>> for AccessService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -379,10 +426,23 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.access.check(&mut request) {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        let admitted = match self.access.check(&mut request) {
+            Ok(admitted) => admitted,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
+        if admitted.operator.is_none() {
+            return Box::pin(self.inner.call(request));
         }
+        // The service that was polled ready serves this call; its clone waits for the next.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let access = self.access.clone();
+        Box::pin(async move {
+            match access.not_revoked(&admitted).await {
+                Ok(()) => inner.call(request).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
     }
 }
 

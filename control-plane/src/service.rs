@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_filter::mask::{MaskReport, Masker};
+use tollgate_engine::mask::{MaskReport, Masker};
 use tonic::{Request, Response, Status};
 
 use crate::bundle::{self, Selection};

@@ -220,20 +220,11 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
     let olga = common::operator_token(homes[0].path(), "olga@example.com", "payments-approvers");
     let mut filter_b = ApprovalsClient::new(b.gateway_channel().await);
     let asked = filter_b
-        .request(pb::ApprovalRequest {
-            requester: "alice@example.com".into(),
-            identity_json: json!({"sub": "alice@example.com"}).to_string().into_bytes(),
-            upstream: "payments".into(),
-            method: "tools/call".into(),
-            target: "refund_payment".into(),
-            arguments_hash: format!("{:0>64}", 1),
-            masked_arguments_json: b"{}".to_vec(),
-            rule: "refunds".into(),
-            reason: "moves money".into(),
-            approver_group: "payments-approvers".into(),
-            grant_ttl_seconds: 0,
-            session: String::new(),
-        })
+        .request(common::held_call(
+            json!({"sub": "alice@example.com"}),
+            "update_payout_account",
+            json!({"merchant": "m_1", "accountNumber": "acct-1"}),
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -620,3 +620,68 @@ async fn service_account_owners_are_versioned_listed_to_the_filter_and_recorded(
         "{records:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_operator_is_refused_on_every_call_and_cannot_lift_their_own_revocation() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start(home);
+    let sam = common::dev_token(home, "sam@example.com", GROUP, &[]);
+    // Tess is a security admin and an approver; her token is still valid after the revocation.
+    let tess = common::dev_token(
+        home,
+        "tess@example.com",
+        &format!("{GROUP},payments-approvers,auditors"),
+        &[],
+    );
+    let id = revoke(&server, home, &sam, &["--sub", "tess@example.com"]);
+
+    for args in [
+        vec![
+            "revocations",
+            "lift",
+            id.as_str(),
+            "--reason",
+            "it was a mistake",
+        ],
+        vec![
+            "revoke",
+            "--sub",
+            "sam@example.com",
+            "--reason",
+            "retaliation",
+        ],
+        vec!["approvals", "list"],
+        vec!["audit", "query"],
+    ] {
+        let out = operator(&server, home, Some(&tess), &args);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            stderr(&out).contains("is revoked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Still revoked; sam may lift it.
+    let active = filter_list(&server).await;
+    assert_eq!(pairs(&active), [("sub".into(), "tess@example.com".into())]);
+    let lifted = operator(
+        &server,
+        home,
+        Some(&sam),
+        &["revocations", "lift", &id, "--reason", "reinstated"],
+    );
+    assert!(lifted.status.success(), "{lifted:?}");
+    let list = operator(&server, home, Some(&tess), &["approvals", "list"]);
+    assert!(list.status.success(), "{list:?}");
+
+    let refused: Vec<Value> = common::json_of(&common::list(&server).await)
+        .into_iter()
+        .filter(|r| r["event"] == "controlPlane.refused" && r["sub"] == "tess@example.com")
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert!(refused
+        .iter()
+        .all(|r| r["code"] == "PermissionDenied" && r["verified"] == true));
+    assert_eq!(refused[0]["method"], "/tollgate.v1.Revocations/Lift");
+}

@@ -300,20 +300,11 @@ fn operator(server: &Server, home: &Path, token: &str, args: &[&str]) -> Output 
 }
 
 fn approval_request(requester: &str) -> pb::ApprovalRequest {
-    pb::ApprovalRequest {
-        requester: requester.into(),
-        identity_json: json!({"sub": requester}).to_string().into_bytes(),
-        upstream: "payments".into(),
-        method: "tools/call".into(),
-        target: "refund_payment".into(),
-        arguments_hash: format!("{:0>64}", 7),
-        masked_arguments_json: br#"{"payment":"pay_1"}"#.to_vec(),
-        rule: "refunds-need-approval".into(),
-        reason: "moves money".into(),
-        approver_group: "payments-approvers".into(),
-        grant_ttl_seconds: 0,
-        session: "s-1".into(),
-    }
+    common::held_call(
+        json!({"sub": requester}),
+        "update_payout_account",
+        json!({"merchant": "m_1", "accountNumber": "acct-1"}),
+    )
 }
 
 both_backends!(

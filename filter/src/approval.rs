@@ -3,7 +3,6 @@
 //! docs/approvals.md: `Approvals.Request`, then while pending a long-polled `Approvals.Await`.
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tollgate_proto::pb::{ApprovalRequest, ApprovalState, ApprovalStatus};
 
 use crate::config::FilterConfig;
@@ -45,6 +44,7 @@ pub fn ask(
     let Decision::Approve {
         approver_group,
         grant_ttl_seconds,
+        ..
     } = &verdict.action
     else {
         return None;
@@ -69,17 +69,33 @@ pub fn ask(
             approver_group: approver_group.clone(),
             grant_ttl_seconds: grant_ttl_seconds.unwrap_or(0),
             session: info.session_id.clone().unwrap_or_default(),
+            message_json: message_json(message),
+            claims_json: Value::Object(identity.claims.clone())
+                .to_string()
+                .into_bytes(),
+            route: info.path.clone(),
         },
         call_id: message.id.clone(),
     })
 }
 
-/// Hex SHA-256 of the arguments in canonical form (object keys sorted, no whitespace): a grant
-/// is bound to exactly these arguments.
-pub fn arguments_hash(arguments: &Value) -> String {
-    // serde_json's map keeps keys sorted, so `to_string` is canonical for these purposes.
-    let digest = Sha256::digest(arguments.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+pub use tollgate_engine::jsonrpc::arguments_hash;
+
+/// The held message as the control plane judges it again. The strict parser refused any body
+/// that could be read two ways, so the message re-serialised is the one the upstream would see.
+fn message_json(message: &Message) -> Vec<u8> {
+    let mut out = serde_json::Map::new();
+    out.insert("jsonrpc".to_owned(), "2.0".into());
+    if let Some(id) = &message.id {
+        out.insert("id".to_owned(), id.clone());
+    }
+    if let Some(method) = &message.method {
+        out.insert("method".to_owned(), method.clone().into());
+    }
+    if let Some(params) = &message.params {
+        out.insert("params".to_owned(), params.clone());
+    }
+    Value::Object(out).to_string().into_bytes()
 }
 
 /// What an answer from `Request` or `Await` means for the held call.
@@ -174,6 +190,7 @@ mod tests {
             action: Decision::Approve {
                 approver_group: "payments-approvers".into(),
                 grant_ttl_seconds: None,
+                approvers: 1,
             },
             rule: Some("approve-payout".into()),
             reason: Some("second person".into()),
@@ -223,6 +240,7 @@ mod tests {
             reason: "no".into(),
             decided_by: "bob".into(),
             expires_at: String::new(),
+            ..Default::default()
         };
         assert_eq!(
             on_status(&ask, &status(ApprovalState::Granted)),

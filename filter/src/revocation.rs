@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tollgate_proto::pb::RevocationList;
 
 use crate::identity::Identity;
@@ -61,44 +60,16 @@ impl RevocationSet {
 
     /// The revocation that stops this caller, if any.
     pub fn find(&self, identity: &Identity) -> Option<&Entry> {
-        self.entries.iter().find(|entry| matches(entry, identity))
-    }
-}
-
-fn matches(entry: &Entry, identity: &Identity) -> bool {
-    let claim_is = |name: &str| claim_equals(identity.claims.get(name), &entry.value);
-    match entry.claim.as_str() {
-        "sub" => {
-            identity.sub == entry.value
-                || identity
-                    .accountable
-                    .as_ref()
-                    .is_some_and(|a| a.sub == entry.value)
-                || crate::identity::act_subjects(identity.claims.get("act"))
-                    .any(|sub| sub == entry.value)
-                || claim_is("actor")
-        }
-        // Some issuers put the OAuth client in `azp` instead.
-        "client_id" => claim_is("client_id") || claim_is("azp"),
-        other => claim_is(other),
-    }
-}
-
-/// A claim equals `value` when it is that string (or number), or an array holding it.
-fn claim_equals(claim: Option<&Value>, value: &str) -> bool {
-    match claim {
-        Some(Value::String(s)) => s == value,
-        Some(Value::Number(n)) => n.to_string() == value,
-        Some(Value::Bool(b)) => b.to_string() == value,
-        Some(Value::Array(items)) => items.iter().any(|item| claim_equals(Some(item), value)),
-        _ => false,
+        self.entries
+            .iter()
+            .find(|entry| identity.is_named_by(&entry.claim, &entry.value))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn identity(claims: Value) -> Identity {
         let claims = claims.as_object().cloned().unwrap_or_default();

@@ -338,7 +338,7 @@ def stream(labels):
 # --- letters next to digits ---------------------------------------------------------------------
 # The engine masks card numbers glued to letters (`PAN4111…`, `…1111abc`, track 2 equivalent data
 # with its `D` separator) except inside hex tokens of 24+ characters, UUIDs and IBANs (the hash
-# rule, filter/src/mask/scan.rs). The checker above still requires no letter on either side, so
+# rule, filter/engine/src/mask/scan.rs). The checker above still requires no letter on either side, so
 # these records are built by hand: look-alikes plant a Luhn-valid run in an issuer range where the
 # hash rule must keep it, positives glue one to letters where it must not. Its own random source,
 # so the files above stay as they were.

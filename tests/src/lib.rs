@@ -313,9 +313,14 @@ impl Stack {
             )
         };
         let control_plane_url = format!("{scheme}://{control_plane_addr}");
+        // The control plane judges approval requests by the filter's own policy, from a file.
+        let policy_file = dir.path().join("policy.json");
+        std::fs::write(&policy_file, options.policy.to_string())?;
+        let policy_args = vec!["--policy".to_owned(), policy_file.display().to_string()];
         // The options' own arguments come last, so that they win.
         let control_plane_args: Vec<String> = control_plane_args
             .into_iter()
+            .chain(policy_args)
             .chain(transport_args)
             .chain(options.control_plane_args.iter().cloned())
             .collect();

@@ -274,10 +274,126 @@ async fn a_pending_call_passes_once_after_approval_and_only_for_its_own_argument
         "{events:?}"
     );
     assert!(events.iter().any(|e| e == "approval.refused"), "{events:?}");
+
+    // The forwarded call's own record names the approval, its approver and the grant use, in
+    // the session where the call was made; so do the decision and the grant's use.
+    let forwarded: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "mcp.forwarded")
+        .collect();
+    assert_eq!(forwarded.len(), 1, "{forwarded:?}");
+    let forwarded = forwarded[0];
+    assert_eq!(forwarded["approvalId"], id.as_str());
+    assert_eq!(forwarded["approvedBy"], json!(["bob@example.com"]));
+    assert_eq!(forwarded["grantUse"], 1);
+    assert_eq!(forwarded["sub"], "alice@example.com");
+    assert_eq!(forwarded["session"], session.as_str());
+    for event in ["approval.decided", "approval.grant_used"] {
+        let record = records
+            .iter()
+            .find(|r| r["event"] == event && r["approvalId"] == id.as_str())
+            .unwrap_or_else(|| panic!("no {event} for {id}"));
+        assert_eq!(record["session"], session.as_str(), "{record}");
+    }
+    let replay = stack.tollgate(&["sessions", "replay", &session]).unwrap();
+    let replay = String::from_utf8_lossy(&replay.stdout).into_owned();
+    assert!(
+        replay.contains("mcp.forwarded")
+            && replay.contains(&id)
+            && replay.contains("bob@example.com"),
+        "{replay}"
+    );
     let verify = stack.tollgate(&["audit", "verify"]).unwrap();
     assert!(
         verify.status.success(),
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neither_the_owner_of_a_service_account_nor_a_revoked_approver_releases_its_call() {
+    let stack = Stack::start_with(StackOptions {
+        config: json!({
+            "approvalWaitMs": 300,
+            "serviceAccounts": {"subs": ["svc-*"], "requireAccountable": false},
+        }),
+        ..StackOptions::default()
+    })
+    .unwrap();
+    let operator = |sub: &str| {
+        stack
+            .token(
+                sub,
+                &[
+                    "--groups",
+                    "payments-approvers",
+                    "--aud",
+                    "tollgate-operators",
+                ],
+            )
+            .unwrap()
+    };
+    let (dana, bob) = (operator("dana@example.com"), operator("bob@example.com"));
+    let owner = stack
+        .tollgate(&[
+            "service-accounts",
+            "set",
+            "svc-payouts",
+            "--owner",
+            "dana@example.com",
+            "--reason",
+            "dana runs the payouts job",
+        ])
+        .unwrap();
+    assert!(owner.status.success(), "{owner:?}");
+    let revoked = stack
+        .tollgate(&[
+            "revoke",
+            "--sub",
+            "bob@example.com",
+            "--reason",
+            "left the approvers team",
+        ])
+        .unwrap();
+    assert!(revoked.status.success(), "{revoked:?}");
+
+    let svc = stack
+        .token("svc-payouts", &["--groups", "payments-ops"])
+        .unwrap();
+    let session = session(&stack, &svc).await;
+    let held = post_mcp(
+        &stack.gateway_url,
+        Some(&svc),
+        Some(&session),
+        payout_change(2, "000444555666"),
+    )
+    .await
+    .unwrap();
+    let id = approval_id(&held);
+    let (ok, text) = decide(&stack, &dana, "approve", &id, "my own job");
+    assert!(!ok && text.contains("dana@example.com"), "owner: {text}");
+    let (ok, text) = decide(&stack, &bob, "approve", &id, "still here");
+    assert!(
+        !ok && text.contains("is revoked"),
+        "revoked approver: {text}"
+    );
+    assert_eq!(server_calls(&stack, "update_payout_account"), 0);
+
+    let records = stack.audit_records().unwrap();
+    let owner_refusal = records
+        .iter()
+        .find(|r| r["event"] == "approval.refused" && r["sub"] == "dana@example.com")
+        .expect("the owner's attempt is recorded");
+    assert!(
+        ["owner_of_requester", "on_behalf_of_approver"]
+            .contains(&owner_refusal["refusal"].as_str().unwrap()),
+        "{owner_refusal}"
+    );
+    let revoked_refusal = records
+        .iter()
+        .find(|r| r["event"] == "controlPlane.refused" && r["sub"] == "bob@example.com")
+        .expect("the revoked approver's attempt is recorded");
+    assert_eq!(revoked_refusal["verified"], true);
+    assert_eq!(revoked_refusal["method"], "/tollgate.v1.Approvals/Decide");
 }

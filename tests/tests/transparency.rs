@@ -844,7 +844,7 @@ async fn sse_is_streamed_not_buffered_time_to_first_event() {
 
 /// Each SSE event must leave the gateway when it arrives, not when the next one does.
 ///
-/// Fails today: the filter's StreamMasker (filter/src/mask/sse.rs, `emit_event`/`digit_tails`)
+/// Fails today: the filter's StreamMasker (filter/engine/src/mask/sse.rs, `emit_event`/`digit_tails`)
 /// holds every event one of whose JSON strings ends in a digit until the next event, to catch a
 /// card number split over two events; every JSON-RPC message has `"jsonrpc":"2.0"`, so every
 /// message is held. Measured: progress 1 at 1001 ms through the gateway, 499 ms directly.

@@ -1,8 +1,7 @@
 //! Operator sign-in: a bearer OIDC token in the `authorization` metadata, verified against the
 //! issuer's JWKS (a file, or an http:// URL refreshed in the background) with `iss`, `aud` and
-//! `exp` checked. [`OperatorInterceptor`] puts the [`VerifiedOperator`] into the request's
-//! extensions; calls without `authorization` pass through unauthenticated (the filter's
-//! `Request` and `Await`), and the operator calls refuse them.
+//! `exp` checked. The access layer (`crate::access`) verifies every operator call with one
+//! [`OperatorAuth`] and puts the [`VerifiedOperator`] into the request's extensions.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,16 +68,24 @@ pub struct VerifiedOperator {
     pub groups: Vec<String>,
     pub email: Option<String>,
     pub jti: Option<String>,
+    /// The whole verified payload: revocations name any claim.
+    pub claims: Map<String, Value>,
 }
 
 impl VerifiedOperator {
+    /// The operator as a caller that revocations are matched against.
+    pub fn identity(&self) -> tollgate_engine::identity::Identity {
+        tollgate_engine::identity::Identity {
+            sub: self.sub.clone(),
+            claims: self.claims.clone(),
+            accountable: None,
+        }
+    }
+
     /// The operator of a call, or UNAUTHENTICATED.
     pub fn of<T>(request: &Request<T>) -> Result<Self, Status> {
         if let Some(operator) = request.extensions().get::<Self>() {
             return Ok(operator.clone());
-        }
-        if let Some(SignInFailed(message)) = request.extensions().get::<SignInFailed>() {
-            return Err(Status::unauthenticated(message.clone()));
         }
         Err(Status::unauthenticated(
             "an operator token is required: send `authorization: Bearer <token>` (the CLI reads TOLLGATE_TOKEN)",
@@ -202,6 +209,7 @@ impl OperatorAuth {
             groups,
             email: text("email"),
             jti: text("jti"),
+            claims,
         })
     }
 
@@ -293,46 +301,6 @@ async fn load(source: &JwksSource) -> Result<(JwkSet, Option<SystemTime>), AuthE
     let set = serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a JWKS: {e}")))?;
     Ok((set, modified))
 }
-
-/// Verifies the bearer token, when there is one, and puts the operator into the extensions.
-#[derive(Clone)]
-pub struct OperatorInterceptor {
-    pub auth: Arc<OperatorAuth>,
-}
-
-impl tonic::service::Interceptor for OperatorInterceptor {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(value) = request.metadata().get("authorization") else {
-            return Ok(request);
-        };
-        let verified = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| AuthError::Invalid("authorization must be `Bearer <token>`".into()))
-            .and_then(|token| self.auth.verify(token.trim()));
-        // A failure travels in the extensions so the service can record a refused decision
-        // before answering UNAUTHENTICATED.
-        match verified {
-            Ok(operator) => {
-                request.extensions_mut().insert(operator);
-            }
-            Err(error) => {
-                request
-                    .extensions_mut()
-                    .insert(SignInFailed(error.to_string()));
-            }
-        }
-        Ok(request)
-    }
-}
-
-/// Why the bearer token of a call did not verify.
-#[derive(Debug, Clone)]
-pub struct SignInFailed(pub String);
 
 #[cfg(test)]
 mod tests {

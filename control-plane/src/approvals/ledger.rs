@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
-use tollgate_filter::identity::act_subjects;
+use tollgate_engine::identity::act_subjects;
+
+use crate::revocations::registry::Registry;
 
 use super::auth::VerifiedOperator;
+use super::judge::{Judge, Misjudged, Terms};
 use super::webhook::Webhook;
 use crate::clock::{self, Micros};
 use crate::pb;
@@ -54,14 +57,30 @@ pub enum LedgerError {
         sub: String,
         requester: String,
     },
+    #[error("approval {id} was requested by service account {requester}, which you ({sub}) own; another approver must decide it")]
+    Owner {
+        id: String,
+        sub: String,
+        requester: String,
+    },
+    #[error("you ({sub}) already approved {id}; it needs {needed} different approvers")]
+    AlreadyApproved {
+        id: String,
+        sub: String,
+        needed: u32,
+    },
+    #[error("{0}")]
+    Misjudged(#[from] Misjudged),
+    #[error("approval requests are refused: this control plane has no policy to judge them by (serve --policy, the filter's policy file)")]
+    NoPolicy,
+    #[error("{requester} opened {count} approval requests in the last minute, the most allowed (--approval-requests-per-minute); retry later")]
+    TooMany { requester: String, count: u32 },
     #[error("you ({sub}) are not in the approver group {group:?} of approval {id}")]
     NotMember {
         id: String,
         sub: String,
         group: String,
     },
-    #[error("{0}")]
-    Unauthenticated(String),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -79,8 +98,14 @@ impl LedgerError {
             Self::AlreadyDecided { .. } => "already_decided",
             Self::SelfApproval { .. } => "self_approval",
             Self::OnBehalf { .. } => "on_behalf_of_approver",
+            Self::Owner { .. } => "owner_of_requester",
+            Self::AlreadyApproved { .. } => "already_approved",
+            Self::Misjudged(Misjudged::Malformed(_)) => "invalid",
+            Self::Misjudged(Misjudged::NotHeld { .. }) => "not_held_by_policy",
+            Self::Misjudged(Misjudged::Disagrees { .. }) => "policy_disagrees",
+            Self::NoPolicy => "no_policy",
+            Self::TooMany { .. } => "rate_limited",
             Self::NotMember { .. } => "not_in_approver_group",
-            Self::Unauthenticated(_) => "unauthenticated",
             Self::Invalid(_) => "invalid",
             Self::Audit(_) | Self::Corrupt(_) => "internal",
         }
@@ -97,8 +122,16 @@ impl From<LedgerError> for tonic::Status {
             }
             LedgerError::SelfApproval { .. }
             | LedgerError::OnBehalf { .. }
+            | LedgerError::Owner { .. }
+            | LedgerError::AlreadyApproved { .. }
             | LedgerError::NotMember { .. } => Status::permission_denied(error.to_string()),
-            LedgerError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
+            LedgerError::Misjudged(Misjudged::Malformed(_)) => {
+                Status::invalid_argument(error.to_string())
+            }
+            LedgerError::Misjudged(_) | LedgerError::NoPolicy => {
+                Status::failed_precondition(error.to_string())
+            }
+            LedgerError::TooMany { .. } => Status::resource_exhausted(error.to_string()),
             LedgerError::Invalid(_) => Status::invalid_argument(error.to_string()),
             LedgerError::Audit(e) => e.into(),
             LedgerError::Corrupt(_) => {
@@ -156,6 +189,16 @@ pub struct Entry {
     pub decision_reason: Option<String>,
     /// Times the grant was used.
     pub uses: u32,
+    /// Different approvers the rule needs.
+    #[serde(default = "one")]
+    pub approvers_needed: u32,
+    /// Who approved so far, in order (the last one completed the quorum).
+    #[serde(default)]
+    pub approved_by: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Entry {
@@ -176,11 +219,19 @@ impl Entry {
             .unwrap_or_else(|_| Value::String(self.masked_arguments.clone()))
     }
 
-    /// Who the requester acts for (`act.sub`, nested `act`s, or `actor`), from its identity.
+    /// Who the requester acts for (`act.sub`, nested `act`s, `actor`, or the accountable
+    /// person the gateway named for a service account), from its identity.
     fn acting_for(&self) -> Vec<String> {
         let mut subjects = Vec::new();
         if let Some(actor) = self.identity.get("actor").and_then(Value::as_str) {
             subjects.push(actor.to_string());
+        }
+        if let Some(accountable) = self
+            .identity
+            .pointer("/accountable/sub")
+            .and_then(Value::as_str)
+        {
+            subjects.push(accountable.to_string());
         }
         subjects.extend(act_subjects(self.identity.get("act")).map(str::to_owned));
         subjects
@@ -206,6 +257,8 @@ impl Entry {
             decision_reason: self.decision_reason.clone().unwrap_or_default(),
             grant_ttl_seconds: self.grant_ttl_seconds,
             uses: self.uses,
+            approvers_needed: self.approvers_needed,
+            approved_by: self.approved_by.clone(),
         }
     }
 
@@ -216,6 +269,12 @@ impl Entry {
             reason: reason.unwrap_or_default(),
             decided_by: self.decided_by.clone().unwrap_or_default(),
             expires_at: clock::format(self.expires_at),
+            approved_by: self.approved_by.clone(),
+            grant_use: if state == pb::ApprovalState::Granted {
+                self.uses
+            } else {
+                0
+            },
         }
     }
 }
@@ -239,6 +298,45 @@ pub struct Ledger {
     max_grant_ttl: Duration,
     changes: broadcast::Sender<Entry>,
     webhook: Option<Arc<Webhook>>,
+    /// The policy that decides what each request is for; none: every request is refused.
+    judge: Option<Arc<Judge>>,
+    /// Service account owners (and revocations): an owner does not approve their account's call.
+    owners: Arc<Registry>,
+    limiter: RequestLimiter,
+}
+
+/// New approval requests per requester per minute: a caller cannot flood approvers (or the
+/// log) with requests. Joining an open request or using a grant is not a new request.
+struct RequestLimiter {
+    per_minute: u32,
+    opened: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
+}
+
+impl RequestLimiter {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// Counts one more request of `requester`, or says how many it already opened.
+    fn admit(&self, requester: &str) -> Result<(), u32> {
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        opened.retain(|_, (since, _)| now.duration_since(*since) < Self::WINDOW);
+        let (_, count) = opened.entry(requester.to_owned()).or_insert((now, 0));
+        if *count >= self.per_minute {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+/// What a ledger is opened with.
+pub struct LedgerOptions {
+    pub ttl: Duration,
+    pub max_grant_ttl: Duration,
+    pub webhook: Option<Arc<Webhook>>,
+    pub judge: Option<Arc<Judge>>,
+    pub owners: Arc<Registry>,
+    pub requests_per_minute: u32,
 }
 
 fn now() -> Micros {
@@ -248,16 +346,17 @@ fn now() -> Micros {
 /// What makes two requests the same call: a grant or an open request is found again only for
 /// the same caller, call and arguments under the same rule, approver group and grant lifetime,
 /// so that a request cannot reuse what was decided for different terms.
-fn call_key(request: &pb::ApprovalRequest) -> Vec<u8> {
+fn call_key(requester: &str, upstream: &str, terms: &Terms) -> Vec<u8> {
     let parts = json!([
-        request.requester,
-        request.upstream,
-        request.method,
-        request.target,
-        request.arguments_hash,
-        request.rule,
-        request.approver_group,
-        request.grant_ttl_seconds
+        requester,
+        upstream,
+        terms.method,
+        terms.target,
+        terms.arguments_hash,
+        terms.rule,
+        terms.approver_group,
+        terms.grant_ttl_seconds,
+        terms.approvers
     ]);
     Sha256::digest(parts.to_string().as_bytes()).to_vec()
 }
@@ -268,20 +367,21 @@ fn new_id() -> String {
 }
 
 impl Ledger {
-    pub fn open(
-        audit: Arc<Store>,
-        ttl: Duration,
-        max_grant_ttl: Duration,
-        webhook: Option<Arc<Webhook>>,
-    ) -> Result<Arc<Self>, LedgerError> {
+    pub fn open(audit: Arc<Store>, options: LedgerOptions) -> Result<Arc<Self>, LedgerError> {
         Ok(Arc::new(Self {
             approvals: audit.table(APPROVALS_TREE)?,
             grants: audit.table(GRANTS_TREE)?,
             audit,
-            ttl,
-            max_grant_ttl,
+            ttl: options.ttl,
+            max_grant_ttl: options.max_grant_ttl,
             changes: broadcast::channel(CHANGES_BUFFER).0,
-            webhook,
+            webhook: options.webhook,
+            judge: options.judge,
+            owners: options.owners,
+            limiter: RequestLimiter {
+                per_minute: options.requests_per_minute,
+                opened: Default::default(),
+            },
         }))
     }
 
@@ -335,10 +435,13 @@ impl Ledger {
         let _ = self.changes.send(entry.clone());
     }
 
+    /// Uses the grant for a call in `session` (a window grant may serve calls of later
+    /// sessions: the use is filed under the session of the call it let through).
     async fn use_grant(
         &self,
         entry: &mut Entry,
         via: &str,
+        session: &str,
     ) -> Result<pb::ApprovalStatus, LedgerError> {
         entry.uses += 1;
         self.save(entry).await?;
@@ -349,9 +452,12 @@ impl Ledger {
             "method": entry.method,
             "target": entry.target,
             "argumentsHash": entry.arguments_hash,
-            "session": entry.session,
+            "session": session,
+            "requestedInSession": entry.session,
             "grantTtlSeconds": entry.grant_ttl_seconds,
             "decidedBy": entry.decided_by,
+            "approvedBy": entry.approved_by,
+            "rule": entry.rule,
         });
         let requester = entry.requester.clone();
         self.record("approval.grant_used", entry, &requester, extra)
@@ -375,37 +481,29 @@ impl Ledger {
     }
 
     /// The filter's `Request`: use a grant for exactly this call, join its open request, or
-    /// open one.
+    /// open one. What the approval is for comes from the control plane's own policy (see
+    /// [`Judge`]); a request that reads the call otherwise is refused and recorded.
     pub async fn request(
         &self,
         request: pb::ApprovalRequest,
     ) -> Result<pb::ApprovalStatus, LedgerError> {
-        for (name, value) in [
-            ("requester", &request.requester),
-            ("arguments_hash", &request.arguments_hash),
-            ("approver_group", &request.approver_group),
-            ("target", &request.target),
-        ] {
-            if value.is_empty() {
-                return Err(LedgerError::Invalid(format!("{name} is required")));
+        if request.requester.is_empty() {
+            return Err(LedgerError::Invalid("requester is required".into()));
+        }
+        let terms = match self.terms(&request) {
+            Ok(terms) => terms,
+            Err(error) => {
+                self.refused_request(&request, &error).await?;
+                return Err(error);
             }
-        }
-        let cap = self.max_grant_ttl.as_secs();
-        if request.grant_ttl_seconds > cap {
-            let error = LedgerError::Invalid(format!(
-                "a grant lifetime of {} s exceeds this control plane's cap of {cap} s (--max-grant-ttl)",
-                request.grant_ttl_seconds
-            ));
-            self.refused_request(&request, &error).await?;
-            return Err(error);
-        }
+        };
         let identity = if request.identity_json.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&request.identity_json)
                 .map_err(|_| LedgerError::Invalid("identity_json is not JSON".into()))?
         };
-        let key = call_key(&request);
+        let key = call_key(&request.requester, &request.upstream, &terms);
         let _changing = self.changing().await?;
         let now = now();
         if let Some(id) = self.grants.get(&key).await? {
@@ -413,7 +511,9 @@ impl Ledger {
             if let Some(mut entry) = self.load(&id).await? {
                 match entry.state {
                     State::Approved if entry.grant_usable(now) => {
-                        return self.use_grant(&mut entry, "request").await;
+                        return self
+                            .use_grant(&mut entry, "request", &request.session)
+                            .await;
                     }
                     State::Pending if now < entry.expires_at => {
                         return Ok(entry.status(pb::ApprovalState::Pending, None));
@@ -423,6 +523,14 @@ impl Ledger {
                 }
             }
         }
+        if let Err(count) = self.limiter.admit(&request.requester) {
+            let error = LedgerError::TooMany {
+                requester: request.requester.clone(),
+                count,
+            };
+            self.refused_request(&request, &error).await?;
+            return Err(error);
+        }
         let ttl = u64::try_from(self.ttl.as_micros()).unwrap_or(u64::MAX);
         let entry = Entry {
             id: new_id(),
@@ -430,14 +538,14 @@ impl Ledger {
             requester: request.requester,
             identity,
             upstream: request.upstream,
-            method: request.method,
-            target: request.target,
-            arguments_hash: request.arguments_hash,
-            masked_arguments: String::from_utf8_lossy(&request.masked_arguments_json).into_owned(),
-            rule: request.rule,
-            reason: request.reason,
-            approver_group: request.approver_group,
-            grant_ttl_seconds: request.grant_ttl_seconds,
+            method: terms.method,
+            target: terms.target,
+            arguments_hash: terms.arguments_hash,
+            masked_arguments: terms.masked_arguments,
+            rule: terms.rule,
+            reason: terms.reason,
+            approver_group: terms.approver_group,
+            grant_ttl_seconds: terms.grant_ttl_seconds,
             session: request.session,
             requested_at: now,
             expires_at: now.saturating_add(ttl),
@@ -445,6 +553,8 @@ impl Ledger {
             decided_at: None,
             decision_reason: None,
             uses: 0,
+            approvers_needed: terms.approvers,
+            approved_by: Vec::new(),
         };
         self.save(&entry).await?;
         self.grants.insert(&key, entry.id.as_bytes()).await?;
@@ -459,9 +569,11 @@ impl Ledger {
             "rule": entry.rule,
             "reason": entry.reason,
             "approverGroup": entry.approver_group,
+            "approversNeeded": entry.approvers_needed,
             "grantTtlSeconds": entry.grant_ttl_seconds,
             "session": entry.session,
             "expiresAt": clock::format(entry.expires_at),
+            "judgedBy": self.judge.as_ref().map(|j| j.source().to_owned()),
         });
         self.record("approval.requested", &entry, &entry.requester, extra)
             .await?;
@@ -470,6 +582,20 @@ impl Ledger {
             webhook.notify(self.audit.clone(), &entry);
         }
         Ok(entry.status(pb::ApprovalState::Pending, None))
+    }
+
+    /// The control plane's reading of the request, within its grant lifetime cap.
+    fn terms(&self, request: &pb::ApprovalRequest) -> Result<Terms, LedgerError> {
+        let judge = self.judge.as_ref().ok_or(LedgerError::NoPolicy)?;
+        let terms = judge.terms(request)?;
+        let cap = self.max_grant_ttl.as_secs();
+        if terms.grant_ttl_seconds > cap {
+            return Err(LedgerError::Invalid(format!(
+                "a grant lifetime of {} s exceeds this control plane's cap of {cap} s (--max-grant-ttl)",
+                terms.grant_ttl_seconds
+            )));
+        }
+        Ok(terms)
     }
 
     /// Where an approval stands for the filter: a final status (a granted one uses the grant),
@@ -491,7 +617,8 @@ impl Ledger {
                 )
             }
             State::Approved if entry.grant_usable(now) => {
-                self.use_grant(&mut entry, "await").await?
+                let session = entry.session.clone();
+                self.use_grant(&mut entry, "await", &session).await?
             }
             State::Approved if entry.grant_ttl_seconds == 0 => entry.status(
                 pb::ApprovalState::Expired,
@@ -665,6 +792,21 @@ impl Ledger {
                 requester: entry.requester,
             });
         }
+        // The gateway's view of who answers for a service account can be stale or absent:
+        // the owner table here decides.
+        if self
+            .owners
+            .owner_of(&entry.requester)
+            .await
+            .map_err(|e| LedgerError::Invalid(e.to_string()))?
+            .is_some_and(|owner| owner == operator.sub)
+        {
+            return Err(LedgerError::Owner {
+                id: entry.id,
+                sub: operator.sub.clone(),
+                requester: entry.requester,
+            });
+        }
         if !operator.groups.contains(&entry.approver_group) {
             return Err(LedgerError::NotMember {
                 id: entry.id,
@@ -675,23 +817,45 @@ impl Ledger {
         if reason.is_empty() {
             return Err(LedgerError::Invalid("a reason is required".into()));
         }
-        entry.state = if approve {
-            State::Approved
+        if approve && entry.approved_by.contains(&operator.sub) {
+            return Err(LedgerError::AlreadyApproved {
+                id: entry.id,
+                sub: operator.sub.clone(),
+                needed: entry.approvers_needed,
+            });
+        }
+        let decision = if !approve {
+            entry.state = State::Denied;
+            "denied"
         } else {
-            State::Denied
+            entry.approved_by.push(operator.sub.clone());
+            if entry.approved_by.len() < entry.approvers_needed as usize {
+                // One approval of a quorum: still pending, still expiring at the same time.
+                "approved (quorum not yet met)"
+            } else {
+                entry.state = State::Approved;
+                "approved"
+            }
         };
-        entry.decided_by = Some(operator.sub.clone());
-        entry.decided_at = Some(now);
-        entry.decision_reason = Some(reason.to_string());
+        if entry.state != State::Pending {
+            entry.decided_by = Some(operator.sub.clone());
+            entry.decided_at = Some(now);
+            entry.decision_reason = Some(reason.to_string());
+        }
         self.save(&entry).await?;
         let extra = json!({
-            "decision": entry.state.word(),
+            "decision": decision,
+            "state": entry.state.word(),
             "reason": reason,
             "requester": entry.requester,
             "target": entry.target,
             "argumentsHash": entry.arguments_hash,
             "approverGroup": entry.approver_group,
+            "approversNeeded": entry.approvers_needed,
+            "approvedBy": entry.approved_by,
             "grantTtlSeconds": entry.grant_ttl_seconds,
+            // Filed under the session the held call came from, for `sessions replay`.
+            "session": entry.session,
             "approver": {
                 "sub": operator.sub,
                 "email": operator.email,
@@ -793,6 +957,8 @@ mod tests {
             decided_at: Some(1_000_000),
             decision_reason: Some("ok".into()),
             uses: 0,
+            approvers_needed: 1,
+            approved_by: vec!["olga".into()],
         }
     }
 
@@ -817,6 +983,11 @@ mod tests {
             0,
         );
         assert_eq!(nested.acting_for(), ["erin", "svc", "dave"]);
+        let owned = entry(
+            json!({"sub": "svc-reports", "accountable": {"sub": "dana", "via": "owner"}}),
+            0,
+        );
+        assert_eq!(owned.acting_for(), ["dana"]);
         assert!(entry(json!({"sub": "ci-bot"}), 0).acting_for().is_empty());
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod auth;
 pub mod http;
+pub mod judge;
 pub mod ledger;
 pub mod service;
 pub mod webhook;
@@ -26,6 +27,18 @@ pub struct Config {
     /// a request for more is refused and recorded.
     #[arg(long, env = "TOLLGATE_MAX_GRANT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_grant_ttl: Duration,
+    /// The policy file the filter loads (JSON): the control plane judges every approval request
+    /// by it (rule, approver group, quorum, grant lifetime). Without one, approval requests are
+    /// refused.
+    #[arg(long, env = "TOLLGATE_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
+    /// New approval requests one requester may open per minute; more are refused and recorded.
+    #[arg(
+        long,
+        env = "TOLLGATE_APPROVAL_REQUESTS_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub approval_requests_per_minute: u32,
     /// http:// URL that gets a JSON POST for every new approval request (e.g. a chat hook).
     #[arg(long, env = "TOLLGATE_APPROVAL_WEBHOOK")]
     pub approval_webhook: Option<String>,

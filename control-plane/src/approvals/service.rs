@@ -1,19 +1,19 @@
 //! The `tollgate.v1.Approvals` gRPC service over the [`Ledger`].
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use super::auth::{OperatorAuth, OperatorInterceptor, VerifiedOperator};
-use super::ledger::{Ledger, LedgerError};
+use super::auth::VerifiedOperator;
+use super::judge::Judge;
+use super::ledger::{Ledger, LedgerError, LedgerOptions};
 use super::webhook::Webhook;
 use super::Config;
 use crate::pb;
 use crate::pb::approvals_server::ApprovalsServer;
+use crate::revocations::registry::Registry;
 use crate::store::Store;
 
 /// How often pending requests past their expiry are expired and recorded.
@@ -25,27 +25,31 @@ pub struct ApprovalsService {
     ledger: Arc<Ledger>,
 }
 
-pub type Server = InterceptedService<ApprovalsServer<ApprovalsService>, OperatorInterceptor>;
-
-/// The service as `serve` mounts it: the ledger in the audit store's database, operator
-/// sign-in in front, the expiry sweeper started.
-pub async fn build(home: &Path, config: &Config, store: Arc<Store>) -> Result<Server, LedgerError> {
+/// The service as `serve` mounts it: the ledger in the audit store's database, judged by
+/// `judge`, the expiry sweeper started. Operators are verified by the access layer in front.
+pub fn build(
+    config: &Config,
+    store: Arc<Store>,
+    judge: Option<Arc<Judge>>,
+    owners: Arc<Registry>,
+) -> Result<ApprovalsServer<ApprovalsService>, LedgerError> {
     let webhook = config
         .approval_webhook
         .clone()
         .map(|url| Arc::new(Webhook { url }));
-    let ledger = Ledger::open(store, config.approval_ttl, config.max_grant_ttl, webhook)?;
+    let ledger = Ledger::open(
+        store,
+        LedgerOptions {
+            ttl: config.approval_ttl,
+            max_grant_ttl: config.max_grant_ttl,
+            webhook,
+            judge,
+            owners,
+            requests_per_minute: config.approval_requests_per_minute,
+        },
+    )?;
     ledger.spawn_sweeper(SWEEP_EVERY);
-    let auth = OperatorAuth::new(
-        config.jwks_source(home),
-        config.operator_issuer.clone(),
-        config.operator_audience.clone(),
-    )
-    .await;
-    Ok(ApprovalsServer::with_interceptor(
-        ApprovalsService { ledger },
-        OperatorInterceptor { auth },
-    ))
+    Ok(ApprovalsServer::new(ApprovalsService { ledger }))
 }
 
 #[tonic::async_trait]
@@ -126,22 +130,12 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         &self,
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
-        let operator = VerifiedOperator::of(&request);
+        let operator = VerifiedOperator::of(&request)?;
         let pb::DecideRequest {
             approval_id,
             approve,
             reason,
         } = request.into_inner();
-        let operator = match operator {
-            Ok(operator) => operator,
-            Err(status) => {
-                let refusal = LedgerError::Unauthenticated(status.message().to_string());
-                self.ledger
-                    .refused(None, &approval_id, approve, &refusal)
-                    .await?;
-                return Err(status);
-            }
-        };
         let entry = self
             .ledger
             .decide(&operator, &approval_id, approve, &reason)

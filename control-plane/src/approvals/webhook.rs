@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tollgate_filter::record::redact_url;
+use tollgate_engine::redact::redact_url;
 
 use super::http;
 use super::ledger::Entry;

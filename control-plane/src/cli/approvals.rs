@@ -82,6 +82,8 @@ fn to_json(approval: &pb::Approval) -> Value {
         "decisionReason": some(&approval.decision_reason),
         "grantTtlSeconds": approval.grant_ttl_seconds,
         "uses": approval.uses,
+        "approversNeeded": approval.approvers_needed.max(1),
+        "approvedBy": approval.approved_by,
     })
 }
 

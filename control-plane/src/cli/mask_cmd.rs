@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tollgate_filter::mask::{MaskConfig, MaskReport, Masker};
+use tollgate_engine::mask::{MaskConfig, MaskReport, Masker};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -56,7 +56,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control plane (gRPC) until SIGINT or SIGTERM.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// The development token issuer (a stand-in for a real OIDC provider).
     #[command(subcommand)]
     Dev(DevCommand),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tollgate_filter::policy;
+use tollgate_engine::policy;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

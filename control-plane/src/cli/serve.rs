@@ -78,8 +78,16 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             issuer.key_path.display()
         );
     }
-    // Certificates first: a control plane that cannot serve TLS must not open the store.
+    // Certificates and the policy first: a control plane that cannot serve TLS or judge
+    // approvals as configured must not open the store.
     let transport = Transport::load(&args.tls, home).context("setting up TLS")?;
+    let judge = match &args.approvals.policy {
+        Some(path) => Some(Arc::new(crate::approvals::judge::Judge::load(path)?)),
+        None => {
+            eprintln!("tollgate: no --policy: approval requests will be refused (the filter's policy file judges them)");
+            None
+        }
+    };
     if matches!(transport, Transport::Plaintext) {
         eprintln!(
             "tollgate: WARNING: serving gRPC without TLS (--insecure-plaintext): anyone who reaches {} is taken for the gateway",
@@ -134,6 +142,12 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     );
     event.insert("listen".into(), args.listen.to_string().into());
     event.insert(
+        "policy".into(),
+        judge
+            .as_ref()
+            .map_or(Value::Null, |j| j.source().to_owned().into()),
+    );
+    event.insert(
         "transport".into(),
         match &transport {
             Transport::Tls { description, .. } => {
@@ -160,6 +174,10 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         args.approvals.operator_audience.clone(),
     )
     .await;
+    let registry = crate::revocations::registry::Registry::open(
+        store.clone(),
+        args.revocations.revocation_group.clone(),
+    )?;
     let access = Arc::new(Access::new(
         args.tls.gateway_identities.clone(),
         matches!(transport, Transport::Plaintext),
@@ -167,17 +185,17 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         operators,
         &args.access,
         args.revocations.revocation_group.clone(),
+        registry.clone(),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServer<AuditService>>().await;
-    let approvals = crate::approvals::service::build(home, &args.approvals, store.clone()).await?;
+    let approvals =
+        crate::approvals::service::build(&args.approvals, store.clone(), judge, registry.clone())?;
     health
         .set_serving::<crate::pb::approvals_server::ApprovalsServer<crate::approvals::ApprovalsService>>()
         .await;
-    let revocations =
-        crate::revocations::service::build(home, &args.approvals, &args.revocations, store.clone())
-            .await?;
+    let revocations = crate::revocations::service::build(registry);
 
     let sessions = Arc::new(
         SessionBindings::open(&store, &args.sessions).context("opening the session bindings")?,

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
-use tollgate_filter::identity::act_subjects;
+use tollgate_engine::identity::act_subjects;
 
 use super::filter::{messages, FilterArgs};
 use super::records::{self, OperatorArgs, Source, SourceArgs};
@@ -325,7 +325,13 @@ fn replay_lines(seq: u64, record: &Value) -> Vec<String> {
     if let Some(why) = text("sessionRefused") {
         outcome.push(format!("session refused: {why}"));
     }
-    for approval in ["approvalId", "approval", "approver", "approvedBy"] {
+    for approval in [
+        "approvalId",
+        "approval",
+        "approver",
+        "approvedBy",
+        "grantUse",
+    ] {
         if let Some(v) = record.get(approval) {
             let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
             outcome.push(format!("{approval} {v}"));

@@ -21,8 +21,6 @@ const MAX_VALUE_LEN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevocationError {
-    #[error("{0}")]
-    Unauthenticated(String),
     #[error("you ({sub}) are not in the revocation group {group:?}")]
     NotMember { sub: String, group: String },
     #[error("{0}")]
@@ -31,6 +29,8 @@ pub enum RevocationError {
     NotFound(String),
     #[error("service account {0:?} has no owner")]
     NoOwner(String),
+    #[error("revocation {id} names you ({sub}); another security admin must lift it")]
+    SelfLift { id: String, sub: String },
     #[error("revocation {id} was already lifted by {by} at {at}")]
     AlreadyLifted { id: String, by: String, at: String },
     #[error(transparent)]
@@ -43,11 +43,11 @@ impl RevocationError {
     /// The `refusal` of a `revocation.refused` record.
     fn kind(&self) -> &'static str {
         match self {
-            Self::Unauthenticated(_) => "unauthenticated",
             Self::NotMember { .. } => "not_in_revocation_group",
             Self::Invalid(_) => "invalid",
             Self::NotFound(_) | Self::NoOwner(_) => "not_found",
             Self::AlreadyLifted { .. } => "already_lifted",
+            Self::SelfLift { .. } => "self_lift",
             Self::Audit(_) | Self::Corrupt(_) => "internal",
         }
     }
@@ -57,8 +57,9 @@ impl From<RevocationError> for tonic::Status {
     fn from(error: RevocationError) -> Self {
         use tonic::Status;
         match error {
-            RevocationError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
-            RevocationError::NotMember { .. } => Status::permission_denied(error.to_string()),
+            RevocationError::NotMember { .. } | RevocationError::SelfLift { .. } => {
+                Status::permission_denied(error.to_string())
+            }
             RevocationError::Invalid(_) => Status::invalid_argument(error.to_string()),
             RevocationError::NotFound(_) | RevocationError::NoOwner(_) => {
                 Status::not_found(error.to_string())
@@ -130,10 +131,9 @@ impl Owner {
 
 /// What an operator tried, for the records of refusals.
 #[derive(Debug, Clone, Copy)]
-pub enum Action {
+enum Action {
     Revoke,
     Lift,
-    List,
     SetOwner,
     RemoveOwner,
 }
@@ -143,7 +143,6 @@ impl Action {
         match self {
             Self::Revoke => "revoke",
             Self::Lift => "lift",
-            Self::List => "list",
             Self::SetOwner => "set-owner",
             Self::RemoveOwner => "remove-owner",
         }
@@ -263,6 +262,19 @@ impl Registry {
         }
         entries.sort_by(|a, b| (a.revoked_at, &a.id).cmp(&(b.revoked_at, &b.id)));
         Ok(entries)
+    }
+
+    /// The active revocation that names `identity`, if any (operators are checked on every
+    /// call, like the gateway's callers).
+    pub async fn revoking(
+        &self,
+        identity: &tollgate_engine::identity::Identity,
+    ) -> Result<Option<Entry>, RevocationError> {
+        Ok(self
+            .all()
+            .await?
+            .into_iter()
+            .find(|e| e.active() && identity.is_named_by(&e.claim, &e.value)))
     }
 
     /// Every service account owner, by service account.
@@ -420,6 +432,14 @@ impl Registry {
         Ok(removed)
     }
 
+    /// The person who answers for `service_account`, if it has an owner.
+    pub async fn owner_of(&self, service_account: &str) -> Result<Option<String>, RevocationError> {
+        Ok(self
+            .owner(&format!("{OWNER_PREFIX}{service_account}"))
+            .await?
+            .map(|o| o.owner))
+    }
+
     /// The owner stored under `key`, if there is one (not removed).
     async fn owner(&self, key: &str) -> Result<Option<Owner>, RevocationError> {
         match self.tree.get(key.as_bytes()).await? {
@@ -463,15 +483,15 @@ impl Registry {
     ) -> Result<T, RevocationError> {
         if let Err(error) = &outcome {
             if error.kind() != "internal" {
-                self.refused(Some(operator), action, what, error).await?;
+                self.refused(operator, action, what, error).await?;
             }
         }
         outcome
     }
 
-    pub async fn refused(
+    async fn refused(
         &self,
-        operator: Option<&VerifiedOperator>,
+        operator: &VerifiedOperator,
         action: Action,
         what: Value,
         error: &RevocationError,
@@ -480,15 +500,13 @@ impl Registry {
         extra.insert("action".into(), action.word().into());
         extra.insert("refusal".into(), error.kind().into());
         extra.insert("message".into(), error.to_string().into());
-        if let Some(operator) = operator {
-            extra.insert("operator".into(), operator_json(operator));
-        }
+        extra.insert("operator".into(), operator_json(operator));
         if let Value::Object(what) = what {
             extra.extend(what);
         }
         self.record(
             "revocation.refused",
-            operator.map(|o| o.sub.as_str()),
+            Some(&operator.sub),
             Value::Object(extra),
         )
         .await?;
@@ -613,6 +631,12 @@ impl Registry {
                 id: id.to_string(),
                 by: by.clone(),
                 at: clock::format(at),
+            });
+        }
+        if operator.identity().is_named_by(&entry.claim, &entry.value) {
+            return Err(RevocationError::SelfLift {
+                id: id.to_string(),
+                sub: operator.sub.clone(),
             });
         }
         entry.lifted_by = Some(operator.sub.clone());

@@ -1,62 +1,28 @@
 //! The `tollgate.v1.Revocations` gRPC service over the [`Registry`].
 
-use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::json;
-use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use super::registry::{Action, Registry, RevocationError};
-use super::Settings;
-use crate::approvals::auth::{OperatorAuth, OperatorInterceptor, SignInFailed, VerifiedOperator};
+use super::registry::Registry;
+use crate::approvals::auth::VerifiedOperator;
 use crate::pb;
 use crate::pb::revocations_server::RevocationsServer;
-use crate::store::Store;
 
 pub struct RevocationsService {
     registry: Arc<Registry>,
 }
 
-pub type Server = InterceptedService<RevocationsServer<RevocationsService>, OperatorInterceptor>;
-
-/// The service as `serve` mounts it: the list in the audit store's database, operator sign-in
-/// (the approvals' issuer settings) in front.
-pub async fn build(
-    home: &Path,
-    operators: &crate::approvals::Config,
-    config: &Settings,
-    store: Arc<Store>,
-) -> Result<Server, RevocationError> {
-    let registry = Registry::open(store, config.revocation_group.clone())?;
-    let auth = OperatorAuth::new(
-        operators.jwks_source(home),
-        operators.operator_issuer.clone(),
-        operators.operator_audience.clone(),
-    )
-    .await;
-    Ok(RevocationsServer::with_interceptor(
-        RevocationsService { registry },
-        OperatorInterceptor { auth },
-    ))
+/// The service as `serve` mounts it, over the registry the access layer also reads.
+/// Operators are verified by the access layer in front.
+pub fn build(registry: Arc<Registry>) -> RevocationsServer<RevocationsService> {
+    RevocationsServer::new(RevocationsService { registry })
 }
 
 impl RevocationsService {
-    /// The signed-in operator, or the refusal recorded and returned.
-    async fn operator<T>(
-        &self,
-        request: &Request<T>,
-        action: Action,
-        what: serde_json::Value,
-    ) -> Result<VerifiedOperator, Status> {
-        match VerifiedOperator::of(request) {
-            Ok(operator) => Ok(operator),
-            Err(status) => {
-                let refusal = RevocationError::Unauthenticated(status.message().to_string());
-                self.registry.refused(None, action, what, &refusal).await?;
-                Err(status)
-            }
-        }
+    /// The signed-in operator (the access layer verified it before the call got here).
+    fn operator<T>(request: &Request<T>) -> Result<VerifiedOperator, Status> {
+        VerifiedOperator::of(request)
     }
 }
 
@@ -66,11 +32,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::Revocation>, Status> {
-        let what = {
-            let r = request.get_ref();
-            json!({"claim": r.claim, "value": r.value, "reason": r.reason})
-        };
-        let operator = self.operator(&request, Action::Revoke, what).await?;
+        let operator = Self::operator(&request)?;
         let pb::RevokeRequest {
             claim,
             value,
@@ -87,11 +49,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         request: Request<pb::LiftRequest>,
     ) -> Result<Response<pb::Revocation>, Status> {
-        let what = {
-            let r = request.get_ref();
-            json!({"revocationId": r.revocation_id, "reason": r.reason})
-        };
-        let operator = self.operator(&request, Action::Lift, what).await?;
+        let operator = Self::operator(&request)?;
         let pb::LiftRequest {
             revocation_id,
             reason,
@@ -107,11 +65,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         request: Request<pb::SetOwnerRequest>,
     ) -> Result<Response<pb::ServiceAccountOwner>, Status> {
-        let what = {
-            let r = request.get_ref();
-            json!({"serviceAccount": r.service_account, "owner": r.owner, "reason": r.reason})
-        };
-        let operator = self.operator(&request, Action::SetOwner, what).await?;
+        let operator = Self::operator(&request)?;
         let pb::SetOwnerRequest {
             service_account,
             owner,
@@ -128,11 +82,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         request: Request<pb::RemoveOwnerRequest>,
     ) -> Result<Response<pb::ServiceAccountOwner>, Status> {
-        let what = {
-            let r = request.get_ref();
-            json!({"serviceAccount": r.service_account, "reason": r.reason})
-        };
-        let operator = self.operator(&request, Action::RemoveOwner, what).await?;
+        let operator = Self::operator(&request)?;
         let pb::RemoveOwnerRequest {
             service_account,
             reason,
@@ -144,16 +94,13 @@ impl pb::revocations_server::Revocations for RevocationsService {
         Ok(Response::new(owner.to_pb()))
     }
 
-    /// No token (the filter): the list. A verified operator: the list, and the read recorded.
-    /// A token that does not verify: refused and recorded.
+    /// The gateway: the list. A verified operator: the list, and the read recorded. (A token
+    /// that does not verify was refused and recorded by the access layer.)
     async fn list(
         &self,
         request: Request<pb::ListRevocationsRequest>,
     ) -> Result<Response<pb::RevocationList>, Status> {
         let operator = request.extensions().get::<VerifiedOperator>().cloned();
-        if operator.is_none() && request.extensions().get::<SignInFailed>().is_some() {
-            self.operator(&request, Action::List, json!({})).await?;
-        }
         let list = self.registry.list().await?;
         if let Some(operator) = operator {
             self.registry.listed(&operator, &list).await?;

@@ -24,6 +24,70 @@ pub struct Server {
     _stdout: BufReader<ChildStdout>,
 }
 
+/// The policy every test control plane judges approval requests by (`serve --policy`, written
+/// to `<home>/policy.json` unless a test passes its own).
+pub const POLICY: &str = r#"{
+  "rules": [
+    {"id": "payout-changes-need-approval", "match": {"tool": "update_payout_account"},
+     "action": "approve", "approverGroup": "payments-approvers", "reason": "changes where money goes"},
+    {"id": "refunds-for-a-window", "match": {"tool": "refund_payment"},
+     "action": "approve", "approverGroup": "payments-approvers", "grantTtlSeconds": 2,
+     "reason": "moves money"},
+    {"id": "closures-need-two", "match": {"tool": "close_merchant"},
+     "action": "approve", "approverGroup": "payments-approvers", "approvers": 2,
+     "reason": "ends a merchant's business with us"},
+    {"id": "standing-export-grant", "match": {"tool": "export_customers"},
+     "action": "approve", "approverGroup": "payments-approvers", "grantTtlSeconds": 86400},
+    {"id": "reads", "match": {"tool": "get_customer"}, "action": "allow"}
+  ]
+}"#;
+
+/// An approval request as the filter sends it for a call of `tool` with `arguments` by a caller
+/// with `claims` (a JSON object with `sub`): the filter's reading of the call under [`POLICY`].
+#[allow(dead_code)]
+pub fn held_call(
+    claims: serde_json::Value,
+    tool: &str,
+    arguments: serde_json::Value,
+) -> tollgate_proto::pb::ApprovalRequest {
+    use tollgate_engine::jsonrpc::{self, Body};
+    use tollgate_engine::policy::{CallContext, Decision, Policy};
+    let message = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                     "params": {"name": tool, "arguments": arguments}});
+    let Ok(Body::Single(parsed)) = jsonrpc::parse(message.to_string().as_bytes()) else {
+        panic!("not a call: {message}")
+    };
+    let claims_map = claims.as_object().cloned().expect("claims are an object");
+    let policy = Policy::from_json(POLICY.as_bytes()).expect("the test policy compiles");
+    let verdict = policy.decide(&parsed, &CallContext::new(&claims_map, "/mcp", "payments"));
+    let (group, ttl) = match &verdict.action {
+        Decision::Approve {
+            approver_group,
+            grant_ttl_seconds,
+            ..
+        } => (approver_group.clone(), grant_ttl_seconds.unwrap_or(0)),
+        other => (String::new(), u64::from(other == &Decision::Allow)),
+    };
+    let requester = claims["sub"].as_str().expect("claims carry sub").to_owned();
+    tollgate_proto::pb::ApprovalRequest {
+        requester,
+        identity_json: claims.to_string().into_bytes(),
+        upstream: "payments".into(),
+        method: "tools/call".into(),
+        target: tool.into(),
+        arguments_hash: jsonrpc::arguments_hash(&arguments),
+        masked_arguments_json: arguments.to_string().into_bytes(),
+        rule: verdict.rule.clone().unwrap_or_default(),
+        reason: verdict.reason.clone().unwrap_or_default(),
+        approver_group: group,
+        grant_ttl_seconds: ttl,
+        session: "session-1".into(),
+        message_json: message.to_string().into_bytes(),
+        claims_json: claims.to_string().into_bytes(),
+        route: "/mcp".into(),
+    }
+}
+
 /// An address where no control plane listens, so commands read the store directly.
 #[allow(dead_code)]
 pub const NO_SERVER: &str = "http://127.0.0.1:1";
@@ -116,8 +180,29 @@ impl Server {
         Self::start_with(home, &["--insecure-plaintext"])
     }
 
-    /// Starts `tollgate serve` with extra arguments (e.g. checkpoint settings).
+    /// Starts `tollgate serve` with extra arguments (e.g. checkpoint settings), judging
+    /// approvals by [`POLICY`] unless they name another `--policy`.
     pub fn start_with(home: &Path, extra: &[&str]) -> Self {
+        let mut policy = Vec::new();
+        if !extra.contains(&"--policy") {
+            std::fs::create_dir_all(home).unwrap();
+            let path = home.join("policy.json");
+            std::fs::write(&path, POLICY).unwrap();
+            policy = vec!["--policy".to_owned(), path.display().to_string()];
+        }
+        Self::spawn(
+            home,
+            &[policy.iter().map(String::as_str).collect(), extra.to_vec()].concat(),
+        )
+    }
+
+    /// Starts `tollgate serve` with no policy: it refuses every approval request.
+    #[allow(dead_code)]
+    pub fn start_without_policy(home: &Path) -> Self {
+        Self::spawn(home, &[])
+    }
+
+    fn spawn(home: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)

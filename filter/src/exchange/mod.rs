@@ -212,9 +212,15 @@ impl<H: Host> Exchange<H> {
 
     /// Appends the step's record; the request waits for the acknowledgement.
     fn audit_then(&mut self, step: Step) -> Flow {
-        self.enter(RequestState::Recording);
         self.host.count(metrics::CALLS, 1);
         count_record(&self.host, &step.record);
+        self.append_then(step)
+    }
+
+    /// Appends the step's record, then acts on it once it is durable (uncounted: a held call's
+    /// second record is not a second call).
+    fn append_then(&mut self, step: Step) -> Flow {
+        self.enter(RequestState::Recording);
         if step.next == Next::Forward && self.runtime.config.fail_open.allows(&step.record) {
             self.fail_open_record = Some(step.record.clone());
         }
@@ -374,7 +380,31 @@ impl<H: Host> Exchange<H> {
             return self.approval_outcome(ask, outcome, "");
         };
         let outcome = approval::on_status(&ask, &status);
+        if outcome == approval::Outcome::Forward {
+            return self.forward_granted(&ask, &status);
+        }
         self.approval_outcome(ask, outcome, &status.expires_at);
+    }
+
+    /// A grant lets the held call through: first its record naming the approval, approvers and
+    /// grant use, then the call. If that record cannot be written, the call is not forwarded.
+    fn forward_granted(&mut self, ask: &Ask, status: &ApprovalStatus) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let record = record::approved_forward(
+            &self.info,
+            &self.runtime.config,
+            identity,
+            &ask.request,
+            status,
+            &rfc3339_micros(self.host.now()),
+            &self.runtime.masker,
+        );
+        self.append_then(Step {
+            record,
+            next: Next::Forward,
+        });
     }
 
     fn approval_outcome(&mut self, ask: Box<Ask>, outcome: approval::Outcome, expires_at: &str) {

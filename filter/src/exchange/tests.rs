@@ -575,3 +575,58 @@ fn a_held_call_leaves_the_pending_gauge_however_its_wait_ends() {
         Some(&0)
     );
 }
+
+/// Held, asked for, then granted: the answer the control plane gives to `Request`.
+fn granted_call(host: &FakeHost, exchange: &mut Exchange<FakeHost>) {
+    let size = body_arrives(host, &call_body(8, "update_payout_account"));
+    assert_eq!(exchange.on_request_body(size, true), Flow::Pause);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["outcome"], "held for approval");
+    answer(host, exchange, token, Ok(""));
+    let Some(Call::Approvals { token, .. }) = host.calls().last().cloned() else {
+        panic!("no approval request: {:?}", host.calls())
+    };
+    let granted = tollgate_proto::pb::ApprovalStatus {
+        approval_id: "apr_7".into(),
+        state: tollgate_proto::pb::ApprovalState::Granted.into(),
+        decided_by: "pat".into(),
+        approved_by: vec!["olga".into(), "pat".into()],
+        grant_use: 1,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let size = granted.len();
+    host.0.borrow_mut().grpc_answer = granted;
+    exchange.on_grpc_call_response(token, 0, size);
+}
+
+#[test]
+fn a_granted_call_is_forwarded_only_after_its_record_names_the_approval() {
+    let (host, mut exchange) = post(None);
+    granted_call(&host, &mut exchange);
+    assert!(
+        !host.forwarded(),
+        "forwarded before the grant's record was durable"
+    );
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["event"], "mcp.forwarded");
+    assert_eq!(record["approvalId"], "apr_7");
+    assert_eq!(record["approvedBy"], json!(["olga", "pat"]));
+    assert_eq!(record["grantUse"], 1);
+    assert_eq!(record["tool"], "update_payout_account");
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(host.forwarded());
+}
+
+#[test]
+fn a_granted_call_whose_record_fails_is_not_forwarded() {
+    let (host, mut exchange) = post(None);
+    granted_call(&host, &mut exchange);
+    let (token, _, _) = host.last_append();
+    answer(&host, &mut exchange, token, Err(14));
+    assert!(!host.forwarded());
+    assert!(matches!(
+        host.calls().last(),
+        Some(Call::Reply { status: 503, .. })
+    ));
+}

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
-use tollgate_filter::jsonrpc::{self, Body};
-use tollgate_filter::policy::{check, parse_samples, CallContext, Policy, PolicyConfig};
+use tollgate_engine::jsonrpc::{self, Body};
+use tollgate_engine::policy::{check, parse_samples, CallContext, Policy, PolicyConfig};
 
 fn repo_file(path: &str) -> Vec<u8> {
     let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
+        .join("../..")
         .join(path);
     std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
@@ -149,6 +149,46 @@ fn istio_wasmplugin_embeds_the_example_policy() {
     let plugin_config = serde_json::to_vec(&spec["pluginConfig"]).unwrap();
     let whole: Value = serde_json::from_slice(&plugin_config).unwrap();
     Policy::from_json(&serde_json::to_vec(&whole["policy"]).unwrap()).unwrap();
+}
+
+#[test]
+fn istio_control_plane_judges_approvals_by_the_example_policy() {
+    let docs = yaml_documents("envoy/istio/control-plane.yaml");
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "tollgate-policy")
+        .expect("a tollgate-policy ConfigMap");
+    let text = config_map["data"]["policy.json"].as_str().unwrap();
+    let mounted: Value = serde_json::from_str(text).unwrap();
+    let example: Value = serde_json::from_slice(&repo_file("envoy/policy/payments.json")).unwrap();
+    assert_eq!(
+        mounted, example,
+        "the control plane's policy must equal the filter's"
+    );
+    Policy::from_json(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--policy")
+        .expect("serve --policy");
+    let path = std::path::Path::new(args[at + 1]);
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "policy")
+        .expect("the policy volume is mounted");
+    assert_eq!(
+        path.parent().unwrap(),
+        std::path::Path::new(mount["mountPath"].as_str().unwrap())
+    );
 }
 
 #[test]

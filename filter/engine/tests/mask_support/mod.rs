@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proptest::prelude::*;
-use tollgate_filter::mask::IIN_TABLE;
+use tollgate_engine::mask::IIN_TABLE;
 
 /// pan.py's ranges: (low, high, prefix digits, lengths).
 const RANGES: &[(u32, u32, usize, &[usize])] = &[

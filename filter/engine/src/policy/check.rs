@@ -285,15 +285,16 @@ fn describe_decision(v: &Verdict) -> String {
         Decision::Deny { .. } => "deny".to_owned(),
         Decision::Approve {
             approver_group,
-            grant_ttl_seconds: Some(ttl),
+            grant_ttl_seconds,
+            approvers,
         } => {
-            format!("approve ({approver_group}, {ttl}s)")
-        }
-        Decision::Approve {
-            approver_group,
-            grant_ttl_seconds: None,
-        } => {
-            format!("approve ({approver_group}, once)")
+            let lasts = grant_ttl_seconds.map_or("once".to_owned(), |ttl| format!("{ttl}s"));
+            let quorum = if *approvers > 1 {
+                format!(", {approvers} approvers")
+            } else {
+                String::new()
+            };
+            format!("approve ({approver_group}, {lasts}{quorum})")
         }
     }
 }

@@ -10,7 +10,7 @@ mod support;
 
 use proptest::prelude::*;
 use support::*;
-use tollgate_filter::mask::{Display, MaskConfig, MaskReport, Masker, StreamMasker};
+use tollgate_engine::mask::{Display, MaskConfig, MaskReport, Masker, StreamMasker};
 
 fn cases() -> ProptestConfig {
     let n = std::env::var("MASK_FUZZ_CASES")

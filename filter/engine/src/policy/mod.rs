@@ -91,6 +91,9 @@ pub enum Decision {
         approver_group: String,
         /// How long a grant lasts; `None`: the grant is used once.
         grant_ttl_seconds: Option<u64>,
+        /// Different members of the group who must approve (1 unless the rule sets a quorum).
+        #[serde(skip_serializing_if = "is_one")]
+        approvers: u32,
     },
 }
 
@@ -104,6 +107,14 @@ impl Decision {
         }
     }
 }
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// The most approvers a rule may ask for: a quorum larger than any real approver group would
+/// only make the call impossible.
+pub const MAX_APPROVERS: u32 = 5;
 
 /// The decision for one message and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,6 +165,7 @@ impl Verdict {
         if let Decision::Approve {
             approver_group,
             grant_ttl_seconds,
+            approvers,
         } = &self.action
         {
             data.insert("approverGroup".to_owned(), approver_group.clone().into());
@@ -161,6 +173,9 @@ impl Verdict {
                 "grantTtlSeconds".to_owned(),
                 grant_ttl_seconds.map_or(Value::Null, Value::from),
             );
+            if *approvers > 1 {
+                data.insert("approvers".to_owned(), (*approvers).into());
+            }
         }
         Value::Object(data)
     }
@@ -308,6 +323,7 @@ impl Policy {
                 reason: rc.reason.clone(),
                 approver_group: rc.approver_group.clone(),
                 grant_ttl_seconds: rc.grant_ttl_seconds,
+                approvers: rc.approvers,
             };
             let compiled = verdict_of(Some(&rc.id), &action).and_then(|v| Rule::compile(rc, v));
             let rule = match compiled {
@@ -430,6 +446,12 @@ fn verdict_of(rule: Option<&str>, a: &ActionConfig) -> Result<Verdict, String> {
                 a.action
             ));
         }
+        if a.approvers.is_some() {
+            return Err(format!(
+                "`approvers` applies only to `approve`, not `{}`",
+                a.action
+            ));
+        }
     }
     let action = match a.action {
         ActionKind::Allow => Decision::Allow,
@@ -450,9 +472,16 @@ fn verdict_of(rule: Option<&str>, a: &ActionConfig) -> Result<Verdict, String> {
                         .to_owned(),
                 );
             }
+            let approvers = a.approvers.unwrap_or(1);
+            if !(1..=MAX_APPROVERS).contains(&approvers) {
+                return Err(format!(
+                    "`approvers` must be between 1 and {MAX_APPROVERS}, not {approvers}"
+                ));
+            }
             Decision::Approve {
                 approver_group: group,
                 grant_ttl_seconds: a.grant_ttl_seconds,
+                approvers,
             }
         }
     };

@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use tollgate_filter::jsonrpc::{self, Body, Message};
-use tollgate_filter::policy::{
+use tollgate_engine::jsonrpc::{self, Body, Message};
+use tollgate_engine::policy::{
     check, BatchMode, BatchPlan, CallContext, Decision, Policy, PolicyConfig, Sample, Verdict,
 };
 
@@ -214,7 +214,8 @@ fn verdicts_carry_reasons_and_errors_name_the_rule() {
         approve.action,
         Decision::Approve {
             approver_group: "payments-approvers".to_owned(),
-            grant_ttl_seconds: Some(600)
+            grant_ttl_seconds: Some(600),
+            approvers: 1,
         }
     );
     let body: Value = serde_json::from_slice(&approve.error_response(None).unwrap()).unwrap();
@@ -625,7 +626,7 @@ fn per_message_batch_forwards_the_allowed_bytes() {
     assert_eq!(e["error"]["data"]["rule"], "no-delete");
 
     // The server's answer and the gateway's errors become one batch answer.
-    let merged = tollgate_filter::policy::merge_batch_response(
+    let merged = tollgate_engine::policy::merge_batch_response(
         br#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#,
         &errors,
     );
@@ -785,7 +786,7 @@ fn check_reports_decisions_and_expectations() {
         {"id": "reads", "match": {"tool": "get_*"}, "action": "allow"}
     ]})
     .to_string();
-    let samples: Vec<Sample> = tollgate_filter::policy::parse_samples(
+    let samples: Vec<Sample> = tollgate_engine::policy::parse_samples(
         json!([
             {"name": "read", "claims": {"sub": "alice", "groups": ["ops"]}, "request": call("get_x", json!({"id": 1})), "expect": "allow"},
             {"name": "delete", "claims": {"sub": "alice"}, "request": call("delete_x", json!({})), "expect": "allow"},
@@ -861,7 +862,7 @@ fn check_reports_decisions_and_expectations() {
     let unparsable = check(b"{\"rulez\": []}", &[]);
     assert!(unparsable.to_string().contains("unknown field `rulez`"));
 
-    let err = tollgate_filter::policy::parse_samples(
+    let err = tollgate_engine::policy::parse_samples(
         br#"[{"name": "x", "request": {}, "expected": "allow"}]"#,
     )
     .unwrap_err();

@@ -257,6 +257,23 @@ impl Identity {
         Value::Object(out)
     }
 
+    /// Whether a revocation of `claim` = `value` stops this caller. A revoked `sub` also stops
+    /// every token acting for it (`act.sub` at any depth, a CI token's `actor`) and the service
+    /// accounts it answers for; `client_id` also matches `azp`, which some issuers use instead.
+    pub fn is_named_by(&self, claim: &str, value: &str) -> bool {
+        let claim_is = |name: &str| claim_equals(self.claims.get(name), value);
+        match claim {
+            "sub" => {
+                self.sub == value
+                    || self.accountable.as_ref().is_some_and(|a| a.sub == value)
+                    || act_subjects(self.claims.get("act")).any(|sub| sub == value)
+                    || claim_is("actor")
+            }
+            "client_id" => claim_is("client_id") || claim_is("azp"),
+            other => claim_is(other),
+        }
+    }
+
     /// Group memberships from the `groups` claim.
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         self.claims
@@ -265,6 +282,17 @@ impl Identity {
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
+    }
+}
+
+/// A claim equals `value` when it is that string (or number), or an array holding it.
+fn claim_equals(claim: Option<&Value>, value: &str) -> bool {
+    match claim {
+        Some(Value::String(s)) => s == value,
+        Some(Value::Number(n)) => n.to_string() == value,
+        Some(Value::Bool(b)) => b.to_string() == value,
+        Some(Value::Array(items)) => items.iter().any(|item| claim_equals(Some(item), value)),
+        _ => false,
     }
 }
 

@@ -10,11 +10,11 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tollgate_filter::mask::{MaskReport, Masker, StreamMasker};
+use tollgate_engine::mask::{MaskReport, Masker, StreamMasker};
 
 fn corpus(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/corpus")
+        .join("../../tests/corpus")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

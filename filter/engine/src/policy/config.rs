@@ -88,6 +88,10 @@ pub struct RuleConfig {
     /// `approve` only: how long a grant lets the same call through; absent, a grant is used once.
     #[serde(default)]
     pub grant_ttl_seconds: Option<u64>,
+    /// `approve` only: how many different members of the group must approve (a quorum);
+    /// absent, one.
+    #[serde(default)]
+    pub approvers: Option<u32>,
 }
 
 /// What the default gives (same fields as a rule's action).
@@ -105,6 +109,9 @@ pub struct ActionConfig {
     /// `approve` only: grant lifetime in seconds; absent, single use.
     #[serde(default)]
     pub grant_ttl_seconds: Option<u64>,
+    /// `approve` only: how many different approvers; absent, one.
+    #[serde(default)]
+    pub approvers: Option<u32>,
 }
 
 impl Default for ActionConfig {
@@ -114,6 +121,7 @@ impl Default for ActionConfig {
             reason: Some("no policy rule allows this call".to_owned()),
             approver_group: None,
             grant_ttl_seconds: None,
+            approvers: None,
         }
     }
 }

@@ -49,6 +49,16 @@ impl Message {
     }
 }
 
+/// Hex SHA-256 of a call's arguments in canonical form (object keys sorted, no whitespace): an
+/// approval grant is bound to exactly these arguments. The filter and the control plane both
+/// compute it, and must agree.
+pub fn arguments_hash(arguments: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    // serde_json's map keeps keys sorted (no `preserve_order`), so `to_string` is canonical here.
+    let digest = Sha256::digest(arguments.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A request body: one message or a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {

@@ -15,10 +15,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use support::{find_normalised, normalise};
-use tollgate_filter::mask::{MaskReport, Masker};
+use tollgate_engine::mask::{MaskReport, Masker};
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus")
 }
 
 /// Every way a reader can see the output: the bytes, and each decoded JSON string (JSON inside

@@ -11,7 +11,7 @@ mod support;
 use proptest::prelude::*;
 use serde_json::Value;
 use support::*;
-use tollgate_filter::mask::{Display, MaskConfig, MaskReport, Masker, StreamMasker};
+use tollgate_engine::mask::{Display, MaskConfig, MaskReport, Masker, StreamMasker};
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {

@@ -63,6 +63,15 @@ const AUDIT_READS: &[&str] = &[
     "/tollgate.v1.Audit/Export",
 ];
 const ROTATE_KEY: &str = "/tollgate.v1.Audit/RotateKey";
+/// Approval requests show who asks for what (masked arguments included): for approvers, and the
+/// auditors and security admins who read the log anyway.
+const APPROVAL_READS: &[&str] = &[
+    "/tollgate.v1.Approvals/List",
+    "/tollgate.v1.Approvals/Get",
+    "/tollgate.v1.Approvals/Watch",
+];
+/// Only approvers decide (the ledger then checks the approval's own group).
+const DECIDE: &str = "/tollgate.v1.Approvals/Decide";
 
 /// `serve` options: who may read the audit log.
 #[derive(Debug, Clone, clap::Args)]
@@ -114,6 +123,8 @@ pub struct Access {
     /// Groups that may read the audit log, and the one that may rotate its key.
     readers: Vec<String>,
     admins: String,
+    /// The groups the policy's `approve` rules name.
+    approvers: Vec<String>,
     revocations: Arc<Registry>,
 }
 
@@ -134,6 +145,7 @@ impl Access {
         operators: Arc<OperatorAuth>,
         settings: &AccessSettings,
         admins: String,
+        approvers: Vec<String>,
         revocations: Arc<Registry>,
     ) -> Self {
         let mut readers = settings.auditor_groups.clone();
@@ -145,6 +157,7 @@ impl Access {
             operators,
             readers,
             admins,
+            approvers,
             revocations,
         }
     }
@@ -167,15 +180,25 @@ impl Access {
                 ))
             })?;
         let operator = self.operators.verify(token.trim()).map_err(Status::from)?;
+        let approvers_and_readers: Vec<String>;
         let groups: &[String] = if AUDIT_READS.contains(&method) {
             &self.readers
         } else if method == ROTATE_KEY {
             std::slice::from_ref(&self.admins)
+        } else if APPROVAL_READS.contains(&method) {
+            approvers_and_readers = [self.approvers.as_slice(), &self.readers].concat();
+            &approvers_and_readers
+        } else if method == DECIDE {
+            &self.approvers
         } else {
             return Ok(operator);
         };
         if operator.groups.iter().any(|g| groups.contains(g)) {
             Ok(operator)
+        } else if groups.is_empty() {
+            Err(Status::permission_denied(format!(
+                "{method}: nobody may call it, the policy names no approver group"
+            )))
         } else {
             Err(Status::permission_denied(format!(
                 "{method} is for members of {}; {} is not one",

@@ -278,3 +278,41 @@ async fn plaintext_is_asked_for_warned_about_and_recorded() {
     assert_eq!(start["transport"]["plaintext"], true, "{start}");
     assert!(!home.path().join("tls").exists(), "no PKI in plaintext");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_requests_are_shown_to_approvers_and_auditors_only() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start(home.path());
+    let list = |token: String| {
+        let server = &server;
+        async move {
+            let mut request = tonic::Request::new(pb::ListApprovalsRequest {
+                pending_only: false,
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            ApprovalsClient::new(server.anonymous_channel().await)
+                .list(request)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+        }
+    };
+    let token = |sub: &str, groups: &str| common::operator_token(home.path(), sub, groups);
+    // The test policy's approver group, and the auditors.
+    assert_eq!(
+        list(token("olga@example.com", "payments-approvers")).await,
+        Ok(())
+    );
+    assert_eq!(list(token("ann@example.com", "auditors")).await, Ok(()));
+    // A signed-in operator of another team sees nothing and decides nothing.
+    assert_eq!(
+        list(token("eve@example.com", "marketing")).await,
+        Err(Code::PermissionDenied)
+    );
+    let records = await_refusals(&server, 1).await;
+    let refused = refusals(&records);
+    assert_eq!(refused[0]["method"], "/tollgate.v1.Approvals/List");
+    assert_eq!(refused[0]["claimedSub"], "eve@example.com");
+}

@@ -547,7 +547,7 @@ async fn refusals_are_clear_and_recorded_and_deny_carries_the_reason() {
     );
     refused(
         &approvals(&server, home, &bob, &["approve", &id, "--reason", "sure"]),
-        "are not in the approver group \"payments-approvers\"",
+        "is for members of \"payments-approvers\"; bob@example.com is not one",
     );
     refused(
         &approvals(
@@ -633,14 +633,16 @@ async fn refusals_are_clear_and_recorded_and_deny_carries_the_reason() {
             r["event"] == "controlPlane.refused" && r["method"] == "/tollgate.v1.Approvals/Decide"
         })
         .collect();
-    assert_eq!(unauthenticated.len(), 1, "{unauthenticated:?}");
-    assert_eq!(unauthenticated[0]["code"], "Unauthenticated");
-    assert_eq!(unauthenticated[0]["claimedSub"], "olga@example.com");
+    // Nor did bob, who is in no approver group at all.
+    assert_eq!(unauthenticated.len(), 2, "{unauthenticated:?}");
+    assert_eq!(unauthenticated[0]["code"], "PermissionDenied");
+    assert_eq!(unauthenticated[0]["claimedSub"], "bob@example.com");
+    assert_eq!(unauthenticated[1]["code"], "Unauthenticated");
+    assert_eq!(unauthenticated[1]["claimedSub"], "olga@example.com");
     assert_eq!(
         kinds,
         [
             "self_approval",
-            "not_in_approver_group",
             "on_behalf_of_approver",
             "on_behalf_of_approver",
             "already_decided"

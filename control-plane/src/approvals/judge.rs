@@ -71,6 +71,11 @@ impl Judge {
         })
     }
 
+    /// The groups the policy's `approve` rules name.
+    pub fn approver_groups(&self) -> Vec<String> {
+        self.policy.approver_groups()
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
@@ -204,6 +209,7 @@ mod tests {
             .terms(&request("update_payout_account", arguments))
             .unwrap();
         assert_eq!(terms.approvers, 2);
+        assert_eq!(judge().approver_groups(), ["payments-approvers"]);
         assert_eq!(terms.approver_group, "payments-approvers");
         assert_eq!(terms.grant_ttl_seconds, 0);
         assert!(!terms.masked_arguments.contains("4111111111111111"));

@@ -185,6 +185,10 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         operators,
         &args.access,
         args.revocations.revocation_group.clone(),
+        judge
+            .as_ref()
+            .map(|j| j.approver_groups())
+            .unwrap_or_default(),
         registry.clone(),
     ));
 

@@ -363,6 +363,23 @@ impl Policy {
         Policy::compile(&PolicyConfig::from_json(json)?)
     }
 
+    /// Every group an `approve` rule (or the default) names: who may see approval requests.
+    pub fn approver_groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .rules
+            .iter()
+            .map(|rule| &rule.verdict)
+            .chain(std::iter::once(&self.default))
+            .filter_map(|verdict| match &verdict.action {
+                Decision::Approve { approver_group, .. } => Some(approver_group.clone()),
+                _ => None,
+            })
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }

@@ -137,27 +137,35 @@ struct Admitted {
     address: Option<SocketAddr>,
 }
 
+/// Which operator groups may do what.
+pub struct Groups {
+    /// `--auditor-group`: read and export the log.
+    pub auditors: Vec<String>,
+    /// `--revocation-group`: revoke, lift, rotate keys, and read the log.
+    pub admins: String,
+    /// The groups the policy's `approve` rules name: see and decide approval requests.
+    pub approvers: Vec<String>,
+}
+
 impl Access {
     pub fn new(
         gateway_identities: Vec<String>,
         plaintext: bool,
         refusals: Refusals,
         operators: Arc<OperatorAuth>,
-        settings: &AccessSettings,
-        admins: String,
-        approvers: Vec<String>,
+        groups: Groups,
         revocations: Arc<Registry>,
     ) -> Self {
-        let mut readers = settings.auditor_groups.clone();
-        readers.push(admins.clone());
+        let mut readers = groups.auditors;
+        readers.push(groups.admins.clone());
         Self {
             gateway_identities,
             plaintext,
             refusals,
             operators,
             readers,
-            admins,
-            approvers,
+            admins: groups.admins,
+            approvers: groups.approvers,
             revocations,
         }
     }

@@ -12,7 +12,7 @@ use tonic::transport::server::TcpIncoming;
 
 use serde_json::{Map, Value};
 
-use crate::access::{Access, AccessLayer, Refusals};
+use crate::access::{Access, AccessLayer, Groups, Refusals};
 use crate::issuer::DevIssuer;
 use crate::operator;
 use crate::pb::audit_server::AuditServer;
@@ -183,12 +183,14 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         matches!(transport, Transport::Plaintext),
         refusals.clone(),
         operators,
-        &args.access,
-        args.revocations.revocation_group.clone(),
-        judge
-            .as_ref()
-            .map(|j| j.approver_groups())
-            .unwrap_or_default(),
+        Groups {
+            auditors: args.access.auditor_groups.clone(),
+            admins: args.revocations.revocation_group.clone(),
+            approvers: judge
+                .as_ref()
+                .map(|j| j.approver_groups())
+                .unwrap_or_default(),
+        },
         registry.clone(),
     ));
 

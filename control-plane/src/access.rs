@@ -61,6 +61,7 @@ const AUDIT_READS: &[&str] = &[
     "/tollgate.v1.Audit/InclusionProof",
     "/tollgate.v1.Audit/ConsistencyProof",
     "/tollgate.v1.Audit/Export",
+    "/tollgate.v1.Audit/StateTables",
 ];
 const ROTATE_KEY: &str = "/tollgate.v1.Audit/RotateKey";
 /// Approval requests show who asks for what (masked arguments included): for approvers, and the

@@ -16,6 +16,7 @@ mod operator;
 mod revocations;
 mod service;
 mod session_binding;
+mod state;
 mod store;
 mod tls;
 mod verify;

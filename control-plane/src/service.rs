@@ -378,6 +378,22 @@ impl pb::audit_server::Audit for AuditService {
             seq: appended.seq,
         }))
     }
+
+    async fn state_tables(
+        &self,
+        request: Request<pb::StateTablesRequest>,
+    ) -> Result<Response<pb::StateTablesResponse>, Status> {
+        let operator = operator(&request);
+        let mut extra = Map::new();
+        extra.insert("tables".into(), "approvals, revocations, owners".into());
+        self.store
+            .append_event(&operator.read_event("grpc", extra))
+            .await?;
+        let snapshot = crate::state::snapshot(&self.store).await?;
+        Ok(Response::new(pb::StateTablesResponse {
+            snapshot_json: snapshot.to_string().into_bytes(),
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -109,11 +109,13 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
     let text = stdout(&verify);
     let first = text.lines().next().unwrap();
     assert!(
-        first.starts_with("audit chain intact: 403 records, head "),
+        // The appends, the start and verify's reads (the state tables before the fresh
+        // checkpoint, the records after it).
+        first.starts_with("audit chain intact: 404 records, head "),
         "{text}"
     );
     assert!(
-        text.contains("checkpoints verified; latest covers 402 records"),
+        text.contains("checkpoints verified; latest covers 403 records"),
         "{text}"
     );
 
@@ -166,10 +168,14 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         .unwrap()
         .into_inner();
     let values = json_of(&list(&server).await);
+    // After the appends and verify's first reads: the state tables read again after the
+    // records, then the query's read.
     let tail: Vec<&str> = events(&values)[404..].to_vec();
     assert_eq!(
         tail,
         vec![
+            "controlPlane.auditRead",
+            "controlPlane.auditRead",
             "controlPlane.auditRead",
             "controlPlane.stop",
             "controlPlane.start",
@@ -178,16 +184,16 @@ async fn serves_concurrent_appends_and_the_chain_verifies() {
         ],
         "a clean stop leaves no recovery record"
     );
-    assert_eq!(ack.seq, 407);
-    assert_eq!(values[405]["signal"], "SIGTERM");
+    assert_eq!(ack.seq, 409);
+    assert_eq!(values[407]["signal"], "SIGTERM");
     let verify = tollgate(
         home.path(),
         &["audit", "verify", "--server", &server.url(), "--json"],
     );
     let summary: Value = serde_json::from_slice(&verify.stdout).unwrap();
     assert_eq!(summary["intact"], true, "{summary}");
-    assert_eq!(summary["records"], 410);
-    assert_eq!(summary["latestCheckpoint"]["size"], 409);
+    assert_eq!(summary["records"], 413);
+    assert_eq!(summary["latestCheckpoint"]["size"], 412);
     assert_eq!(summary["uncoveredRecords"], 1, "only the verify's own read");
 }
 

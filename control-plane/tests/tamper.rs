@@ -9,9 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{append_concurrently, stdout, tollgate, Server, NO_SERVER};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tollgate_proto::pb;
+use tollgate_proto::pb::approvals_client::ApprovalsClient;
 
 /// A home with a stopped log: start, 60 records from 3 writers, stop (62 records).
 async fn built_log() -> tempfile::TempDir {
@@ -463,4 +464,102 @@ async fn bundles_verify_offline_and_edits_to_them_are_caught() {
         &["audit", "verify", "--bundle", junk.to_str().unwrap()],
     );
     assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
+/// The JSON entry under `key` of a state table, edited.
+fn edit_entry(home: &Path, tree: &str, key: &str, edit: impl FnOnce(&mut Value)) {
+    with_tree(home, tree, |tree| {
+        let mut entry: Value =
+            serde_json::from_slice(&tree.get(key.as_bytes()).unwrap().unwrap()).unwrap();
+        edit(&mut entry);
+        tree.insert(key.as_bytes(), serde_json::to_vec(&entry).unwrap())
+            .unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_tables_edited_without_a_record_are_caught() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start(home);
+    let sam = common::operator_token(home, "sam@example.com", "security-admins");
+    let olga = common::operator_token(home, "olga@example.com", "payments-approvers");
+    let cli = |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .env("TOLLGATE_HOME", home)
+            .env("TOLLGATE_SERVER", server.url())
+            .env("TOLLGATE_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        stdout(&out).trim().to_owned()
+    };
+    let mut filter = ApprovalsClient::new(server.gateway_channel().await);
+    let id = filter
+        .request(common::held_call(
+            json!({"sub": "alice@example.com"}),
+            "update_payout_account",
+            json!({"merchant": "m_1", "accountNumber": "acct-1"}),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval_id;
+    cli(&olga, &["approvals", "approve", &id, "--reason", "checked"]);
+    let used = filter
+        .r#await(pb::AwaitRequest {
+            approval_id: id.clone(),
+            wait_ms: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(used.grant_use, 1);
+    let revocation = cli(
+        &sam,
+        &["revoke", "--sub", "carol@example.com", "--reason", "left"],
+    );
+    cli(
+        &sam,
+        &[
+            "service-accounts",
+            "set",
+            "svc-reports",
+            "--owner",
+            "dana@example.com",
+            "--reason",
+            "r",
+        ],
+    );
+    // Through the server, as an auditor: intact, tables included.
+    let online = tollgate(
+        home,
+        &["audit", "verify", "--server", &server.url(), "--json"],
+    );
+    assert!(online.status.success(), "{online:?}");
+    assert!(server.terminate().success());
+    let (code, summary) = verify(home, &[]);
+    assert_eq!(code, Some(0), "{summary}");
+
+    // Someone with the disk: the single-use grant made usable again, the revocation lifted and
+    // the owner changed, each without a record.
+    edit_entry(home, "approvals", &id, |e| e["uses"] = 0.into());
+    edit_entry(home, "revocations", &revocation, |e| {
+        e["liftedAt"] = 1.into();
+        e["liftedBy"] = "mallory@example.com".into();
+    });
+    edit_entry(home, "revocations", "sa:svc-reports", |e| {
+        e["owner"] = "mallory@example.com".into()
+    });
+    let (code, summary) = verify(home, &[]);
+    assert_eq!(code, Some(1), "{summary}");
+    let problems = summary["problems"].to_string();
+    for wanted in [
+        format!("approval {id} is approved (uses 0"),
+        format!("revocation {revocation} is sub=carol@example.com lifted"),
+        "service account svc-reports is owned by Some(\\\"mallory@example.com\\\")".to_owned(),
+    ] {
+        assert!(problems.contains(&wanted), "{wanted:?} not in {summary}");
+    }
 }

@@ -266,6 +266,23 @@ impl Source {
         }
     }
 
+    /// The state tables beside the chain, as they are now (see [`crate::state::snapshot`]);
+    /// `None` from a read-only store opened without its state.
+    pub async fn state(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(match self {
+            Self::Server { client, address } => {
+                let answer = client
+                    .state_tables(pb::StateTablesRequest {})
+                    .await
+                    .with_context(|| format!("reading the state tables from {address}"))?
+                    .into_inner();
+                Some(serde_json::from_slice(&answer.snapshot_json)?)
+            }
+            Self::Store(store) => Some(crate::state::snapshot(store).await?),
+            Self::Reader(_) => None,
+        })
+    }
+
     /// Closes a store opened here (marking a clean shutdown).
     pub async fn close(self) -> anyhow::Result<()> {
         if let Self::Store(store) = self {

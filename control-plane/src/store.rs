@@ -43,6 +43,15 @@ pub mod sled_backend;
 pub const RECEIVED_AT: &str = "receivedAt";
 /// Prefix of the `event` of the control plane's own records, refused from clients.
 pub const RESERVED_EVENT_PREFIX: &str = "controlPlane.";
+/// Every `event` prefix a client (the gateway) may not append: the control plane's own
+/// records, and the approval, revocation and owner records that `audit verify` replays into
+/// the state tables. A forged `approval.decided` never enters the chain.
+pub const CONTROL_PLANE_EVENTS: [&str; 4] = [
+    RESERVED_EVENT_PREFIX,
+    "approval.",
+    "revocation.",
+    "serviceAccount.",
+];
 
 /// Lowest Merkle level kept in the store: nodes below it (16 leaves) are rehashed from the
 /// records when a proof needs them, which saves most of the node writes on the append path.
@@ -59,7 +68,7 @@ pub enum StoreError {
     Record(#[from] CanonicalError),
     #[error("record must not set \"receivedAt\": the control plane adds it")]
     ReservedField,
-    #[error("record events starting with \"controlPlane.\" are reserved for the control plane")]
+    #[error("record events starting with \"controlPlane.\", \"approval.\", \"revocation.\" or \"serviceAccount.\" are written by the control plane only")]
     ReservedEvent,
     #[error("no audit store at {0}")]
     NotFound(PathBuf),
@@ -430,7 +439,7 @@ impl Store {
         if object
             .get("event")
             .and_then(Value::as_str)
-            .is_some_and(|e| e.starts_with(RESERVED_EVENT_PREFIX))
+            .is_some_and(|e| CONTROL_PLANE_EVENTS.iter().any(|p| e.starts_with(p)))
         {
             return Err(StoreError::ReservedEvent);
         }

@@ -148,8 +148,21 @@ async fn only_the_gateway_certificate_appends_and_it_reads_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
-    // ...and it does append.
-    audit.append(forged()).await.unwrap();
+    // ...and it does append its own records, but not the control plane's: even the gateway
+    // cannot put an approval decision into the chain.
+    let status = audit.append(forged()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("control plane only"),
+        "{status:?}"
+    );
+    audit
+        .append(pb::AppendRequest {
+            record_json: br#"{"event":"mcp.request","marker":"from-the-gateway"}"#.to_vec(),
+            session: None,
+        })
+        .await
+        .unwrap();
 
     let records = await_refusals(&server, 6).await;
     let refused = refusals(&records);
@@ -177,12 +190,9 @@ async fn only_the_gateway_certificate_appends_and_it_reads_nothing() {
     assert!(refused.iter().all(|r| r["peer"]
         .as_str()
         .is_some_and(|p| p.starts_with("127.0.0.1:"))));
-    // Exactly one forged record made it: the one the gateway sent.
-    let forged_in_chain = records
-        .iter()
-        .filter(|r| r["approvalId"] == "forged")
-        .count();
-    assert_eq!(forged_in_chain, 1);
+    // No forged approval made it, not even the gateway's; its own record did.
+    assert!(!records.iter().any(|r| r["approvalId"] == "forged"));
+    assert!(records.iter().any(|r| r["marker"] == "from-the-gateway"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,9 +254,17 @@ async fn plaintext_is_asked_for_warned_about_and_recorded() {
         .connect()
         .await
         .unwrap();
-    // Anyone reaching the port is the gateway...
-    AuditClient::new(channel.clone())
+    // Anyone reaching the port is the gateway (and still cannot write an approval)...
+    let status = AuditClient::new(channel.clone())
         .append(forged())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    AuditClient::new(channel.clone())
+        .append(pb::AppendRequest {
+            record_json: br#"{"event":"mcp.request"}"#.to_vec(),
+            session: None,
+        })
         .await
         .unwrap();
     // ...but nobody reads without a verified operator token.

@@ -849,3 +849,165 @@ async fn the_owner_of_a_service_account_cannot_approve_its_calls() {
     assert_eq!(refused[0]["refusal"], "owner_of_requester");
     assert_eq!(refused[0]["sub"], "dana@example.com");
 }
+
+/// An identity provider's and a chat tool's endpoints over https, with a certificate for
+/// 127.0.0.1 from a private CA: GET answers the JWKS, every POST body is sent on `posts`.
+struct HttpsEndpoint {
+    base: String,
+    ca: std::path::PathBuf,
+    posts: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl HttpsEndpoint {
+    fn start(dir: &Path, jwks: Vec<u8>) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "identity provider test CA");
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        let ca_path = dir.join("idp-ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let config = std::sync::Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("https://{}", listener.local_addr().unwrap());
+        let (tx, posts) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(connection, stream.unwrap());
+                // A client that refuses the certificate ends the handshake: next connection.
+                let Some((head, body)) = read_request(&mut tls) else {
+                    continue;
+                };
+                let answer: &[u8] = if head.starts_with("GET ") {
+                    &jwks
+                } else {
+                    b"ok"
+                };
+                let _ = tls.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        answer.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = tls.write_all(answer);
+                let _ = tls.flush();
+                if head.starts_with("POST ") {
+                    let _ = tx.send(body);
+                }
+            }
+        });
+        Self {
+            base,
+            ca: ca_path,
+            posts,
+        }
+    }
+}
+
+/// One HTTP/1.1 request: its head and its body (by Content-Length).
+fn read_request(stream: &mut impl Read) -> Option<(String, Vec<u8>)> {
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        data.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&data).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// `tollgate serve` that is expected to refuse to start: its exit status and stderr.
+fn refused_start(home: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("TOLLGATE_HOME", home)
+        .output()
+        .unwrap();
+    (out.status.code(), stderr(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keys_and_the_webhook_work_over_https_and_an_unusable_url_stops_the_start() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
+    let endpoint = HttpsEndpoint::start(home, std::fs::read(home.join("dev/jwks.json")).unwrap());
+    let jwks = format!("{}/.well-known/jwks.json", endpoint.base);
+    let hook = format!("{}/hooks/approvals", endpoint.base);
+
+    // Not trusted (a private CA the control plane was not given), not reachable, not a URL.
+    let (code, text) = refused_start(home, &["--operator-jwks", &jwks]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&jwks) && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+    let (code, text) = refused_start(home, &["--operator-jwks", "https://127.0.0.1:1/jwks"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("--operator-jwks"), "{text}");
+    let (code, text) = refused_start(home, &["--approval-webhook", "ftp://hooks.example/x"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("--approval-webhook"), "{text}");
+
+    let ca = endpoint.ca.display().to_string();
+    let server = Server::start_with(
+        home,
+        &[
+            "--operator-jwks",
+            &jwks,
+            "--approval-webhook",
+            &hook,
+            "--http-ca",
+            &ca,
+        ],
+    );
+    let mut filter = filter(&server).await;
+    let id = ask(&mut filter, call("alice@example.com", "8888"))
+        .await
+        .approval_id;
+    let posted = endpoint
+        .posts
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap();
+    let posted: Value = serde_json::from_slice(&posted).unwrap();
+    assert_eq!(posted["approvalId"], id.as_str());
+    let approved = approvals(&server, home, &olga, &["approve", &id, "--reason", "ok"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    assert_eq!(
+        state(&wait(&mut filter, &id, 1000).await),
+        pb::ApprovalState::Granted
+    );
+}

@@ -1,5 +1,5 @@
 //! Operator sign-in: a bearer OIDC token in the `authorization` metadata, verified against the
-//! issuer's JWKS (a file, or an http:// URL refreshed in the background) with `iss`, `aud` and
+//! issuer's JWKS (a file, or an https:// URL refreshed in the background) with `iss`, `aud` and
 //! `exp` checked. The access layer (`crate::access`) verifies every operator call with one
 //! [`OperatorAuth`] and puts the [`VerifiedOperator`] into the request's extensions.
 
@@ -114,15 +114,15 @@ pub struct OperatorAuth {
 const UNKNOWN_KID_FETCH_EVERY: Duration = Duration::from_secs(10);
 
 impl OperatorAuth {
-    /// Loads the keys once; a URL that cannot be fetched yet is retried in the background.
-    pub async fn new(source: JwksSource, issuer: String, audience: String) -> Arc<Self> {
-        let (set, modified) = match load(&source).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                eprintln!("tollgate: {e}; operator sign-in fails until the keys load");
-                (JwkSet { keys: Vec::new() }, None)
-            }
-        };
+    /// Loads the keys once, or fails: a control plane whose operators cannot sign in must say
+    /// so at start, not with "signed by an unknown key" later. A URL is then fetched again in
+    /// the background.
+    pub async fn new(
+        source: JwksSource,
+        issuer: String,
+        audience: String,
+    ) -> Result<Arc<Self>, AuthError> {
+        let (set, modified) = load(&source).await?;
         let auth = Arc::new(Self {
             source,
             issuer,
@@ -147,7 +147,7 @@ impl OperatorAuth {
                 }
             });
         }
-        auth
+        Ok(auth)
     }
 
     /// Verifies `token`: signature by a key of the JWKS, `iss`, `aud`, `exp` (and `nbf`).
@@ -332,7 +332,8 @@ mod tests {
             issuer::ISSUER.into(),
             issuer::AUDIENCE.into(),
         )
-        .await;
+        .await
+        .unwrap();
         let operator = auth.verify(&good).unwrap();
         assert_eq!(operator.sub, "olga@example.com");
         assert_eq!(operator.groups, ["payments-approvers"]);
@@ -395,7 +396,8 @@ mod tests {
             issuer::ISSUER.into(),
             issuer::AUDIENCE.into(),
         )
-        .await;
+        .await
+        .unwrap();
         assert!(auth.verify(&old_token).is_ok());
 
         // The provider rotates: the new key is published and signs at once.

@@ -39,11 +39,13 @@ pub struct Config {
         default_value_t = 30
     )]
     pub approval_requests_per_minute: u32,
-    /// http:// URL that gets a JSON POST for every new approval request (e.g. a chat hook).
+    /// https:// (or http://) URL that gets a JSON POST for every new approval request (e.g. a
+    /// Slack or Teams hook). `serve` refuses to start on a URL it cannot use.
     #[arg(long, env = "TOLLGATE_APPROVAL_WEBHOOK")]
     pub approval_webhook: Option<String>,
-    /// Operators' token issuer keys: a JWKS file, or an http:// URL to fetch it from.
-    /// Default: the dev issuer's <home>/dev/jwks.json.
+    /// Operators' token issuer keys: a JWKS file, or an https:// (or http://) URL to fetch it
+    /// from; `serve` refuses to start when they cannot be loaded. Default: the dev issuer's
+    /// <home>/dev/jwks.json.
     #[arg(long, env = "TOLLGATE_OPERATOR_JWKS")]
     pub operator_jwks: Option<String>,
     /// `iss` operator tokens must carry.
@@ -53,6 +55,10 @@ pub struct Config {
     /// sign an operator in).
     #[arg(long, env = "TOLLGATE_OPERATOR_AUDIENCE", default_value = crate::issuer::OPERATOR_AUDIENCE)]
     pub operator_audience: String,
+    /// A PEM bundle of CA certificates to trust for https:// URLs (JWKS, webhook) besides the
+    /// web PKI roots: a private identity provider's CA.
+    #[arg(long, env = "TOLLGATE_HTTP_CA")]
+    pub http_ca: Option<std::path::PathBuf>,
 }
 
 impl Config {

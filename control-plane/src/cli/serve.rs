@@ -94,6 +94,19 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    // The operators' keys and the webhook too: a URL that cannot be used stops the start.
+    crate::approvals::http::init(args.approvals.http_ca.as_deref())
+        .context("setting up the HTTP client")?;
+    if let Some(url) = &args.approvals.approval_webhook {
+        crate::approvals::http::check_url(url).context("--approval-webhook")?;
+    }
+    let operators = crate::approvals::auth::OperatorAuth::new(
+        args.approvals.jwks_source(home),
+        args.approvals.operator_issuer.clone(),
+        args.approvals.operator_audience.clone(),
+    )
+    .await
+    .context("loading the operators' signing keys (--operator-jwks)")?;
     let location = Location::parse(args.store.as_deref(), home).map_err(anyhow::Error::msg)?;
     let options = Options {
         origin: args.origin.clone(),
@@ -168,12 +181,6 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let refusals = Refusals::new(store.clone());
-    let operators = crate::approvals::auth::OperatorAuth::new(
-        args.approvals.jwks_source(home),
-        args.approvals.operator_issuer.clone(),
-        args.approvals.operator_audience.clone(),
-    )
-    .await;
     let registry = crate::revocations::registry::Registry::open(
         store.clone(),
         args.revocations.revocation_group.clone(),

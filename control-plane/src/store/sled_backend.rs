@@ -444,7 +444,7 @@ impl Store {
         if object
             .get("event")
             .and_then(Value::as_str)
-            .is_some_and(|e| e.starts_with(super::RESERVED_EVENT_PREFIX))
+            .is_some_and(|e| super::CONTROL_PLANE_EVENTS.iter().any(|p| e.starts_with(p)))
         {
             return Err(StoreError::ReservedEvent);
         }

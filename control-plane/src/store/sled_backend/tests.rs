@@ -128,6 +128,14 @@ async fn rejects_bad_bodies_without_storing_or_quoting_them() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::ReservedEvent));
+    for forged in [
+        &br#"{"event":"approval.decided"}"#[..],
+        br#"{"event":"revocation.lifted"}"#,
+        br#"{"event":"serviceAccount.ownerSet"}"#,
+    ] {
+        let err = store.append(forged).await.unwrap_err();
+        assert!(matches!(err, StoreError::ReservedEvent));
+    }
     assert_eq!(store.records(0, 0).count(), 0);
     assert_eq!(store.append(b"{}").await.unwrap().seq, 0);
     let mut event = Map::new();

@@ -276,18 +276,32 @@ impl pb::audit_server::Audit for AuditService {
         _request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<Self::ListCheckpointsStream>, Status> {
         let store = self.store.clone();
-        let checkpoints = tokio::task::spawn_blocking(move || store.reader().checkpoints())
-            .await
-            .map_err(blocking_error)??;
         let (tx, rx) = tokio::sync::mpsc::channel(LIST_BUFFER);
-        tokio::spawn(async move {
-            for checkpoint in checkpoints {
-                let item = pb::SignedCheckpoint {
-                    number: checkpoint.number,
-                    note: checkpoint.note,
+        // Page by page on a blocking thread: a long log's checkpoints are never all in memory.
+        tokio::task::spawn_blocking(move || {
+            let reader = store.reader();
+            let mut from = 0;
+            loop {
+                let page = match reader.checkpoints_from(from, crate::store::CHECKPOINT_PAGE) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e.into()));
+                        return;
+                    }
                 };
-                if tx.send(Ok(item)).await.is_err() {
-                    break;
+                let last_page = page.len() < crate::store::CHECKPOINT_PAGE;
+                for checkpoint in page {
+                    from = checkpoint.number + 1;
+                    let item = pb::SignedCheckpoint {
+                        number: checkpoint.number,
+                        note: checkpoint.note,
+                    };
+                    if tx.blocking_send(Ok(item)).is_err() {
+                        return;
+                    }
+                }
+                if last_page {
+                    return;
                 }
             }
         });

@@ -57,6 +57,8 @@ pub const CONTROL_PLANE_EVENTS: [&str; 4] = [
 /// records when a proof needs them, which saves most of the node writes on the append path.
 pub const STORED_LEVEL: u32 = 4;
 
+/// Checkpoints read at a time.
+pub const CHECKPOINT_PAGE: usize = 256;
 /// Most records in one group commit; bounds the memory of one group and the latency it adds.
 pub(crate) const MAX_GROUP: usize = 4096;
 /// The timestamp a record holds until the writer stamps it.
@@ -249,7 +251,25 @@ pub trait Reads: Send + Sync {
     /// Records from `from_seq` on, in sequence order; `limit` 0 means all.
     fn records(&self, from_seq: u64, limit: u64) -> RecordIter;
     /// Every stored checkpoint, oldest first.
-    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let from = all.last().map_or(0, |c: &StoredCheckpoint| c.number + 1);
+            let page = self.checkpoints_from(from, CHECKPOINT_PAGE)?;
+            let last_page = page.len() < CHECKPOINT_PAGE;
+            all.extend(page);
+            if last_page {
+                return Ok(all);
+            }
+        }
+    }
+    /// At most `limit` stored checkpoints numbered `from` or more, oldest first: a page, so that
+    /// serving a long log's checkpoints does not hold them all in memory.
+    fn checkpoints_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError>;
     /// The log's origin (`None` for a store never opened for writing).
     fn origin(&self) -> Result<Option<String>, StoreError>;
     /// Number of records stored, not verified.

@@ -1011,3 +1011,31 @@ async fn operator_keys_and_the_webhook_work_over_https_and_an_unusable_url_stops
         pb::ApprovalState::Granted
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_expires_a_request_nobody_touches_again() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start_with(home, &["--approval-ttl", "1s"]);
+    let mut filter = filter(&server).await;
+    let id = ask(&mut filter, call("alice@example.com", "9999"))
+        .await
+        .approval_id;
+    // Nobody asks about it again: the sweeper (every 5 s, from its index of pending requests)
+    // expires and records it.
+    let started = Instant::now();
+    loop {
+        let story = approval_story(&server).await;
+        if story
+            .iter()
+            .any(|(event, aid, _)| event == "approval.expired" && *aid == id)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not expired: {story:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

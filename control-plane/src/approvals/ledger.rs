@@ -303,6 +303,9 @@ pub struct Ledger {
     /// Service account owners (and revocations): an owner does not approve their account's call.
     owners: Arc<Registry>,
     limiter: RequestLimiter,
+    /// Pending requests and when they expire: what the sweeper looks at, instead of reading the
+    /// whole (ever-growing) approvals table every few seconds.
+    pending: std::sync::Mutex<std::collections::BTreeMap<String, Micros>>,
 }
 
 /// New approval requests per requester per minute: a caller cannot flood approvers (or the
@@ -382,7 +385,33 @@ impl Ledger {
                 per_minute: options.requests_per_minute,
                 opened: Default::default(),
             },
+            pending: Default::default(),
         }))
+    }
+
+    /// Reads the table once for the pending requests (at start, and now and then on a shared
+    /// store, where other replicas open requests too).
+    async fn index_pending(&self) -> Result<(), LedgerError> {
+        let mut found = std::collections::BTreeMap::new();
+        for (_, bytes) in self.approvals.scan_prefix(b"").await? {
+            if let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) {
+                if entry.state == State::Pending {
+                    found.insert(entry.id, entry.expires_at);
+                }
+            }
+        }
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = found;
+        Ok(())
+    }
+
+    /// Keeps the pending index in step with a saved entry.
+    fn track(&self, entry: &Entry) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if entry.state == State::Pending {
+            pending.insert(entry.id.clone(), entry.expires_at);
+        } else {
+            pending.remove(&entry.id);
+        }
     }
 
     /// Every new request and every decision or expiry, as it happens.
@@ -408,6 +437,7 @@ impl Ledger {
     async fn save(&self, entry: &Entry) -> Result<(), LedgerError> {
         let bytes = serde_json::to_vec(entry).map_err(|e| LedgerError::Invalid(e.to_string()))?;
         self.approvals.insert(entry.id.as_bytes(), &bytes).await?;
+        self.track(entry);
         Ok(())
     }
 
@@ -899,9 +929,20 @@ impl Ledger {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut sweeps: u64 = 0;
             loop {
                 tick.tick().await;
                 let Some(ledger) = weak.upgrade() else { return };
+                // The whole table at start; again now and then where other replicas write.
+                let reindex =
+                    sweeps == 0 || (ledger.audit.shared() && sweeps.is_multiple_of(REINDEX_EVERY));
+                sweeps += 1;
+                if reindex {
+                    if let Err(e) = ledger.index_pending().await {
+                        eprintln!("tollgate: reading pending approvals: {e}");
+                        continue;
+                    }
+                }
                 if let Err(e) = ledger.sweep().await {
                     eprintln!("tollgate: expiring approvals: {e}");
                 }
@@ -911,25 +952,38 @@ impl Ledger {
 
     async fn sweep(&self) -> Result<(), LedgerError> {
         let now = now();
-        let mut due = Vec::new();
-        for (_, bytes) in self.approvals.scan_prefix(b"").await? {
-            if let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) {
-                if entry.state == State::Pending && now >= entry.expires_at {
-                    due.push(entry.id);
-                }
-            }
-        }
+        let due: Vec<String> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, expires_at)| now >= **expires_at)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in due {
             let _changing = self.changing().await?;
-            if let Some(mut entry) = self.load(&id).await? {
-                if entry.state == State::Pending && clock::now_micros() >= entry.expires_at {
-                    self.expire(&mut entry).await?;
+            match self.load(&id).await? {
+                Some(mut entry)
+                    if entry.state == State::Pending && clock::now_micros() >= entry.expires_at =>
+                {
+                    self.expire(&mut entry).await?
+                }
+                Some(entry) => self.track(&entry),
+                None => {
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
                 }
             }
         }
         Ok(())
     }
 }
+
+/// On a shared store, the sweeper reads the whole table again every this many sweeps (other
+/// replicas' pending requests are not in this one's index).
+const REINDEX_EVERY: u64 = 12;
 
 #[cfg(test)]
 mod tests {

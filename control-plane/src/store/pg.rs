@@ -364,15 +364,22 @@ impl Reads for Reader {
         })
     }
 
-    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+    fn checkpoints_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let from =
+            i64::try_from(from).map_err(|_| StoreError::Range("checkpoint number".into()))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         block_on(&self.handle, async {
             let rows = self
                 .client
                 .get()
                 .await?
                 .query(
-                    "SELECT number, note FROM tollgate_checkpoints ORDER BY number",
-                    &[],
+                    "SELECT number, note FROM tollgate_checkpoints WHERE number >= $1 ORDER BY number LIMIT $2",
+                    &[&from, &limit],
                 )
                 .await?;
             rows.iter()

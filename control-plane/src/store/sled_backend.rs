@@ -160,9 +160,14 @@ impl Reads for Reader {
         )
     }
 
-    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+    fn checkpoints_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
         self.checkpoints
-            .iter()
+            .range(from.to_be_bytes()..)
+            .take(limit)
             .map(|entry| {
                 let (key, value) = entry?;
                 Ok(StoredCheckpoint {

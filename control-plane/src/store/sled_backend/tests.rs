@@ -619,3 +619,35 @@ async fn store_only_throughput() {
         summary.records as f64 / seconds
     );
 }
+
+#[tokio::test]
+async fn checkpoints_are_read_a_page_at_a_time() {
+    let (_dir, store) = temp_store();
+    let mut numbers = Vec::new();
+    for n in 0..5u64 {
+        store
+            .append(format!(r#"{{"n":{n},"event":"test"}}"#).as_bytes())
+            .await
+            .unwrap();
+        numbers.push(store.checkpoint().await.unwrap().number);
+    }
+    let page = |from, limit| -> Vec<u64> {
+        store
+            .reader()
+            .checkpoints_from(from, limit)
+            .unwrap()
+            .iter()
+            .map(|c| c.number)
+            .collect()
+    };
+    assert_eq!(page(numbers[1], 2), numbers[1..3]);
+    assert_eq!(page(numbers[4] + 1, 10), Vec::<u64>::new());
+    let all: Vec<u64> = store
+        .reader()
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|c| c.number)
+        .collect();
+    assert!(all.ends_with(&numbers), "{all:?}");
+}

@@ -87,6 +87,7 @@ def main():
         # Above the filter's own request and response limits, so that the filter answers first.
         "BUFFER_LIMIT": 64 * 1024 * 1024,
         "WASM_FILE": os.path.abspath(a.wasm) if a.wasm else "",
+        "PAN_REF_KEY_ENV": json.dumps(config.get("panRefKeyEnv", "TOLLGATE_PAN_REF_KEY")),
         "ROUTE_TIMEOUT": a.route_timeout,
         "REQUEST_TIMEOUT": a.request_timeout,
         # Single-quoted YAML scalars: a quote is written twice.

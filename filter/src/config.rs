@@ -68,9 +68,15 @@ pub struct FilterConfig {
     /// is (see docs/identity.md).
     #[serde(default)]
     pub service_accounts: ServiceAccounts,
-    /// Card-number masking.
+    /// Card-number masking. Its `panRefKey` may not be given here (anyone who can read Envoy's
+    /// admin `config_dump` would read it): see `pan_ref_key_env`.
     #[serde(default)]
     pub mask: MaskConfig,
+    /// The environment variable of the wasm VM that holds the `panRef` HMAC key: Envoy passes
+    /// it from its own environment (`vm_config.environment_variables.host_env_keys`; under
+    /// Istio `vmConfig.env` with `valueFrom: HOST`), which a Kubernetes Secret fills.
+    #[serde(default = "default_pan_ref_key_env")]
+    pub pan_ref_key_env: String,
     /// The ordered rules deciding every MCP message (see docs/policy.md).
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -80,6 +86,9 @@ pub struct FilterConfig {
     pub fail_open: FailOpenConfig,
 }
 
+fn default_pan_ref_key_env() -> String {
+    "TOLLGATE_PAN_REF_KEY".to_owned()
+}
 fn default_control_plane_cluster() -> String {
     "tollgate_control_plane".to_owned()
 }
@@ -130,11 +139,26 @@ impl FilterConfig {
             // built yet; refusing the configuration beats silently refusing whole batches.
             return Err("invalid tollgate configuration: policy.batchMode \"perMessage\" is not supported by this filter; use \"wholeBatch\"".to_owned());
         }
+        if config.mask.pan_ref_key.is_some() {
+            return Err(format!(
+                "invalid tollgate configuration: mask.panRefKey would be readable from Envoy's config_dump; put the key in the VM's environment variable {} (panRefKeyEnv) instead",
+                config.pan_ref_key_env
+            ));
+        }
         config.control_plane_target = grpc_target(
             &config.control_plane_cluster,
             config.control_plane_authority.as_deref(),
         )?;
         Ok(config)
+    }
+
+    /// Takes the `panRef` key from the VM's environment (`env` looks a variable up). Only
+    /// `display: panRef` needs it; the masker refuses that display without a key.
+    pub fn with_pan_ref_key(mut self, env: impl Fn(&str) -> Option<String>) -> FilterConfig {
+        if self.mask.display == crate::mask::Display::PanRef {
+            self.mask.pan_ref_key = env(&self.pan_ref_key_env).filter(|k| !k.is_empty());
+        }
+        self
     }
 }
 
@@ -184,6 +208,30 @@ mod tests {
         let config = FilterConfig::from_json(b"").unwrap();
         assert_eq!(config.control_plane_cluster, "tollgate_control_plane");
         assert_eq!(config.max_request_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn the_pan_ref_key_comes_from_the_environment_never_the_configuration() {
+        let inline = FilterConfig::from_json(
+            br#"{"mask":{"display":"panRef","panRefKey":"0123456789abcdef0123"}}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(inline.contains("config_dump"), "{inline}");
+        assert!(!inline.contains("0123456789abcdef0123"), "{inline}");
+        let config =
+            FilterConfig::from_json(br#"{"mask":{"display":"panRef"},"panRefKeyEnv":"K"}"#)
+                .unwrap()
+                .with_pan_ref_key(|name| (name == "K").then(|| "0123456789abcdef0123".to_owned()));
+        assert_eq!(
+            config.mask.pan_ref_key.as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        // Without the variable the masker refuses panRef: the filter does not load.
+        let config = FilterConfig::from_json(br#"{"mask":{"display":"panRef"}}"#)
+            .unwrap()
+            .with_pan_ref_key(|_| None);
+        assert!(crate::mask::Masker::new(config.mask).is_err());
     }
 
     #[test]

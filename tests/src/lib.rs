@@ -201,6 +201,8 @@ pub struct StackOptions {
     /// Run the control plane with `--insecure-plaintext` and Envoy's cluster to it in h2c,
     /// instead of mutual TLS with the dev PKI `tollgate serve` creates in the stack's home.
     pub control_plane_plaintext: bool,
+    /// Envoy's environment besides the test's own (e.g. the panRef key).
+    pub envoy_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -223,6 +225,7 @@ impl Default for StackOptions {
             gateway_tls: false,
             renderer: None,
             control_plane_plaintext: false,
+            envoy_env: Vec::new(),
         }
     }
 }
@@ -415,7 +418,8 @@ impl Stack {
             .arg("-c")
             .arg(&bootstrap)
             .args(["--concurrency", &options.envoy_workers.to_string()])
-            .args(["--log-level", "warn", "--disable-hot-restart"]);
+            .args(["--log-level", "warn", "--disable-hot-restart"])
+            .envs(options.envoy_env.iter().cloned());
         let envoy = Proc::spawn("envoy", envoy_cmd, dir.path())?;
         let mut stack = Stack {
             dir,

@@ -379,3 +379,42 @@ async fn compressed_answers_are_never_passed_unmasked() {
     );
     assert_eq!(error["id"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pan_ref_tokens_are_keyed_from_envoys_environment_never_its_configuration() {
+    const KEY: &str = "k3y-from-a-kubernetes-secret-0001";
+    let stack = Stack::start_with(StackOptions {
+        config: json!({"mask": {"display": "panRef"}}),
+        envoy_env: vec![("TOLLGATE_PAN_REF_KEY".into(), KEY.into())],
+        server_args: vec!["--stateless".into(), "--json-response".into()],
+        ..StackOptions::default()
+    })
+    .expect("stack");
+    let token = stack.token("ana@example.com", &[]).unwrap();
+    let expected: Vec<String> = shapes::cards().into_iter().map(|c| c.digits).collect();
+    let direct = post_mcp(&stack.upstream_url, None, None, call(1, "card_shapes"))
+        .await
+        .unwrap();
+    assert_every_card_sent(&direct, &expected, "panRef");
+    let first = post_mcp(&stack.gateway_url, Some(&token), None, call(2, "card_shapes"))
+        .await
+        .unwrap();
+    assert_no_card_anywhere(&first, "panRef");
+    assert!(first.body.contains("pan_ref:"), "{}", first.body);
+    // Keyed, so stable: the same cards give the same tokens.
+    let second = post_mcp(&stack.gateway_url, Some(&token), None, call(3, "card_shapes"))
+        .await
+        .unwrap();
+    let tokens = |answer: &HttpAnswer| -> Vec<String> {
+        answer
+            .body
+            .match_indices("pan_ref:")
+            .map(|(at, _)| answer.body[at..at + 32].to_owned())
+            .collect()
+    };
+    assert_eq!(tokens(&first), tokens(&second));
+    // Whoever reads Envoy's configuration does not read the key.
+    let dump = tollgate_e2e::admin_get(stack.admin_port, "/config_dump").unwrap();
+    assert!(dump.contains("tollgate"), "not the filter's config dump");
+    assert!(!dump.contains(KEY), "the panRef key is in Envoy's config_dump");
+}

@@ -91,6 +91,8 @@ impl RootContext for TollgateRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         let bytes = host::buffer(BufferType::PluginConfiguration, plugin_configuration_size);
         let loaded = FilterConfig::from_json(&bytes).and_then(|config| {
+            // The key comes from the VM's environment (WASI), never the plugin configuration.
+            let config = config.with_pan_ref_key(|name| std::env::var(name).ok());
             let masker = Masker::new(config.mask.clone())
                 .map_err(|e| format!("invalid mask configuration: {e}"))?;
             let policy =

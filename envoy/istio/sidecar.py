@@ -268,6 +268,14 @@ def wasm_filter(plugin, plugin_config, wasm):
     if not modes & {"SERVER", "CLIENT_AND_SERVER", "UNDEFINED"}:
         sys.exit("sidecar.py: the WasmPlugin does not apply to inbound traffic")
     name = f"{plugin['metadata']['namespace']}.{plugin['metadata']['name']}"
+    vm_config = {"runtime": "envoy.wasm.runtime.v8",
+                 "code": {"local": {"filename": os.path.abspath(wasm)}}}
+    # vmConfig.env as istiod translates it: HOST values come from the proxy's environment.
+    env = (spec.get("vmConfig") or {}).get("env") or []
+    host = [e["name"] for e in env if e.get("valueFrom", "INLINE") == "HOST"]
+    inline = {e["name"]: e.get("value", "") for e in env if e.get("valueFrom", "INLINE") == "INLINE"}
+    if host or inline:
+        vm_config["environment_variables"] = {"host_env_keys": host, "key_values": inline}
     return {"name": name, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {
@@ -275,8 +283,7 @@ def wasm_filter(plugin, plugin_config, wasm):
             "root_id": spec.get("pluginName", ""),
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                               "value": json.dumps(plugin_config, separators=(",", ":"))},
-            "vm_config": {"runtime": "envoy.wasm.runtime.v8",
-                          "code": {"local": {"filename": os.path.abspath(wasm)}}},
+            "vm_config": vm_config,
             "fail_open": spec.get("failStrategy", "FAIL_CLOSE") == "FAIL_OPEN",
         },
     }}

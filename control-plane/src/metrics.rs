@@ -40,9 +40,10 @@ impl Metrics {
         // The newest checkpoint of an earlier run carries its own time.
         let previous = store
             .reader()
-            .checkpoints()
+            .latest_checkpoint()
             .ok()
-            .and_then(|all| all.last().map(|c| c.note.clone()))
+            .flatten()
+            .map(|c| c.note)
             .and_then(|note| {
                 note.lines()
                     .find_map(|l| l.strip_prefix("time "))

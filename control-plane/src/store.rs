@@ -263,6 +263,8 @@ pub trait Reads: Send + Sync {
             }
         }
     }
+    /// The newest stored checkpoint, if any.
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
     /// At most `limit` stored checkpoints numbered `from` or more, oldest first: a page, so that
     /// serving a long log's checkpoints does not hold them all in memory.
     fn checkpoints_from(

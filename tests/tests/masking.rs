@@ -396,15 +396,25 @@ async fn pan_ref_tokens_are_keyed_from_envoys_environment_never_its_configuratio
         .await
         .unwrap();
     assert_every_card_sent(&direct, &expected, "panRef");
-    let first = post_mcp(&stack.gateway_url, Some(&token), None, call(2, "card_shapes"))
-        .await
-        .unwrap();
+    let first = post_mcp(
+        &stack.gateway_url,
+        Some(&token),
+        None,
+        call(2, "card_shapes"),
+    )
+    .await
+    .unwrap();
     assert_no_card_anywhere(&first, "panRef");
     assert!(first.body.contains("pan_ref:"), "{}", first.body);
     // Keyed, so stable: the same cards give the same tokens.
-    let second = post_mcp(&stack.gateway_url, Some(&token), None, call(3, "card_shapes"))
-        .await
-        .unwrap();
+    let second = post_mcp(
+        &stack.gateway_url,
+        Some(&token),
+        None,
+        call(3, "card_shapes"),
+    )
+    .await
+    .unwrap();
     let tokens = |answer: &HttpAnswer| -> Vec<String> {
         answer
             .body
@@ -416,5 +426,8 @@ async fn pan_ref_tokens_are_keyed_from_envoys_environment_never_its_configuratio
     // Whoever reads Envoy's configuration does not read the key.
     let dump = tollgate_e2e::admin_get(stack.admin_port, "/config_dump").unwrap();
     assert!(dump.contains("tollgate"), "not the filter's config dump");
-    assert!(!dump.contains(KEY), "the panRef key is in Envoy's config_dump");
+    assert!(
+        !dump.contains(KEY),
+        "the panRef key is in Envoy's config_dump"
+    );
 }

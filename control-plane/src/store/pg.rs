@@ -364,6 +364,27 @@ impl Reads for Reader {
         })
     }
 
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        block_on(&self.handle, async {
+            let row = self
+                .client
+                .get()
+                .await?
+                .query_opt(
+                    "SELECT number, note FROM tollgate_checkpoints ORDER BY number DESC LIMIT 1",
+                    &[],
+                )
+                .await?;
+            row.map(|row| {
+                Ok(StoredCheckpoint {
+                    number: to_u64(row.get(0), "a checkpoint number")?,
+                    note: row.get(1),
+                })
+            })
+            .transpose()
+        })
+    }
+
     fn checkpoints_from(
         &self,
         from: u64,

@@ -160,6 +160,18 @@ impl Reads for Reader {
         )
     }
 
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.checkpoints
+            .last()?
+            .map(|(key, value)| {
+                Ok(StoredCheckpoint {
+                    number: seq_of(&key)?,
+                    note: String::from_utf8_lossy(&value).into_owned(),
+                })
+            })
+            .transpose()
+    }
+
     fn checkpoints_from(
         &self,
         from: u64,

@@ -650,4 +650,6 @@ async fn checkpoints_are_read_a_page_at_a_time() {
         .map(|c| c.number)
         .collect();
     assert!(all.ends_with(&numbers), "{all:?}");
+    let latest = store.reader().latest_checkpoint().unwrap().unwrap();
+    assert_eq!(Some(&latest.number), all.last());
 }

@@ -120,12 +120,11 @@ pub struct BundleRecord {
     pub inclusion: Vec<String>,
 }
 
-/// A selected record, before proofs.
+/// A selected record: where it is and what it hashes to. The record itself is read again when
+/// the bundle is written, so that an export holds no more than this per record in memory.
 pub struct Selected {
     pub seq: u64,
     pub leaf: Hash,
-    pub chain_hash: String,
-    pub record: Value,
 }
 
 /// Reads the records `selection` picks.
@@ -141,8 +140,6 @@ pub fn select(reader: &dyn Reads, selection: &Selection) -> Result<Vec<Selected>
             selected.push(Selected {
                 seq: record.seq,
                 leaf: merkle::leaf_hash(&record.canonical_json),
-                chain_hash: record.chain_hash,
-                record: value,
             });
         }
     }
@@ -174,98 +171,162 @@ pub fn export_event(selected: &[Selected], filter: &Value) -> Map<String, Value>
     event
 }
 
-/// Assembles the bundle once the export record (`export_seq`) is written and `checkpoint`
-/// (which covers it) is signed.
-pub fn assemble(
-    reader: &dyn Reads,
-    origin: &str,
-    keys: &[NoteVerifier],
-    selected: Vec<Selected>,
-    filter: Value,
-    export_seq: u64,
-    checkpoint: &SignedCheckpoint,
-) -> Result<Bundle, StoreError> {
-    let size = checkpoint.checkpoint.size;
-    let hexes = |hashes: Vec<Hash>| hashes.iter().map(hex::encode).collect::<Vec<_>>();
-    let mut records = Vec::with_capacity(selected.len());
-    for s in selected {
-        records.push(BundleRecord {
-            seq: s.seq,
-            leaf_hash: hex::encode(s.leaf),
-            chain_hash: s.chain_hash,
-            record: s.record,
-            inclusion: hexes(reader.inclusion_proof(s.seq, size)?),
-        });
-    }
-    let export = reader
-        .records(export_seq, 1)
+/// What a bundle is written from, once the export record (`export_seq`) is stored and
+/// `checkpoint` (which covers it) is signed.
+pub struct Assembly<'a> {
+    pub origin: &'a str,
+    pub keys: &'a [NoteVerifier],
+    pub selected: &'a [Selected],
+    pub filter: &'a Value,
+    pub export_seq: u64,
+    pub checkpoint: &'a SignedCheckpoint,
+}
+
+fn hexes(hashes: Vec<Hash>) -> Vec<String> {
+    hashes.iter().map(hex::encode).collect()
+}
+
+/// The stored record at `seq`, with its inclusion proof in a tree of `size` records.
+fn bundle_record(reader: &dyn Reads, seq: u64, size: u64) -> Result<BundleRecord, StoreError> {
+    let stored = reader
+        .records(seq, 1)
         .next()
-        .ok_or_else(|| StoreError::Corrupt(export_seq.to_string()))??;
-    let export = BundleRecord {
-        seq: export.seq,
-        leaf_hash: hex::encode(merkle::leaf_hash(&export.canonical_json)),
-        chain_hash: export.chain_hash,
-        record: serde_json::from_slice(&export.canonical_json)
-            .map_err(|_| StoreError::Corrupt(export_seq.to_string()))?,
-        inclusion: hexes(reader.inclusion_proof(export_seq, size)?),
-    };
-    // One earlier checkpoint per size (the first signed at it), within the selected time range.
-    let from = filter
-        .get("from")
-        .and_then(Value::as_str)
-        .and_then(clock::parse);
-    let to = filter
-        .get("to")
-        .and_then(Value::as_str)
-        .and_then(clock::parse);
-    let mut earlier = Vec::new();
-    let mut last_size = None;
-    for stored in reader.checkpoints()? {
-        let Some(body) = stored
-            .note
-            .split_once("\n\n")
-            .map(|(b, _)| format!("{b}\n"))
-        else {
-            continue;
-        };
-        let Ok(parsed) = crate::note::Checkpoint::parse(&body) else {
-            continue;
-        };
-        let time = clock::parse(&parsed.time).unwrap_or(0);
-        if parsed.size >= size
-            || last_size == Some(parsed.size)
-            || from.is_some_and(|f| time < f)
-            || to.is_some_and(|t| time >= t)
-        {
-            continue;
-        }
-        last_size = Some(parsed.size);
-        earlier.push(EarlierCheckpoint {
-            note: stored.note,
-            consistency: hexes(reader.consistency_proof(parsed.size, size)?),
-        });
-    }
-    Ok(Bundle {
-        format: FORMAT.into(),
-        origin: origin.into(),
-        created_at: clock::format(clock::now_micros()),
-        filter,
-        keys: keys.iter().map(NoteVerifier::encode).collect(),
-        checkpoint: checkpoint.note.clone(),
-        checkpoints: earlier,
-        records,
-        export,
+        .ok_or_else(|| StoreError::Corrupt(seq.to_string()))??;
+    Ok(BundleRecord {
+        seq: stored.seq,
+        leaf_hash: hex::encode(merkle::leaf_hash(&stored.canonical_json)),
+        chain_hash: stored.chain_hash,
+        record: serde_json::from_slice(&stored.canonical_json)
+            .map_err(|_| StoreError::Corrupt(seq.to_string()))?,
+        inclusion: hexes(reader.inclusion_proof(seq, size)?),
     })
 }
 
+/// Writes the bundle (the [`Bundle`] document, field by field) to `out` as it is read: one
+/// record, one earlier checkpoint at a time, never the whole bundle in memory.
+pub fn write(
+    reader: &dyn Reads,
+    assembly: &Assembly<'_>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), StoreError> {
+    let size = assembly.checkpoint.checkpoint.size;
+    let io = |e: std::io::Error| StoreError::Task(format!("writing the bundle: {e}"));
+    let json = |value: &dyn erased::Json, out: &mut dyn std::io::Write| {
+        value
+            .write_to(out)
+            .map_err(|e| StoreError::Task(format!("writing the bundle: {e}")))
+    };
+    let keys: Vec<String> = assembly.keys.iter().map(NoteVerifier::encode).collect();
+    out.write_all(b"{\"format\":").map_err(io)?;
+    json(&FORMAT, out)?;
+    out.write_all(b",\"origin\":").map_err(io)?;
+    json(&assembly.origin, out)?;
+    out.write_all(b",\"createdAt\":").map_err(io)?;
+    json(&clock::format(clock::now_micros()), out)?;
+    out.write_all(b",\"filter\":").map_err(io)?;
+    json(assembly.filter, out)?;
+    out.write_all(b",\"keys\":").map_err(io)?;
+    json(&keys, out)?;
+    out.write_all(b",\"checkpoint\":").map_err(io)?;
+    json(&assembly.checkpoint.note, out)?;
+
+    // One earlier checkpoint per size (the first signed at it), within the selected time
+    // range, read a page at a time.
+    out.write_all(b",\"checkpoints\":[").map_err(io)?;
+    let bound = |name: &str| {
+        assembly
+            .filter
+            .get(name)
+            .and_then(Value::as_str)
+            .and_then(clock::parse)
+    };
+    let (from, to) = (bound("from"), bound("to"));
+    let mut last_size = None;
+    let mut first = true;
+    let mut next = 0;
+    loop {
+        let page = reader.checkpoints_from(next, crate::store::CHECKPOINT_PAGE)?;
+        let last_page = page.len() < crate::store::CHECKPOINT_PAGE;
+        for stored in page {
+            next = stored.number + 1;
+            let Some(body) = stored
+                .note
+                .split_once("\n\n")
+                .map(|(b, _)| format!("{b}\n"))
+            else {
+                continue;
+            };
+            let Ok(parsed) = crate::note::Checkpoint::parse(&body) else {
+                continue;
+            };
+            let time = clock::parse(&parsed.time).unwrap_or(0);
+            if parsed.size >= size
+                || last_size == Some(parsed.size)
+                || from.is_some_and(|f| time < f)
+                || to.is_some_and(|t| time >= t)
+            {
+                continue;
+            }
+            last_size = Some(parsed.size);
+            if !std::mem::take(&mut first) {
+                out.write_all(b",").map_err(io)?;
+            }
+            json(
+                &EarlierCheckpoint {
+                    note: stored.note,
+                    consistency: hexes(reader.consistency_proof(parsed.size, size)?),
+                },
+                out,
+            )?;
+        }
+        if last_page {
+            break;
+        }
+    }
+    out.write_all(b"],\"records\":[").map_err(io)?;
+    for (i, selected) in assembly.selected.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",").map_err(io)?;
+        }
+        let record = bundle_record(reader, selected.seq, size)?;
+        if hex::decode(&record.leaf_hash).ok().as_deref() != Some(&selected.leaf[..]) {
+            return Err(StoreError::Inconsistent(format!(
+                "record {} changed between its selection and the export",
+                selected.seq
+            )));
+        }
+        json(&record, out)?;
+    }
+    out.write_all(b"],\"export\":").map_err(io)?;
+    json(&bundle_record(reader, assembly.export_seq, size)?, out)?;
+    out.write_all(b"}").map_err(io)?;
+    Ok(())
+}
+
+/// Serialising any of the bundle's parts to a writer (`serde_json::to_writer` needs a sized
+/// writer; the bundle is written through `dyn Write`).
+mod erased {
+    pub trait Json {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()>;
+    }
+
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
+            serde_json::to_writer(out, self)
+        }
+    }
+}
+
 /// Exports `selection` from a running store: selects, records the export (with `operator`),
-/// signs a checkpoint covering that record, and assembles the bundle.
+/// signs a checkpoint covering that record, and writes the bundle to `out` on a blocking
+/// thread as it reads it. Returns the number of records in it, and `out`.
 pub async fn export(
     store: &Arc<Store>,
     selection: Selection,
     operator: &Operator,
     via: &str,
-) -> Result<Bundle, StoreError> {
+    mut out: Box<dyn std::io::Write + Send>,
+) -> Result<(u64, Box<dyn std::io::Write + Send>), StoreError> {
     let task = |e: tokio::task::JoinError| StoreError::Task(e.to_string());
     let selected = {
         let store = store.clone();
@@ -285,15 +346,18 @@ pub async fn export(
         .map_err(|e| StoreError::Inconsistent(format!("a fresh checkpoint does not open: {e}")))?;
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        assemble(
-            store.reader(),
-            store.origin(),
-            &keys,
-            selected,
-            filter,
-            appended.seq,
-            &signed,
-        )
+        let assembly = Assembly {
+            origin: store.origin(),
+            keys: &keys,
+            selected: &selected,
+            filter: &filter,
+            export_seq: appended.seq,
+            checkpoint: &signed,
+        };
+        write(store.reader(), &assembly, &mut out)?;
+        out.flush()
+            .map_err(|e| StoreError::Task(format!("writing the bundle: {e}")))?;
+        Ok((selected.len() as u64, out))
     })
     .await
     .map_err(task)?

@@ -361,18 +361,19 @@ impl pb::audit_server::Audit for AuditService {
             sub: optional(sub),
             session: optional(session),
         };
-        let bundle = bundle::export(&self.store, selection, &operator, "grpc").await?;
-        let bytes = serde_json::to_vec_pretty(&bundle)
-            .map_err(|e| Status::internal(format!("cannot encode the bundle: {e}")))?;
+        // Written by a blocking thread into the stream as it is read: never the whole bundle
+        // in this process's memory. A failure after the first chunk ends the stream with it.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let store = self.store.clone();
         tokio::spawn(async move {
-            for chunk in bytes.chunks(EXPORT_CHUNK) {
-                let item = pb::ExportChunk {
-                    data: chunk.to_vec(),
-                };
-                if tx.send(Ok(item)).await.is_err() {
-                    break;
-                }
+            let writer = ChunkWriter {
+                tx: tx.clone(),
+                buffer: Vec::with_capacity(EXPORT_CHUNK),
+            };
+            if let Err(e) =
+                bundle::export(&store, selection, &operator, "grpc", Box::new(writer)).await
+            {
+                let _ = tx.send(Err(Status::from(e))).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -407,6 +408,38 @@ impl pb::audit_server::Audit for AuditService {
         Ok(Response::new(pb::StateTablesResponse {
             snapshot_json: snapshot.to_string().into_bytes(),
         }))
+    }
+}
+
+/// The bundle's bytes as `Export` chunks, sent from the blocking thread that writes them.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<pb::ExportChunk, Status>>,
+    buffer: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(EXPORT_CHUNK));
+        self.tx
+            .blocking_send(Ok(pb::ExportChunk { data }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= EXPORT_CHUNK {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.send()
     }
 }
 

@@ -563,3 +563,63 @@ async fn state_tables_edited_without_a_record_are_caught() {
         assert!(problems.contains(&wanted), "{wanted:?} not in {summary}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_larger_than_a_chunk_streams_from_the_server_and_from_the_store() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start(home.path());
+    let mut client = server.client().await;
+    // About 2.5 MiB of records: more than two of the server's 1 MiB export chunks.
+    let padding = "x".repeat(1000);
+    for n in 0..2500 {
+        client
+            .append(pb::AppendRequest {
+                record_json: json!({"event": "test.bulk", "n": n, "padding": padding})
+                    .to_string()
+                    .into_bytes(),
+                session: None,
+            })
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let over_grpc = dir.path().join("grpc.json");
+    let url = server.url();
+    let out = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "export",
+            "--server",
+            &url,
+            "--out",
+            over_grpc.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exported 2501 records"),
+        "{out:?}"
+    );
+    assert!(std::fs::metadata(&over_grpc).unwrap().len() > 2 << 20);
+    assert!(server.terminate().success());
+    let from_store = dir.path().join("store.json");
+    let out = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "export",
+            "--server",
+            NO_SERVER,
+            "--out",
+            from_store.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let vkeys = home.path().join("keys/checkpoint.vkeys");
+    for bundle in [&over_grpc, &from_store] {
+        let (code, summary) = verify_bundle(bundle, &["--key", vkeys.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{summary}");
+        assert_eq!(summary["intact"], true, "{summary}");
+    }
+}

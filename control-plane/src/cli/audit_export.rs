@@ -37,6 +37,22 @@ pub struct Args {
     filter: FilterArgs,
 }
 
+/// How much of a streamed bundle's end is kept: its last field is the export record.
+const TAIL: usize = 64 * 1024;
+
+/// The record count the export record at the end of a bundle states.
+fn exported_records(tail: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(tail);
+    let at = text.rfind("\"export\":")?;
+    let export: serde_json::Value = serde_json::from_str(
+        text[at + "\"export\":".len()..]
+            .trim_end()
+            .strip_suffix('}')?,
+    )
+    .ok()?;
+    export["record"]["records"].as_u64()
+}
+
 pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::Result<ExitCode> {
     if args.format == Format::Bundle && !args.filter.only_selection() {
         anyhow::bail!(
@@ -47,8 +63,8 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
         .operator()
         .with_purpose("export", Some(args.filter.to_json()));
     let mut source = Source::open(home, &args.source, &operator).await?;
-    let mut out: Box<dyn Write> = if args.out.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
+    let mut out: Box<dyn Write + Send> = if args.out.as_os_str() == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout()))
     } else {
         let file = std::fs::File::create(&args.out)
             .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -71,19 +87,22 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
                         .await
                         .with_context(|| format!("exporting from {address}"))?
                         .into_inner();
-                    let mut bytes = Vec::new();
+                    // Written as it arrives: a bundle of any size passes through in chunks.
+                    let mut tail = Vec::new();
                     while let Some(chunk) = stream.message().await? {
-                        bytes.extend_from_slice(&chunk.data);
+                        out.write_all(&chunk.data)?;
+                        tail.extend_from_slice(&chunk.data);
+                        let keep = tail.len().saturating_sub(TAIL);
+                        tail.drain(..keep);
                     }
-                    let bundle: bundle::Bundle = serde_json::from_slice(&bytes)
-                        .context("the control plane sent a malformed bundle")?;
-                    count = bundle.records.len() as u64;
-                    out.write_all(&bytes)?;
+                    count = exported_records(&tail)
+                        .context("the control plane sent a bundle without its export record")?;
                 }
                 Source::Store(store) => {
-                    let bundle = bundle::export(store, selection, &operator, "store").await?;
-                    count = bundle.records.len() as u64;
-                    serde_json::to_writer_pretty(&mut out, &bundle)?;
+                    let (records, writer) =
+                        bundle::export(store, selection, &operator, "store", out).await?;
+                    out = writer;
+                    count = records;
                 }
                 Source::Reader(_) => anyhow::bail!(
                     "cannot export a bundle from a store that cannot be written: the export must be recorded and checkpointed"

@@ -851,7 +851,8 @@ async fn the_owner_of_a_service_account_cannot_approve_its_calls() {
 }
 
 /// An identity provider's and a chat tool's endpoints over https, with a certificate for
-/// 127.0.0.1 from a private CA: GET answers the JWKS, every POST body is sent on `posts`.
+/// 127.0.0.1 from a private CA: GET answers the discovery document (issuer: `base`) or the
+/// JWKS, every POST body is sent on `posts`.
 struct HttpsEndpoint {
     base: String,
     ca: std::path::PathBuf,
@@ -888,6 +889,10 @@ impl HttpsEndpoint {
         let config = std::sync::Arc::new(config);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("https://{}", listener.local_addr().unwrap());
+        let discovery =
+            json!({"issuer": base, "jwks_uri": format!("{base}/.well-known/jwks.json")})
+                .to_string()
+                .into_bytes();
         let (tx, posts) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -897,7 +902,9 @@ impl HttpsEndpoint {
                 let Some((head, body)) = read_request(&mut tls) else {
                     continue;
                 };
-                let answer: &[u8] = if head.starts_with("GET ") {
+                let answer: &[u8] = if head.starts_with("GET /.well-known/openid-configuration") {
+                    &discovery
+                } else if head.starts_with("GET ") {
                     &jwks
                 } else {
                     b"ok"
@@ -1038,4 +1045,32 @@ async fn the_sweeper_expires_a_request_nobody_touches_again() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keys_are_found_through_the_issuers_discovery_document() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    // The dev issuer's keys (created with the first token), published by another issuer.
+    let dev = common::dev_token(home, "pat@example.com", GROUP, &[]);
+    let endpoint = HttpsEndpoint::start(home, std::fs::read(home.join("dev/jwks.json")).unwrap());
+    let issuer = endpoint.base.clone();
+    let olga = common::dev_token(
+        home,
+        "olga@example.com",
+        GROUP,
+        &["--claim", &format!("iss={issuer}")],
+    );
+    let ca = endpoint.ca.display().to_string();
+    let server = Server::start_with(home, &["--operator-issuer", &issuer, "--http-ca", &ca]);
+    let mut filter = filter(&server).await;
+    let id = ask(&mut filter, call("alice@example.com", "7878"))
+        .await
+        .approval_id;
+    let approved = approvals(&server, home, &olga, &["approve", &id, "--reason", "ok"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    // A token of the dev issuer is not one of this issuer's.
+    let refused = approvals(&server, home, &dev, &["list"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(stderr(&refused).contains("issuer"), "{}", stderr(&refused));
 }

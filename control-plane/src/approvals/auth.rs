@@ -22,6 +22,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum JwksSource {
     File(PathBuf),
     Url(String),
+    /// OpenID Connect discovery: the issuer's `/.well-known/openid-configuration` names its
+    /// `jwks_uri` (read again at every refresh, so a provider may move its keys).
+    Discovery(String),
 }
 
 impl std::fmt::Display for JwksSource {
@@ -29,6 +32,7 @@ impl std::fmt::Display for JwksSource {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::Url(url) => f.write_str(url),
+            Self::Discovery(issuer) => write!(f, "{issuer} (OpenID Connect discovery)"),
         }
     }
 }
@@ -131,7 +135,7 @@ impl OperatorAuth {
             refresh: tokio::sync::Notify::new(),
             last_unknown_kid_fetch: Mutex::new(None),
         });
-        if matches!(auth.source, JwksSource::Url(_)) {
+        if matches!(auth.source, JwksSource::Url(_) | JwksSource::Discovery(_)) {
             let weak = Arc::downgrade(&auth);
             tokio::spawn(async move {
                 loop {
@@ -228,9 +232,9 @@ impl OperatorAuth {
     /// Interceptors are synchronous, so this blocks the calling worker thread for the fetch (on the
     /// multi-threaded runtime `serve` uses; elsewhere the background refresh is woken instead).
     fn fetch_for_unknown_kid(&self) {
-        let JwksSource::Url(_) = &self.source else {
+        if matches!(self.source, JwksSource::File(_)) {
             return;
-        };
+        }
         {
             let mut last = self
                 .last_unknown_kid_fetch
@@ -279,6 +283,33 @@ impl OperatorAuth {
     }
 }
 
+/// The `jwks_uri` of `issuer`'s discovery document, which must name the same issuer (OpenID
+/// Connect Discovery 1.0, section 4.3) and keep the issuer's scheme.
+async fn discover(issuer: &str) -> Result<String, String> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let bytes = http::send("GET", &url, None, b"", FETCH_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let document: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{url} is not a discovery document: {e}"))?;
+    if document["issuer"].as_str() != Some(issuer) {
+        return Err(format!(
+            "{url} names issuer {}, not {issuer:?}",
+            document["issuer"]
+        ));
+    }
+    let jwks = document["jwks_uri"]
+        .as_str()
+        .ok_or_else(|| format!("{url} has no jwks_uri"))?;
+    if issuer.starts_with("https://") && !jwks.starts_with("https://") {
+        return Err(format!("{url}: jwks_uri {jwks:?} is not https"));
+    }
+    Ok(jwks.to_owned())
+}
+
 async fn load(source: &JwksSource) -> Result<(JwkSet, Option<SystemTime>), AuthError> {
     let fail = |message: String| AuthError::Keys {
         source_name: source.to_string(),
@@ -290,6 +321,18 @@ async fn load(source: &JwksSource) -> Result<(JwkSet, Option<SystemTime>), AuthE
                 .await
                 .map_err(|e| fail(e.to_string()))?,
             std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        ),
+        JwksSource::Discovery(issuer) => (
+            http::send(
+                "GET",
+                &discover(issuer).await.map_err(fail)?,
+                None,
+                b"",
+                FETCH_TIMEOUT,
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?,
+            None,
         ),
         JwksSource::Url(url) => (
             http::send("GET", url, None, b"", FETCH_TIMEOUT)

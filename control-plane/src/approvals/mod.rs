@@ -44,8 +44,9 @@ pub struct Config {
     #[arg(long, env = "TOLLGATE_APPROVAL_WEBHOOK")]
     pub approval_webhook: Option<String>,
     /// Operators' token issuer keys: a JWKS file, or an https:// (or http://) URL to fetch it
-    /// from; `serve` refuses to start when they cannot be loaded. Default: the dev issuer's
-    /// <home>/dev/jwks.json.
+    /// from; `serve` refuses to start when they cannot be loaded. Default: found through the
+    /// issuer's OpenID Connect discovery document (for an issuer other than the dev one), else
+    /// the dev issuer's <home>/dev/jwks.json.
     #[arg(long, env = "TOLLGATE_OPERATOR_JWKS")]
     pub operator_jwks: Option<String>,
     /// `iss` operator tokens must carry.
@@ -62,13 +63,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Where the operator JWKS comes from.
+    /// Where the operator JWKS comes from: `--operator-jwks`, else the issuer's discovery
+    /// document for an issuer other than the dev one, else the dev issuer's file.
     pub fn jwks_source(&self, home: &Path) -> auth::JwksSource {
         match &self.operator_jwks {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 auth::JwksSource::Url(url.clone())
             }
             Some(file) => auth::JwksSource::File(file.into()),
+            None if self.operator_issuer != crate::issuer::ISSUER => {
+                auth::JwksSource::Discovery(self.operator_issuer.clone())
+            }
             None => auth::JwksSource::File(crate::issuer::DevIssuer::at(home).jwks_path),
         }
     }

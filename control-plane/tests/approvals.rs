@@ -988,6 +988,19 @@ async fn operator_keys_and_the_webhook_work_over_https_and_an_unusable_url_stops
     let (code, text) = refused_start(home, &["--approval-webhook", "ftp://hooks.example/x"]);
     assert_ne!(code, Some(0), "{text}");
     assert!(text.contains("--approval-webhook"), "{text}");
+    // A policy that does not compile: the control plane would judge approvals by nothing.
+    let broken = home.join("broken-policy.json");
+    std::fs::write(
+        &broken,
+        r#"{"rules":[{"id":"bad-glob","match":{"tool":"get_[customer"},"action":"allow"}]}"#,
+    )
+    .unwrap();
+    let (code, text) = refused_start(home, &["--policy", broken.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("is not valid") && text.contains("bad-glob"),
+        "{text}"
+    );
 
     let ca = endpoint.ca.display().to_string();
     let server = Server::start_with(

@@ -203,6 +203,9 @@ pub struct StackOptions {
     pub control_plane_plaintext: bool,
     /// Envoy's environment besides the test's own (e.g. the panRef key).
     pub envoy_env: Vec<(String, String)>,
+    /// The control plane's copy of the policy, when a test needs it to differ from the
+    /// filter's (`policy`).
+    pub control_plane_policy: Option<Value>,
 }
 
 impl Default for StackOptions {
@@ -226,6 +229,7 @@ impl Default for StackOptions {
             renderer: None,
             control_plane_plaintext: false,
             envoy_env: Vec::new(),
+            control_plane_policy: None,
         }
     }
 }
@@ -318,7 +322,11 @@ impl Stack {
         let control_plane_url = format!("{scheme}://{control_plane_addr}");
         // The control plane judges approval requests by the filter's own policy, from a file.
         let policy_file = dir.path().join("policy.json");
-        std::fs::write(&policy_file, options.policy.to_string())?;
+        let control_plane_policy = options
+            .control_plane_policy
+            .as_ref()
+            .unwrap_or(&options.policy);
+        std::fs::write(&policy_file, control_plane_policy.to_string())?;
         let policy_args = vec!["--policy".to_owned(), policy_file.display().to_string()];
         // The options' own arguments come last, so that they win.
         let control_plane_args: Vec<String> = control_plane_args

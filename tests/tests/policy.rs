@@ -255,8 +255,12 @@ async fn bad_bodies_get_their_errors_are_audited_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_policy_is_refused_with_a_clear_message() {
+    // The control plane refuses the same policy (control-plane/tests/approvals.rs): here it
+    // gets the valid example, so that the filter's refusal is what stops the stack.
+    let valid = StackOptions::default().policy;
     let options = StackOptions {
         policy: json!({"rules":[{"id":"bad-glob","match":{"tool":"get_[customer"},"action":"allow"}]}),
+        control_plane_policy: Some(valid),
         ..StackOptions::default()
     };
     let error = match Stack::start_with(options) {

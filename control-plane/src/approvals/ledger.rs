@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tollgate_engine::identity::act_subjects;
+use tollgate_engine::mask::{MaskReport, Masker};
 
 use crate::revocations::registry::Registry;
 
@@ -456,6 +457,9 @@ impl Ledger {
         if let Value::Object(extra) = extra {
             record.extend(extra);
         }
+        // The requester's claims and the reasons are others' text: masked like an append.
+        let record = crate::service::masked_event(&record)
+            .ok_or_else(|| LedgerError::Invalid("the record could not be masked".into()))?;
         self.audit.append_event(&record).await?;
         Ok(())
     }
@@ -530,7 +534,11 @@ impl Ledger {
         let identity = if request.identity_json.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&request.identity_json)
+            // Kept in the approvals table and shown to approvers: never a card number in it.
+            let masked = Masker::default()
+                .mask_json(&request.identity_json, &mut MaskReport::default())
+                .map_err(|_| LedgerError::Invalid("identity_json is not JSON".into()))?;
+            serde_json::from_slice(&masked)
                 .map_err(|_| LedgerError::Invalid("identity_json is not JSON".into()))?
         };
         let key = call_key(&request.requester, &request.upstream, &terms);

@@ -19,20 +19,13 @@ pub fn build(registry: Arc<Registry>) -> RevocationsServer<RevocationsService> {
     RevocationsServer::new(RevocationsService { registry })
 }
 
-impl RevocationsService {
-    /// The signed-in operator (the access layer verified it before the call got here).
-    fn operator<T>(request: &Request<T>) -> Result<VerifiedOperator, Status> {
-        VerifiedOperator::of(request)
-    }
-}
-
 #[tonic::async_trait]
 impl pb::revocations_server::Revocations for RevocationsService {
     async fn revoke(
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::Revocation>, Status> {
-        let operator = Self::operator(&request)?;
+        let operator = VerifiedOperator::of(&request)?;
         let pb::RevokeRequest {
             claim,
             value,
@@ -49,7 +42,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         request: Request<pb::LiftRequest>,
     ) -> Result<Response<pb::Revocation>, Status> {
-        let operator = Self::operator(&request)?;
+        let operator = VerifiedOperator::of(&request)?;
         let pb::LiftRequest {
             revocation_id,
             reason,
@@ -65,7 +58,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         request: Request<pb::SetOwnerRequest>,
     ) -> Result<Response<pb::ServiceAccountOwner>, Status> {
-        let operator = Self::operator(&request)?;
+        let operator = VerifiedOperator::of(&request)?;
         let pb::SetOwnerRequest {
             service_account,
             owner,
@@ -82,7 +75,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         request: Request<pb::RemoveOwnerRequest>,
     ) -> Result<Response<pb::ServiceAccountOwner>, Status> {
-        let operator = Self::operator(&request)?;
+        let operator = VerifiedOperator::of(&request)?;
         let pb::RemoveOwnerRequest {
             service_account,
             reason,

@@ -352,6 +352,14 @@ impl Iterator for Pages {
     }
 }
 
+/// A `SELECT number, note FROM tollgate_checkpoints` row.
+fn checkpoint_row(row: &tokio_postgres::Row) -> Result<StoredCheckpoint, StoreError> {
+    Ok(StoredCheckpoint {
+        number: to_u64(row.get(0), "a checkpoint number")?,
+        note: row.get(1),
+    })
+}
+
 impl Reads for Reader {
     fn records(&self, from_seq: u64, limit: u64) -> RecordIter {
         Box::new(Pages {
@@ -375,13 +383,7 @@ impl Reads for Reader {
                     &[],
                 )
                 .await?;
-            row.map(|row| {
-                Ok(StoredCheckpoint {
-                    number: to_u64(row.get(0), "a checkpoint number")?,
-                    note: row.get(1),
-                })
-            })
-            .transpose()
+            row.as_ref().map(checkpoint_row).transpose()
         })
     }
 
@@ -403,14 +405,7 @@ impl Reads for Reader {
                     &[&from, &limit],
                 )
                 .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(StoredCheckpoint {
-                        number: to_u64(row.get(0), "a checkpoint number")?,
-                        note: row.get(1),
-                    })
-                })
-                .collect()
+            rows.iter().map(checkpoint_row).collect()
         })
     }
 

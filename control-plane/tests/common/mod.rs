@@ -66,7 +66,8 @@ pub fn held_call(
             grant_ttl_seconds,
             ..
         } => (approver_group.clone(), grant_ttl_seconds.unwrap_or(0)),
-        other => (String::new(), u64::from(other == &Decision::Allow)),
+        // A call the policy does not hold: no terms to read.
+        _ => (String::new(), 0),
     };
     let requester = claims["sub"].as_str().expect("claims carry sub").to_owned();
     tollgate_proto::pb::ApprovalRequest {

@@ -129,10 +129,10 @@ pub struct Access {
     revocations: Arc<Registry>,
 }
 
-/// A call the table lets through: the operator behind it, if it is an operator's call, and
-/// where it came from (for the record of a later refusal).
-struct Admitted {
-    operator: Option<VerifiedOperator>,
+/// An operator's call the table lets through: the verified operator, and where the call came
+/// from (for the record of a refusal by revocation). Gateway calls carry none of this.
+struct OperatorCall {
+    operator: VerifiedOperator,
     method: String,
     identities: Vec<String>,
     address: Option<SocketAddr>,
@@ -244,7 +244,7 @@ impl Access {
         }
     }
 
-    fn check<B>(&self, request: &mut http::Request<B>) -> Result<Admitted, Status> {
+    fn check<B>(&self, request: &mut http::Request<B>) -> Result<Option<OperatorCall>, Status> {
         let method = request.uri().path().to_owned();
         let (peer, address) = self.peer(request);
         let has_token = request.headers().contains_key("authorization");
@@ -269,20 +269,18 @@ impl Access {
             self.refusals.record(address, event);
             return Err(status);
         }
-        Ok(Admitted {
+        Ok(operator.map(|operator| OperatorCall {
             operator,
             identities: peer.identities().to_vec(),
             method,
             address,
-        })
+        }))
     }
 
     /// Refuses (and records) an operator whom an active revocation names. A list that cannot
     /// be read refuses too: a revoked operator must not get through a store hiccup.
-    async fn not_revoked(&self, admitted: &Admitted) -> Result<(), Status> {
-        let Some(operator) = &admitted.operator else {
-            return Ok(());
-        };
+    async fn not_revoked(&self, admitted: &OperatorCall) -> Result<(), Status> {
+        let operator = &admitted.operator;
         let status = match self.revocations.revoking(&operator.identity()).await {
             Ok(None) => return Ok(()),
             Ok(Some(revocation)) => Status::permission_denied(format!(
@@ -459,12 +457,10 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let admitted = match self.access.check(&mut request) {
-            Ok(admitted) => admitted,
+            Ok(Some(admitted)) => admitted,
+            Ok(None) => return Box::pin(self.inner.call(request)),
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
-        if admitted.operator.is_none() {
-            return Box::pin(self.inner.call(request));
-        }
         // The service that was polled ready serves this call; its clone waits for the next.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);

@@ -3,15 +3,11 @@
 mod access;
 mod approvals;
 mod bundle;
-mod canonical;
-mod chain;
 mod cli;
 mod clock;
 mod issuer;
 mod keys;
-mod merkle;
 mod metrics;
-mod note;
 mod operator;
 mod revocations;
 mod service;
@@ -19,8 +15,8 @@ mod session_binding;
 mod state;
 mod store;
 mod tls;
-mod verify;
 
+use tollgate_log::{canonical, chain, merkle, note, verify};
 use tollgate_proto::pb;
 
 use clap::Parser;

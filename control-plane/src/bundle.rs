@@ -1,32 +1,22 @@
-//! Export bundles: a selection of records with everything needed to verify them offline.
-//!
-//! A bundle holds the selected records (with their sequence numbers, leaf hashes and chain
-//! hashes), the log's public keys, the checkpoint all proofs are against, an inclusion proof of
-//! each record, earlier checkpoints with consistency proofs to the latest, and the
-//! `controlPlane.auditExport` record that the export wrote into the log before the checkpoint
-//! was signed. That record holds the count and a digest of the selection, so a record removed
-//! from (or added to) the bundle afterwards is detected although the omitted records are not
-//! in it. Format: `docs/audit-chain.md`.
+//! Writing export bundles from a store. The format, and its verification, are the log
+//! crate's (`tollgate_log::bundle`): one signed checkpoint whose last leaf is the export's own
+//! `controlPlane.auditExport` record, and every leaf up to it, the selected records whole and
+//! the rest as subtree hashes. Format: `docs/audit-chain.md`.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 
-use crate::chain::{self, Hash, GENESIS};
+use serde_json::{Map, Value};
+use tollgate_log::bundle::{gap_cover, SelectionDigest, EXPORT_EVENT, FORMAT};
+use tollgate_log::key_history::KEY_ROTATED;
+
+use crate::chain::{Hash, GENESIS};
 use crate::clock::{self, Micros};
 use crate::merkle;
-use crate::note::{NoteVerifier, SignedCheckpoint};
+use crate::note::Checkpoint;
 use crate::operator::Operator;
 use crate::store::{Reads, Store, StoreError, RECEIVED_AT};
-use crate::verify::{self, Finding, Report, Trusted};
-
-pub const FORMAT: &str = "tollgate-audit-bundle/1";
-/// How reports name the bundle's latest checkpoint.
-const LATEST: &str = "the bundle's checkpoint";
-/// The `event` of the record an export writes about itself.
-pub const EXPORT_EVENT: &str = "controlPlane.auditExport";
 
 /// Which records to export (or query, or replay). Every bound given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,47 +69,6 @@ impl Selection {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Bundle {
-    pub format: String,
-    pub origin: String,
-    pub created_at: String,
-    /// The selection, as the export record states it.
-    pub filter: Value,
-    /// Verifier keys of every key the log has signed with.
-    pub keys: Vec<String>,
-    /// The signed checkpoint every proof leads to.
-    pub checkpoint: String,
-    /// Earlier checkpoints (one per tree size), each with a consistency proof to `checkpoint`.
-    pub checkpoints: Vec<EarlierCheckpoint>,
-    pub records: Vec<BundleRecord>,
-    /// The `controlPlane.auditExport` record of this export.
-    pub export: BundleRecord,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EarlierCheckpoint {
-    pub note: String,
-    /// Hex hashes of `PROOF(size, D[0:checkpoint size])`.
-    pub consistency: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BundleRecord {
-    pub seq: u64,
-    /// Hex `SHA-256(0x00 || canonical record)`.
-    pub leaf_hash: String,
-    /// Hex chain hash after this record (checkable when the record before it is in the bundle).
-    pub chain_hash: String,
-    /// The record; its canonical (RFC 8785) form is what was hashed.
-    pub record: Value,
-    /// Hex hashes of the inclusion proof against `checkpoint`, leaf to root.
-    pub inclusion: Vec<String>,
-}
-
 /// A selected record: where it is and what it hashes to. The record itself is read again when
 /// the bundle is written, so that an export holds no more than this per record in memory.
 pub struct Selected {
@@ -127,17 +76,29 @@ pub struct Selected {
     pub leaf: Hash,
 }
 
-/// Reads the records `selection` picks.
-pub fn select(reader: &dyn Reads, selection: &Selection) -> Result<Vec<Selected>, StoreError> {
-    let mut selected = Vec::new();
+/// What an export takes from the log before it writes its record.
+#[derive(Default)]
+pub struct Picked {
+    pub records: Vec<Selected>,
+    /// Every key rotation in the log: the verifier needs them all to know which key signed
+    /// what, selected or not.
+    pub key_records: Vec<u64>,
+}
+
+/// Reads the records `selection` picks, and where the key rotations are.
+pub fn select(reader: &dyn Reads, selection: &Selection) -> Result<Picked, StoreError> {
+    let mut selected = Picked::default();
     for record in reader.records(0, 0) {
         let record = record?;
         // A record that is not JSON is not exportable; `audit verify` reports it.
         let Ok(value) = serde_json::from_slice::<Value>(&record.canonical_json) else {
             continue;
         };
+        if value.get("event").and_then(Value::as_str) == Some(KEY_ROTATED) {
+            selected.key_records.push(record.seq);
+        }
         if selection.matches(&value) {
-            selected.push(Selected {
+            selected.records.push(Selected {
                 seq: record.seq,
                 leaf: merkle::leaf_hash(&record.canonical_json),
             });
@@ -146,161 +107,174 @@ pub fn select(reader: &dyn Reads, selection: &Selection) -> Result<Vec<Selected>
     Ok(selected)
 }
 
-/// `SHA-256` over each selected record's sequence number (8 bytes big-endian) and leaf hash.
-pub fn selection_digest<'a>(records: impl Iterator<Item = (u64, &'a Hash)>) -> Hash {
-    let mut hasher = Sha256::new();
-    for (seq, leaf) in records {
-        hasher.update(seq.to_be_bytes());
-        hasher.update(leaf);
-    }
-    hasher.finalize().into()
-}
-
 /// The fields of the export record for `selected`.
-pub fn export_event(selected: &[Selected], filter: &Value) -> Map<String, Value> {
+pub fn export_event(selected: &Picked, filter: &Value) -> Map<String, Value> {
+    let records = &selected.records;
     let mut event = Map::new();
     event.insert("event".into(), EXPORT_EVENT.into());
     event.insert("filter".into(), filter.clone());
-    event.insert("records".into(), selected.len().into());
-    if let (Some(first), Some(last)) = (selected.first(), selected.last()) {
+    event.insert("records".into(), records.len().into());
+    if let (Some(first), Some(last)) = (records.first(), records.last()) {
         event.insert("firstSeq".into(), first.seq.into());
         event.insert("lastSeq".into(), last.seq.into());
     }
-    let digest = selection_digest(selected.iter().map(|s| (s.seq, &s.leaf)));
-    event.insert("selectionDigest".into(), hex::encode(digest).into());
+    let mut digest = SelectionDigest::default();
+    for record in records {
+        digest.add(record.seq, &record.leaf);
+    }
+    event.insert(
+        "selectionDigest".into(),
+        hex::encode(digest.finish()).into(),
+    );
+    event.insert("keyRecords".into(), selected.key_records.clone().into());
     event
 }
 
-/// What a bundle is written from, once the export record (`export_seq`) is stored and
-/// `checkpoint` (which covers it) is signed.
+/// What a bundle is written from, once the export record (`export_seq`) is stored and the
+/// checkpoint whose last leaf it is (`note`, with any cosignatures) is signed.
 pub struct Assembly<'a> {
     pub origin: &'a str,
-    pub keys: &'a [NoteVerifier],
-    pub selected: &'a [Selected],
+    pub selected: &'a Picked,
     pub filter: &'a Value,
     pub export_seq: u64,
-    pub checkpoint: &'a SignedCheckpoint,
+    pub note: &'a str,
+    pub checkpoint: &'a Checkpoint,
 }
 
-fn hexes(hashes: Vec<Hash>) -> Vec<String> {
-    hashes.iter().map(hex::encode).collect()
-}
-
-/// The stored record at `seq`, with its inclusion proof in a tree of `size` records.
-fn bundle_record(reader: &dyn Reads, seq: u64, size: u64) -> Result<BundleRecord, StoreError> {
-    let stored = reader
-        .records(seq, 1)
-        .next()
-        .ok_or_else(|| StoreError::Corrupt(seq.to_string()))??;
-    Ok(BundleRecord {
-        seq: stored.seq,
-        leaf_hash: hex::encode(merkle::leaf_hash(&stored.canonical_json)),
-        chain_hash: stored.chain_hash,
-        record: serde_json::from_slice(&stored.canonical_json)
-            .map_err(|_| StoreError::Corrupt(seq.to_string()))?,
-        inclusion: hexes(reader.inclusion_proof(seq, size)?),
-    })
-}
-
-/// Writes the bundle (the [`Bundle`] document, field by field) to `out` as it is read: one
-/// record, one earlier checkpoint at a time, never the whole bundle in memory.
+/// Writes the bundle to `out` as it reads the store: one record, one skipped range at a
+/// time, never the whole bundle in memory.
 pub fn write(
     reader: &dyn Reads,
     assembly: &Assembly<'_>,
     out: &mut dyn std::io::Write,
 ) -> Result<(), StoreError> {
-    let size = assembly.checkpoint.checkpoint.size;
+    let size = assembly.checkpoint.size;
+    if assembly.export_seq + 1 != size {
+        return Err(StoreError::Inconsistent(format!(
+            "the export record {} is not the last leaf of its checkpoint of {size} records",
+            assembly.export_seq
+        )));
+    }
     let io = |e: std::io::Error| StoreError::Task(format!("writing the bundle: {e}"));
     let json = |value: &dyn erased::Json, out: &mut dyn std::io::Write| {
         value
             .write_to(out)
             .map_err(|e| StoreError::Task(format!("writing the bundle: {e}")))
     };
-    let keys: Vec<String> = assembly.keys.iter().map(NoteVerifier::encode).collect();
-    out.write_all(b"{\"format\":").map_err(io)?;
-    json(&FORMAT, out)?;
-    out.write_all(b",\"origin\":").map_err(io)?;
-    json(&assembly.origin, out)?;
-    out.write_all(b",\"createdAt\":").map_err(io)?;
-    json(&clock::format(clock::now_micros()), out)?;
-    out.write_all(b",\"filter\":").map_err(io)?;
-    json(assembly.filter, out)?;
-    out.write_all(b",\"keys\":").map_err(io)?;
-    json(&keys, out)?;
-    out.write_all(b",\"checkpoint\":").map_err(io)?;
-    json(&assembly.checkpoint.note, out)?;
 
-    // One earlier checkpoint per size (the first signed at it), within the selected time
-    // range, read a page at a time.
-    out.write_all(b",\"checkpoints\":[").map_err(io)?;
-    let bound = |name: &str| {
-        assembly
-            .filter
-            .get(name)
-            .and_then(Value::as_str)
-            .and_then(clock::parse)
-    };
-    let (from, to) = (bound("from"), bound("to"));
-    let mut last_size = None;
-    let mut first = true;
+    // Earlier checkpoints, one per size (the first signed at it), read a page at a time.
+    let mut earlier = Vec::new();
+    let mut splits = BTreeSet::new();
     let mut next = 0;
     loop {
         let page = reader.checkpoints_from(next, crate::store::CHECKPOINT_PAGE)?;
         let last_page = page.len() < crate::store::CHECKPOINT_PAGE;
         for stored in page {
             next = stored.number + 1;
-            let Some(body) = stored
+            let Some(parsed) = stored
                 .note
                 .split_once("\n\n")
-                .map(|(b, _)| format!("{b}\n"))
+                .and_then(|(b, _)| Checkpoint::parse(&format!("{b}\n")).ok())
             else {
                 continue;
             };
-            let Ok(parsed) = crate::note::Checkpoint::parse(&body) else {
-                continue;
-            };
-            let time = clock::parse(&parsed.time).unwrap_or(0);
-            if parsed.size >= size
-                || last_size == Some(parsed.size)
-                || from.is_some_and(|f| time < f)
-                || to.is_some_and(|t| time >= t)
-            {
-                continue;
+            if parsed.size < size && splits.last().is_none_or(|last| parsed.size > *last) {
+                splits.insert(parsed.size);
+                earlier.push(stored.note);
             }
-            last_size = Some(parsed.size);
-            if !std::mem::take(&mut first) {
-                out.write_all(b",").map_err(io)?;
-            }
-            json(
-                &EarlierCheckpoint {
-                    note: stored.note,
-                    consistency: hexes(reader.consistency_proof(parsed.size, size)?),
-                },
-                out,
-            )?;
         }
         if last_page {
             break;
         }
     }
-    out.write_all(b"],\"records\":[").map_err(io)?;
-    for (i, selected) in assembly.selected.iter().enumerate() {
-        if i > 0 {
-            out.write_all(b",").map_err(io)?;
+    let chain_before = match assembly.export_seq.checked_sub(1) {
+        None => hex::encode(GENESIS),
+        Some(seq) => stored_record(reader, seq)?.chain_hash,
+    };
+
+    out.write_all(b"{\"format\":").map_err(io)?;
+    json(&FORMAT, out)?;
+    out.write_all(b",\"origin\":").map_err(io)?;
+    json(&assembly.origin, out)?;
+    out.write_all(b",\"checkpoint\":").map_err(io)?;
+    json(&assembly.note, out)?;
+    out.write_all(b",\"checkpoints\":").map_err(io)?;
+    json(&earlier, out)?;
+    out.write_all(b",\"keyRecords\":").map_err(io)?;
+    json(&assembly.selected.key_records, out)?;
+    out.write_all(b",\"chainBefore\":").map_err(io)?;
+    json(&chain_before, out)?;
+    out.write_all(b",\"filter\":").map_err(io)?;
+    json(assembly.filter, out)?;
+    out.write_all(b",\"records\":[").map_err(io)?;
+
+    // Every leaf up to the export record: selected and context records whole, the rest as
+    // the subtrees that cover them.
+    let selected = &assembly.selected.records;
+    let keys: BTreeSet<u64> = assembly.selected.key_records.iter().copied().collect();
+    let mut leaves: Vec<(u64, Option<&Hash>)> =
+        selected.iter().map(|s| (s.seq, Some(&s.leaf))).collect();
+    leaves.extend(
+        keys.iter()
+            .filter(|seq| selected.binary_search_by_key(*seq, |s| s.seq).is_err())
+            .map(|seq| (*seq, None)),
+    );
+    leaves.push((assembly.export_seq, None));
+    leaves.sort_by_key(|(seq, _)| *seq);
+    let mut at = 0;
+    let mut first = true;
+    let mut separator = |out: &mut dyn std::io::Write| {
+        if std::mem::take(&mut first) {
+            Ok(())
+        } else {
+            out.write_all(b",")
         }
-        let record = bundle_record(reader, selected.seq, size)?;
-        if hex::decode(&record.leaf_hash).ok().as_deref() != Some(&selected.leaf[..]) {
+    };
+    for (seq, selected_leaf) in leaves {
+        if seq > at {
+            separator(out).map_err(io)?;
+            let nodes = gap_cover(at, seq, &splits)
+                .into_iter()
+                .map(|(level, index)| reader.subtree(level, index).map(hex::encode))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.write_all(format!("{{\"skip\":{},\"nodes\":", seq - at).as_bytes())
+                .map_err(io)?;
+            json(&nodes, out)?;
+            out.write_all(b"}").map_err(io)?;
+        }
+        let stored = stored_record(reader, seq)?;
+        let leaf = merkle::leaf_hash(&stored.canonical_json);
+        if selected_leaf.is_some_and(|l| *l != leaf) {
             return Err(StoreError::Inconsistent(format!(
-                "record {} changed between its selection and the export",
-                selected.seq
+                "record {seq} changed between its selection and the export"
             )));
         }
-        json(&record, out)?;
+        separator(out).map_err(io)?;
+        out.write_all(
+            format!(
+                "{{\"seq\":{seq},\"leafHash\":\"{}\",\"record\":",
+                hex::encode(leaf)
+            )
+            .as_bytes(),
+        )
+        .map_err(io)?;
+        out.write_all(&stored.canonical_json).map_err(io)?;
+        if selected_leaf.is_none() {
+            out.write_all(b",\"context\":true").map_err(io)?;
+        }
+        out.write_all(b"}").map_err(io)?;
+        at = seq + 1;
     }
-    out.write_all(b"],\"export\":").map_err(io)?;
-    json(&bundle_record(reader, assembly.export_seq, size)?, out)?;
-    out.write_all(b"}").map_err(io)?;
+    out.write_all(b"]}").map_err(io)?;
     Ok(())
+}
+
+/// The stored record at `seq`.
+fn stored_record(reader: &dyn Reads, seq: u64) -> Result<crate::chain::StoredRecord, StoreError> {
+    reader
+        .records(seq, 1)
+        .next()
+        .ok_or_else(|| StoreError::Corrupt(seq.to_string()))?
 }
 
 /// Serialising any of the bundle's parts to a writer (`serde_json::to_writer` needs a sized
@@ -317,9 +291,10 @@ mod erased {
     }
 }
 
-/// Exports `selection` from a running store: selects, records the export (with `operator`),
-/// signs a checkpoint covering that record, and writes the bundle to `out` on a blocking
-/// thread as it reads it. Returns the number of records in it, and `out`.
+/// Exports `selection` from a running store: selects, records the export (with `operator`)
+/// and signs the checkpoint whose last leaf that record is, in one step of the writer, and
+/// writes the bundle to `out` on a blocking thread as it reads it. Returns the number of
+/// records selected, and `out`.
 pub async fn export(
     store: &Arc<Store>,
     selection: Selection,
@@ -328,7 +303,7 @@ pub async fn export(
     mut out: Box<dyn std::io::Write + Send>,
 ) -> Result<(u64, Box<dyn std::io::Write + Send>), StoreError> {
     let task = |e: tokio::task::JoinError| StoreError::Task(e.to_string());
-    let selected = {
+    let picked = {
         let store = store.clone();
         let selection = selection.clone();
         tokio::task::spawn_blocking(move || select(store.reader(), &selection))
@@ -336,289 +311,29 @@ pub async fn export(
             .map_err(task)??
     };
     let filter = selection.to_json();
-    let mut event = export_event(&selected, &filter);
+    let mut event = export_event(&picked, &filter);
     event.insert("operator".into(), operator.to_json());
     event.insert("via".into(), via.into());
-    let appended = store.append_event(&event).await?;
-    let stored = store.checkpoint().await?;
+    let (appended, stored) = store.append_with_checkpoint(&event).await?;
     let keys = store.verifiers()?;
     let signed = crate::note::open_checkpoint(&stored.note, &keys)
         .map_err(|e| StoreError::Inconsistent(format!("a fresh checkpoint does not open: {e}")))?;
+    let note = stored.note;
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let assembly = Assembly {
             origin: store.origin(),
-            keys: &keys,
-            selected: &selected,
+            selected: &picked,
             filter: &filter,
             export_seq: appended.seq,
-            checkpoint: &signed,
+            note: &note,
+            checkpoint: &signed.checkpoint,
         };
         write(store.reader(), &assembly, &mut out)?;
         out.flush()
             .map_err(|e| StoreError::Task(format!("writing the bundle: {e}")))?;
-        Ok((selected.len() as u64, out))
+        Ok((picked.records.len() as u64, out))
     })
     .await
     .map_err(task)?
-}
-
-fn decode_hashes(hexes: &[String]) -> Option<Vec<Hash>> {
-    hexes
-        .iter()
-        .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
-        .collect()
-}
-
-/// Verifies a bundle with no store and no network. `trusted`: the keys to accept (`None`: the
-/// bundle's own, which proves integrity but not who signed; the report says so). `external`:
-/// checkpoints seen before, as (label, note).
-pub fn verify(
-    bytes: &[u8],
-    trusted: Option<&[NoteVerifier]>,
-    external: &[(String, String)],
-) -> Result<Report, String> {
-    let bundle: Bundle = serde_json::from_slice(bytes).map_err(|e| {
-        format!(
-            "not an export bundle (line {}, column {})",
-            e.line(),
-            e.column()
-        )
-    })?;
-    if bundle.format != FORMAT {
-        return Err(format!("unsupported bundle format {:?}", bundle.format));
-    }
-    let mut notes = Vec::new();
-    let own_keys: Vec<NoteVerifier> = bundle
-        .keys
-        .iter()
-        .map(|k| NoteVerifier::parse(k).map_err(|e| format!("bundle key: {e}")))
-        .collect::<Result<_, _>>()?;
-    let keys = match trusted {
-        Some(keys) => keys.to_vec(),
-        None => {
-            notes.push(
-                "checked against the bundle's own public keys; pass --key with the log's published key to know who signed"
-                    .into(),
-            );
-            own_keys
-        }
-    };
-    let mut findings = Vec::new();
-    let mut stored: Vec<(String, String)> = bundle
-        .checkpoints
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("earlier checkpoint {i}"), c.note.clone()))
-        .collect();
-    stored.push((LATEST.to_string(), bundle.checkpoint.clone()));
-    let opened = verify::check_checkpoints(&bundle.origin, &stored, external, &keys, &mut findings);
-    let Some(latest) = opened.iter().find(|t| t.label == LATEST).cloned() else {
-        findings.push(Finding::log(
-            "the bundle's checkpoint does not verify, so nothing in it can be trusted",
-        ));
-        return Ok(report(0, None, 0, findings, notes));
-    };
-    let size = latest.checkpoint.size;
-    let root = latest.checkpoint.root;
-    let mut matched = 1;
-
-    // Earlier checkpoints: each must be a prefix of the latest (else the log forked).
-    for (i, earlier) in bundle.checkpoints.iter().enumerate() {
-        let label = format!("earlier checkpoint {i}");
-        // One that did not open is already reported.
-        let Some(trusted) = opened.iter().find(|t| t.label == label) else {
-            continue;
-        };
-        let ok = decode_hashes(&earlier.consistency).is_some_and(|proof| {
-            merkle::verify_consistency(
-                trusted.checkpoint.size,
-                size,
-                &trusted.checkpoint.root,
-                &root,
-                &proof,
-            )
-        });
-        if ok {
-            matched += 1;
-        } else {
-            findings.push(Finding::log(format!(
-                "{label} (size {}) is not consistent with the bundle's checkpoint: the log was forked",
-                trusted.checkpoint.size
-            )));
-        }
-    }
-    // Checkpoints from elsewhere: same size must mean same root (checked above); a bigger one
-    // means the bundle comes from an older (or rolled-back) log.
-    for external in opened
-        .iter()
-        .filter(|t| external.iter().any(|(l, _)| *l == t.label))
-    {
-        let theirs = &external.checkpoint;
-        if theirs.size > size {
-            notes.push(format!(
-                "{} covers {} records, more than this bundle's {size}: the bundle is older than it",
-                external.label, theirs.size
-            ));
-        } else if !opened
-            .iter()
-            .any(|t| t.checkpoint.size == theirs.size && t.label != external.label)
-        {
-            notes.push(format!(
-                "{} (size {}) cannot be compared: the bundle has no checkpoint of that size",
-                external.label, theirs.size
-            ));
-        }
-    }
-
-    // Records: each proven in the signed tree, in order, and chained where neighbours allow.
-    let mut previous: Option<(u64, Hash)> = None;
-    for entry in &bundle.records {
-        if let Some((last, _)) = previous {
-            if entry.seq <= last {
-                findings.push(Finding::at(
-                    entry.seq,
-                    format!(
-                        "record {} listed after record {last}: reordered or duplicated",
-                        entry.seq
-                    ),
-                ));
-                continue;
-            }
-        }
-        if let Some(chain_hash) = check_record(entry, size, &root, previous, &mut findings) {
-            previous = Some((entry.seq, chain_hash));
-        }
-    }
-    let export_ok = check_record(&bundle.export, size, &root, None, &mut findings).is_some();
-
-    // The export record, now proven, says what the bundle must hold.
-    if export_ok {
-        let stated = &bundle.export.record;
-        if stated.get("event").and_then(Value::as_str) != Some(EXPORT_EVENT) {
-            findings.push(Finding::at(
-                bundle.export.seq,
-                "the export record is not a controlPlane.auditExport record",
-            ));
-        } else {
-            let leaves: Option<Vec<(u64, Hash)>> = bundle
-                .records
-                .iter()
-                .map(|r| {
-                    let leaf = hex::decode(&r.leaf_hash).ok()?.try_into().ok()?;
-                    Some((r.seq, leaf))
-                })
-                .collect();
-            let digest =
-                leaves.map(|l| hex::encode(selection_digest(l.iter().map(|(s, h)| (*s, h)))));
-            let count = stated.get("records").and_then(Value::as_u64);
-            if count != Some(bundle.records.len() as u64)
-                || digest.as_deref() != stated.get("selectionDigest").and_then(Value::as_str)
-            {
-                findings.push(Finding::log(format!(
-                    "the bundle holds {} records but its export record (seq {}) lists {}{}: a record was removed, added or replaced",
-                    bundle.records.len(),
-                    bundle.export.seq,
-                    count.map_or_else(|| "?".to_string(), |c| c.to_string()),
-                    if count == Some(bundle.records.len() as u64) { " with another digest" } else { "" },
-                )));
-            }
-            if stated.get("filter") != Some(&bundle.filter) {
-                findings.push(Finding::log(
-                    "the bundle's filter differs from the one its export record states",
-                ));
-            }
-        }
-    }
-    let records = bundle.records.len() as u64;
-    let mut report = report(records, Some(latest), matched, findings, notes);
-    report.root = Some(root);
-    Ok(report)
-}
-
-/// Checks one bundle record against the signed tree (`size`, `root`); returns its chain hash.
-fn check_record(
-    entry: &BundleRecord,
-    size: u64,
-    root: &Hash,
-    previous: Option<(u64, Hash)>,
-    findings: &mut Vec<Finding>,
-) -> Option<Hash> {
-    let seq = entry.seq;
-    let Value::Object(object) = &entry.record else {
-        findings.push(Finding::at(seq, "record is not a JSON object"));
-        return None;
-    };
-    let Ok(canonical) = chain::canonicalise(object) else {
-        findings.push(Finding::at(seq, "record cannot be canonicalised"));
-        return None;
-    };
-    let leaf = merkle::leaf_hash(&canonical);
-    if hex::encode(leaf) != entry.leaf_hash {
-        findings.push(Finding::at(
-            seq,
-            "record does not hash to its leaf hash: altered",
-        ));
-        return None;
-    }
-    let proven = decode_hashes(&entry.inclusion)
-        .is_some_and(|proof| merkle::verify_inclusion(&leaf, seq, size, &proof, root));
-    if !proven {
-        findings.push(Finding::at(
-            seq,
-            format!(
-                "record is not in the signed log of {size} records at this position: altered, moved or forged"
-            ),
-        ));
-        return None;
-    }
-    Some(chain_check(&canonical, entry, previous, findings))
-}
-
-/// Checks a record's chain hash when it can be (the first record, or the one after a record
-/// also in the bundle); returns the stored chain hash for the next.
-fn chain_check(
-    canonical: &[u8],
-    entry: &BundleRecord,
-    previous: Option<(u64, Hash)>,
-    findings: &mut Vec<Finding>,
-) -> Hash {
-    let stored: Option<Hash> = hex::decode(&entry.chain_hash)
-        .ok()
-        .and_then(|b| b.try_into().ok());
-    let before = match previous {
-        _ if entry.seq == 0 => Some(GENESIS),
-        Some((seq, hash)) if seq + 1 == entry.seq => Some(hash),
-        _ => None,
-    };
-    match (stored, before) {
-        (None, _) => {
-            findings.push(Finding::at(entry.seq, "chain hash is malformed"));
-            [0; 32]
-        }
-        (Some(stored), Some(before)) if chain::chain(&before, canonical) != stored => {
-            findings.push(Finding::at(entry.seq, "chain hash mismatch"));
-            stored
-        }
-        (Some(stored), _) => stored,
-    }
-}
-
-fn report(
-    records: u64,
-    latest: Option<Trusted>,
-    matched: usize,
-    findings: Vec<Finding>,
-    notes: Vec<String>,
-) -> Report {
-    Report {
-        records,
-        head: None,
-        root: None,
-        checkpoints_matched: matched,
-        latest,
-        uncovered: 0,
-        findings,
-        notes,
-    }
 }

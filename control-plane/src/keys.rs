@@ -152,17 +152,10 @@ impl KeyDir {
 /// Reads verifier keys, one per line (blank lines and `#` comments skipped).
 pub fn read_verifiers(path: &Path) -> Result<Vec<NoteVerifier>, KeyError> {
     let text = std::fs::read_to_string(path).map_err(io("cannot read", path))?;
-    let keys = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            NoteVerifier::parse(l).map_err(|source| KeyError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = crate::note::parse_verifier_list(&text).map_err(|source| KeyError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if keys.is_empty() {
         return Err(KeyError::NoVerifiers(path.to_path_buf()));
     }

@@ -122,10 +122,24 @@ pub fn prepare_append(
 /// One of the control plane's own records that quotes what a caller sent (a refused call's path,
 /// a refused approval request's tool), as the chain may hold it: masked as a client's `Append`.
 pub fn masked_event(event: &Map<String, Value>) -> Option<Map<String, Value>> {
-    let json = serde_json::to_vec(event).ok()?;
+    // The control plane's own record is not refused for a number I-JSON cannot carry (a claim
+    // relayed from a caller's token): it keeps the number's digits as a string.
+    let mut event = Value::Object(event.clone());
+    exact_numbers(&mut event);
+    let json = serde_json::to_vec(&event).ok()?;
     prepare_append(&json, &Masker::default())
         .ok()
         .map(|(object, _)| object)
+}
+
+/// Replaces, in place, every number `chain::parse_object` would refuse by its decimal text.
+fn exact_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) if !tollgate_log::ijson::is_exact(n) => *value = n.to_string().into(),
+        Value::Array(items) => items.iter_mut().for_each(exact_numbers),
+        Value::Object(map) => map.values_mut().for_each(exact_numbers),
+        _ => {}
+    }
 }
 
 impl From<StoreError> for Status {
@@ -498,5 +512,43 @@ mod tests {
         let (object, masked) = prepare_append(own, &Masker::default()).unwrap();
         assert!(!masked);
         assert_eq!(object["event"], "controlPlane.stop");
+    }
+
+    #[test]
+    fn records_that_would_be_chained_as_something_else_are_refused() {
+        for (json, message) in [
+            (
+                r#"{"event":"x","id":1,"id":2}"#,
+                "record has a duplicate member name (line 1, column 24): refused rather than keep \
+                 one of the values",
+            ),
+            (
+                r#"{"event":"x","id":9007199254740993}"#,
+                "record has an integer outside ±2^53 (line 1, column 34): I-JSON (RFC 7493) \
+                 cannot carry it exactly; send it as a string",
+            ),
+        ] {
+            let status = prepare(json).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{json}");
+            assert_eq!(status.message(), message);
+        }
+        // A card number sent as a number is masked first, so it is kept (masked), not refused.
+        let record = prepare(r#"{"event":"x","id":4111111111111111110}"#).unwrap();
+        assert_eq!(record["id"], "***************1110");
+    }
+
+    #[test]
+    fn the_control_plane_s_own_records_keep_inexact_numbers_as_text() {
+        let mut event = Map::new();
+        event.insert("event".into(), "approval.requested".into());
+        event.insert(
+            "identity".into(),
+            serde_json::json!({"client_id": 12345678901234567890u64, "n": [1e300, 7]}),
+        );
+        let masked = masked_event(&event).unwrap();
+        assert_eq!(
+            masked["identity"],
+            serde_json::json!({"client_id": "12345678901234567890", "n": ["1e+300", 7]})
+        );
     }
 }

@@ -311,6 +311,12 @@ pub trait Reads: Send + Sync {
     fn leaf(&self, seq: u64) -> Result<Hash, StoreError> {
         StoredNodes { reader: self }.node(0, seq)
     }
+
+    /// The hash of the perfect subtree `index` at `level` (leaves `[index << level, (index + 1)
+    /// << level)`), stored or computed from the records.
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        StoredNodes { reader: self }.node(level, index)
+    }
 }
 
 /// Records as a [`Reads`] returns them.
@@ -479,6 +485,22 @@ impl Store {
         match self {
             Self::Sled(s) => s.append_prepared(record).await,
             Self::Postgres(s) => s.append_prepared(record).await,
+        }
+    }
+
+    /// Appends one of the control plane's own records and signs a checkpoint whose last leaf
+    /// it is, with nothing written between: an export is tied to exactly that checkpoint.
+    pub async fn append_with_checkpoint(
+        &self,
+        event: &Map<String, Value>,
+    ) -> Result<(Appended, StoredCheckpoint), StoreError> {
+        if event.contains_key(RECEIVED_AT) {
+            return Err(StoreError::ReservedField);
+        }
+        let record = Prepared::new(event)?;
+        match self {
+            Self::Sled(s) => s.append_with_checkpoint(record).await,
+            Self::Postgres(s) => s.append_with_checkpoint(record).await,
         }
     }
 

@@ -272,6 +272,7 @@ async fn checkpoints_and_proofs_cover_the_records(backend: Backend) {
         ],
     );
     assert!(export.status.success(), "{export:?}");
+    let vkeys = home.join("keys/checkpoint.vkeys");
     let offline = common::tollgate(
         home,
         &[
@@ -279,10 +280,18 @@ async fn checkpoints_and_proofs_cover_the_records(backend: Backend) {
             "verify",
             "--bundle",
             bundle.to_str().unwrap(),
+            "--key",
+            vkeys.to_str().unwrap(),
             "--json",
         ],
     );
     assert!(offline.status.success(), "{offline:?}");
+    // Without a pinned key the same bundle is only "unauthenticated".
+    let unpinned = common::tollgate(
+        home,
+        &["audit", "verify", "--bundle", bundle.to_str().unwrap()],
+    );
+    assert_eq!(unpinned.status.code(), Some(2), "{unpinned:?}");
     let bundle: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
     assert!(bundle["records"].as_array().unwrap().len() >= 36);
     assert!(!bundle["checkpoints"].as_array().unwrap().is_empty());

@@ -17,6 +17,16 @@ pub const GENESIS: Hash = [0u8; 32];
 pub enum CanonicalError {
     #[error("record is not valid json (line {line}, column {column})")]
     InvalidJson { line: usize, column: usize },
+    #[error(
+        "record has a duplicate member name (line {line}, column {column}): refused rather than \
+         keep one of the values"
+    )]
+    DuplicateMember { line: usize, column: usize },
+    #[error(
+        "record has an integer outside ±2^53 (line {line}, column {column}): I-JSON (RFC 7493) \
+         cannot carry it exactly; send it as a string"
+    )]
+    IntegerOutOfRange { line: usize, column: usize },
     #[error("record must be a json object")]
     NotAnObject,
     #[error("record cannot be canonicalised")]
@@ -31,17 +41,21 @@ pub fn chain(previous: &Hash, canonical_record: &[u8]) -> Hash {
     hasher.finalize().into()
 }
 
-/// Parses `json` as a JSON object.
+/// Parses `json` as a JSON object that is I-JSON (RFC 7493, see [`crate::ijson`]): a duplicate
+/// member name or an integer outside ±2^53 is refused, never changed, so the chain holds what the
+/// sender meant.
 pub fn parse_object(
     json: &[u8],
 ) -> Result<serde_json::Map<String, serde_json::Value>, CanonicalError> {
-    // Only the position of a syntax error is reported: serde_json's own message may quote input.
-    match serde_json::from_slice::<serde_json::Value>(json) {
+    use crate::ijson::{ErrorKind, IJsonError};
+    // Only the kind and position are reported: serde_json's own message may quote input.
+    match crate::ijson::parse(json) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(_) => Err(CanonicalError::NotAnObject),
-        Err(e) => Err(CanonicalError::InvalidJson {
-            line: e.line(),
-            column: e.column(),
+        Err(IJsonError { kind, line, column }) => Err(match kind {
+            ErrorKind::DuplicateMember => CanonicalError::DuplicateMember { line, column },
+            ErrorKind::NumberOutOfRange => CanonicalError::IntegerOutOfRange { line, column },
+            ErrorKind::Syntax | ErrorKind::Io => CanonicalError::InvalidJson { line, column },
         }),
     }
 }
@@ -126,8 +140,14 @@ impl Verifier {
         }
         // The fast check builds no value; only a record that fails it is parsed, to say why.
         if !crate::canonical::is_canonical_object(&record.canonical_json) {
-            let Ok(object) = parse_object(&record.canonical_json) else {
-                return fail(Problem::NotJson);
+            let object = match parse_object(&record.canonical_json) {
+                Ok(object) => object,
+                // JSON, but no canonical form is: a repeated name, an inexact integer.
+                Err(
+                    CanonicalError::DuplicateMember { .. }
+                    | CanonicalError::IntegerOutOfRange { .. },
+                ) => return fail(Problem::NotCanonical),
+                Err(_) => return fail(Problem::NotJson),
             };
             match canonicalise(&object) {
                 Ok(bytes) if bytes == record.canonical_json => {}
@@ -240,6 +260,48 @@ mod tests {
         let err = parse_object(b"{\"pan\": 4111111111111111").unwrap_err();
         assert!(matches!(err, CanonicalError::InvalidJson { .. }));
         assert!(!err.to_string().contains("4111"));
+    }
+
+    #[test]
+    fn refuses_what_would_be_chained_as_something_else() {
+        let err = parse_object(br#"{"event":"x","pan":"4111111111111111","pan":"x"}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "record has a duplicate member name (line 1, column 43): refused rather than keep \
+             one of the values"
+        );
+        let err = parse_object(br#"{"client":12345678901234567890}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "record has an integer outside ±2^53 (line 1, column 30): I-JSON (RFC 7493) cannot \
+             carry it exactly; send it as a string"
+        );
+        assert!(parse_object(br#"{"client":"12345678901234567890","n":9007199254740991}"#).is_ok());
+    }
+
+    #[test]
+    fn the_verifier_refuses_duplicates_and_keeps_old_canonical_numbers() {
+        let mut chain = records(2);
+        let duplicate = br#"{"event":"test","n":1,"n":1,"sub":"alice"}"#.to_vec();
+        chain[1].chain_hash = hex::encode(super::chain(&chain_head(&chain[0]), &duplicate));
+        chain[1].canonical_json = duplicate;
+        assert_eq!(
+            verify(&chain).unwrap_err(),
+            Break {
+                seq: 1,
+                problem: Problem::NotCanonical
+            }
+        );
+        // Appends refuse it now, but a record chained before (rounded, in canonical form)
+        // still verifies.
+        let old = br#"{"client":12345678901234567000,"event":"test"}"#.to_vec();
+        chain[1].chain_hash = hex::encode(super::chain(&chain_head(&chain[0]), &old));
+        chain[1].canonical_json = old;
+        assert_eq!(verify(&chain).unwrap().0, 2);
+    }
+
+    fn chain_head(record: &StoredRecord) -> Hash {
+        hex::decode(&record.chain_hash).unwrap().try_into().unwrap()
     }
 
     #[test]

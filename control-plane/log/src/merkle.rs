@@ -69,6 +69,42 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// Appends the perfect subtree of height `level` whose hash is `hash`: the next
+    /// `2^level` leaves at once. `None` when the tree's size is not a multiple of `2^level`
+    /// (the subtree would not be one of the tree's own nodes).
+    pub fn push_subtree(&mut self, level: u32, hash: Hash) -> Option<()> {
+        let width = 1u64.checked_shl(level)?;
+        if self.size % width != 0 || self.size.checked_add(width).is_none() {
+            return None;
+        }
+        let mut hash = hash;
+        let mut index = self.size >> level;
+        while index & 1 == 1 {
+            let left = self.hashes.pop()?;
+            hash = node_hash(&left, &hash);
+            index >>= 1;
+        }
+        self.hashes.push(hash);
+        self.size += width;
+        Some(())
+    }
+
+    /// Splits `[start, end)` into the tree's own perfect subtrees, left to right, as
+    /// `(level, index)`: what a range of leaves left out of a bundle is replaced by.
+    pub fn aligned_cover(start: u64, end: u64) -> Vec<(u32, u64)> {
+        let mut cover = Vec::new();
+        let mut at = start;
+        while at < end {
+            let mut level = if at == 0 { 63 } else { at.trailing_zeros() };
+            while level > 0 && (end - at) < (1u64 << level) {
+                level -= 1;
+            }
+            cover.push((level, at >> level));
+            at += 1u64 << level;
+        }
+        cover
+    }
+
     /// `MTH(D[0:size])`.
     pub fn root(&self) -> Hash {
         let mut hashes = self.hashes.iter().rev();
@@ -299,6 +335,39 @@ mod tests {
                 node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
             }
         }
+    }
+
+    #[test]
+    fn leaves_and_aligned_subtrees_rebuild_every_root() {
+        let all = leaves(70);
+        let mut source = Leaves(all.clone());
+        // Every way of keeping leaves [a, b) and covering the rest with subtrees.
+        for a in 0..70u64 {
+            for b in [a, a + 1, a + 7, 70]
+                .into_iter()
+                .filter(|b| *b <= 70 && *b >= a)
+            {
+                let mut frontier = Frontier::new();
+                for (level, index) in Frontier::aligned_cover(0, a) {
+                    let hash = source.node(level, index).unwrap();
+                    frontier.push_subtree(level, hash).unwrap();
+                }
+                for leaf in &all[a as usize..b as usize] {
+                    frontier.push(*leaf, |_, _, _| {});
+                }
+                for (level, index) in Frontier::aligned_cover(b, 70) {
+                    assert_eq!(index << level, frontier.size());
+                    let hash = source.node(level, index).unwrap();
+                    frontier.push_subtree(level, hash).unwrap();
+                }
+                assert_eq!(frontier.size(), 70);
+                assert_eq!(frontier.root(), mth(&all), "kept {a}..{b}");
+            }
+        }
+        // A subtree that is not one of the tree's nodes is refused.
+        let mut frontier = Frontier::new();
+        frontier.push(all[0], |_, _, _| {});
+        assert_eq!(frontier.push_subtree(1, all[1]), None);
     }
 
     fn leaves(n: u64) -> Vec<Hash> {

@@ -335,6 +335,15 @@ pub fn open_checkpoint(
     })
 }
 
+/// Parses a list of verifier keys, one per line (blank lines and `#` comments skipped).
+pub fn parse_verifier_list(text: &str) -> Result<Vec<NoteVerifier>, NoteError> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(NoteVerifier::parse)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,8 +252,8 @@ impl LogCheck {
     }
 }
 
-/// The verdict printed by `tollgate audit verify`.
-#[derive(Debug, Clone)]
+/// The verdict printed by `tollgate audit verify` and `tollgate-verify`.
+#[derive(Debug, Clone, Default)]
 pub struct Report {
     pub records: u64,
     pub head: Option<Hash>,
@@ -264,11 +264,43 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Things the reader should know that are not failures.
     pub notes: Vec<String>,
+    /// Why nothing outside the evidence vouches for who signed it (no pinned key, no witness
+    /// policy): the result is then "unauthenticated", never "intact".
+    pub unauthenticated: Option<String>,
+    /// Witnesses whose cosignatures on the latest checkpoint verified under the policy.
+    pub cosigned_by: Vec<String>,
 }
 
+/// Exit code of a check that found a problem.
+pub const EXIT_BROKEN: u8 = 1;
+/// Exit code of a check that could not be completed, or found nothing wrong but had nothing
+/// trusted to check signatures against.
+pub const EXIT_UNAUTHENTICATED: u8 = 2;
+
 impl Report {
+    /// No problem found and the signatures checked against keys from outside the evidence.
     pub fn intact(&self) -> bool {
-        self.findings.is_empty()
+        self.findings.is_empty() && self.unauthenticated.is_none()
+    }
+
+    /// 0 intact, 1 broken, 2 unauthenticated (a broken result wins).
+    pub fn exit_code(&self) -> u8 {
+        if !self.findings.is_empty() {
+            EXIT_BROKEN
+        } else if self.unauthenticated.is_some() {
+            EXIT_UNAUTHENTICATED
+        } else {
+            0
+        }
+    }
+
+    /// `intact`, `broken` or `unauthenticated`.
+    pub fn status(&self) -> &'static str {
+        match self.exit_code() {
+            0 => "intact",
+            EXIT_BROKEN => "broken",
+            _ => "unauthenticated",
+        }
     }
 
     /// The finding to name first: the lowest record, else the first found.
@@ -281,7 +313,18 @@ impl Report {
     }
 
     pub fn to_json(&self) -> Value {
-        let mut out = json!({"intact": self.intact(), "records": self.records});
+        let mut out = json!({
+            "intact": self.intact(),
+            "status": self.status(),
+            "authenticated": self.unauthenticated.is_none(),
+            "records": self.records,
+        });
+        if let Some(why) = &self.unauthenticated {
+            out["unauthenticated"] = why.clone().into();
+        }
+        if !self.cosigned_by.is_empty() {
+            out["cosignedBy"] = self.cosigned_by.clone().into();
+        }
         if let Some(head) = self.head {
             out["head"] = hex::encode(head).into();
         }
@@ -316,6 +359,11 @@ impl Report {
     pub fn lines(&self, what: &str) -> Vec<String> {
         let mut lines = Vec::new();
         match self.first() {
+            None if self.unauthenticated.is_some() => lines.push(format!(
+                "{what} unauthenticated: {} records check out, but {}",
+                self.records,
+                self.unauthenticated.as_deref().unwrap_or_default()
+            )),
             None => {
                 let mut line = format!("{what} intact: {} records", self.records);
                 if let Some(head) = self.head {
@@ -346,6 +394,9 @@ impl Report {
             ));
         } else if self.intact() {
             lines.push("no signed checkpoint yet".into());
+        }
+        if !self.cosigned_by.is_empty() {
+            lines.push(format!("cosigned by {}", self.cosigned_by.join(", ")));
         }
         if self.uncovered > 0 && self.intact() {
             lines.push(format!(

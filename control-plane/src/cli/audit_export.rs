@@ -15,7 +15,7 @@ use crate::pb;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
-    /// JSON with proofs, checkpoints and keys; `tollgate audit verify --bundle` checks it
+    /// JSON: the records, the signed checkpoint they end at, and earlier checkpoints; `tollgate audit verify --bundle` checks it
     /// offline. Selects on --from, --to, --sub and --session only.
     Bundle,
     /// One {"seq","chainHash","record"} object per line.
@@ -37,20 +37,16 @@ pub struct Args {
     filter: FilterArgs,
 }
 
-/// How much of a streamed bundle's end is kept: its last field is the export record.
+/// How much of a streamed bundle's end is kept: its last entry is the export record.
 const TAIL: usize = 64 * 1024;
 
 /// The record count the export record at the end of a bundle states.
 fn exported_records(tail: &[u8]) -> Option<u64> {
     let text = String::from_utf8_lossy(tail);
-    let at = text.rfind("\"export\":")?;
-    let export: serde_json::Value = serde_json::from_str(
-        text[at + "\"export\":".len()..]
-            .trim_end()
-            .strip_suffix('}')?,
-    )
-    .ok()?;
-    export["record"]["records"].as_u64()
+    let at = text.rfind("{\"seq\":")?;
+    let entry: serde_json::Value =
+        serde_json::from_str(text[at..].trim_end().strip_suffix("]}")?).ok()?;
+    entry["record"]["records"].as_u64()
 }
 
 pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::Result<ExitCode> {

@@ -7,85 +7,68 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{json, Value};
 
+use tollgate_log::cli::{self, BundleArgs};
+use tollgate_log::key_history::{KeyHistory, Rotation, KEY_ROTATED};
+
 use super::records::{OperatorArgs, Source, SourceArgs};
-use crate::bundle;
-use crate::keys::{self, KeyDir};
+use crate::keys::KeyDir;
 use crate::note::NoteVerifier;
 use crate::state;
-use crate::verify::{self, LogCheck, Report};
-
-/// Exit code when the log is not intact.
-const EXIT_BROKEN: u8 = 1;
+use crate::verify::{self, Finding, LogCheck, Report};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
-    /// Verify this export bundle instead of the store: offline, no store or server needed.
+    /// Verify this export bundle instead of the store: offline, no store or server needed
+    /// (what `tollgate-verify` does).
     #[arg(long, value_name = "FILE")]
     bundle: Option<PathBuf>,
-    /// Trusted verifier keys (signed-note `name+id+key` lines), repeatable. Default: the log's
-    /// own list, <home>/keys/checkpoint.vkeys (for a bundle: the keys inside it).
-    #[arg(long = "key", value_name = "FILE")]
-    keys: Vec<PathBuf>,
-    /// A checkpoint seen before (a signed note, or a bundle whose checkpoint is taken),
-    /// repeatable: the log must still contain it (detects roll-back, truncation and forks).
-    #[arg(long = "checkpoint", value_name = "FILE")]
-    checkpoints: Vec<PathBuf>,
-    /// After a successful check, write the latest verified checkpoint here (pass it back with
-    /// --checkpoint next time).
-    #[arg(long, value_name = "FILE")]
-    save_checkpoint: Option<PathBuf>,
-    /// Print the result as one JSON object.
-    #[arg(long)]
-    json: bool,
+    /// For the live log, --key defaults to its own list, <home>/keys/checkpoint.vkeys; a
+    /// bundle has no default: trust comes from outside it.
+    #[command(flatten)]
+    check: BundleArgs,
 }
 
 pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::Result<ExitCode> {
-    let external = read_checkpoints(&args.checkpoints)?;
-    let trusted = read_keys(&args.keys)?;
-    let report = match &args.bundle {
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            bundle::verify(&bytes, trusted.as_deref(), &external)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        None => {
-            let keys = match trusted {
-                Some(keys) => keys,
-                None => KeyDir::at(home).verifiers().with_context(|| {
-                    "no verifier keys to check checkpoints with; pass --key FILE"
-                })?,
-            };
-            verify_log(home, operator, args, &keys, &external).await?
-        }
-    };
-    let what = if args.bundle.is_some() {
-        "audit bundle"
+    if let Some(path) = &args.bundle {
+        let report = cli::verify_bundle(path, &args.check).map_err(|e| anyhow::anyhow!(e))?;
+        cli::print(&report, "audit bundle", args.check.json);
+        return Ok(ExitCode::from(report.exit_code()));
+    }
+    if args.check.witness_policy.is_some() || args.check.accept_older {
+        anyhow::bail!("--witness-policy and --accept-older apply to --bundle");
+    }
+    let external = cli::read_saved(&args.check.checkpoints).map_err(|e| anyhow::anyhow!(e))?;
+    let keys = if args.check.keys.is_empty() {
+        KeyDir::at(home)
+            .verifiers()
+            .with_context(|| "no verifier keys to check checkpoints with; pass --key FILE")?
     } else {
-        "audit chain"
+        cli::read_keys(&args.check.keys).map_err(|e| anyhow::anyhow!(e))?
     };
-    if args.json {
+    let report = verify_log(home, operator, args, &keys, &external).await?;
+    if args.check.json {
         let mut out = report.to_json();
-        if !report.intact() && args.bundle.is_none() {
+        if !report.intact() {
             out["verifiedRecords"] = report.records.into();
         }
         println!("{out}");
     } else {
-        for line in report.lines(what) {
-            println!("{line}");
-        }
+        cli::print(&report, "audit chain", false);
     }
     if !report.intact() {
-        return Ok(ExitCode::from(EXIT_BROKEN));
+        return Ok(ExitCode::from(report.exit_code()));
     }
-    if let (Some(path), Some(latest)) = (&args.save_checkpoint, &report.latest) {
-        std::fs::write(path, &latest.note)
+    if let (Some(path), Some(latest)) = (&args.check.save_checkpoint, &report.latest) {
+        tollgate_log::bundle::save_latest(path, &latest.note)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How a key rotation record names its event, in canonical form.
+const ROTATION_MEMBER: &[u8] = b"\"event\":\"controlPlane.keyRotated\"";
 
 async fn verify_log(
     home: &Path,
@@ -96,7 +79,7 @@ async fn verify_log(
 ) -> anyhow::Result<Report> {
     let operator = operator.operator().with_purpose(
         "verify",
-        Some(json!({"checkpoints": args.checkpoints.len()})),
+        Some(json!({"checkpoints": args.check.checkpoints.len()})),
     );
     let mut source = Source::open(home, &args.source, &operator).await?;
     // The state tables are read before and after the records: a change in flight agrees with
@@ -121,12 +104,20 @@ async fn verify_log(
         .cloned();
     let mut check = LogCheck::new(&trusted);
     let mut replay = state::Replay::default();
+    let mut rotations = Vec::new();
     let started = std::time::Instant::now();
     source
         .for_each(&operator, |record| {
-            if state::may_change_state(&record.canonical_json) {
+            let rotation = record
+                .canonical_json
+                .windows(ROTATION_MEMBER.len())
+                .any(|w| w == ROTATION_MEMBER);
+            if rotation || state::may_change_state(&record.canonical_json) {
                 if let Ok(json) = serde_json::from_slice::<Value>(&record.canonical_json) {
                     replay.observe(record.seq, &json);
+                    if json.get("event").and_then(Value::as_str) == Some(KEY_ROTATED) {
+                        rotations.extend(Rotation::from_record(record.seq, &json));
+                    }
                 }
             }
             Ok(check.check(&record))
@@ -143,6 +134,17 @@ async fn verify_log(
         summary.records as f64 / elapsed.as_secs_f64().max(1e-9)
     );
     findings.extend(summary.findings);
+    // Each checkpoint signed by the key the chain's rotations put in effect at its size.
+    let history = KeyHistory::new(rotations);
+    for checkpoint in &trusted {
+        if let Err(why) = history.check(
+            checkpoint.checkpoint.size,
+            &checkpoint.checkpoint.time,
+            &checkpoint.signer,
+        ) {
+            findings.push(Finding::log(format!("{} {why}", checkpoint.label)));
+        }
+    }
     let mut notes = Vec::new();
     match (before, after) {
         (Some(before), Some(after)) => {
@@ -165,38 +167,6 @@ async fn verify_log(
         uncovered: summary.uncovered,
         findings,
         notes,
+        ..Report::default()
     })
-}
-
-fn read_keys(paths: &[PathBuf]) -> anyhow::Result<Option<Vec<NoteVerifier>>> {
-    if paths.is_empty() {
-        return Ok(None);
-    }
-    let mut all = Vec::new();
-    for path in paths {
-        all.extend(keys::read_verifiers(path)?);
-    }
-    Ok(Some(all))
-}
-
-/// Reads `--checkpoint` files: a signed note, or a bundle (its checkpoint).
-fn read_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
-    paths
-        .iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let note = if text.trim_start().starts_with('{') {
-                let bundle: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not a bundle", path.display()))?;
-                bundle["checkpoint"]
-                    .as_str()
-                    .with_context(|| format!("{} has no checkpoint", path.display()))?
-                    .to_string()
-            } else {
-                text
-            };
-            Ok((format!("the checkpoint in {}", path.display()), note))
-        })
-        .collect()
 }

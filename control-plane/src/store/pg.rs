@@ -563,6 +563,11 @@ enum Message {
     Append(Pending),
     /// Sign a checkpoint now.
     Checkpoint(Reply<StoredCheckpoint>),
+    /// Record this, and sign a checkpoint whose last leaf it is, in one transaction.
+    AppendAndCheckpoint {
+        record: Prepared,
+        reply: Reply<(Appended, StoredCheckpoint)>,
+    },
 }
 
 #[derive(Default)]
@@ -719,6 +724,18 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.sender()?
             .send(Message::Append(Pending { record, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) async fn append_with_checkpoint(
+        &self,
+        record: Prepared,
+    ) -> Result<(Appended, StoredCheckpoint), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender()?
+            .send(Message::AppendAndCheckpoint { record, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -935,6 +952,16 @@ impl Writer {
                     let result = self.write(Vec::new(), true).await.and_then(|w| {
                         w.checkpoint
                             .ok_or_else(|| StoreError::Task("no checkpoint was signed".into()))
+                    });
+                    let _ = reply.send(result);
+                }
+                Message::AppendAndCheckpoint { record, reply } => {
+                    let result = self.write(vec![record], true).await.and_then(|w| {
+                        let appended = w.appended.into_iter().next_back();
+                        match (appended, w.checkpoint) {
+                            (Some(appended), Some(checkpoint)) => Ok((appended, checkpoint)),
+                            _ => Err(StoreError::Task("no checkpoint was signed".into())),
+                        }
                     });
                     let _ = reply.send(result);
                 }

@@ -135,7 +135,9 @@ impl Reader {
             return Ok(None);
         };
         let time = value.get(32..).and_then(|json| {
-            let object = chain::parse_object(json).ok()?;
+            // A stored record, read as stored: one chained before appends were read as I-JSON
+            // may hold an integer beyond 2^53, which `chain::parse_object` now refuses.
+            let object: Map<String, Value> = serde_json::from_slice(json).ok()?;
             clock::parse(object.get(RECEIVED_AT)?.as_str()?)
         });
         Ok(time)
@@ -236,6 +238,12 @@ enum Message {
     Append(Pending),
     /// Sign a checkpoint now.
     Checkpoint(Reply<StoredCheckpoint>),
+    /// Record `record`, then sign a checkpoint right after it, before anything else is
+    /// written: the checkpoint's last leaf is this record (an export's).
+    AppendAndCheckpoint {
+        record: Prepared,
+        reply: Reply<(Appended, StoredCheckpoint)>,
+    },
     /// Switch to a new signing key: record `event` (fields of the rotation record), then sign a
     /// checkpoint with the new key.
     Rotate {
@@ -501,6 +509,18 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Appends `record` and signs a checkpoint whose last leaf it is (see
+    /// [`super::Store::append_with_checkpoint`]).
+    pub(super) async fn append_with_checkpoint(
+        &self,
+        record: Prepared,
+    ) -> Result<(Appended, StoredCheckpoint), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Message::AppendAndCheckpoint { record, reply })
+            .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Replaces the signing key: the new key's public half is listed beside the old ones, a
     /// `controlPlane.keyRotated` record (with `event`'s fields added) is written, and a
     /// checkpoint is signed with the new key. Returns the record and the new public key.
@@ -713,6 +733,23 @@ impl Writer {
                 Message::Rotate { event, reply } => {
                     let _ = reply.send(self.rotate(event));
                 }
+                Message::AppendAndCheckpoint { record, reply } => {
+                    let (appended, mut answer) = oneshot::channel();
+                    let checkpoint = self.commit(
+                        vec![Pending {
+                            record,
+                            reply: Some(appended),
+                        }],
+                        true,
+                    );
+                    // A lone reply is answered on this thread, so it is already there.
+                    let result = answer
+                        .try_recv()
+                        .map_err(|_| StoreError::Closed)
+                        .and_then(|appended| appended)
+                        .and_then(|appended| Ok((appended, checkpoint.ok_or(StoreError::Failed)?)));
+                    let _ = reply.send(result);
+                }
             }
         }
         // Closing: a last checkpoint covers everything written (the stop record included).
@@ -755,14 +792,16 @@ impl Writer {
     }
 
     /// Writes `group` (and a checkpoint when one is due, or `force_checkpoint`) in one flush.
-    fn commit(&mut self, group: Vec<Pending>, force_checkpoint: bool) {
+    /// Writes `group` (and a checkpoint when due or forced), answers its replies, and returns
+    /// the checkpoint it signed, if any.
+    fn commit(&mut self, group: Vec<Pending>, force_checkpoint: bool) -> Option<StoredCheckpoint> {
         if self.shared.failed.load(Ordering::Acquire) {
             for pending in group {
                 if let Some(reply) = pending.reply {
                     let _ = reply.send(Err(StoreError::Failed));
                 }
             }
-            return;
+            return None;
         }
         let mut batch = sled::Batch::default();
         let mut nodes = sled::Batch::default();
@@ -813,6 +852,7 @@ impl Writer {
                     self.checkpoint_done(head.len);
                 }
                 self.answer(replies);
+                checkpoint
             }
             Err(e) => {
                 self.fail(&e);
@@ -821,6 +861,7 @@ impl Writer {
                         let _ = reply.send(Err(StoreError::Failed));
                     }
                 }
+                None
             }
         }
     }

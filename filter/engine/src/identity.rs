@@ -235,7 +235,8 @@ impl Identity {
         Value::from(vec![issuer, self.sub.as_str()]).to_string()
     }
 
-    /// The identity as it goes into audit records: the standard claims plus `extra` ones.
+    /// The identity as it goes into audit records: the standard claims plus `extra` ones, each
+    /// number I-JSON cannot carry as its decimal text ([`crate::ijson::exact_numbers`]).
     pub fn audit_json(&self, extra: &[String]) -> Value {
         let mut out = Map::new();
         for key in STANDARD_CLAIMS
@@ -254,7 +255,11 @@ impl Identity {
                 serde_json::json!({"sub": accountable.sub, "via": accountable.via}),
             );
         }
-        Value::Object(out)
+        let mut out = Value::Object(out);
+        // A claim the IdP signed as a number beyond 2^53 is recorded as its digits: the control
+        // plane would refuse the record, and with it every call of this caller.
+        crate::ijson::exact_numbers(&mut out);
+        out
     }
 
     /// Whether a revocation of `claim` = `value` stops this caller. A revoked `sub` also stops
@@ -324,6 +329,24 @@ mod tests {
         let audit = id.audit_json(&[]);
         assert_eq!(audit["email"], "a@x");
         assert!(audit.get("aud").is_none());
+    }
+
+    #[test]
+    fn claims_beyond_2_pow_53_are_recorded_as_their_digits() {
+        let h = header(
+            r#"{"sub":"alice","client_id":12345678901234567890,"act":{"sub":"bot","n":1e300},"jti":7}"#,
+        );
+        let id = Identity::from_jwt_authn(Some("alice"), Some(&h), true).unwrap();
+        let audit = id.audit_json(&[]);
+        assert_eq!(audit["client_id"], "12345678901234567890");
+        assert_eq!(
+            audit["act"],
+            serde_json::json!({"sub": "bot", "n": "1e+300"})
+        );
+        assert_eq!(audit["jti"], 7);
+        // The claims themselves are as verified (policy and revocations read them).
+        assert_eq!(id.claims["client_id"], 12345678901234567890u64);
+        assert!(id.is_named_by("client_id", "12345678901234567890"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! client responses to server requests.
 //!
 //! Bodies are read strictly (see [`strict`]): a body the filter and the upstream could read as
-//! two different messages, through duplicate or case-variant member names, is refused.
+//! two different messages, through duplicate or case-variant member names or an integer beyond
+//! 2^53, is refused.
 
 pub mod strict;
 
@@ -100,8 +101,9 @@ impl ParseError {
     }
 }
 
-/// Parses a request body. Duplicate member names, names that differ only in case or width, and
-/// look-alikes of the JSON-RPC/MCP member names are refused as invalid requests ([`strict`]).
+/// Parses a request body. Duplicate member names, names that differ only in case or width,
+/// look-alikes of the JSON-RPC/MCP member names and integers outside ±(2^53 − 1) are refused as
+/// invalid requests ([`strict`]).
 pub fn parse(body: &[u8]) -> Result<Body, ParseError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ParseError::NotJson(format!("body is not UTF-8 ({e})")))?;
@@ -311,6 +313,35 @@ mod tests {
         assert_eq!(why, r#"invalid request: duplicate member "method" in $"#);
         // Escaped members in arguments, too.
         refused(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"\"a\"":1,"\u0022a\u0022":2}}}"#);
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_are_refused_in_ids_and_arguments() {
+        let why = refused(br#"{"jsonrpc":"2.0","id":9007199254740993,"method":"tools/list"}"#);
+        assert!(
+            why.starts_with("invalid request: integer outside ±2^53 in $.id: "),
+            "{why}"
+        );
+        assert!(why.ends_with("send it as a string"), "{why}");
+        let why = refused(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"refund","arguments":{"amount":1e300}}}]"#,
+        );
+        assert!(
+            why.starts_with(
+                "invalid request: integer outside ±2^53 in $[0].params.arguments.amount: "
+            ),
+            "{why}"
+        );
+        // In a client's answer to a server request too.
+        refused(br#"{"jsonrpc":"2.0","id":"s1","result":{"n":-9007199254740992}}"#);
+        // The largest exact ids, and fractions, are fine.
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":9007199254740991,"method":"ping"}"#[..],
+            br#"{"jsonrpc":"2.0","id":-9007199254740991,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":"9007199254740993","method":"tools/call","params":{"name":"t","arguments":{"x":0.5}}}"#,
+        ] {
+            parse(body).unwrap_or_else(|e| panic!("{}", e.message()));
+        }
     }
 
     #[test]

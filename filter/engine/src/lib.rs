@@ -3,10 +3,11 @@
 //! own reading of the same policy, never by what the request says about itself).
 //!
 //! Plain Rust with no proxy-wasm types, tested natively: masking ([`mask`]), JSON-RPC parsing
-//! ([`jsonrpc`]), the policy ([`policy`]), verified identities ([`identity`]) and URLs as they
-//! may be recorded ([`redact`]).
+//! ([`jsonrpc`]), the policy ([`policy`]), verified identities ([`identity`]), the numbers a
+//! record may hold ([`ijson`]) and URLs as they may be recorded ([`redact`]).
 
 pub mod identity;
+pub mod ijson;
 pub mod jsonrpc;
 pub mod mask;
 pub mod policy;

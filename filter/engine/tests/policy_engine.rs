@@ -116,7 +116,8 @@ fn decides_messages() {
         ("refund missing", alice.clone(), "/mcp", "", call("refund_payment", json!({})), "deny", None),
         ("refund args array", alice.clone(), "/mcp", "", call("refund_payment", json!([20000])), "deny", None),
         ("refund nested amount", alice.clone(), "/mcp", "", call("refund_payment", json!({"amount": {"value": 1}})), "deny", None),
-        ("huge number", alice.clone(), "/mcp", "", call("refund_payment", json!({"amount": 1e300})), "approve", Some("big-refund")),
+        // Larger ones (1e300) are refused before any policy sees them (jsonrpc::strict).
+        ("largest exact integer", alice.clone(), "/mcp", "", call("refund_payment", json!({"amount": 9007199254740991u64})), "approve", Some("big-refund")),
         ("negative", alice.clone(), "/mcp", "", call("refund_payment", json!({"amount": -5})), "allow", Some("small-refund")),
         ("drop table", alice.clone(), "/mcp", "", call("run_query", json!({"sql": "select 1; DROP table x"})), "deny", Some("sql-guard")),
         ("select", alice.clone(), "/mcp", "", call("run_query", json!({"sql": "select 1"})), "allow", Some("queries")),
@@ -598,8 +599,9 @@ fn per_message_batch_forwards_the_allowed_bytes() {
     let p = batch_policy("perMessage");
     let c = claims(json!({"sub": "a"}));
     let ctx = CallContext::new(&c, "/mcp", "");
-    // Spacing and a number too large for f64 must survive the rewrite byte for byte.
-    let raw = br#"[ {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x","arguments":{"n":123456789012345678901234567890}}} ,
+    // Spacing and a number serde_json would print otherwise must survive the rewrite byte for
+    // byte.
+    let raw = br#"[ {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x","arguments":{"n":1.000000000000000000001E+2}}} ,
         {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_merchant"}},
         {"jsonrpc":"2.0","method":"notifications/cancelled"},
         {"jsonrpc":"2.0","method":"notifications/initialized"} ]"#;
@@ -618,7 +620,7 @@ fn per_message_batch_forwards_the_allowed_bytes() {
     assert_eq!(forwarded, [0, 3]);
     assert_eq!(
         String::from_utf8(body).unwrap(),
-        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x","arguments":{"n":123456789012345678901234567890}}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x","arguments":{"n":1.000000000000000000001E+2}}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#
     );
     assert_eq!(errors.len(), 1, "the refused notification gets no error");
     let e: Value = serde_json::from_slice(&errors[0]).unwrap();

@@ -15,6 +15,12 @@
 //!    `"ＭＥＴＨＯＤ"`, `"name\u200b"`). Inside `arguments` and every other nested object, names
 //!    are the tool's own schema: a lone `"Name"` there is accepted, only rule 2 applies.
 //!
+//! A body is refused (`-32600`) too when a number anywhere in it is an integer outside ±(2^53 − 1)
+//! (I-JSON, RFC 7493): an upstream that reads numbers as doubles (JavaScript, Go's `interface{}`)
+//! would run the call with another id or argument than the one decided on, and the control plane
+//! refuses a record holding it rather than chain a rounded value. Integers beyond `u64`, and
+//! every double of magnitude 2^53 or more (`1e300`), are such integers; `0.5` is not.
+//!
 //! Lone UTF-16 surrogates in `\u` escapes (`"\ud800"`), in names and values alike, are refused by
 //! serde_json itself when it builds a string; they stay parse errors (`-32700`), with a message
 //! naming the cause. Invalid UTF-8 is refused before this module runs.
@@ -26,6 +32,7 @@
 //!
 //! Refusal messages name the member (cut to [`NAME_SHOWN`] characters, invisible characters
 //! escaped) and where it is (`$.params.arguments`), never a value: a value may be a card number.
+//! A refused number is named by its location only (`$.id`).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -36,6 +43,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::ParseError;
+use crate::ijson;
 
 /// Members of a JSON-RPC 2.0 envelope: request, notification and response.
 pub const ENVELOPE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
@@ -89,8 +97,9 @@ pub fn read(text: &str) -> Result<Value, ParseError> {
             let refusal = refusal.into_inner();
             match refusal.why {
                 Some(why) => Err(ParseError::Invalid(format!(
-                    "{why} in {}",
-                    render_path(&refusal.path)
+                    "{why} in {}{}",
+                    render_path(&refusal.path),
+                    refusal.advice.unwrap_or_default()
                 ))),
                 None => Err(ParseError::NotJson(not_json(&error))),
             }
@@ -183,7 +192,15 @@ struct Refusal {
     why: Option<String>,
     /// Innermost first.
     path: Vec<Segment>,
+    /// What the sender can do instead, after the location.
+    advice: Option<&'static str>,
 }
+
+/// Why a number is refused, and what to send instead.
+const OUT_OF_RANGE: &str = "integer outside ±2^53";
+const OUT_OF_RANGE_ADVICE: &str =
+    ": I-JSON (RFC 7493) cannot carry it exactly, and a server reading numbers as doubles would \
+     see another value; send it as a string";
 
 enum Segment {
     Member(String),
@@ -239,6 +256,11 @@ impl Node<'_> {
     fn refuse<E: de::Error>(self, why: String) -> E {
         self.refusal.borrow_mut().why = Some(why);
         E::custom("refused member name")
+    }
+
+    fn out_of_range<E: de::Error>(self) -> E {
+        self.refusal.borrow_mut().advice = Some(OUT_OF_RANGE_ADVICE);
+        self.refuse(OUT_OF_RANGE.to_owned())
     }
 
     /// Completes the location of a refusal made inside the value at `segment`.
@@ -315,15 +337,24 @@ impl<'de> Visitor<'de> for Node<'_> {
         Ok(Value::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        if !ijson::i64_is_exact(v) {
+            return Err(self.out_of_range());
+        }
         Ok(Value::Number(v.into()))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        if !ijson::u64_is_exact(v) {
+            return Err(self.out_of_range());
+        }
         Ok(Value::Number(v.into()))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        if !ijson::f64_is_exact(v) {
+            return Err(self.out_of_range());
+        }
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
@@ -505,6 +536,52 @@ mod tests {
     }
 
     #[test]
+    fn integers_outside_2_pow_53_are_refused_where_they_are() {
+        for text in [
+            r#"{"id":9007199254740993}"#,
+            r#"{"id":9007199254740992}"#,
+            r#"{"id":-9007199254740992}"#,
+            r#"{"id":12345678901234567890}"#,
+            r#"{"id":-99999999999999999999}"#,
+            r#"{"id":1e300}"#,
+            r#"{"id":9007199254740992.0}"#,
+        ] {
+            assert_eq!(
+                read(text),
+                Err(ParseError::Invalid(format!(
+                    "integer outside ±2^53 in $.id{OUT_OF_RANGE_ADVICE}"
+                ))),
+                "{text}"
+            );
+        }
+        let Err(ParseError::Invalid(why)) =
+            read(r#"{"params":{"arguments":{"amounts":[1,2,{"cents":4111111111111111111}]}}}"#)
+        else {
+            panic!("accepted")
+        };
+        assert!(
+            why.starts_with("integer outside ±2^53 in $.params.arguments.amounts[2].cents: "),
+            "{why}"
+        );
+        assert!(!why.contains("4111"), "{why}");
+        for text in [
+            r#"{"id":9007199254740991}"#,
+            r#"{"id":-9007199254740991}"#,
+            r#"{"id":0.5}"#,
+            r#"{"id":-0}"#,
+            r#"{"id":1e-300}"#,
+            r#"{"id":"9007199254740993"}"#,
+        ] {
+            assert!(read(text).is_ok(), "{text}");
+        }
+        // Beyond the doubles: serde_json's own refusal, a parse error.
+        assert!(matches!(
+            read(r#"{"id":1e400}"#),
+            Err(ParseError::NotJson(_))
+        ));
+    }
+
+    #[test]
     fn a_refusal_deep_inside_names_its_whole_location() {
         let text = r#"{"params":{"arguments":{"rows":[0,{"x":{"Id":1,"ID":2}}]}}}"#;
         assert_eq!(
@@ -518,8 +595,7 @@ mod tests {
 
     #[test]
     fn reads_what_serde_json_reads() {
-        let text =
-            r#"{"a":[1,-2,3.5,1e300,18446744073709551615,true,null,"s\u00e9",{}],"b":{"c":[]}}"#;
+        let text = r#"{"a":[1,-2,3.5,1e15,9007199254740991,-9007199254740991,true,null,"s\u00e9",{}],"b":{"c":[]}}"#;
         let strict = read(text).unwrap();
         let plain: Value = serde_json::from_str(text).unwrap();
         assert_eq!(strict, plain);

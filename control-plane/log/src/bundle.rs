@@ -1,0 +1,825 @@
+//! Export bundles, format 2, and their verification in one pass, in bounded memory.
+//!
+//! A bundle is evidence for exactly one signed checkpoint of `N` records: the export writes
+//! its own `controlPlane.auditExport` record and the log signs the checkpoint at that record
+//! in the same step, so the export record is leaf `N - 1`, the last one the checkpoint signs.
+//! The bundle's `records` cover every leaf `0..N` in order: each selected record whole, the
+//! leaves in between as the hashes of the tree's own perfect subtrees, split at the size of
+//! every earlier checkpoint of the log. From that one stream the verifier rebuilds the root of
+//! the tree at `N` and at every earlier checkpoint's size, so every checkpoint in the bundle,
+//! and any saved checkpoint of those sizes, is checked against the leaves themselves.
+//!
+//! ```text
+//! {"format":"tollgate-audit-bundle/2",
+//!  "origin": the log,                          checked: the checkpoint's origin
+//!  "checkpoint": signed note (+ cosignatures),  signed by the log (and witnesses)
+//!  "checkpoints": [earlier signed notes],       signed; their roots rebuilt from the leaves
+//!  "keyRecords": [seq, ...],                    checked: what the export record lists
+//!  "chainBefore": hex chain hash of leaf N-2,   checked: with the export record it gives the
+//!                                               checkpoint's signed chain line
+//!  "filter": the selection,                     checked: what the export record states
+//!  "records": [                                 last: streamed
+//!    {"seq":s,"leafHash":h,"record":{...}}      a selected record, in its canonical bytes
+//!    {"seq":s,...,"context":true}               a key rotation or the export record itself
+//!    {"skip":k,"nodes":[h,...]}                 k leaves left out: their subtree hashes
+//!  ]}
+//! ```
+//!
+//! Trust never comes from the bundle: the checkpoints' signatures are checked against keys
+//! pinned by whoever verifies (or a witness policy); without either the result is
+//! "unauthenticated". Which key may sign what follows from the key rotations in the chain,
+//! which the export record lists so that none can be left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::canonical;
+use crate::chain::{self, Hash};
+use crate::key_history::{KeyHistory, Rotation};
+use crate::merkle::{self, Frontier};
+use crate::note::{self, Checkpoint, NoteVerifier};
+use crate::scan::{ScanError, Scanner};
+use crate::verify::{Finding, Report, Trusted};
+
+pub const FORMAT: &str = "tollgate-audit-bundle/2";
+/// The `event` of the record an export writes about itself.
+pub const EXPORT_EVENT: &str = "controlPlane.auditExport";
+/// Largest record (or header field) a bundle may hold.
+const MAX_VALUE: usize = 64 << 20;
+/// Problems named one by one; past this, counted.
+const MAX_FINDINGS: usize = 100;
+/// How reports name the bundle's checkpoint.
+const LATEST: &str = "the bundle's checkpoint";
+
+/// `SHA-256` over each selected record's sequence number (8 bytes big-endian) and leaf hash:
+/// what the export record states as `selectionDigest`.
+#[derive(Default)]
+pub struct SelectionDigest {
+    hasher: Sha256,
+    count: u64,
+}
+
+impl SelectionDigest {
+    pub fn add(&mut self, seq: u64, leaf: &Hash) {
+        self.hasher.update(seq.to_be_bytes());
+        self.hasher.update(leaf);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn finish(self) -> Hash {
+        self.hasher.finalize().into()
+    }
+}
+
+/// The leaves `[start, end)` as the bundle covers them: the tree's own perfect subtrees,
+/// never crossing one of `splits` (the sizes of earlier checkpoints).
+pub fn gap_cover(start: u64, end: u64, splits: &BTreeSet<u64>) -> Vec<(u32, u64)> {
+    let mut cover = Vec::new();
+    let mut at = start;
+    for &split in splits.range(start + 1..end) {
+        cover.extend(Frontier::aligned_cover(at, split));
+        at = split;
+    }
+    cover.extend(Frontier::aligned_cover(at, end));
+    cover
+}
+
+/// What the verifier trusts, from outside the bundle.
+pub enum Trust<'a> {
+    /// Nothing: the bundle is checked, but the result is at best "unauthenticated".
+    Nothing,
+    /// Pinned log keys.
+    Keys(&'a [NoteVerifier]),
+    /// A witness policy: its log keys, and the cosignatures its quorum requires on the
+    /// bundle's checkpoint. `check` opens a note under the policy and names the witnesses.
+    Policy {
+        log_keys: &'a [NoteVerifier],
+        check: &'a dyn Fn(&str) -> Result<Vec<String>, String>,
+    },
+}
+
+/// How to verify.
+#[derive(Default)]
+pub struct Options {
+    /// Checkpoints seen before, as (label, signed note).
+    pub saved: Vec<(String, String)>,
+    /// Accept a bundle older than a saved checkpoint (an earlier range asked for on purpose).
+    pub accept_older: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Entry<'a> {
+    seq: Option<u64>,
+    #[serde(borrow)]
+    leaf_hash: Option<&'a str>,
+    #[serde(borrow)]
+    record: Option<&'a RawValue>,
+    #[serde(default)]
+    context: bool,
+    skip: Option<u64>,
+    #[serde(borrow)]
+    nodes: Option<Vec<&'a str>>,
+}
+
+/// The fields before `records`.
+#[derive(Default)]
+struct Header {
+    format: Option<String>,
+    origin: Option<String>,
+    checkpoint: Option<String>,
+    checkpoints: Option<Vec<String>>,
+    key_records: Option<Vec<u64>>,
+    chain_before: Option<String>,
+    filter: Option<Value>,
+}
+
+fn hash_of(text: &str) -> Option<Hash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// The text of a signed note, before its signatures (not verified).
+fn body(note: &str) -> Option<&str> {
+    note.rfind("\n\n").map(|at| &note[..=at])
+}
+
+struct Walk {
+    size: u64,
+    /// Sizes at which to keep the root: earlier checkpoints (where the cover splits) and
+    /// saved checkpoints (kept when the stream passes them).
+    marks: BTreeSet<u64>,
+    splits: BTreeSet<u64>,
+    roots: BTreeMap<u64, Hash>,
+    frontier: Frontier,
+    selection: SelectionDigest,
+    key_records: BTreeSet<u64>,
+    rotations: Vec<Rotation>,
+    export: Option<(Vec<u8>, Value)>,
+    findings: Vec<Finding>,
+    unnamed: u64,
+    /// The stream no longer lines up with the tree: nothing after this is checked.
+    lost: bool,
+}
+
+impl Walk {
+    fn finding(&mut self, finding: Finding) {
+        if self.findings.len() < MAX_FINDINGS {
+            self.findings.push(finding);
+        } else {
+            self.unnamed += 1;
+        }
+    }
+
+    fn mark(&mut self) {
+        let size = self.frontier.size();
+        if self.marks.contains(&size) {
+            self.roots.insert(size, self.frontier.root());
+        }
+    }
+
+    fn entry(&mut self, bytes: &[u8]) {
+        if self.lost {
+            return;
+        }
+        let at = self.frontier.size();
+        let entry: Entry = match serde_json::from_slice(bytes) {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.finding(Finding::at(
+                    at,
+                    format!(
+                        "the entry for leaf {at} is malformed ({}): altered",
+                        category(&e)
+                    ),
+                ));
+                self.lost = true;
+                return;
+            }
+        };
+        match entry {
+            Entry {
+                seq: Some(seq),
+                leaf_hash: Some(leaf_hash),
+                record: Some(record),
+                skip: None,
+                nodes: None,
+                context,
+            } => self.record(at, seq, leaf_hash, record.get().as_bytes(), context),
+            Entry {
+                skip: Some(skip),
+                nodes: Some(nodes),
+                seq: None,
+                leaf_hash: None,
+                record: None,
+                context: false,
+            } => self.skip(at, skip, &nodes),
+            _ => {
+                self.finding(Finding::at(
+                    at,
+                    format!("the entry for leaf {at} is neither a record nor a skip: altered"),
+                ));
+                self.lost = true;
+            }
+        }
+    }
+
+    fn record(&mut self, at: u64, seq: u64, leaf_hash: &str, record: &[u8], context: bool) {
+        if seq != at || at >= self.size {
+            self.finding(Finding::at(
+                at,
+                format!(
+                    "record {seq} stands where leaf {at} of {} belongs: records reordered, duplicated, removed or added",
+                    self.size
+                ),
+            ));
+            self.lost = true;
+            return;
+        }
+        if !canonical::is_canonical_object(record) {
+            self.finding(Finding::at(
+                seq,
+                "record is not in its canonical form (or repeats a member name): altered",
+            ));
+        }
+        let leaf = merkle::leaf_hash(record);
+        if hash_of(leaf_hash) != Some(leaf) {
+            self.finding(Finding::at(
+                seq,
+                "record does not hash to its leaf hash: altered",
+            ));
+        }
+        self.frontier.push(leaf, |_, _, _| {});
+        if !context {
+            self.selection.add(seq, &leaf);
+        }
+        let is_export = seq + 1 == self.size;
+        if self.key_records.contains(&seq) || is_export {
+            let parsed = serde_json::from_slice::<Value>(record).unwrap_or(Value::Null);
+            if self.key_records.contains(&seq) {
+                match Rotation::from_record(seq, &parsed) {
+                    Some(rotation) => self.rotations.push(rotation),
+                    None => self.finding(Finding::at(
+                        seq,
+                        "the bundle lists this record as a key rotation, but it is not one",
+                    )),
+                }
+            }
+            if is_export {
+                self.export = Some((record.to_vec(), parsed));
+            }
+        } else if context {
+            self.finding(Finding::at(
+                seq,
+                "record is marked as context but is neither a key rotation nor the export record",
+            ));
+        }
+        self.mark();
+    }
+
+    fn skip(&mut self, at: u64, skip: u64, nodes: &[&str]) {
+        let end = at.saturating_add(skip);
+        if skip == 0 || end > self.size {
+            self.finding(Finding::at(
+                at,
+                format!("a skip of {skip} leaves at leaf {at} does not fit the tree of {} records: altered", self.size),
+            ));
+            self.lost = true;
+            return;
+        }
+        let cover = gap_cover(at, end, &self.splits);
+        if cover.len() != nodes.len() {
+            self.finding(Finding::at(
+                at,
+                format!("the skip of leaves {at}..{end} has {} hashes where the tree has {} subtrees: altered", nodes.len(), cover.len()),
+            ));
+            self.lost = true;
+            return;
+        }
+        for ((level, _), node) in cover.into_iter().zip(nodes) {
+            let Some(hash) = hash_of(node) else {
+                self.finding(Finding::at(at, "a skipped subtree's hash is malformed"));
+                self.lost = true;
+                return;
+            };
+            // `gap_cover` yields aligned subtrees only, so this cannot be refused.
+            let _ = self.frontier.push_subtree(level, hash);
+            self.mark();
+        }
+    }
+}
+
+fn category(e: &serde_json::Error) -> String {
+    format!("{:?} at column {}", e.classify(), e.column())
+}
+
+/// Reads the header fields, then streams `records` through `walk`, built once the header is
+/// known. Returns the header and the walk (`None` when the bundle ended before its records).
+fn read(
+    input: impl Read,
+    options: &Options,
+    findings: &mut Vec<Finding>,
+) -> Result<(Header, Option<Walk>), ScanError> {
+    let mut scanner = Scanner::new(input, MAX_VALUE);
+    let mut header = Header::default();
+    let mut walk = None;
+    let mut buf = Vec::new();
+    scanner.expect(b'{', "a bundle is a JSON object")?;
+    if scanner.peek()? == Some(b'}') {
+        return Ok((header, None));
+    }
+    loop {
+        scanner.value(&mut buf)?;
+        let name: String = serde_json::from_slice(&buf).map_err(|_| ScanError::Malformed {
+            offset: scanner.offset(),
+            what: "a member name was expected",
+        })?;
+        scanner.expect(b':', "a colon was expected")?;
+        if name == "records" {
+            if walk.is_some() {
+                findings.push(Finding::log("the bundle has two record lists"));
+                return Ok((header, None));
+            }
+            let Some(mut w) = start_walk(&header, options, findings) else {
+                return Ok((header, None));
+            };
+            scanner.expect(b'[', "records must be an array")?;
+            if scanner.peek()? == Some(b']') {
+                scanner.one_of(b"]", "")?;
+            } else {
+                loop {
+                    scanner.value(&mut buf)?;
+                    w.entry(&buf);
+                    if scanner.one_of(b",]", "a comma or the end of the records")? == b']' {
+                        break;
+                    }
+                }
+            }
+            walk = Some(w);
+        } else {
+            if walk.is_some() {
+                findings.push(Finding::log(format!(
+                    "the bundle has a {name:?} member after its records; a bundle ends with them"
+                )));
+                return Ok((header, None));
+            }
+            scanner.value(&mut buf)?;
+            if !set_header(&mut header, &name, &buf) {
+                findings.push(Finding::log(format!(
+                    "the bundle's {name:?} member is unknown, repeated or malformed"
+                )));
+                return Ok((header, None));
+            }
+        }
+        if scanner.one_of(b",}", "a comma or the end of the bundle")? == b'}' {
+            break;
+        }
+    }
+    if scanner.peek()?.is_some() {
+        findings.push(Finding::log("the bundle has data after its end"));
+    }
+    Ok((header, walk))
+}
+
+fn set_header(header: &mut Header, name: &str, bytes: &[u8]) -> bool {
+    fn put<T: serde::de::DeserializeOwned>(slot: &mut Option<T>, bytes: &[u8]) -> bool {
+        if slot.is_some() {
+            return false;
+        }
+        match serde_json::from_slice(bytes) {
+            Ok(value) => {
+                *slot = Some(value);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+    match name {
+        "format" => put(&mut header.format, bytes),
+        "origin" => put(&mut header.origin, bytes),
+        "checkpoint" => put(&mut header.checkpoint, bytes),
+        "checkpoints" => put(&mut header.checkpoints, bytes),
+        "keyRecords" => put(&mut header.key_records, bytes),
+        "chainBefore" => put(&mut header.chain_before, bytes),
+        "filter" => {
+            // The filter is compared with the export record's: no repeated names in it.
+            header.filter.is_none()
+                && match serde_json::from_slice::<Value>(bytes) {
+                    Ok(value) => {
+                        let ok = no_repeated_names(bytes, &value);
+                        header.filter = Some(value);
+                        ok
+                    }
+                    Err(_) => false,
+                }
+        }
+        _ => false,
+    }
+}
+
+/// Whether parsing kept every member: a repeated name collapses two members into one, so the
+/// parsed object has fewer members than the text names at its top level.
+fn no_repeated_names(bytes: &[u8], value: &Value) -> bool {
+    // The filter is a flat object of strings; count its top-level members by their colons.
+    let Some(object) = value.as_object() else {
+        return false;
+    };
+    if object.values().any(|v| !v.is_string()) {
+        return false;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let mut members = 0;
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        match (in_string, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => in_string = !in_string,
+            (false, _, ':') => members += 1,
+            _ => {}
+        }
+    }
+    members == object.len()
+}
+
+fn start_walk(header: &Header, options: &Options, findings: &mut Vec<Finding>) -> Option<Walk> {
+    if header.format.as_deref() != Some(FORMAT) {
+        findings.push(Finding::log(format!(
+            "not a bundle of format {FORMAT} (format {:?}); export it again with this version",
+            header.format.as_deref().unwrap_or("missing")
+        )));
+        return None;
+    }
+    let (Some(note), Some(_), Some(_), Some(_), Some(_)) = (
+        &header.checkpoint,
+        &header.checkpoints,
+        &header.key_records,
+        &header.chain_before,
+        &header.filter,
+    ) else {
+        findings.push(Finding::log(
+            "the bundle lacks its checkpoint, checkpoints, keyRecords, chainBefore or filter before its records",
+        ));
+        return None;
+    };
+    let Some(checkpoint) = body(note).and_then(|b| Checkpoint::parse(b).ok()) else {
+        findings.push(Finding::log("the bundle's checkpoint is malformed"));
+        return None;
+    };
+    let mut splits = BTreeSet::new();
+    for earlier in header.checkpoints.iter().flatten() {
+        if let Some(c) = body(earlier).and_then(|b| Checkpoint::parse(b).ok()) {
+            if c.size < checkpoint.size {
+                splits.insert(c.size);
+            }
+        }
+    }
+    let mut marks = splits.clone();
+    for (_, saved) in &options.saved {
+        if let Some(c) = body(saved).and_then(|b| Checkpoint::parse(b).ok()) {
+            marks.insert(c.size);
+        }
+    }
+    let mut walk = Walk {
+        size: checkpoint.size,
+        marks,
+        splits,
+        roots: BTreeMap::new(),
+        frontier: Frontier::new(),
+        selection: SelectionDigest::default(),
+        key_records: header.key_records.iter().flatten().copied().collect(),
+        rotations: Vec::new(),
+        export: None,
+        findings: Vec::new(),
+        unnamed: 0,
+        lost: false,
+    };
+    walk.mark();
+    Some(walk)
+}
+
+/// Verifies the bundle read from `input`. Errors only when it cannot be read at all.
+pub fn verify(input: impl Read, trust: &Trust<'_>, options: &Options) -> Result<Report, ScanError> {
+    let mut findings = Vec::new();
+    let (header, walk) = match read(input, options, &mut findings) {
+        Ok(read) => read,
+        Err(ScanError::Io(e)) => return Err(ScanError::Io(e)),
+        Err(e) => {
+            findings.push(Finding::log(format!("the bundle is malformed: {e}")));
+            (Header::default(), None)
+        }
+    };
+    let Some(walk) = walk else {
+        if findings.is_empty() {
+            findings.push(Finding::log("the bundle has no records"));
+        }
+        return Ok(Report {
+            findings,
+            ..Report::default()
+        });
+    };
+    Ok(finish(header, walk, trust, options, findings))
+}
+
+fn finish(
+    header: Header,
+    mut walk: Walk,
+    trust: &Trust<'_>,
+    options: &Options,
+    mut findings: Vec<Finding>,
+) -> Report {
+    let mut notes = Vec::new();
+    let note = header.checkpoint.clone().unwrap_or_default();
+    let checkpoint = body(&note)
+        .and_then(|b| Checkpoint::parse(b).ok())
+        .expect("parsed when the walk started");
+    let size = checkpoint.size;
+
+    // The leaves rebuild the signed tree.
+    if !walk.lost && walk.frontier.size() != size {
+        walk.finding(Finding::at(
+            walk.frontier.size(),
+            format!(
+                "the records cover {} of the {size} leaves the checkpoint signs: records removed from the end",
+                walk.frontier.size()
+            ),
+        ));
+    } else if !walk.lost && walk.frontier.root() != checkpoint.root {
+        walk.finding(Finding::log(
+            "the records do not rebuild the root the checkpoint signs: a record or skipped subtree was altered, added, removed or moved",
+        ));
+    }
+    if header.origin.as_deref() != Some(checkpoint.origin.as_str()) {
+        findings.push(Finding::log(format!(
+            "the bundle names log {:?}, its checkpoint log {:?}",
+            header.origin.as_deref().unwrap_or(""),
+            checkpoint.origin
+        )));
+    }
+
+    // The export record is the checkpoint's last leaf and says what the bundle holds.
+    match &walk.export {
+        Some((bytes, record)) if record.get("event").and_then(Value::as_str) == Some(EXPORT_EVENT) => {
+            let chained = header
+                .chain_before
+                .as_deref()
+                .and_then(hash_of)
+                .map(|before| chain::chain(&before, bytes));
+            if chained != Some(checkpoint.chain_head) {
+                findings.push(Finding::at(
+                    size - 1,
+                    "the checkpoint's signed chain line does not end at this export record: the chain hash was altered",
+                ));
+            }
+            let stated_count = record.get("records").and_then(Value::as_u64);
+            let stated_digest = record.get("selectionDigest").and_then(Value::as_str);
+            let count = walk.selection.count();
+            let digest = hex::encode(std::mem::take(&mut walk.selection).finish());
+            if stated_count != Some(count) || stated_digest != Some(digest.as_str()) {
+                findings.push(Finding::log(format!(
+                    "the bundle holds {count} selected records but its export record (seq {}) lists {}{}: a record was removed, added or replaced",
+                    size - 1,
+                    stated_count.map_or_else(|| "?".to_string(), |c| c.to_string()),
+                    if stated_count == Some(count) { " with another digest" } else { "" },
+                )));
+            }
+            if record.get("filter") != header.filter.as_ref() {
+                findings.push(Finding::log(
+                    "the bundle's filter differs from the one its export record states",
+                ));
+            }
+            let stated_keys: Option<Vec<u64>> = record
+                .get("keyRecords")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_u64).collect());
+            let listed: Vec<u64> = walk.key_records.iter().copied().collect();
+            let seen: Vec<u64> = walk.rotations.iter().map(|r| r.seq).collect();
+            if stated_keys.as_ref() != Some(&listed) || seen != listed {
+                findings.push(Finding::log(
+                    "the key rotations in the bundle are not the ones its export record lists: a rotation was left out or added",
+                ));
+            }
+        }
+        _ if walk.lost => {}
+        _ => findings.push(Finding::at(
+            size.saturating_sub(1),
+            "the checkpoint's last leaf is not this export's record: the bundle is not tied to its checkpoint",
+        )),
+    }
+
+    // Earlier checkpoints: in order, of this log, and each a prefix of the leaves.
+    let mut earlier = Vec::new();
+    let mut previous: Option<Checkpoint> = None;
+    for (i, text) in header.checkpoints.iter().flatten().enumerate() {
+        let label = format!("earlier checkpoint {i}");
+        let Some(c) = body(text).and_then(|b| Checkpoint::parse(b).ok()) else {
+            findings.push(Finding::log(format!("{label} is malformed")));
+            continue;
+        };
+        if c.origin != checkpoint.origin || c.size >= size || later(&c.time, &checkpoint.time) {
+            findings.push(Finding::log(format!(
+                "{label} (size {}, {}) is not an earlier checkpoint of this log",
+                c.size, c.time
+            )));
+            continue;
+        }
+        if let Some(p) = &previous {
+            if c.size <= p.size || later(&p.time, &c.time) {
+                findings.push(Finding::log(format!(
+                    "{label} (size {}, {}) does not follow the one before it (size {}, {}): checkpoints reordered or the log rolled back",
+                    c.size, c.time, p.size, p.time
+                )));
+            }
+        }
+        if !walk.lost && walk.roots.get(&c.size) != Some(&c.root) {
+            findings.push(Finding::log(format!(
+                "{label} (size {}, signed {}) signs another tree than these records: the log was forked",
+                c.size, c.time
+            )));
+        }
+        previous = Some(c.clone());
+        earlier.push((label, text.clone(), c));
+    }
+
+    // Signatures, against what the verifier trusts.
+    let history = KeyHistory::new(walk.rotations.clone());
+    let mut latest = None;
+    let mut cosigned_by = Vec::new();
+    let mut unauthenticated = None;
+    let log_keys: &[NoteVerifier] = match trust {
+        Trust::Nothing => {
+            unauthenticated = Some(
+                "nothing outside the bundle vouches for its signatures: pass the log's pinned key (--key FILE) or a witness policy (--witness-policy FILE)"
+                    .to_string(),
+            );
+            &[]
+        }
+        Trust::Keys(keys) => keys,
+        Trust::Policy { log_keys, check } => {
+            match check(&note) {
+                Ok(names) => cosigned_by = names,
+                Err(e) => findings.push(Finding::log(format!(
+                    "the bundle's checkpoint does not satisfy the witness policy: {e}"
+                ))),
+            }
+            log_keys
+        }
+    };
+    let mut matched = 0;
+    if unauthenticated.is_none() {
+        let mut check = |label: &str, text: &str, c: &Checkpoint| -> Option<NoteVerifier> {
+            match note::open(text, log_keys) {
+                Ok(opened) => match history.check(c.size, &c.time, &opened.signer) {
+                    Ok(()) => {
+                        matched += 1;
+                        Some(opened.signer)
+                    }
+                    Err(why) => {
+                        findings.push(Finding::log(format!("{label} {why}")));
+                        None
+                    }
+                },
+                Err(note::NoteError::BadSignature(key)) => {
+                    findings.push(Finding::log(format!(
+                        "{label} has a bad signature (key {key}): forged or altered"
+                    )));
+                    None
+                }
+                Err(e) => {
+                    findings.push(Finding::log(format!(
+                        "{label} is not signed by a pinned log key ({e})"
+                    )));
+                    None
+                }
+            }
+        };
+        if let Some(signer) = check(LATEST, &note, &checkpoint) {
+            latest = Some(Trusted {
+                label: LATEST.to_string(),
+                checkpoint: checkpoint.clone(),
+                signer,
+                note: note.clone(),
+            });
+        }
+        for (label, text, c) in &earlier {
+            check(label, text, c);
+        }
+    }
+
+    // Checkpoints seen before: the bundle must not be older, and must agree with them.
+    for (label, saved) in &options.saved {
+        let opened = if unauthenticated.is_some() {
+            body(saved).and_then(|b| Checkpoint::parse(b).ok())
+        } else {
+            match note::open_checkpoint(saved, log_keys) {
+                Ok(signed) => Some(signed.checkpoint),
+                Err(e) => {
+                    findings.push(Finding::log(format!(
+                        "{label} does not verify with the pinned keys ({e})"
+                    )));
+                    continue;
+                }
+            }
+        };
+        let Some(theirs) = opened else {
+            findings.push(Finding::log(format!("{label} is not a checkpoint")));
+            continue;
+        };
+        if theirs.origin != checkpoint.origin {
+            findings.push(Finding::log(format!(
+                "{label} is for log {:?}, not {:?}",
+                theirs.origin, checkpoint.origin
+            )));
+        } else if theirs.size > size {
+            let what = format!(
+                "{label} covers {} records, more than this bundle's {size}: the bundle is older than what was seen before (stale, or the log was rolled back)",
+                theirs.size
+            );
+            if options.accept_older {
+                notes.push(format!(
+                    "{what}; accepted on request, and consistency with it is not proven"
+                ));
+            } else {
+                findings.push(Finding::log(format!(
+                    "{what}; pass --accept-older to check an earlier range on purpose"
+                )));
+            }
+        } else if walk.lost {
+        } else if theirs.size == size {
+            if theirs.root != checkpoint.root || theirs.chain_head != checkpoint.chain_head {
+                findings.push(Finding::log(format!(
+                    "{label} and the bundle's checkpoint both sign {size} records with different roots: the log was forked"
+                )));
+            }
+        } else {
+            match walk.roots.get(&theirs.size) {
+                Some(root) if *root == theirs.root => {}
+                Some(_) => findings.push(Finding::log(format!(
+                    "{label} (size {}) signs another tree than the first {} records of this bundle: the log was forked",
+                    theirs.size, theirs.size
+                ))),
+                None => findings.push(Finding::log(format!(
+                    "{label} (size {}) cannot be checked: the log's checkpoints in this bundle never stop at that size, so the log that signed it is not this one (rolled back or forked)",
+                    theirs.size
+                ))),
+            }
+        }
+    }
+
+    findings.append(&mut walk.findings);
+    if walk.unnamed > 0 {
+        findings.push(Finding::log(format!(
+            "and {} more problems not listed",
+            walk.unnamed
+        )));
+    }
+    Report {
+        records: walk.selection.count(),
+        head: None,
+        root: Some(walk.frontier.root()),
+        checkpoints_matched: matched,
+        latest,
+        uncovered: 0,
+        findings,
+        notes,
+        unauthenticated,
+        cosigned_by,
+    }
+}
+
+/// Whether RFC 3339 time `a` is after `b` (unparsable counts as later: fail closed).
+fn later(a: &str, b: &str) -> bool {
+    match (humantime::parse_rfc3339(a), humantime::parse_rfc3339(b)) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => true,
+    }
+}
+
+/// Writes `note` to `path` unless `path` already holds a checkpoint of the same log covering
+/// more records: a monitor's saved state only moves forward.
+pub fn save_latest(path: &std::path::Path, note: &str) -> std::io::Result<bool> {
+    let ours = body(note).and_then(|b| Checkpoint::parse(b).ok());
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let theirs = body(&existing).and_then(|b| Checkpoint::parse(b).ok());
+        if let (Some(ours), Some(theirs)) = (&ours, &theirs) {
+            if theirs.origin == ours.origin && theirs.size > ours.size {
+                return Ok(false);
+            }
+        }
+    }
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, note)?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    Ok(true)
+}

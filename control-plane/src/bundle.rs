@@ -5,13 +5,11 @@
 
 use std::sync::Arc;
 
-use std::collections::BTreeSet;
-
 use serde_json::{Map, Value};
-use tollgate_log::bundle::{gap_cover, SelectionDigest, EXPORT_EVENT, FORMAT};
+use tollgate_log::bundle::{SelectionDigest, EXPORT_EVENT};
 use tollgate_log::key_history::KEY_ROTATED;
 
-use crate::chain::{Hash, GENESIS};
+use crate::chain::Hash;
 use crate::clock::{self, Micros};
 use crate::merkle;
 use crate::note::Checkpoint;
@@ -141,6 +139,35 @@ pub struct Assembly<'a> {
     pub checkpoint: &'a Checkpoint,
 }
 
+/// The store as a bundle's source of leaves.
+struct Leaves<'a>(&'a dyn Reads);
+
+impl tollgate_log::bundle::Source for Leaves<'_> {
+    type Error = StoreError;
+
+    fn record(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        Ok(stored_record(self.0, seq)?.canonical_json)
+    }
+
+    fn chain_hash(&self, seq: u64) -> Result<Hash, StoreError> {
+        let stored = stored_record(self.0, seq)?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&stored.chain_hash, &mut hash)
+            .map_err(|_| StoreError::Corrupt(seq.to_string()))?;
+        Ok(hash)
+    }
+
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        self.0.subtree(level, index)
+    }
+
+    fn changed(&self, seq: u64) -> StoreError {
+        StoreError::Inconsistent(format!(
+            "record {seq} changed between its selection and the export"
+        ))
+    }
+}
+
 /// Writes the bundle to `out` as it reads the store: one record, one skipped range at a
 /// time, never the whole bundle in memory.
 pub fn write(
@@ -155,16 +182,9 @@ pub fn write(
             assembly.export_seq
         )));
     }
-    let io = |e: std::io::Error| StoreError::Task(format!("writing the bundle: {e}"));
-    let json = |value: &dyn erased::Json, out: &mut dyn std::io::Write| {
-        value
-            .write_to(out)
-            .map_err(|e| StoreError::Task(format!("writing the bundle: {e}")))
-    };
-
     // Earlier checkpoints, one per size (the first signed at it), read a page at a time.
     let mut earlier = Vec::new();
-    let mut splits = BTreeSet::new();
+    let mut last_size = None;
     let mut next = 0;
     loop {
         let page = reader.checkpoints_from(next, crate::store::CHECKPOINT_PAGE)?;
@@ -178,8 +198,8 @@ pub fn write(
             else {
                 continue;
             };
-            if parsed.size < size && splits.last().is_none_or(|last| parsed.size > *last) {
-                splits.insert(parsed.size);
+            if parsed.size < size && last_size.is_none_or(|last| parsed.size > last) {
+                last_size = Some(parsed.size);
                 earlier.push(stored.note);
             }
         }
@@ -187,86 +207,22 @@ pub fn write(
             break;
         }
     }
-    let chain_before = match assembly.export_seq.checked_sub(1) {
-        None => hex::encode(GENESIS),
-        Some(seq) => stored_record(reader, seq)?.chain_hash,
+    let selected: Vec<(u64, Hash)> = assembly
+        .selected
+        .records
+        .iter()
+        .map(|s| (s.seq, s.leaf))
+        .collect();
+    let contents = tollgate_log::bundle::Contents {
+        origin: assembly.origin,
+        note: assembly.note,
+        checkpoint: assembly.checkpoint,
+        earlier: &earlier,
+        key_records: &assembly.selected.key_records,
+        selected: &selected,
+        filter: assembly.filter,
     };
-
-    out.write_all(b"{\"format\":").map_err(io)?;
-    json(&FORMAT, out)?;
-    out.write_all(b",\"origin\":").map_err(io)?;
-    json(&assembly.origin, out)?;
-    out.write_all(b",\"checkpoint\":").map_err(io)?;
-    json(&assembly.note, out)?;
-    out.write_all(b",\"checkpoints\":").map_err(io)?;
-    json(&earlier, out)?;
-    out.write_all(b",\"keyRecords\":").map_err(io)?;
-    json(&assembly.selected.key_records, out)?;
-    out.write_all(b",\"chainBefore\":").map_err(io)?;
-    json(&chain_before, out)?;
-    out.write_all(b",\"filter\":").map_err(io)?;
-    json(assembly.filter, out)?;
-    out.write_all(b",\"records\":[").map_err(io)?;
-
-    // Every leaf up to the export record: selected and context records whole, the rest as
-    // the subtrees that cover them.
-    let selected = &assembly.selected.records;
-    let keys: BTreeSet<u64> = assembly.selected.key_records.iter().copied().collect();
-    let mut leaves: Vec<(u64, Option<&Hash>)> =
-        selected.iter().map(|s| (s.seq, Some(&s.leaf))).collect();
-    leaves.extend(
-        keys.iter()
-            .filter(|seq| selected.binary_search_by_key(*seq, |s| s.seq).is_err())
-            .map(|seq| (*seq, None)),
-    );
-    leaves.push((assembly.export_seq, None));
-    leaves.sort_by_key(|(seq, _)| *seq);
-    let mut at = 0;
-    let mut first = true;
-    let mut separator = |out: &mut dyn std::io::Write| {
-        if std::mem::take(&mut first) {
-            Ok(())
-        } else {
-            out.write_all(b",")
-        }
-    };
-    for (seq, selected_leaf) in leaves {
-        if seq > at {
-            separator(out).map_err(io)?;
-            let nodes = gap_cover(at, seq, &splits)
-                .into_iter()
-                .map(|(level, index)| reader.subtree(level, index).map(hex::encode))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.write_all(format!("{{\"skip\":{},\"nodes\":", seq - at).as_bytes())
-                .map_err(io)?;
-            json(&nodes, out)?;
-            out.write_all(b"}").map_err(io)?;
-        }
-        let stored = stored_record(reader, seq)?;
-        let leaf = merkle::leaf_hash(&stored.canonical_json);
-        if selected_leaf.is_some_and(|l| *l != leaf) {
-            return Err(StoreError::Inconsistent(format!(
-                "record {seq} changed between its selection and the export"
-            )));
-        }
-        separator(out).map_err(io)?;
-        out.write_all(
-            format!(
-                "{{\"seq\":{seq},\"leafHash\":\"{}\",\"record\":",
-                hex::encode(leaf)
-            )
-            .as_bytes(),
-        )
-        .map_err(io)?;
-        out.write_all(&stored.canonical_json).map_err(io)?;
-        if selected_leaf.is_none() {
-            out.write_all(b",\"context\":true").map_err(io)?;
-        }
-        out.write_all(b"}").map_err(io)?;
-        at = seq + 1;
-    }
-    out.write_all(b"]}").map_err(io)?;
-    Ok(())
+    tollgate_log::bundle::write(&Leaves(reader), &contents, out)
 }
 
 /// The stored record at `seq`.
@@ -275,20 +231,6 @@ fn stored_record(reader: &dyn Reads, seq: u64) -> Result<crate::chain::StoredRec
         .records(seq, 1)
         .next()
         .ok_or_else(|| StoreError::Corrupt(seq.to_string()))?
-}
-
-/// Serialising any of the bundle's parts to a writer (`serde_json::to_writer` needs a sized
-/// writer; the bundle is written through `dyn Write`).
-mod erased {
-    pub trait Json {
-        fn write_to(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()>;
-    }
-
-    impl<T: serde::Serialize + ?Sized> Json for T {
-        fn write_to(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
-            serde_json::to_writer(out, self)
-        }
-    }
 }
 
 /// Exports `selection` from a running store: selects, records the export (with `operator`)

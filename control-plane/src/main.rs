@@ -15,6 +15,7 @@ mod session_binding;
 mod state;
 mod store;
 mod tls;
+mod witness;
 
 use tollgate_log::{canonical, chain, merkle, note, verify};
 use tollgate_proto::pb;

@@ -1,6 +1,8 @@
-//! `tollgate serve --metrics-listen ADDR`: Prometheus text on `GET /metrics` and a health answer
-//! on `GET /healthz`, over plain HTTP/1.1, for scrapers and probes that do not speak gRPC (the
-//! gRPC health service answers on the main port). Read-only: it never touches the chain.
+//! `tollgate serve --metrics-listen ADDR`: Prometheus text on `GET /metrics`, a health answer
+//! on `GET /healthz` and the newest published checkpoint (a C2SP checkpoint note with its
+//! witness cosignatures, for monitors) on `GET /checkpoint`, over plain HTTP/1.1, for scrapers
+//! and probes that do not speak gRPC (the gRPC health service answers on the main port).
+//! Read-only: it never touches the chain.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::store::Store;
+use crate::witness::Published;
 
 /// Largest request head read; a scrape is one short line and a few headers.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -150,8 +153,8 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// Serves `/metrics`, `/healthz` and `/checkpoint` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, published: Arc<Published>) {
     {
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
@@ -162,14 +165,18 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         });
     }
     while let Ok((stream, _)) = listener.accept().await {
-        let metrics = Arc::clone(&metrics);
+        let (metrics, published) = (Arc::clone(&metrics), Arc::clone(&published));
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &metrics)).await;
+            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &metrics, &published)).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    published: &Published,
+) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -193,6 +200,14 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             "text/plain",
             "audit store failed\n".to_owned(),
         ),
+        ("GET", "/checkpoint") => match published.latest() {
+            Some(note) => ("200 OK", "text/plain; charset=utf-8", note),
+            None => (
+                "404 Not Found",
+                "text/plain",
+                "no checkpoint published yet\n".to_owned(),
+            ),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         _ => (
             "405 Method Not Allowed",

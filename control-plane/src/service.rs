@@ -164,7 +164,8 @@ impl From<StoreError> for Status {
             | StoreError::Format(_)
             | StoreError::Key(_)
             | StoreError::WrongKey { .. }
-            | StoreError::Task(_) => Status::internal(error.to_string()),
+            | StoreError::Task(_)
+            | StoreError::Write(_) => Status::internal(error.to_string()),
         }
     }
 }

@@ -99,6 +99,8 @@ pub enum StoreError {
     WrongKey { log: String, replica: String },
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("writing the bundle: {0}")]
+    Write(#[from] std::io::Error),
     #[error(
         "audit store refuses appends after an earlier write failure; restart the control plane"
     )]

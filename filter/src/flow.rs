@@ -818,6 +818,56 @@ mod tests {
     }
 
     #[test]
+    fn integers_beyond_2_pow_53_are_refused_and_the_refusal_is_a_record_the_log_takes() {
+        let policy = Policy::from_json(
+            br#"{"rules":[{"id":"reads","match":{"tool":"get_*"},"action":"allow"}]}"#,
+        )
+        .unwrap();
+        for (body, location) in [
+            (
+                &br#"{"jsonrpc":"2.0","id":9007199254740993,"method":"tools/call","params":{"name":"get_customer"}}"#[..],
+                "$.id",
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","arguments":{"customer_id":12345678901234567890}}}"#,
+                "$.params.arguments.customer_id",
+            ),
+        ] {
+            let step = request(
+                &config(),
+                &policy,
+                &Masker::default(),
+                &RequestInfo::default(),
+                &alice(),
+                Some(body),
+            );
+            let Next::Reply(reply) = step.next else {
+                panic!("forwarded")
+            };
+            assert_eq!(reply.status, 400);
+            let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(answer["error"]["code"], jsonrpc::INVALID_REQUEST);
+            assert_eq!(answer["id"], Value::Null, "the id cannot be echoed exactly");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with(&format!(
+                    "invalid request: integer outside ±2^53 in {location}: "
+                )),
+                "{message}"
+            );
+            assert_eq!(step.record["decision"], "deny");
+            assert_eq!(step.record["status"], 400);
+            assert_eq!(step.record["reason"], message);
+            // The record is one the control plane chains: the refused number is not in it.
+            let text = step.record.to_string();
+            assert!(
+                !text.contains("9007199254740993") && !text.contains("12345678901234567890"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn a_service_account_without_a_person_is_refused_and_one_with_an_owner_is_attributed() {
         let config = FilterConfig::from_json(br#"{"serviceAccounts":{"subs":["svc-*"]}}"#).unwrap();
         let mut svc = Identity {

@@ -505,6 +505,22 @@ fn differential_bodies() -> Vec<(&'static str, Vec<u8>, i64, bool)> {
             true,
         ),
         (
+            // A JavaScript server reads it as 9007199254740992: another call's id.
+            "id beyond 2^53",
+            format!(
+                r#"{{"jsonrpc":"2.0","id":9007199254740993,"method":"tools/call","params":{{"name":"get_customer",{args}}}}}"#
+            )
+            .into_bytes(),
+            -32600,
+            false,
+        ),
+        (
+            "argument beyond 2^53",
+            text(r#"{"name":"get_customer","arguments":{"customer_id":12345678901234567890}}"#.to_owned()),
+            -32600,
+            false,
+        ),
+        (
             "lone surrogate",
             text(r#"{"name":"get_customer","arguments":{"customer_id":"cus_1\ud800"}}"#.to_owned()),
             // Not JSON at all (RFC 8259 text must be Unicode; I-JSON forbids lone surrogates).
@@ -582,6 +598,77 @@ async fn parser_differential_bodies_are_refused_recorded_and_never_forwarded() {
         "one refusal record per differential body: {records:#?}"
     );
     assert_gate_invariant(&through, &records);
+
+    // The refusals say what is wrong and where, never the value.
+    let message_of = |what: &str| {
+        let (_, answer, _) = answers.iter().find(|(w, _, _)| *w == what).unwrap();
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        message_of("duplicate name, delete last"),
+        r#"invalid request: duplicate member "name" in $.params"#
+    );
+    let big_id = message_of("id beyond 2^53");
+    assert!(
+        big_id.starts_with("invalid request: integer outside ±2^53 in $.id: ")
+            && big_id.ends_with("send it as a string"),
+        "{big_id}"
+    );
+    assert!(
+        message_of("argument beyond 2^53").starts_with(
+            "invalid request: integer outside ±2^53 in $.params.arguments.customer_id"
+        ),
+        "{}",
+        message_of("argument beyond 2^53")
+    );
+    for record in &records {
+        let text = record.to_string();
+        assert!(
+            !text.contains("9007199254740993") && !text.contains("12345678901234567890"),
+            "a refused number reached the log: {text}"
+        );
+    }
+}
+
+/// A verified token may carry a claim the IdP wrote as a number beyond 2^53: the call goes on,
+/// and its records carry the claim as its digits (the control plane refuses a record holding the
+/// number, which would fail every call of this caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_beyond_2_pow_53_is_recorded_as_its_digits() {
+    let stack = Stack::start().unwrap();
+    let token = stack
+        .token(
+            "alice@example.com",
+            &["--claim", "client_id=12345678901234567890"],
+        )
+        .unwrap();
+    let session = open_session(&stack, &token).await;
+    let answer = post_mcp_with(
+        &stack.gateway_url,
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("mcp-session-id", &session),
+        ],
+        allowed_call(31),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.json()["result"]["content"].is_array(),
+        "{}",
+        answer.body
+    );
+    let (_, records) = check_invariant(&stack);
+    assert_recorded(&records, 31, "allow");
+    let request = records
+        .iter()
+        .find(|r| r["event"] == "mcp.request" && r["messages"][0]["id"] == 31)
+        .unwrap();
+    assert_eq!(request["identity"]["client_id"], "12345678901234567890");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,154 @@ pub fn gap_cover(start: u64, end: u64, splits: &BTreeSet<u64>) -> Vec<(u32, u64)
     cover
 }
 
+/// Where a bundle's leaves come from (the store, when the control plane exports).
+pub trait Source {
+    type Error: From<std::io::Error>;
+    /// The canonical bytes of record `seq`.
+    fn record(&self, seq: u64) -> Result<Vec<u8>, Self::Error>;
+    /// The chain hash after record `seq`.
+    fn chain_hash(&self, seq: u64) -> Result<Hash, Self::Error>;
+    /// The hash of the perfect subtree `index` at `level`.
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
+    /// Called when the record at `seq` hashes to `leaf` although it was selected as
+    /// `expected`: it changed after the selection.
+    fn changed(&self, seq: u64) -> Self::Error;
+}
+
+/// What one bundle holds, besides the leaves its [`Source`] supplies.
+pub struct Contents<'a> {
+    pub origin: &'a str,
+    /// The signed checkpoint (with any cosignatures); its last leaf is the export record.
+    pub note: &'a str,
+    pub checkpoint: &'a Checkpoint,
+    /// Earlier checkpoints of the log, one per size, in increasing sizes below the checkpoint's.
+    pub earlier: &'a [String],
+    /// Every key rotation record up to the checkpoint.
+    pub key_records: &'a [u64],
+    /// The selected records, in sequence order, with the leaf hashes they were selected with.
+    pub selected: &'a [(u64, Hash)],
+    pub filter: &'a Value,
+}
+
+/// Writes a bundle to `out` as `source` supplies it: one record, one skipped range at a
+/// time, never the whole bundle in memory.
+pub fn write<S: Source>(
+    source: &S,
+    contents: &Contents<'_>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), S::Error> {
+    let size = contents.checkpoint.size;
+    let Some(export_seq) = size.checked_sub(1) else {
+        return Err(std::io::Error::other(
+            "a bundle's checkpoint signs at least its export record",
+        )
+        .into());
+    };
+    let json = |value: &dyn erased::Json, out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        value.write_to(out).map_err(std::io::Error::other)
+    };
+    let splits: BTreeSet<u64> = contents
+        .earlier
+        .iter()
+        .filter_map(|note| {
+            body(note)
+                .and_then(|b| Checkpoint::parse(b).ok())
+                .map(|c| c.size)
+        })
+        .collect();
+    let chain_before = match export_seq.checked_sub(1) {
+        None => chain::GENESIS,
+        Some(seq) => source.chain_hash(seq)?,
+    };
+    out.write_all(b"{\"format\":")?;
+    json(&FORMAT, out)?;
+    out.write_all(b",\"origin\":")?;
+    json(&contents.origin, out)?;
+    out.write_all(b",\"checkpoint\":")?;
+    json(&contents.note, out)?;
+    out.write_all(b",\"checkpoints\":")?;
+    json(&contents.earlier, out)?;
+    out.write_all(b",\"keyRecords\":")?;
+    json(&contents.key_records, out)?;
+    out.write_all(b",\"chainBefore\":")?;
+    json(&hex::encode(chain_before), out)?;
+    out.write_all(b",\"filter\":")?;
+    json(contents.filter, out)?;
+    out.write_all(b",\"records\":[")?;
+
+    // Selected records, then key rotations and the export record as context, in order.
+    let selected = contents.selected;
+    let mut leaves: Vec<(u64, Option<&Hash>)> = selected
+        .iter()
+        .map(|(seq, leaf)| (*seq, Some(leaf)))
+        .collect();
+    leaves.extend(
+        contents
+            .key_records
+            .iter()
+            .filter(|seq| selected.binary_search_by_key(*seq, |(s, _)| *s).is_err())
+            .map(|seq| (*seq, None)),
+    );
+    leaves.push((export_seq, None));
+    leaves.sort_by_key(|(seq, _)| *seq);
+    leaves.dedup_by_key(|(seq, _)| *seq);
+    let mut at = 0;
+    let mut first = true;
+    for (seq, expected) in leaves {
+        if seq > at {
+            if !std::mem::take(&mut first) {
+                out.write_all(b",")?;
+            }
+            write!(out, "{{\"skip\":{},\"nodes\":[", seq - at)?;
+            for (i, (level, index)) in gap_cover(at, seq, &splits).into_iter().enumerate() {
+                let node = source.subtree(level, index)?;
+                write!(
+                    out,
+                    "{}\"{}\"",
+                    if i == 0 { "" } else { "," },
+                    hex::encode(node)
+                )?;
+            }
+            out.write_all(b"]}")?;
+        }
+        let record = source.record(seq)?;
+        let leaf = merkle::leaf_hash(&record);
+        if expected.is_some_and(|expected| *expected != leaf) {
+            return Err(source.changed(seq));
+        }
+        if !std::mem::take(&mut first) {
+            out.write_all(b",")?;
+        }
+        write!(
+            out,
+            "{{\"seq\":{seq},\"leafHash\":\"{}\",\"record\":",
+            hex::encode(leaf)
+        )?;
+        out.write_all(&record)?;
+        if expected.is_none() {
+            out.write_all(b",\"context\":true")?;
+        }
+        out.write_all(b"}")?;
+        at = seq + 1;
+    }
+    out.write_all(b"]}")?;
+    Ok(())
+}
+
+/// Serialising any of the bundle's parts to a writer (`serde_json::to_writer` needs a sized
+/// writer; the bundle is written through `dyn Write`).
+mod erased {
+    pub trait Json {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()>;
+    }
+
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
+            serde_json::to_writer(out, self)
+        }
+    }
+}
+
 /// What the verifier trusts, from outside the bundle.
 pub enum Trust<'a> {
     /// Nothing: the bundle is checked, but the result is at best "unauthenticated".
@@ -568,6 +716,7 @@ fn finish(
     }
 
     // The export record is the checkpoint's last leaf and says what the bundle holds.
+    let mut selected_count = walk.selection.count();
     match &walk.export {
         Some((bytes, record)) if record.get("event").and_then(Value::as_str) == Some(EXPORT_EVENT) => {
             let chained = header
@@ -582,6 +731,7 @@ fn finish(
                 ));
             }
             let stated_count = record.get("records").and_then(Value::as_u64);
+            selected_count = walk.selection.count();
             let stated_digest = record.get("selectionDigest").and_then(Value::as_str);
             let count = walk.selection.count();
             let digest = hex::encode(std::mem::take(&mut walk.selection).finish());
@@ -784,7 +934,7 @@ fn finish(
         )));
     }
     Report {
-        records: walk.selection.count(),
+        records: selected_count,
         head: None,
         root: Some(walk.frontier.root()),
         checkpoints_matched: matched,
@@ -822,4 +972,385 @@ pub fn save_latest(path: &std::path::Path, note: &str) -> std::io::Result<bool> 
     std::fs::File::open(&temporary)?.sync_all()?;
     std::fs::rename(&temporary, path)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::NodeSource;
+    use crate::note::NoteSigner;
+
+    const ORIGIN: &str = "log.test";
+
+    /// A log held in memory, written the way the store writes one.
+    struct Log {
+        records: Vec<Vec<u8>>,
+        chain: Vec<Hash>,
+        signer: NoteSigner,
+        /// Signed checkpoints, oldest first.
+        notes: Vec<String>,
+        second: u64,
+    }
+
+    impl NodeSource for &Log {
+        type Error = std::io::Error;
+        fn node(&mut self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+            let start = (index << level) as usize;
+            let mut frontier = Frontier::new();
+            for record in &self.records[start..start + (1 << level)] {
+                frontier.push(merkle::leaf_hash(record), |_, _, _| {});
+            }
+            Ok(frontier.root())
+        }
+    }
+
+    impl Source for Log {
+        type Error = std::io::Error;
+        fn record(&self, seq: u64) -> std::io::Result<Vec<u8>> {
+            Ok(self.records[seq as usize].clone())
+        }
+        fn chain_hash(&self, seq: u64) -> std::io::Result<Hash> {
+            Ok(self.chain[seq as usize])
+        }
+        fn subtree(&self, level: u32, index: u64) -> std::io::Result<Hash> {
+            (&mut &*self).node(level, index)
+        }
+        fn changed(&self, seq: u64) -> std::io::Error {
+            std::io::Error::other(format!("record {seq} changed"))
+        }
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Self {
+                records: Vec::new(),
+                chain: Vec::new(),
+                signer: NoteSigner::generate(ORIGIN).unwrap(),
+                notes: Vec::new(),
+                second: 0,
+            }
+        }
+
+        fn time(&mut self) -> String {
+            self.second += 1;
+            format!(
+                "2026-01-01T00:{:02}:{:02}.000000Z",
+                self.second / 60,
+                self.second % 60
+            )
+        }
+
+        fn append(&mut self, mut record: serde_json::Map<String, Value>) -> u64 {
+            let time = self.time();
+            record.insert("receivedAt".into(), time.into());
+            let bytes = chain::canonicalise(&record).unwrap();
+            let previous = self.chain.last().copied().unwrap_or(chain::GENESIS);
+            self.chain.push(chain::chain(&previous, &bytes));
+            self.records.push(bytes);
+            self.records.len() as u64 - 1
+        }
+
+        fn event(&mut self, sub: &str, n: u64) -> u64 {
+            let record = serde_json::json!({"event": "mcp.request", "sub": sub, "n": n});
+            self.append(record.as_object().unwrap().clone())
+        }
+
+        fn checkpoint(&mut self) -> String {
+            let size = self.records.len() as u64;
+            let mut frontier = Frontier::new();
+            for record in &self.records {
+                frontier.push(merkle::leaf_hash(record), |_, _, _| {});
+            }
+            let checkpoint = Checkpoint {
+                origin: ORIGIN.into(),
+                size,
+                root: frontier.root(),
+                chain_head: self.chain.last().copied().unwrap_or(chain::GENESIS),
+                time: self.time(),
+            };
+            let note = self.signer.sign(&checkpoint.text());
+            self.notes.push(note.clone());
+            note
+        }
+
+        fn rotate(&mut self) -> NoteSigner {
+            let old = std::mem::replace(&mut self.signer, NoteSigner::generate(ORIGIN).unwrap());
+            let record = serde_json::json!({
+                "event": "controlPlane.keyRotated",
+                "previousKey": old.verifier().encode(),
+                "newKey": self.signer.verifier().encode(),
+            });
+            self.append(record.as_object().unwrap().clone());
+            self.checkpoint();
+            old
+        }
+
+        /// Exports the records of `sub` (all with `None`), as the control plane does.
+        fn export(&mut self, sub: Option<&str>) -> Vec<u8> {
+            let filter = match sub {
+                Some(sub) => serde_json::json!({ "sub": sub }),
+                None => serde_json::json!({}),
+            };
+            let mut selected = Vec::new();
+            let mut key_records = Vec::new();
+            let mut digest = SelectionDigest::default();
+            for (seq, bytes) in self.records.iter().enumerate() {
+                let value: Value = serde_json::from_slice(bytes).unwrap();
+                if value["event"] == "controlPlane.keyRotated" {
+                    key_records.push(seq as u64);
+                }
+                if sub.is_none_or(|s| value["sub"] == s) {
+                    let leaf = merkle::leaf_hash(bytes);
+                    digest.add(seq as u64, &leaf);
+                    selected.push((seq as u64, leaf));
+                }
+            }
+            let event = serde_json::json!({
+                "event": EXPORT_EVENT,
+                "filter": filter,
+                "records": selected.len(),
+                "selectionDigest": hex::encode(digest.finish()),
+                "keyRecords": key_records,
+            });
+            self.append(event.as_object().unwrap().clone());
+            let note = self.checkpoint();
+            let earlier: Vec<String> = self.notes[..self.notes.len() - 1].to_vec();
+            let checkpoint = Checkpoint::parse(body(&note).unwrap()).unwrap();
+            let mut out = Vec::new();
+            let contents = Contents {
+                origin: ORIGIN,
+                note: &note,
+                checkpoint: &checkpoint,
+                earlier: &earlier,
+                key_records: &key_records,
+                selected: &selected,
+                filter: &filter,
+            };
+            write(self, &contents, &mut out).unwrap();
+            out
+        }
+    }
+
+    fn check(bundle: &[u8], keys: &[NoteVerifier], saved: &[&str], accept_older: bool) -> Report {
+        let options = Options {
+            saved: saved
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("saved {i}"), n.to_string()))
+                .collect(),
+            accept_older,
+        };
+        let trust = if keys.is_empty() {
+            Trust::Nothing
+        } else {
+            Trust::Keys(keys)
+        };
+        verify(bundle, &trust, &options).unwrap()
+    }
+
+    /// A log of 60 records by two users with checkpoints every 10 and a rotation at 35.
+    fn log() -> (Log, NoteSigner) {
+        let mut log = Log::new();
+        let mut stolen = None;
+        for n in 0..60 {
+            log.event(if n % 3 == 0 { "alice" } else { "bob" }, n);
+            if n % 10 == 9 {
+                log.checkpoint();
+            }
+            if n == 35 {
+                stolen = Some(log.rotate());
+            }
+        }
+        (log, stolen.unwrap())
+    }
+
+    fn keys(log: &Log, old: &NoteSigner) -> Vec<NoteVerifier> {
+        vec![old.verifier(), log.signer.verifier()]
+    }
+
+    #[test]
+    fn full_and_filtered_bundles_verify_with_pinned_keys_only() {
+        let (mut log, old) = log();
+        let keys = keys(&log, &old);
+        for sub in [None, Some("alice")] {
+            let bundle = log.export(sub);
+            let report = check(&bundle, &keys, &[], false);
+            assert_eq!(report.exit_code(), 0, "{:?}", report.findings);
+            // Alice sent every third of 60 records; the full export selects every record
+            // before its own, the rotation included.
+            let expected = if sub.is_some() {
+                20
+            } else {
+                log.records.len() as u64 - 1
+            };
+            assert_eq!(report.records, expected);
+            let unpinned = check(&bundle, &[], &[], false);
+            assert_eq!(unpinned.exit_code(), 2);
+            assert!(!unpinned.intact());
+            let stranger = NoteSigner::generate(ORIGIN).unwrap().verifier();
+            assert_eq!(check(&bundle, &[stranger], &[], false).exit_code(), 1);
+        }
+    }
+
+    #[test]
+    fn an_altered_record_is_named_and_a_rehashed_one_breaks_the_root() {
+        let (mut log, old) = log();
+        let keys = keys(&log, &old);
+        let bundle = String::from_utf8(log.export(Some("alice"))).unwrap();
+        let edited = bundle.replacen(r#""n":3,"#, r#""n":4,"#, 1);
+        assert_ne!(edited, bundle);
+        let report = check(edited.as_bytes(), &keys, &[], false);
+        assert_eq!(report.exit_code(), 1);
+        assert_eq!(
+            report.first().unwrap().seq,
+            Some(3),
+            "{:?}",
+            report.findings
+        );
+        // The leaf hash recomputed too: the signed root no longer rebuilds.
+        let at = edited.find(r#""n":4,"#).unwrap();
+        let start = edited[..at].rfind(r#""record":"#).unwrap() + 9;
+        let end = start + edited[start..].find('}').unwrap() + 1;
+        let leaf = hex::encode(merkle::leaf_hash(edited[start..end].as_bytes()));
+        let hash_at = edited[..start].rfind(r#""leafHash":""#).unwrap() + 12;
+        let rehashed = format!("{}{leaf}{}", &edited[..hash_at], &edited[hash_at + 64..]);
+        let report = check(rehashed.as_bytes(), &keys, &[], false);
+        assert_eq!(report.exit_code(), 1);
+        assert!(report
+            .findings
+            .iter()
+            .any(|f| f.problem.contains("do not rebuild the root")));
+    }
+
+    #[test]
+    fn saved_checkpoints_of_any_signed_size_stale_bundles_and_forks() {
+        let (mut log, old) = log();
+        let keys = keys(&log, &old);
+        let early = log.export(Some("bob"));
+        let saved_early = log.notes[2].clone();
+        log.event("alice", 100);
+        let later = log.export(Some("alice"));
+        let saved_later = log.notes.last().unwrap().clone();
+        // A saved checkpoint the bundle's leaves reach, of an earlier size: consistent.
+        assert_eq!(check(&later, &keys, &[&saved_early], false).exit_code(), 0);
+        // An older bundle than what was seen: stale, unless asked for.
+        let stale = check(&early, &keys, &[&saved_later], false);
+        assert_eq!(stale.exit_code(), 1);
+        assert!(stale.findings[0].problem.contains("older"));
+        assert_eq!(check(&early, &keys, &[&saved_later], true).exit_code(), 0);
+        // A fork: another log under the same key, with a checkpoint of a size this one signed.
+        let mut fork = Log::new();
+        fork.signer = NoteSigner::parse(&log.signer.encode_private()).unwrap();
+        fork.second = log.second;
+        for n in 0..20 {
+            fork.event("mallory", n);
+        }
+        let forked = fork.checkpoint();
+        let report = check(&later, &keys, &[&forked], false);
+        assert_eq!(report.exit_code(), 1);
+        assert!(
+            report.findings.iter().any(|f| f.problem.contains("forked")),
+            "{:?}",
+            report.findings
+        );
+        // A size the log never signed: where the leaves reach it, another root; where they
+        // do not, it cannot be checked, and that fails too.
+        fork.event("mallory", 21);
+        let odd = fork.checkpoint();
+        let report = check(&later, &keys, &[&odd], false);
+        assert_eq!(report.exit_code(), 1);
+        let bob = log.export(Some("bob"));
+        let mut inside = Log::new();
+        inside.signer = NoteSigner::parse(&log.signer.encode_private()).unwrap();
+        inside.second = log.second;
+        for n in 0..13 {
+            inside.event("mallory", n);
+        }
+        let unreachable = inside.checkpoint();
+        let report = check(&bob, &keys, &[&unreachable], false);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.problem.contains("cannot be checked") || f.problem.contains("forked")),
+            "{:?}",
+            report.findings
+        );
+        assert_eq!(report.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_retired_key_cannot_sign_after_its_rotation() {
+        let (mut log, old) = log();
+        let keys = keys(&log, &old);
+        let bundle = String::from_utf8(log.export(Some("alice"))).unwrap();
+        // The bundle's checkpoint, re-signed with the stolen old key.
+        let note = log.notes.last().unwrap().clone();
+        let forged = old.sign(body(&note).unwrap());
+        let json = |n: &str| serde_json::to_string(n).unwrap();
+        let edited = bundle.replacen(&json(&note), &json(&forged), 1);
+        let report = check(edited.as_bytes(), &keys, &[], false);
+        assert_eq!(report.exit_code(), 1);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.problem.contains("retired")),
+            "{:?}",
+            report.findings
+        );
+    }
+
+    #[test]
+    fn the_stream_and_the_header_are_checked() {
+        let (mut log, old) = log();
+        let keys = keys(&log, &old);
+        let bundle = String::from_utf8(log.export(Some("alice"))).unwrap();
+        let broken = |text: String, why: &str| {
+            let report = check(text.as_bytes(), &keys, &[], false);
+            assert_eq!(report.exit_code(), 1, "{why}");
+            report
+        };
+        broken(bundle.replacen(ORIGIN, "other.log", 1), "origin");
+        broken(
+            bundle.replacen(
+                r#""filter":{"sub":"alice"}"#,
+                r#""filter":{"sub":"bob"}"#,
+                1,
+            ),
+            "filter",
+        );
+        broken(
+            bundle.replacen(
+                r#""filter":{"sub":"alice"}"#,
+                r#""filter":{"sub":"alice","sub":"alice"}"#,
+                1,
+            ),
+            "repeated filter member",
+        );
+        broken(
+            bundle
+                .replacen(r#""chainBefore":""#, r#""chainBefore":"00"#, 1)
+                .replacen(r#""filter""#, r#""filter""#, 1),
+            "chainBefore",
+        );
+        broken(format!("{bundle} {{}}"), "trailing data");
+        broken(
+            bundle.replacen(r#"{"format""#, r#"{"format":"x","format""#, 1),
+            "repeated member",
+        );
+        broken(
+            bundle.replacen(r#""context":true"#, r#""context":false"#, 1),
+            "context flag",
+        );
+        broken(
+            bundle.replacen(r#""records":["#, r#""keys":[],"records":["#, 1),
+            "unknown member",
+        );
+        let dup = bundle.replacen(r#""n":3,"#, r#""n":3,"n":3,"#, 1);
+        let report = broken(dup, "repeated member in a record");
+        assert_eq!(report.first().unwrap().seq, Some(3));
+        assert!(check(b"[]", &keys, &[], false).exit_code() != 0);
+        assert!(check(b"", &keys, &[], false).exit_code() != 0);
+    }
 }

@@ -23,6 +23,7 @@ mod serve;
 mod service_accounts;
 mod sessions;
 mod store_cmd;
+mod witness;
 
 /// Exit code of a command that could not do its work (bad input, unreachable store, I/O).
 pub const EXIT_ERROR: u8 = 2;
@@ -93,6 +94,18 @@ enum Command {
     /// Who has used the gateway: first and last seen, calls, clients and workloads (an access
     /// review); `--inactive 90d` keeps those not seen for 90 days.
     Identities(identities::Args),
+    /// A witness (C2SP tlog-witness): cosigns a log's checkpoints only when they extend the
+    /// last one it cosigned. Its key and records are under <home>/witness/.
+    #[command(subcommand)]
+    Witness(WitnessCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WitnessCommand {
+    /// Run a witness until SIGINT or SIGTERM.
+    Serve(witness::ServeArgs),
+    /// Print the witness's verifier key, for witness policies.
+    Key(witness::KeyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +251,8 @@ impl Cli {
             Command::Keys(KeysCommand::Rotate(args)) => {
                 keys_cmd::rotate(home, operator, args).await
             }
+            Command::Witness(WitnessCommand::Serve(args)) => witness::serve(home, args).await,
+            Command::Witness(WitnessCommand::Key(args)) => witness::key(home, args),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,17 @@ pub struct Args {
     /// port; the address taken is printed). Default: no such listener.
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Witness policy (C2SP tlog-policy: `log`, `witness <name> <vkey> [<url>]`, `group`,
+    /// `quorum` lines): each new checkpoint is sent to the witnesses with a URL, and published
+    /// once the quorum has cosigned it. Without it, checkpoints are published with the log's
+    /// signature alone.
+    #[arg(long, env = "TOLLGATE_WITNESS_POLICY")]
+    witness_policy: Option<PathBuf>,
+    /// File the newest published checkpoint (a C2SP checkpoint note with its cosignatures) is
+    /// written to, replaced atomically, for monitors; it is also served at GET /checkpoint on
+    /// --metrics-listen. Default: <home>/checkpoint.
+    #[arg(long, env = "TOLLGATE_PUBLISH_CHECKPOINT")]
+    publish_checkpoint: Option<PathBuf>,
     /// Threads serving gRPC (the audit writer has its own). Default: one per CPU.
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -94,6 +105,12 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    let witnesses = match &args.witness_policy {
+        Some(path) => Some(Arc::new(
+            crate::witness::Witnesses::load(path).context("--witness-policy")?,
+        )),
+        None => None,
+    };
     // The operators' keys and the webhook too: a URL that cannot be used stops the start.
     crate::approvals::http::init(args.approvals.http_ca.as_deref())
         .context("setting up the HTTP client")?;
@@ -132,6 +149,17 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             opened.records, opened.merkle_rebuilt
         );
     }
+    if let Some(warning) = witnesses.as_ref().and_then(|w| {
+        crate::witness::client::log_key_warning(w.policy(), &store.verifiers().unwrap_or_default())
+    }) {
+        eprintln!("tollgate: WARNING: {warning}");
+    }
+    let published = crate::witness::Published::new(
+        args.publish_checkpoint
+            .clone()
+            .unwrap_or_else(|| home.join("checkpoint")),
+    );
+    crate::witness::client::spawn_publisher(store.clone(), witnesses, published.clone());
     let started = std::time::Instant::now();
     let signing_key = store
         .verifiers()?
@@ -266,6 +294,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(crate::metrics::serve(
             listener,
             crate::metrics::Metrics::new(store.clone()),
+            published,
         ));
     }
     stdout.flush()?;

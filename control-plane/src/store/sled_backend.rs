@@ -44,7 +44,9 @@ use super::{
     clock_backwards_event, split_value, Appended, Head, Opened, Options, Prepared, Reads,
     RecordIter, StoreError, StoredCheckpoint, MAX_GROUP, STORED_LEVEL,
 };
-use crate::chain::{self, Hash, StoredRecord, GENESIS};
+#[cfg(test)]
+use crate::chain;
+use crate::chain::{Hash, StoredRecord, GENESIS};
 use crate::clock::{self, Micros};
 use crate::keys::{KeyDir, KeyError};
 use crate::merkle::{self, Frontier};

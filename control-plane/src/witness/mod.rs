@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 pub mod client;
 pub mod server;
 
-pub use client::{WitnessError, Witnesses};
+pub use client::Witnesses;
 
 /// The newest published checkpoint: a C2SP checkpoint note with the log's signature and, with
 /// a witness policy, the cosignatures that met its quorum. Anyone may read it: it lets

@@ -308,11 +308,13 @@ impl Witness {
         }
         let file = log.file.clone();
         let stored = note.to_string();
-        tokio::task::spawn_blocking(move || super::write_atomically(&file, stored.as_bytes(), 0o600))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|written| written.map_err(|e| e.to_string()))
-            .map_err(|e| Refusal::Internal(format!("cannot record the checkpoint: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            super::write_atomically(&file, stored.as_bytes(), 0o600)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|written| written.map_err(|e| e.to_string()))
+        .map_err(|e| Refusal::Internal(format!("cannot record the checkpoint: {e}")))?;
         *latest = Some(head);
         drop(latest);
         let now = SystemTime::now()
@@ -410,18 +412,20 @@ struct Request {
 async fn connection(mut stream: TcpStream, witness: Arc<Witness>) {
     let mut buffer = Vec::new();
     loop {
-        let request =
-            match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream, &mut buffer)).await
-            {
-                Ok(Ok(Some(request))) => request,
-                Ok(Err((status, message))) => {
-                    let _ = respond(&mut stream, status, "text/plain", &message, true).await;
-                    return;
-                }
-                _ => return,
-            };
-        let (status, content_type, body) = match (request.method.as_str(), request.path.as_str())
+        let request = match tokio::time::timeout(
+            READ_TIMEOUT,
+            read_request(&mut stream, &mut buffer),
+        )
+        .await
         {
+            Ok(Ok(Some(request))) => request,
+            Ok(Err((status, message))) => {
+                let _ = respond(&mut stream, status, "text/plain", &message, true).await;
+                return;
+            }
+            _ => return,
+        };
+        let (status, content_type, body) = match (request.method.as_str(), request.path.as_str()) {
             ("POST", "/add-checkpoint") => match witness.add_checkpoint(&request.body).await {
                 Ok(lines) => ("200 OK", "text/plain; charset=utf-8", lines),
                 Err(refusal) => refusal.answer(),
@@ -630,12 +634,18 @@ mod tests {
         let mut tree = Tree::new(20, "leaf");
 
         let first = checkpoint(&log, 5, tree.root(5));
-        let line = witness.add_checkpoint(&request(0, &[], &first)).await.unwrap();
+        let line = witness
+            .add_checkpoint(&request(0, &[], &first))
+            .await
+            .unwrap();
         let cosigned = format!("{first}{line}");
         assert!(witness.verifier().verify(&cosigned).is_ok());
 
         // The same checkpoint again: cosigned again (a client may ask twice).
-        assert!(witness.add_checkpoint(&request(5, &[], &first)).await.is_ok());
+        assert!(witness
+            .add_checkpoint(&request(5, &[], &first))
+            .await
+            .is_ok());
         // A wrong old size: 409 naming the size it has.
         assert_eq!(
             witness.add_checkpoint(&request(0, &[], &first)).await,
@@ -644,7 +654,10 @@ mod tests {
 
         let proof = tree.proof(5, 12);
         let second = checkpoint(&log, 12, tree.root(12));
-        witness.add_checkpoint(&request(5, &proof, &second)).await.unwrap();
+        witness
+            .add_checkpoint(&request(5, &proof, &second))
+            .await
+            .unwrap();
 
         // Rollback: an older checkpoint, with the size the witness has or with its own.
         assert!(matches!(
@@ -665,13 +678,17 @@ mod tests {
         let fork = checkpoint(&log, 16, other.root(16));
         let forged_proof = other.proof(12, 16);
         assert!(matches!(
-            witness.add_checkpoint(&request(12, &forged_proof, &fork)).await,
+            witness
+                .add_checkpoint(&request(12, &forged_proof, &fork))
+                .await,
             Err(Refusal::Inconsistent(_))
         ));
         // An honest checkpoint with a proof from another size does not verify either.
         let honest = checkpoint(&log, 16, tree.root(16));
         assert!(matches!(
-            witness.add_checkpoint(&request(12, &tree.proof(5, 16), &honest)).await,
+            witness
+                .add_checkpoint(&request(12, &tree.proof(5, 16), &honest))
+                .await,
             Err(Refusal::Inconsistent(_))
         ));
 
@@ -682,7 +699,10 @@ mod tests {
             .add_checkpoint(&request(12, &tree.proof(12, 16), &honest))
             .await
             .unwrap();
-        assert!(witness.verifier().verify(&format!("{honest}{line}")).is_ok());
+        assert!(witness
+            .verifier()
+            .verify(&format!("{honest}{line}"))
+            .is_ok());
     }
 
     #[tokio::test]
@@ -748,7 +768,10 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&key_path(home.path())), 0o600);
         assert_eq!(mode(&dir(home.path())), 0o700);
-        assert_eq!(key(home.path(), None).unwrap().verifier(), signer.verifier());
+        assert_eq!(
+            key(home.path(), None).unwrap().verifier(),
+            signer.verifier()
+        );
         assert!(matches!(
             key(home.path(), Some("witness.test/other")),
             Err(ServerError::WrongName(..))

@@ -653,3 +653,23 @@ async fn checkpoints_are_read_a_page_at_a_time() {
     let latest = store.reader().latest_checkpoint().unwrap().unwrap();
     assert_eq!(Some(&latest.number), all.last());
 }
+
+#[tokio::test]
+async fn the_last_time_is_read_from_a_record_holding_an_integer_beyond_2_pow_53() {
+    // Records chained before appends were read as I-JSON may hold one (rounded, in canonical
+    // form), which `chain::parse_object` now refuses; the clock guard still reads their time.
+    let (_dir, store) = temp_store();
+    let mut event = Map::new();
+    event.insert("client".into(), json!(12_345_678_901_234_567_890u64));
+    store.append_event(&event).await.unwrap();
+    let stored = store.records(0, 0).last().unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&stored.canonical_json).contains("12345678901234567000"),
+        "rounded as before"
+    );
+    let time = records_json(&store)[0][RECEIVED_AT]
+        .as_str()
+        .and_then(clock::parse);
+    assert!(time.is_some());
+    assert_eq!(store.reader.last_received_at().unwrap(), time);
+}

@@ -15,6 +15,7 @@ use crate::merkle;
 use crate::note::Checkpoint;
 use crate::operator::Operator;
 use crate::store::{Reads, Store, StoreError, RECEIVED_AT};
+use crate::witness::Witnesses;
 
 /// Which records to export (or query, or replay). Every bound given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -234,14 +235,16 @@ fn stored_record(reader: &dyn Reads, seq: u64) -> Result<crate::chain::StoredRec
 }
 
 /// Exports `selection` from a running store: selects, records the export (with `operator`)
-/// and signs the checkpoint whose last leaf that record is, in one step of the writer, and
-/// writes the bundle to `out` on a blocking thread as it reads it. Returns the number of
+/// and signs the checkpoint whose last leaf that record is, in one step of the writer, has
+/// `witnesses` (if any) cosign it, and writes the bundle to `out` on a blocking thread as it
+/// reads it. Returns the number of
 /// records selected, and `out`.
 pub async fn export(
     store: &Arc<Store>,
     selection: Selection,
     operator: &Operator,
     via: &str,
+    witnesses: Option<&Witnesses>,
     mut out: Box<dyn std::io::Write + Send>,
 ) -> Result<(u64, Box<dyn std::io::Write + Send>), StoreError> {
     let task = |e: tokio::task::JoinError| StoreError::Task(e.to_string());
@@ -256,11 +259,23 @@ pub async fn export(
     let mut event = export_event(&picked, &filter);
     event.insert("operator".into(), operator.to_json());
     event.insert("via".into(), via.into());
+    let order = match witnesses {
+        Some(witnesses) => Some(witnesses.in_order().await),
+        None => None,
+    };
     let (appended, stored) = store.append_with_checkpoint(&event).await?;
     let keys = store.verifiers()?;
     let signed = crate::note::open_checkpoint(&stored.note, &keys)
         .map_err(|e| StoreError::Inconsistent(format!("a fresh checkpoint does not open: {e}")))?;
-    let note = stored.note;
+    // With witnesses, the checkpoint counts only once their quorum cosigned it.
+    let note = match witnesses {
+        Some(witnesses) => witnesses
+            .cosign(store, &stored.note)
+            .await
+            .map_err(|e| StoreError::Witnesses(e.to_string()))?,
+        None => stored.note,
+    };
+    drop(order);
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let assembly = Assembly {

@@ -14,6 +14,7 @@ use crate::clock;
 use crate::pb;
 use crate::session_binding::{self, Refusal, SessionBindings};
 use crate::store::{Store, StoreError};
+use crate::witness::Witnesses;
 
 /// Records buffered between the store iterator and a slow `ListRecords` reader.
 const LIST_BUFFER: usize = 256;
@@ -37,14 +38,21 @@ pub struct AuditService {
     /// The default masking engine, run over every appended record.
     masker: Masker,
     sessions: Arc<SessionBindings>,
+    /// The witnesses that cosign an export's checkpoint, when a policy names them.
+    witnesses: Option<Arc<Witnesses>>,
 }
 
 impl AuditService {
-    pub fn new(store: Arc<Store>, sessions: Arc<SessionBindings>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        sessions: Arc<SessionBindings>,
+        witnesses: Option<Arc<Witnesses>>,
+    ) -> Self {
         Self {
             store,
             masker: Masker::default(),
             sessions,
+            witnesses,
         }
     }
 
@@ -125,21 +133,11 @@ pub fn masked_event(event: &Map<String, Value>) -> Option<Map<String, Value>> {
     // The control plane's own record is not refused for a number I-JSON cannot carry (a claim
     // relayed from a caller's token): it keeps the number's digits as a string.
     let mut event = Value::Object(event.clone());
-    exact_numbers(&mut event);
+    tollgate_engine::ijson::exact_numbers(&mut event);
     let json = serde_json::to_vec(&event).ok()?;
     prepare_append(&json, &Masker::default())
         .ok()
         .map(|(object, _)| object)
-}
-
-/// Replaces, in place, every number `chain::parse_object` would refuse by its decimal text.
-fn exact_numbers(value: &mut Value) {
-    match value {
-        Value::Number(n) if !tollgate_log::ijson::is_exact(n) => *value = n.to_string().into(),
-        Value::Array(items) => items.iter_mut().for_each(exact_numbers),
-        Value::Object(map) => map.values_mut().for_each(exact_numbers),
-        _ => {}
-    }
 }
 
 impl From<StoreError> for Status {
@@ -150,7 +148,9 @@ impl From<StoreError> for Status {
                 Status::invalid_argument(error.to_string())
             }
             StoreError::Range(_) => Status::out_of_range(error.to_string()),
-            StoreError::Failed | StoreError::Closed => Status::unavailable(error.to_string()),
+            StoreError::Failed | StoreError::Closed | StoreError::Witnesses(_) => {
+                Status::unavailable(error.to_string())
+            }
             StoreError::Io(_) | StoreError::Postgres(_) => {
                 eprintln!("tollgate: {error}");
                 Status::unavailable("audit store i/o failed")
@@ -380,13 +380,21 @@ impl pb::audit_server::Audit for AuditService {
         // in this process's memory. A failure after the first chunk ends the stream with it.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let store = self.store.clone();
+        let witnesses = self.witnesses.clone();
         tokio::spawn(async move {
             let writer = ChunkWriter {
                 tx: tx.clone(),
                 buffer: Vec::with_capacity(EXPORT_CHUNK),
             };
-            if let Err(e) =
-                bundle::export(&store, selection, &operator, "grpc", Box::new(writer)).await
+            if let Err(e) = bundle::export(
+                &store,
+                selection,
+                &operator,
+                "grpc",
+                witnesses.as_deref(),
+                Box::new(writer),
+            )
+            .await
             {
                 let _ = tx.send(Err(Status::from(e))).await;
             }

@@ -101,6 +101,8 @@ pub enum StoreError {
     Task(String),
     #[error("writing the bundle: {0}")]
     Write(#[from] std::io::Error),
+    #[error("the checkpoint is not cosigned: {0}")]
+    Witnesses(String),
     #[error(
         "audit store refuses appends after an earlier write failure; restart the control plane"
     )]

@@ -6,11 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 
+use common::bundle::{Bundle, Entry};
 use common::{append_concurrently, stdout, tollgate, Server, NO_SERVER};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tollgate_log::note::NoteSigner;
 use tollgate_proto::pb;
 use tollgate_proto::pb::approvals_client::ApprovalsClient;
 
@@ -219,6 +222,12 @@ async fn a_rolled_back_store_and_a_forked_log_are_caught_by_an_earlier_checkpoin
     );
     assert!(output.status.success(), "{output:?}");
     assert!(server.terminate().success());
+    let vkeys = home.path().join("keys/checkpoint.vkeys");
+    let (code, summary) = verify_bundle(
+        Path::new(&bundle),
+        &["--key", vkeys.to_str().unwrap(), "--checkpoint", &saved],
+    );
+    assert_eq!(code, Some(0), "{summary}");
     let seen_size: u64 = std::fs::read_to_string(&saved)
         .unwrap()
         .lines()
@@ -296,16 +305,6 @@ async fn a_rolled_back_store_and_a_forked_log_are_caught_by_an_earlier_checkpoin
     );
 }
 
-fn read_bundle(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn write_bundle(path: &Path, bundle: &Value) -> PathBuf {
-    let out = path.with_extension("edited.json");
-    std::fs::write(&out, serde_json::to_vec_pretty(bundle).unwrap()).unwrap();
-    out
-}
-
 fn verify_bundle(path: &Path, extra: &[&str]) -> (Option<i32>, Value) {
     // No store, no server: an empty home, and a server address where nothing listens.
     let nowhere = tempfile::tempdir().unwrap();
@@ -321,6 +320,23 @@ fn verify_bundle(path: &Path, extra: &[&str]) -> (Option<i32>, Value) {
     let summary = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|_| panic!("verify printed no json: {output:?}"));
     (output.status.code(), summary)
+}
+
+/// Exit 1, with `problem` among the problems named and `seq` as the first bad record.
+fn assert_bundle_broken(path: &Path, extra: &[&str], seq: Option<u64>, problem: &str) -> Value {
+    let (code, summary) = verify_bundle(path, extra);
+    assert_eq!(code, Some(1), "{summary}");
+    assert_eq!(summary["status"], "broken", "{summary}");
+    assert_eq!(
+        summary["firstBadSeq"],
+        seq.map_or(Value::Null, Value::from),
+        "{summary}"
+    );
+    assert!(
+        summary["problems"].to_string().contains(problem),
+        "{problem:?} not in {summary}"
+    );
+    summary
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,126 +360,165 @@ async fn bundles_verify_offline_and_edits_to_them_are_caught() {
     assert!(server.terminate().success());
     let vkeys = home.path().join("keys/checkpoint.vkeys");
     let vkeys = vkeys.to_str().unwrap();
+    let key = ["--key", vkeys];
 
-    let (code, summary) = verify_bundle(&full, &["--key", vkeys]);
+    // Intact only against the log's pinned key; without one, at best unauthenticated.
+    let (code, summary) = verify_bundle(&full, &key);
     assert_eq!(code, Some(0), "{summary}");
-    assert!(summary.get("notes").is_none(), "pinned key: {summary}");
-    let (code, summary) = verify_bundle(&filtered, &[]);
+    assert_eq!(summary["status"], "intact", "{summary}");
+    let (code, summary) = verify_bundle(&filtered, &key);
     assert_eq!(code, Some(0), "{summary}");
     assert_eq!(summary["records"], 20);
-    assert!(summary["notes"][0]
-        .as_str()
-        .unwrap()
-        .contains("bundle's own public keys"));
-    let bundle = read_bundle(&filtered);
-    assert_eq!(
-        bundle["export"]["record"]["event"],
-        "controlPlane.auditExport"
-    );
-    assert_eq!(bundle["export"]["record"]["records"], 20);
-    assert_eq!(bundle["filter"]["sub"], "writer1@example.com");
+    let (code, summary) = verify_bundle(&filtered, &[]);
+    assert_eq!(code, Some(2), "{summary}");
+    assert_eq!(summary["status"], "unauthenticated", "{summary}");
+    assert_eq!(summary["intact"], false, "{summary}");
+    let bundle = Bundle::load(&filtered);
+    let export = bundle.record_value(bundle.export_seq());
+    assert_eq!(export["event"], "controlPlane.auditExport");
+    assert_eq!(export["records"], 20);
+    assert_eq!(bundle.header["filter"]["sub"], "writer1@example.com");
     // The offline read left the store alone: there is none.
-    let text = stdout(&tollgate(
-        tempfile::tempdir().unwrap().path(),
-        &["audit", "verify", "--bundle", filtered.to_str().unwrap()],
-    ));
+    let offline = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", "--bundle", filtered.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        stdout(&tollgate(tempfile::tempdir().unwrap().path(), &args))
+    };
+    let text = offline(&key);
     assert!(
         text.starts_with("audit bundle intact: 20 records"),
         "{text}"
     );
+    let text = offline(&[]);
+    assert!(
+        text.starts_with("audit bundle unauthenticated: 20 records check out"),
+        "{text}"
+    );
+
+    let selected: Vec<u64> = bundle
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Record {
+                seq,
+                context: false,
+                ..
+            } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let edited = |name: &str, bundle: &Bundle| {
+        let path = dir.path().join(name);
+        bundle.save(&path);
+        path
+    };
 
     // A record removed.
-    let mut edited = read_bundle(&filtered);
-    edited["records"].as_array_mut().unwrap().remove(5);
-    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
-    assert_eq!(code, Some(1), "{summary}");
-    assert!(
-        summary["problem"]
-            .as_str()
-            .unwrap()
-            .contains("a record was removed"),
-        "{summary}"
-    );
+    let mut bundle = Bundle::load(&full);
+    let at = bundle.index_of(5);
+    bundle.entries.remove(at);
+    assert_bundle_broken(&edited("removed.json", &bundle), &key, Some(5), "removed");
 
     // A record altered.
-    let mut edited = read_bundle(&filtered);
-    let seq = edited["records"][3]["seq"].as_u64().unwrap();
-    edited["records"][3]["record"]["decision"] = "deny".into();
-    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
-    assert_eq!(code, Some(1), "{summary}");
-    assert_eq!(summary["firstBadSeq"], seq);
-    assert!(summary["problem"].as_str().unwrap().contains("altered"));
-
-    // A record altered and its leaf hash recomputed: the inclusion proof no longer leads to
-    // the signed root.
-    let mut edited = read_bundle(&full);
-    let entry = &mut edited["records"][9];
-    entry["record"]["sub"] = "mallory@example.com".into();
-    let canonical = serde_jcs::to_vec(&entry["record"]).unwrap();
-    let leaf: [u8; 32] = Sha256::new()
-        .chain_update([0u8])
-        .chain_update(&canonical)
-        .finalize()
-        .into();
-    entry["leafHash"] = hex::encode(leaf).into();
-    let (code, summary) = verify_bundle(&write_bundle(&full, &edited), &[]);
-    assert_eq!(code, Some(1), "{summary}");
-    assert_eq!(summary["firstBadSeq"], 9);
-    assert!(summary["problem"]
-        .as_str()
-        .unwrap()
-        .contains("not in the signed log"));
-
-    // Two records swapped in the list.
-    let mut edited = read_bundle(&filtered);
-    edited["records"].as_array_mut().unwrap().swap(1, 2);
-    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
-    assert_eq!(code, Some(1), "{summary}");
-    assert!(summary["problems"].to_string().contains("reordered"));
-
-    // The checkpoint's signature broken (its size changed).
-    let mut edited = read_bundle(&full);
-    let note = edited["checkpoint"].as_str().unwrap().to_string();
-    let mut lines: Vec<String> = note.split('\n').map(String::from).collect();
-    lines[1] = format!("{}", lines[1].parse::<u64>().unwrap() + 1);
-    edited["checkpoint"] = lines.join("\n").into();
-    let (code, summary) = verify_bundle(&write_bundle(&full, &edited), &[]);
-    assert_eq!(code, Some(1), "{summary}");
-    assert!(
-        summary["problems"]
-            .to_string()
-            .contains("has a bad signature"),
-        "{summary}"
+    let mut bundle = Bundle::load(&filtered);
+    let seq = selected[3];
+    let at = bundle.index_of(seq);
+    if let Entry::Record { record, .. } = &mut bundle.entries[at] {
+        let text = String::from_utf8(record.clone()).unwrap();
+        *record = text.replace("\"allow\"", "\"deny\"").into_bytes();
+    }
+    assert_bundle_broken(
+        &edited("altered.json", &bundle),
+        &key,
+        Some(seq),
+        "does not hash to its leaf hash: altered",
     );
 
-    // The export record's count changed to match a removal: its proof breaks.
-    let mut edited = read_bundle(&filtered);
-    edited["records"].as_array_mut().unwrap().remove(0);
-    edited["export"]["record"]["records"] = 19.into();
-    let (code, summary) = verify_bundle(&write_bundle(&filtered, &edited), &[]);
-    assert_eq!(code, Some(1), "{summary}");
-    assert_eq!(summary["firstBadSeq"], edited["export"]["seq"]);
-    assert!(summary["problem"].as_str().unwrap().contains("altered"));
+    // A record altered and its leaf hash recomputed: the leaves no longer rebuild the signed
+    // root, nor the selection the export record states.
+    let mut bundle = Bundle::load(&full);
+    let mut record = bundle.record_value(9);
+    record["sub"] = "mallory@example.com".into();
+    bundle.set_record(9, serde_jcs::to_vec(&record).unwrap());
+    let path = edited("rehashed.json", &bundle);
+    assert_bundle_broken(&path, &key, None, "do not rebuild the root");
+    assert_bundle_broken(&path, &key, None, "a record was removed, added or replaced");
+
+    // Two records swapped in the list.
+    let mut bundle = Bundle::load(&full);
+    bundle.entries.swap(3, 4);
+    assert_bundle_broken(&edited("swapped.json", &bundle), &key, Some(3), "reordered");
+
+    // The checkpoint's signature broken (its size changed).
+    let mut bundle = Bundle::load(&full);
+    let export_seq = bundle.export_seq();
+    let note = bundle.note();
+    let mut lines: Vec<String> = note.split('\n').map(String::from).collect();
+    lines[1] = format!("{}", lines[1].parse::<u64>().unwrap() + 1);
+    bundle
+        .header
+        .insert("checkpoint".into(), lines.join("\n").into());
+    let path = edited("bad-signature.json", &bundle);
+    let summary = assert_bundle_broken(&path, &key, Some(export_seq), "has a bad signature");
+    assert!(summary["problems"]
+        .to_string()
+        .contains("removed from the end"));
+
+    // Re-chained: a record altered, its leaf hash, the export record and the checkpoint's root
+    // and chain lines all made to match, the log's signature left as it was.
+    let mut bundle = Bundle::load(&full);
+    let mut record = bundle.record_value(9);
+    record["decision"] = "deny".into();
+    bundle.set_record(9, serde_jcs::to_vec(&record).unwrap());
+    bundle.restate_export();
+    let signature = {
+        let note = bundle.note();
+        note[note.rfind("\n\n").unwrap() + 1..].to_owned()
+    };
+    bundle.resign_latest(&NoteSigner::generate("throwaway").unwrap(), None);
+    let rechained = format!("{}{signature}", common::bundle::body(&bundle.note()));
+    bundle.header.insert("checkpoint".into(), rechained.into());
+    assert_bundle_broken(
+        &edited("rechained.json", &bundle),
+        &key,
+        None,
+        "has a bad signature",
+    );
+
+    // A record left out and the export record's count changed to match: the export record is
+    // no longer the one the checkpoint's chain line signs.
+    let mut bundle = Bundle::load(&filtered);
+    bundle.rebuild(&BTreeSet::from([selected[0]]), |_| true);
+    bundle.restate_export();
+    assert_eq!(bundle.record_value(bundle.export_seq())["records"], 19);
+    assert_bundle_broken(
+        &edited("recounted.json", &bundle),
+        &key,
+        Some(bundle.export_seq()),
+        "the chain hash was altered",
+    );
 
     // Signed by a key the auditor does not trust (another log's).
     let other = tempfile::tempdir().unwrap();
     let other_server = Server::start(other.path());
     drop(other_server);
     let other_keys = other.path().join("keys/checkpoint.vkeys");
-    let (code, summary) = verify_bundle(&full, &["--key", other_keys.to_str().unwrap()]);
-    assert_eq!(code, Some(1), "{summary}");
-    assert!(summary["problems"]
-        .to_string()
-        .contains("not signed by a trusted key"));
+    assert_bundle_broken(
+        &full,
+        &["--key", other_keys.to_str().unwrap()],
+        None,
+        "is not signed by a pinned log key",
+    );
 
-    // Not a bundle at all: could not check.
+    // Not a bundle at all: never intact, with or without a key.
     let junk = dir.path().join("junk.json");
     std::fs::write(&junk, "{\"format\": 1}").unwrap();
-    let output = tollgate(
-        dir.path(),
-        &["audit", "verify", "--bundle", junk.to_str().unwrap()],
-    );
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    for extra in [&key[..], &[]] {
+        let mut args = vec!["audit", "verify", "--bundle", junk.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let output = tollgate(dir.path(), &args);
+        assert!(matches!(output.status.code(), Some(1 | 2)), "{output:?}");
+    }
 }
 
 /// The JSON entry under `key` of a state table, edited.
@@ -621,5 +676,8 @@ async fn a_bundle_larger_than_a_chunk_streams_from_the_server_and_from_the_store
         let (code, summary) = verify_bundle(bundle, &["--key", vkeys.to_str().unwrap()]);
         assert_eq!(code, Some(0), "{summary}");
         assert_eq!(summary["intact"], true, "{summary}");
+        let (code, summary) = verify_bundle(bundle, &[]);
+        assert_eq!(code, Some(2), "{summary}");
+        assert_eq!(summary["status"], "unauthenticated", "{summary}");
     }
 }

@@ -826,12 +826,33 @@ fn finish(
         }
     };
     let mut matched = 0;
+    // With no rotation in the bundle, one key signed the whole log up to it: a second signer
+    // means a rotation was hidden (by whoever holds the retired key).
+    let mut only_signer: Option<NoteVerifier> = None;
     if unauthenticated.is_none() {
-        let mut check = |label: &str, text: &str, c: &Checkpoint| -> Option<NoteVerifier> {
+        let mut check = |label: &str,
+                         text: &str,
+                         c: &Checkpoint,
+                         count: bool|
+         -> Option<NoteVerifier> {
             match note::open(text, log_keys) {
                 Ok(opened) => match history.check(c.size, &c.time, &opened.signer) {
+                    Ok(())
+                        if history.rotations().is_empty()
+                            && only_signer
+                                .get_or_insert_with(|| opened.signer.clone())
+                                .clone()
+                                != opened.signer =>
+                    {
+                        findings.push(Finding::log(format!(
+                            "{label} is signed by {}, another key than {} which signs the bundle's checkpoint, and the bundle shows no key rotation: a rotation was hidden, or a retired key signs",
+                            opened.signer.label(),
+                            only_signer.as_ref().map(NoteVerifier::label).unwrap_or_default()
+                        )));
+                        None
+                    }
                     Ok(()) => {
-                        matched += 1;
+                        matched += usize::from(count);
                         Some(opened.signer)
                     }
                     Err(why) => {
@@ -853,7 +874,7 @@ fn finish(
                 }
             }
         };
-        if let Some(signer) = check(LATEST, &note, &checkpoint) {
+        if let Some(signer) = check(LATEST, &note, &checkpoint, true) {
             latest = Some(Trusted {
                 label: LATEST.to_string(),
                 checkpoint: checkpoint.clone(),
@@ -862,7 +883,15 @@ fn finish(
             });
         }
         for (label, text, c) in &earlier {
-            check(label, text, c);
+            check(label, text, c, true);
+        }
+        // Saved checkpoints the bundle reaches are held to the same keys.
+        for (label, saved) in &options.saved {
+            if let Some(c) = body(saved).and_then(|b| Checkpoint::parse(b).ok()) {
+                if c.size <= size {
+                    check(label, saved, &c, false);
+                }
+            }
         }
     }
 
@@ -990,6 +1019,7 @@ mod tests {
         /// Signed checkpoints, oldest first.
         notes: Vec<String>,
         second: u64,
+        frontier: Frontier,
     }
 
     impl NodeSource for &Log {
@@ -1028,16 +1058,15 @@ mod tests {
                 signer: NoteSigner::generate(ORIGIN).unwrap(),
                 notes: Vec::new(),
                 second: 0,
+                frontier: Frontier::new(),
             }
         }
 
         fn time(&mut self) -> String {
             self.second += 1;
-            format!(
-                "2026-01-01T00:{:02}:{:02}.000000Z",
-                self.second / 60,
-                self.second % 60
-            )
+            let at =
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600 + self.second);
+            humantime::format_rfc3339_micros(at).to_string()
         }
 
         fn append(&mut self, mut record: serde_json::Map<String, Value>) -> u64 {
@@ -1057,14 +1086,13 @@ mod tests {
 
         fn checkpoint(&mut self) -> String {
             let size = self.records.len() as u64;
-            let mut frontier = Frontier::new();
-            for record in &self.records {
-                frontier.push(merkle::leaf_hash(record), |_, _, _| {});
+            for record in &self.records[self.frontier.size() as usize..] {
+                self.frontier.push(merkle::leaf_hash(record), |_, _, _| {});
             }
             let checkpoint = Checkpoint {
                 origin: ORIGIN.into(),
                 size,
-                root: frontier.root(),
+                root: self.frontier.root(),
                 chain_head: self.chain.last().copied().unwrap_or(chain::GENESIS),
                 time: self.time(),
             };
@@ -1352,5 +1380,45 @@ mod tests {
         assert_eq!(report.first().unwrap().seq, Some(3));
         assert!(check(b"[]", &keys, &[], false).exit_code() != 0);
         assert!(check(b"", &keys, &[], false).exit_code() != 0);
+    }
+
+    /// Verifier throughput on a full export of a synthetic log of realistic records (release:
+    /// `cargo test --release -p tollgate-log verify_throughput -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn verify_throughput() {
+        let mut log = Log::new();
+        let count = 200_000;
+        for n in 0..count {
+            let record = serde_json::json!({
+                "event": "mcp.response", "sub": format!("user{}@example.com", n % 50),
+                "iss": "https://idp.example.com", "jti": format!("jti-{n}"), "client_id": "agent-7",
+                "groups": ["payments", "support"], "method": "tools/call", "tool": "get_payment",
+                "session": format!("s-{}", n / 20), "decision": "allow", "status": 200,
+                "result": {"content": [{"type": "text", "text": "card ************1111 exp 12/29 amount 10.00 EUR"}]},
+                "latencyMicros": 1234, "n": n,
+            });
+            log.append(record.as_object().unwrap().clone());
+            if n % 1000 == 999 {
+                log.checkpoint();
+            }
+        }
+        let bundle = log.export(None);
+        let keys = [log.signer.verifier()];
+        // Kept for profiling the standalone binary on it, when asked.
+        if let Ok(path) = std::env::var("TOLLGATE_BUNDLE_OUT") {
+            std::fs::write(&path, &bundle).unwrap();
+            std::fs::write(format!("{path}.vkeys"), keys[0].encode()).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let report = check(&bundle, &keys, &[], false);
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(report.exit_code(), 0, "{:?}", report.findings);
+        println!(
+            "{} records, {:.1} MiB, {elapsed:.3} s, {:.0} records/s",
+            report.records,
+            bundle.len() as f64 / (1 << 20) as f64,
+            report.records as f64 / elapsed
+        );
     }
 }

@@ -119,8 +119,13 @@ pub fn is_exact(number: &Number) -> bool {
     } else if let Some(i) = number.as_i64() {
         i.unsigned_abs() <= MAX_SAFE_INTEGER
     } else {
-        number.as_f64().is_some_and(|f| f.abs() < TWO_POW_53)
+        number.as_f64().is_some_and(f64_is_exact)
     }
+}
+
+/// False for NaN and the infinities too, which no JSON text holds.
+fn f64_is_exact(v: f64) -> bool {
+    v.abs() < TWO_POW_53
 }
 
 /// A JSON value read as I-JSON (see the module documentation). Deserializing it with serde_json
@@ -180,8 +185,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
     #[inline]
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        // False for NaN too, which no JSON text holds.
-        if !(v.abs() < TWO_POW_53) {
+        if !f64_is_exact(v) {
             return Err(out_of_range());
         }
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))

@@ -108,7 +108,12 @@ impl CosignatureSigner {
             .ok_or(CosignatureError::Key(
                 "private key must start with PRIVATE+KEY+",
             ))?;
-        let (name, id, kind, seed) = split_key(rest)?;
+        let KeyText {
+            name,
+            id,
+            kind,
+            key: seed,
+        } = split_key(rest)?;
         let seed: [u8; 32] = seed
             .try_into()
             .map_err(|_| CosignatureError::Key("bad length"))?;
@@ -174,7 +179,12 @@ pub struct CosignatureVerifier {
 impl CosignatureVerifier {
     /// Parses `<name>+<hex id>+<base64(0x04 || public key)>`.
     pub fn parse(text: &str) -> Result<Self, CosignatureError> {
-        let (name, id, kind, key) = split_key(text.trim())?;
+        let KeyText {
+            name,
+            id,
+            kind,
+            key,
+        } = split_key(text.trim())?;
         if kind != COSIGNATURE_ED25519 {
             return Err(CosignatureError::Key(
                 "not an Ed25519 cosignature key (type 0x04)",
@@ -253,8 +263,17 @@ impl CosignatureVerifier {
     }
 }
 
-/// `<name>+<hex id>+<base64(type || key)>` into its parts; the base64 may itself hold `+`.
-fn split_key(text: &str) -> Result<(&str, [u8; 4], u8, Vec<u8>), CosignatureError> {
+/// The parts of `<name>+<hex id>+<base64(type || key)>`.
+struct KeyText<'a> {
+    name: &'a str,
+    id: [u8; 4],
+    /// The signature type byte.
+    kind: u8,
+    key: Vec<u8>,
+}
+
+/// Splits a key's text; the base64 may itself hold `+`.
+fn split_key(text: &str) -> Result<KeyText<'_>, CosignatureError> {
     let mut parts = text.splitn(3, '+');
     let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(CosignatureError::Key("expected name+id+key"));
@@ -270,9 +289,12 @@ fn split_key(text: &str) -> Result<(&str, [u8; 4], u8, Vec<u8>), CosignatureErro
         .decode(key)
         .map_err(|_| CosignatureError::Key("key is not base64"))?;
     match key.split_first() {
-        Some((&kind, rest)) if kind == COSIGNATURE_ED25519 || kind == NOTE_ED25519 => {
-            Ok((name, id, kind, rest.to_vec()))
-        }
+        Some((&kind, rest)) if kind == COSIGNATURE_ED25519 || kind == NOTE_ED25519 => Ok(KeyText {
+            name,
+            id,
+            kind,
+            key: rest.to_vec(),
+        }),
         _ => Err(CosignatureError::Key("not an Ed25519 key")),
     }
 }

@@ -96,7 +96,7 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
                 }
                 Source::Store(store) => {
                     let (records, writer) =
-                        bundle::export(store, selection, &operator, "store", out).await?;
+                        bundle::export(store, selection, &operator, "store", None, out).await?;
                     out = writer;
                     count = records;
                 }

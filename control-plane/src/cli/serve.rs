@@ -159,7 +159,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| home.join("checkpoint")),
     );
-    crate::witness::client::spawn_publisher(store.clone(), witnesses, published.clone());
+    crate::witness::client::spawn_publisher(store.clone(), witnesses.clone(), published.clone());
     let started = std::time::Instant::now();
     let signing_key = store
         .verifiers()?
@@ -251,7 +251,11 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let router = tonic::transport::Server::builder()
         .layer(AccessLayer(access))
         .add_service(health_service)
-        .add_service(AuditServer::new(AuditService::new(store.clone(), sessions)))
+        .add_service(AuditServer::new(AuditService::new(
+            store.clone(),
+            sessions,
+            witnesses,
+        )))
         .add_service(approvals)
         .add_service(revocations);
     let shutdown = async move {

@@ -95,6 +95,10 @@ pub struct Witnesses {
     client: reqwest::Client,
     /// Held while gathering, so that two callers do not race on a witness's size.
     state: tokio::sync::Mutex<State>,
+    /// Held from signing a checkpoint to its cosignatures (an export), and from reading the
+    /// newest checkpoint to its cosignatures (the publisher): a witness cosigns only trees at
+    /// least as large as the last it saw, so checkpoints must reach it in the order signed.
+    order: tokio::sync::Mutex<()>,
 }
 
 /// A witness's answer.
@@ -152,7 +156,14 @@ impl Witnesses {
             targets,
             client: http_client()?,
             state: tokio::sync::Mutex::new(State::default()),
+            order: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Hold this from signing a checkpoint until [`Witnesses::cosign`] returns for it: no
+    /// newer checkpoint reaches the witnesses in between.
+    pub async fn in_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.order.lock().await
     }
 
     pub fn policy(&self) -> &Policy {
@@ -162,9 +173,10 @@ impl Witnesses {
     /// `note` (a checkpoint of `store`'s log) with the cosignatures of the policy's witnesses
     /// appended, once they meet its quorum; or which witnesses failed and why. Each witness
     /// with a URL whose cosignature is not yet in hand is asked, all at once; one that answers
-    /// 409 with its size is asked once more with a proof from that size. A witness can only
-    /// cosign a checkpoint at least as large as the last it cosigned, so this is for the
-    /// newest checkpoint (older ones get the lines gathered while they were the newest).
+    /// 409 with its size is asked once more with a proof from that size. Lines gathered for
+    /// the note asked about last are kept, so asking again only asks the witnesses that did
+    /// not cosign it. A witness only cosigns a tree at least as large as the last it cosigned:
+    /// this is for the newest checkpoint; one older than a witness has seen fails for it.
     pub async fn cosign(&self, store: &Store, note: &str) -> Result<String, WitnessError> {
         let parsed = SignedNote::parse(note)?;
         let head = TreeHead::parse(parsed.text)?;
@@ -360,7 +372,7 @@ async fn send(client: &reqwest::Client, url: reqwest::Url, body: String) -> Resu
         .body(body)
         .send()
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| describe(&e.without_url()))?;
     let status = response.status().as_u16();
     let size = response
         .headers()
@@ -438,6 +450,10 @@ pub fn spawn_publisher(
         };
         loop {
             tokio::time::sleep(POLL).await;
+            let _order = match &witnesses {
+                Some(witnesses) => Some(witnesses.in_order().await),
+                None => None,
+            };
             let reader = Arc::clone(&store);
             let latest = match tokio::task::spawn_blocking(move || {
                 reader.reader().latest_checkpoint()

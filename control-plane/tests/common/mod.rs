@@ -407,3 +407,402 @@ pub fn json_of(records: &[tollgate_proto::pb::StoredRecord]) -> Vec<serde_json::
         .map(|r| serde_json::from_slice(&r.canonical_json).unwrap())
         .collect()
 }
+
+/// Export bundles (format 2) as an attacker edits them: the header members as JSON values,
+/// every record kept in its exact bytes, so that editing one record never re-serialises
+/// another (a round trip through `Value` may change how a number is written).
+#[allow(dead_code)]
+pub mod bundle {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    use serde_json::value::RawValue;
+    use serde_json::Value;
+    use tollgate_log::bundle::{gap_cover, SelectionDigest};
+    use tollgate_log::chain::{self, Hash};
+    use tollgate_log::merkle::{self, Frontier};
+    use tollgate_log::note::{Checkpoint, NoteSigner};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Entry {
+        Record {
+            seq: u64,
+            leaf_hash: String,
+            record: Vec<u8>,
+            context: bool,
+        },
+        Skip {
+            skip: u64,
+            nodes: Vec<String>,
+        },
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct Bundle {
+        /// Every member but `records`; written in name order, which puts them all before
+        /// `records` as the format requires.
+        pub header: BTreeMap<String, Value>,
+        pub entries: Vec<Entry>,
+    }
+
+    /// The text of a signed note before its signatures, as it was signed.
+    pub fn body(note: &str) -> &str {
+        let at = note.rfind("\n\n").expect("a signed note");
+        &note[..=at]
+    }
+
+    pub fn parse_checkpoint(note: &str) -> Checkpoint {
+        Checkpoint::parse(body(note)).expect("a checkpoint")
+    }
+
+    fn hash_hex(hash: &Hash) -> String {
+        hex::encode(hash)
+    }
+
+    fn hash_of(text: &str) -> Hash {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).expect("a hex hash");
+        out
+    }
+
+    impl Bundle {
+        pub fn load(path: &Path) -> Self {
+            Self::parse(&std::fs::read(path).expect("read the bundle"))
+        }
+
+        pub fn parse(bytes: &[u8]) -> Self {
+            let members: BTreeMap<String, &RawValue> =
+                serde_json::from_slice(bytes).expect("a bundle is a JSON object");
+            let mut header = BTreeMap::new();
+            let mut entries = Vec::new();
+            for (name, raw) in members {
+                if name != "records" {
+                    header.insert(name, serde_json::from_str(raw.get()).unwrap());
+                    continue;
+                }
+                let list: Vec<&RawValue> = serde_json::from_str(raw.get()).unwrap();
+                for raw in list {
+                    let entry: BTreeMap<String, &RawValue> =
+                        serde_json::from_str(raw.get()).unwrap();
+                    let value = |name: &str| -> Option<Value> {
+                        entry
+                            .get(name)
+                            .map(|r| serde_json::from_str(r.get()).unwrap())
+                    };
+                    entries.push(match entry.get("record") {
+                        Some(record) => Entry::Record {
+                            seq: value("seq").and_then(|v| v.as_u64()).unwrap(),
+                            leaf_hash: value("leafHash").unwrap().as_str().unwrap().to_owned(),
+                            record: record.get().as_bytes().to_vec(),
+                            context: value("context").is_some_and(|v| v == true),
+                        },
+                        None => Entry::Skip {
+                            skip: value("skip").and_then(|v| v.as_u64()).unwrap(),
+                            nodes: serde_json::from_value(value("nodes").unwrap()).unwrap(),
+                        },
+                    });
+                }
+            }
+            Self { header, entries }
+        }
+
+        pub fn to_bytes(&self) -> Vec<u8> {
+            let mut out = b"{".to_vec();
+            for (name, value) in &self.header {
+                out.extend(serde_json::to_vec(name).unwrap());
+                out.push(b':');
+                out.extend(serde_json::to_vec(value).unwrap());
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"records\":[");
+            for (i, entry) in self.entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match entry {
+                    Entry::Record {
+                        seq,
+                        leaf_hash,
+                        record,
+                        context,
+                    } => {
+                        out.extend(
+                            format!("{{\"seq\":{seq},\"leafHash\":\"{leaf_hash}\",\"record\":")
+                                .bytes(),
+                        );
+                        out.extend_from_slice(record);
+                        if *context {
+                            out.extend_from_slice(b",\"context\":true");
+                        }
+                        out.push(b'}');
+                    }
+                    Entry::Skip { skip, nodes } => {
+                        out.extend(format!("{{\"skip\":{skip},\"nodes\":").bytes());
+                        out.extend(serde_json::to_vec(nodes).unwrap());
+                        out.push(b'}');
+                    }
+                }
+            }
+            out.extend_from_slice(b"]}\n");
+            out
+        }
+
+        pub fn save(&self, path: &Path) {
+            std::fs::write(path, self.to_bytes()).expect("write the bundle");
+        }
+
+        pub fn note(&self) -> String {
+            self.header["checkpoint"].as_str().unwrap().to_owned()
+        }
+
+        pub fn checkpoint(&self) -> Checkpoint {
+            parse_checkpoint(&self.note())
+        }
+
+        pub fn size(&self) -> u64 {
+            self.checkpoint().size
+        }
+
+        /// The earlier checkpoints, as listed.
+        pub fn earlier(&self) -> Vec<String> {
+            serde_json::from_value(self.header["checkpoints"].clone()).unwrap()
+        }
+
+        pub fn set_earlier(&mut self, notes: Vec<String>) {
+            self.header.insert("checkpoints".into(), notes.into());
+        }
+
+        pub fn key_records(&self) -> Vec<u64> {
+            serde_json::from_value(self.header["keyRecords"].clone()).unwrap()
+        }
+
+        /// Where the skips split: the sizes of the earlier checkpoints.
+        pub fn splits(&self) -> BTreeSet<u64> {
+            let size = self.size();
+            self.earlier()
+                .iter()
+                .map(|n| parse_checkpoint(n).size)
+                .filter(|s| *s < size)
+                .collect()
+        }
+
+        pub fn index_of(&self, seq: u64) -> usize {
+            self.entries
+                .iter()
+                .position(|e| matches!(e, Entry::Record { seq: s, .. } if *s == seq))
+                .unwrap_or_else(|| panic!("record {seq} is not in the bundle"))
+        }
+
+        pub fn has_record(&self, seq: u64) -> bool {
+            self.entries
+                .iter()
+                .any(|e| matches!(e, Entry::Record { seq: s, .. } if *s == seq))
+        }
+
+        pub fn record(&self, seq: u64) -> &[u8] {
+            match &self.entries[self.index_of(seq)] {
+                Entry::Record { record, .. } => record,
+                Entry::Skip { .. } => unreachable!(),
+            }
+        }
+
+        pub fn record_value(&self, seq: u64) -> Value {
+            serde_json::from_slice(self.record(seq)).unwrap()
+        }
+
+        /// The records, as (seq, bytes), in order.
+        pub fn records(&self) -> impl Iterator<Item = (u64, &[u8])> {
+            self.entries.iter().filter_map(|e| match e {
+                Entry::Record { seq, record, .. } => Some((*seq, record.as_slice())),
+                Entry::Skip { .. } => None,
+            })
+        }
+
+        /// Replaces record `seq`'s bytes and, as an attacker would, its leaf hash.
+        pub fn set_record(&mut self, seq: u64, bytes: Vec<u8>) {
+            let at = self.index_of(seq);
+            if let Entry::Record {
+                leaf_hash, record, ..
+            } = &mut self.entries[at]
+            {
+                *leaf_hash = hash_hex(&merkle::leaf_hash(&bytes));
+                *record = bytes;
+            }
+        }
+
+        pub fn export_seq(&self) -> u64 {
+            self.size() - 1
+        }
+
+        /// Every node the bundle gives: its records' leaves and its skipped subtrees.
+        fn known_nodes(&self) -> BTreeMap<(u32, u64), Hash> {
+            let splits = self.splits();
+            let mut known = BTreeMap::new();
+            let mut at = 0;
+            for entry in &self.entries {
+                match entry {
+                    Entry::Record { seq, record, .. } => {
+                        known.insert((0, *seq), merkle::leaf_hash(record));
+                        at = seq + 1;
+                    }
+                    Entry::Skip { skip, nodes } => {
+                        for ((level, index), node) in
+                            gap_cover(at, at + skip, &splits).into_iter().zip(nodes)
+                        {
+                            known.insert((level, index), hash_of(node));
+                        }
+                        at += skip;
+                    }
+                }
+            }
+            known
+        }
+
+        /// Leaves out the records `hidden` (as skips) and the earlier checkpoints `keep`
+        /// refuses, and covers every gap again as the writer would have for the checkpoints
+        /// still listed: adjacent skips merge, their nodes combined from those the bundle gave.
+        pub fn rebuild(&mut self, hidden: &BTreeSet<u64>, keep: impl Fn(&Checkpoint) -> bool) {
+            fn node(known: &BTreeMap<(u32, u64), Hash>, level: u32, index: u64) -> Hash {
+                if let Some(hash) = known.get(&(level, index)) {
+                    return *hash;
+                }
+                assert!(level > 0, "leaf {index} is not in the bundle");
+                merkle::node_hash(
+                    &node(known, level - 1, 2 * index),
+                    &node(known, level - 1, 2 * index + 1),
+                )
+            }
+            let known = self.known_nodes();
+            let kept = self
+                .earlier()
+                .into_iter()
+                .filter(|n| keep(&parse_checkpoint(n)))
+                .collect();
+            self.set_earlier(kept);
+            let splits = self.splits();
+            let mut entries = Vec::new();
+            let mut gap: Option<(u64, u64)> = None;
+            let flush = |gap: &mut Option<(u64, u64)>, entries: &mut Vec<Entry>| {
+                if let Some((start, end)) = gap.take() {
+                    let nodes = gap_cover(start, end, &splits)
+                        .into_iter()
+                        .map(|(level, index)| hash_hex(&node(&known, level, index)))
+                        .collect();
+                    entries.push(Entry::Skip {
+                        skip: end - start,
+                        nodes,
+                    });
+                }
+            };
+            let mut at = 0;
+            for entry in std::mem::take(&mut self.entries) {
+                let (start, end, keep) = match &entry {
+                    Entry::Record { seq, .. } => (*seq, seq + 1, !hidden.contains(seq)),
+                    Entry::Skip { skip, .. } => (at, at + skip, false),
+                };
+                at = end;
+                if keep {
+                    flush(&mut gap, &mut entries);
+                    entries.push(entry);
+                } else {
+                    gap = Some((gap.map_or(start, |(s, _)| s), end));
+                }
+            }
+            flush(&mut gap, &mut entries);
+            self.entries = entries;
+        }
+
+        /// The root of the tree at every size the stream passes (after each entry's leaf or
+        /// subtree), rebuilt from the entries as a verifier does.
+        pub fn roots(&self) -> BTreeMap<u64, Hash> {
+            let splits = self.splits();
+            let mut frontier = Frontier::new();
+            let mut roots = BTreeMap::new();
+            for entry in &self.entries {
+                match entry {
+                    Entry::Record { record, .. } => {
+                        frontier.push(merkle::leaf_hash(record), |_, _, _| {});
+                        roots.insert(frontier.size(), frontier.root());
+                    }
+                    Entry::Skip { skip, nodes } => {
+                        let at = frontier.size();
+                        for ((level, _), node) in
+                            gap_cover(at, at + skip, &splits).into_iter().zip(nodes)
+                        {
+                            frontier.push_subtree(level, hash_of(node)).unwrap();
+                            roots.insert(frontier.size(), frontier.root());
+                        }
+                    }
+                }
+            }
+            roots
+        }
+
+        /// Makes the export record state what the bundle now holds (count, digest, key
+        /// rotations), as a forger who controls the last leaf would.
+        pub fn restate_export(&mut self) {
+            let mut digest = SelectionDigest::default();
+            let (mut first, mut last) = (None, None);
+            for entry in &self.entries {
+                if let Entry::Record {
+                    seq,
+                    record,
+                    context: false,
+                    ..
+                } = entry
+                {
+                    digest.add(*seq, &merkle::leaf_hash(record));
+                    first.get_or_insert(*seq);
+                    last = Some(*seq);
+                }
+            }
+            let seq = self.export_seq();
+            let mut export = self.record_value(seq);
+            export["records"] = digest.count().into();
+            export["selectionDigest"] = hash_hex(&digest.finish()).into();
+            export["keyRecords"] = self.key_records().into();
+            if let (Some(first), Some(last)) = (first, last) {
+                export["firstSeq"] = first.into();
+                export["lastSeq"] = last.into();
+            }
+            let mut bytes = Vec::new();
+            tollgate_log::canonical::write_value(&export, &mut bytes).unwrap();
+            self.set_record(seq, bytes);
+        }
+
+        /// Signs the bundle's checkpoint again over what the entries now rebuild (root, and
+        /// the chain line from `chainBefore` and the export record), at `time` if given.
+        pub fn resign_latest(&mut self, signer: &NoteSigner, time: Option<&str>) {
+            let mut checkpoint = self.checkpoint();
+            checkpoint.root = self.roots()[&checkpoint.size];
+            let before = hash_of(self.header["chainBefore"].as_str().unwrap());
+            checkpoint.chain_head = chain::chain(&before, self.record(self.export_seq()));
+            if let Some(time) = time {
+                checkpoint.time = time.to_owned();
+            }
+            self.header
+                .insert("checkpoint".into(), signer.sign(&checkpoint.text()).into());
+        }
+
+        /// Signs again, over the root the entries rebuild at its size, every earlier
+        /// checkpoint for which `pick` names a signer.
+        pub fn resign_earlier<'a>(&mut self, pick: impl Fn(&Checkpoint) -> Option<&'a NoteSigner>) {
+            let roots = self.roots();
+            let notes = self
+                .earlier()
+                .into_iter()
+                .map(|note| {
+                    let mut checkpoint = parse_checkpoint(&note);
+                    match pick(&checkpoint) {
+                        Some(signer) => {
+                            checkpoint.root = roots[&checkpoint.size];
+                            signer.sign(&checkpoint.text())
+                        }
+                        None => note,
+                    }
+                })
+                .collect();
+            self.set_earlier(notes);
+        }
+    }
+}

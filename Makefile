@@ -42,9 +42,10 @@ export TOLLGATE_WASM_FAULT := $(abspath $(WASM_FAULT))
 wasm-fault: .wasm-target
 	$(CARGO) build -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release --features fault-injection --target-dir target/fault
 
-## build: the control plane (`tollgate`) and the demo payments MCP server
+## build: the control plane (`tollgate`), the assessor's verifier (`tollgate-verify`) and the
+## demo payments MCP server
 build:
-	$(CARGO) build -p tollgate-control-plane -p payments-server
+	$(CARGO) build -p tollgate-control-plane -p tollgate-log -p payments-server
 
 ## run: the demo (control plane on sled, demo payments server, Envoy with the filter); Ctrl-C stops it
 run: deps wasm build

@@ -2,7 +2,8 @@
 //! witnesses, one of them never started, and a quorum of one. Its checkpoints are published
 //! (file and `GET /checkpoint`) cosigned by the live witness; that witness refuses a rollback
 //! and forks shown to it directly, with C2SP tlog-witness's status codes, and keeps cosigning
-//! the honest log afterwards.
+//! the honest log afterwards. An export's bundle carries the cosignatures, and a policy that
+//! asks for more than it has fails it.
 
 mod common;
 
@@ -316,6 +317,59 @@ async fn a_witnessed_log_is_published_and_its_witness_refuses_rollbacks_and_fork
         "quorum not met: 1 of the 2 cosignatures the policy requires (group both: 2 of w1, w2); \
          verified: w1"
     );
+
+    // An export's checkpoint is cosigned before the bundle is written: the bundle verifies
+    // under the policy (and its witness is named), fails under one its cosignatures do not
+    // meet, and is unauthenticated under none.
+    let bundle = homes.path().join("witnessed.bundle.json");
+    let export = tollgate(
+        &cp_home,
+        &[
+            "audit",
+            "export",
+            "--server",
+            &server.url(),
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert!(export.status.success(), "{export:?}");
+    let both_path = homes.path().join("both.policy");
+    std::fs::write(
+        &both_path,
+        policy_text.replace(
+            "group one-of-two 1 w1 w2\nquorum one-of-two",
+            "group both all w1 w2\nquorum both",
+        ),
+    )
+    .unwrap();
+    let verifier = Path::new(BIN).with_file_name("tollgate-verify");
+    assert!(verifier.exists(), "build it: cargo build -p tollgate-log");
+    let verify = |extra: &[&str]| {
+        let output = Command::new(&verifier)
+            .arg(&bundle)
+            .args(extra)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("no json: {output:?}"));
+        (output.status.code(), report)
+    };
+    let (code, report) = verify(&["--witness-policy", policy_path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["cosignedBy"], serde_json::json!(["w1"]), "{report}");
+    let (code, report) = verify(&["--witness-policy", both_path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report["problem"]
+            .as_str()
+            .unwrap()
+            .contains("quorum not met: 1 of the 2 cosignatures"),
+        "{report}"
+    );
+    let (code, report) = verify(&[]);
+    assert_eq!(code, Some(2), "{report}");
     assert!(server.terminate().success());
 
     // The witness, shown old and forged checkpoints directly.

@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run test bench bench-ab bench-store wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
+.PHONY: all run test bench bench-ab bench-store bench-verify wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
 
 all: build wasm
 
@@ -94,16 +94,24 @@ $(PY_DEPS): tests/node/requirements.txt | $(ENVOY)
 	@touch $@
 
 ## bench: the masking engine (corpus precision/recall, native MB/s), Tollgate against plain Envoy,
-## then durable appends/s by store (sled vs PostgreSQL with one and three replicas)
+## durable appends/s by store (sled vs PostgreSQL with one and three replicas), then the offline
+## verifier's records/s and peak memory on bundles of a log of 1,000,000 records
 bench: deps wasm pg-deps
 	scripts/bench-mask.sh
 	scripts/bench.sh
 	$(MAKE) --no-print-directory bench-store
+	$(MAKE) --no-print-directory bench-verify
 
 ## bench-store: durable appends/s through gRPC, sled vs PostgreSQL with one and three replicas
 bench-store: pg-deps
 	@echo "## Durable appends by store"
 	scripts/bench-store.sh
+
+## bench-verify: tollgate-verify (and audit verify --bundle) on bundles of a real log of
+## TOLLGATE_BENCH_VERIFY_RECORDS gateway records (default 1,000,000), appended through gRPC
+bench-verify:
+	@echo "## Offline verification of export bundles"
+	scripts/bench-verify.sh
 
 ## bench-ab: this tree (or NEW=REV) against an earlier revision (BASE=REV), alternating rounds
 BASE ?= 829378f

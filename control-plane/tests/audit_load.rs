@@ -8,7 +8,7 @@
 //! - `TOLLGATE_LOAD_HOME`: its home, whose dev PKI (`tls/`) holds the gateway's certificate
 //! - `TOLLGATE_LOAD_FROM`, `TOLLGATE_LOAD_TO`: the record numbers to append, `[from, to)`, so
 //!   that a load split around a key rotation goes on where it stopped
-//! - `TOLLGATE_LOAD_WRITERS` (default 64), `TOLLGATE_LOAD_CONNECTIONS` (default 4),
+//! - `TOLLGATE_LOAD_WRITERS` (default 256), `TOLLGATE_LOAD_CONNECTIONS` (default 8),
 //!   `TOLLGATE_LOAD_USERS` (callers, default 1000: one caller's records are about 1 in 1000)
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,14 +79,12 @@ fn record(n: u64, users: u64) -> Vec<u8> {
     let sub = format!("user{user:04}@example.com");
     let (brand, card) = CARDS[(r >> 20) as usize % CARDS.len()];
     let common = format!(
-        r#""httpMethod":"POST","route":"/mcp","upstream":"payments","source":"10.0.{}.{}:{}","node":"gateway-{}","session":"{}","requestId":"{}","sub":"{sub}""#,
+        r#""httpMethod":"POST","route":"/mcp","upstream":"payments","source":"10.0.{}.{}:{}","session":"{}","sub":"{sub}""#,
         (r >> 8) % 256,
         (r >> 16) % 256,
         32768 + (r >> 24) % 28000,
-        (r >> 40) % 3,
-        // One session per caller; one request id per call, shared by its answer.
+        // One session per caller.
         uuid(mix(user), mix(user + users)),
-        uuid(r, mix(r)),
     );
     if n % 2 == 0 {
         let (tool, arguments, masked) = match (r >> 44) % 4 {
@@ -97,16 +95,13 @@ fn record(n: u64, users: u64) -> Vec<u8> {
             ),
             1 => (
                 "list_transactions",
-                format!(
-                    r#"{{"customerId":"cus_{:06}","limit":20,"since":"2026-11-01"}}"#,
-                    r % 1_000_000
-                ),
+                format!(r#"{{"customerId":"cus_{:06}","limit":20}}"#, r % 1_000_000),
                 false,
             ),
             2 => (
                 "refund_payment",
                 format!(
-                    r#"{{"paymentId":"pay_{:010}","amount":{},"currency":"EUR","card":"{card}"}}"#,
+                    r#"{{"paymentId":"pay_{:010}","amount":{},"card":"{card}"}}"#,
                     r % 10_000_000_000,
                     (r >> 10) % 50_000
                 ),
@@ -115,7 +110,7 @@ fn record(n: u64, users: u64) -> Vec<u8> {
             _ => (
                 "update_card",
                 format!(
-                    r#"{{"customerId":"cus_{:06}","card":"{card}","expiry":"12/28"}}"#,
+                    r#"{{"customerId":"cus_{:06}","card":"{card}"}}"#,
                     r % 1_000_000
                 ),
                 true,
@@ -127,15 +122,14 @@ fn record(n: u64, users: u64) -> Vec<u8> {
             String::new()
         };
         format!(
-            r#"{{"event":"mcp.request","time":"{}",{common},"identity":{{"email":"{sub}","groups":["payments","support"],"iss":"https://idp.example.com/realms/payments","jti":"{}","sub":"{sub}"}},"messages":[{{"kind":"request","id":{call},"method":"tools/call","target":"{tool}","arguments":{arguments},"decision":"allow","rule":"payments-tools"}}],"decision":"allow","outcome":"forwarded"{masked}}}"#,
+            r#"{{"event":"mcp.request","time":"{}",{common},"identity":{{"groups":["payments"],"iss":"https://idp.example.com","sub":"{sub}"}},"messages":[{{"kind":"request","id":{call},"method":"tools/call","target":"{tool}","arguments":{arguments},"decision":"allow"}}],"decision":"allow","outcome":"forwarded"{masked}}}"#,
             time(call, 0),
-            uuid(mix(r ^ 1), mix(r ^ 2)),
         )
         .into_bytes()
     } else {
         let duration = 900 + (r >> 8) % 40_000;
         format!(
-            r#"{{"event":"mcp.response","time":"{}","requestTime":"{}",{common},"status":200,"bytes":{},"durationMicros":{duration},"mode":"buffered","maskedPans":{{"{brand}":1}},"content":"{{\"jsonrpc\":\"2.0\",\"id\":{call},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"customer cus_{:06}: card {card} on file, last payment pay_{:010} settled\"}}]}}}}"}}"#,
+            r#"{{"event":"mcp.response","time":"{}","requestTime":"{}",{common},"status":200,"bytes":{},"durationMicros":{duration},"mode":"buffered","maskedPans":{{"{brand}":1}},"content":"{{\"jsonrpc\":\"2.0\",\"id\":{call},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"cus_{:06}: card {card}, last payment pay_{:010}\"}}]}}}}"}}"#,
             time(call, duration),
             time(call, 0),
             600 + (r >> 12) % 20_000,
@@ -190,8 +184,8 @@ async fn append_gateway_records() {
         number("TOLLGATE_LOAD_FROM", 0),
         number("TOLLGATE_LOAD_TO", 0),
     );
-    let writers = number("TOLLGATE_LOAD_WRITERS", 64);
-    let connections = number("TOLLGATE_LOAD_CONNECTIONS", 4).max(1);
+    let writers = number("TOLLGATE_LOAD_WRITERS", 256);
+    let connections = number("TOLLGATE_LOAD_CONNECTIONS", 8).max(1);
     let users = number("TOLLGATE_LOAD_USERS", 1000).max(1);
 
     let mut clients = Vec::new();

@@ -241,6 +241,11 @@ impl<'a> Checker<'a> {
             std::str::from_utf8(&self.bytes[start..end]).unwrap_or_default()
         };
         if !a.2 && !b.2 {
+            let (x, y) = (&self.bytes[a.0..a.1], &self.bytes[b.0..b.1]);
+            // ASCII names (nearly all) compare the same by byte as by UTF-16 code unit.
+            if x.is_ascii() && y.is_ascii() {
+                return x.cmp(y);
+            }
             return utf16_cmp(text(a), text(b));
         }
         let decode = |span| serde_json::from_str::<String>(&format!("\"{}\"", text(span)));
@@ -258,6 +263,21 @@ impl<'a> Checker<'a> {
         let start = self.pos;
         let mut escaped = false;
         loop {
+            // Plain bytes in one go; what ends them is looked at below.
+            let rest = &self.bytes[self.pos..];
+            // Most strings are short member names: a plain loop first, memchr past that.
+            let short = rest.len().min(32);
+            let plain = match rest[..short].iter().position(|b| *b == b'"' || *b == b'\\') {
+                Some(at) => at,
+                None => {
+                    short
+                        + memchr::memchr2(b'"', b'\\', &rest[short..]).unwrap_or(rest.len() - short)
+                }
+            };
+            if rest[..plain].iter().any(|b| *b < 0x20) {
+                return None;
+            }
+            self.pos += plain;
             let b = self.peek()?;
             self.pos += 1;
             match b {

@@ -74,7 +74,7 @@ impl Frontier {
     /// (the subtree would not be one of the tree's own nodes).
     pub fn push_subtree(&mut self, level: u32, hash: Hash) -> Option<()> {
         let width = 1u64.checked_shl(level)?;
-        if self.size % width != 0 || self.size.checked_add(width).is_none() {
+        if !self.size.is_multiple_of(width) || self.size.checked_add(width).is_none() {
             return None;
         }
         let mut hash = hash;

@@ -158,11 +158,7 @@ impl<R: Read> Scanner<R> {
                     } else {
                         // Skip plain string bytes in one go.
                         let rest = &chunk[i + 1..];
-                        let skip = rest
-                            .iter()
-                            .position(|c| *c == b'"' || *c == b'\\')
-                            .unwrap_or(rest.len());
-                        i += skip;
+                        i += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
                     }
                 } else {
                     match b {

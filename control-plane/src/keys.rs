@@ -40,6 +40,30 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Reads a private key file, refused when others may read it.
+pub fn read_private(path: &Path) -> Result<String, KeyError> {
+    let mode = std::fs::metadata(path)
+        .map_err(io("cannot stat", path))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions(path.to_path_buf(), mode & 0o777));
+    }
+    std::fs::read_to_string(path).map_err(io("cannot read", path))
+}
+
+/// Writes `text` to a new private key file (mode 0600) and syncs it; never replaces a file.
+pub fn create_private(path: &Path, text: &str) -> Result<(), KeyError> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("cannot create", path))?;
+    writeln!(file, "{text}").map_err(io("cannot write", path))?;
+    file.sync_all().map_err(io("cannot sync", path))
+}
+
 /// The key files of one home directory.
 #[derive(Debug, Clone)]
 pub struct KeyDir {
@@ -72,14 +96,7 @@ impl KeyDir {
             self.install(&signer)?;
             return Ok(signer);
         }
-        let mode = std::fs::metadata(&path)
-            .map_err(io("cannot stat", &path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions(path, mode & 0o777));
-        }
-        let text = std::fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+        let text = read_private(&path)?;
         let signer = NoteSigner::parse(&text).map_err(|source| KeyError::Parse {
             path: path.clone(),
             source,
@@ -119,14 +136,7 @@ impl KeyDir {
         let path = self.private_path();
         let temporary = self.dir.join("checkpoint.key.new");
         let _ = std::fs::remove_file(&temporary);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(io("cannot create", &temporary))?;
-        writeln!(file, "{}", signer.encode_private()).map_err(io("cannot write", &temporary))?;
-        file.sync_all().map_err(io("cannot sync", &temporary))?;
+        create_private(&temporary, &signer.encode_private())?;
         std::fs::rename(&temporary, &path).map_err(io("cannot replace", &path))?;
         sync_dir(&self.dir)
     }

@@ -86,7 +86,7 @@ fn record(n: u64, users: u64) -> Vec<u8> {
         // One session per caller.
         uuid(mix(user), mix(user + users)),
     );
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         let (tool, arguments, masked) = match (r >> 44) % 4 {
             0 => (
                 "get_customer",
@@ -213,7 +213,7 @@ async fn append_gateway_records() {
                         panic!("append of record {n}: {status}");
                     }
                     let done = n + 1 - from;
-                    if done % 100_000 == 0 {
+                    if done.is_multiple_of(100_000) {
                         eprintln!(
                             "load: {done} records in {:.0} s",
                             start.elapsed().as_secs_f64()

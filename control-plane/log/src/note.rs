@@ -100,14 +100,8 @@ impl NoteSigner {
 
     /// The private key text; whoever holds it can sign checkpoints.
     pub fn encode_private(&self) -> String {
-        let mut key = vec![ED25519];
-        key.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{PRIVATE_PREFIX}{}+{}+{}",
-            self.name,
-            hex::encode(self.id),
-            STANDARD.encode(key)
-        )
+        let key = typed_key_text(&self.name, &self.id, ED25519, self.key.as_bytes());
+        format!("{PRIVATE_PREFIX}{key}")
     }
 
     pub fn verifier(&self) -> NoteVerifier {
@@ -157,14 +151,7 @@ impl NoteVerifier {
     }
 
     pub fn encode(&self) -> String {
-        let mut key = vec![ED25519];
-        key.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(self.id),
-            STANDARD.encode(key)
-        )
+        typed_key_text(&self.name, &self.id, ED25519, self.key.as_bytes())
     }
 
     /// `<name>+<hex id>`: how reports name a key.
@@ -174,25 +161,57 @@ impl NoteVerifier {
 }
 
 fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), NoteError> {
+    match split_typed_key(text).map_err(NoteError::Key)? {
+        TypedKey {
+            name,
+            id,
+            kind: ED25519,
+            key,
+        } => Ok((name, id, key)),
+        _ => Err(NoteError::Key("not an ed25519 key")),
+    }
+}
+
+/// A key's text taken apart.
+pub(crate) struct TypedKey<'a> {
+    pub name: &'a str,
+    pub id: [u8; 4],
+    /// The signature type byte: 0x01 signs notes, 0x04 cosigns checkpoints.
+    pub kind: u8,
+    pub key: Vec<u8>,
+}
+
+/// Splits a key's text, `<name>+<hex id>+<base64(type byte || key)>`.
+pub(crate) fn split_typed_key(text: &str) -> Result<TypedKey<'_>, &'static str> {
     // The key is base64, which may itself hold '+'.
     let mut parts = text.splitn(3, '+');
     let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(NoteError::Key("expected name+id+key"));
+        return Err("expected name+id+key");
     };
     if !valid_key_name(name) {
-        return Err(NoteError::Key("invalid key name"));
+        return Err("invalid key name");
     }
     let id: [u8; 4] = hex::decode(id)
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or(NoteError::Key("key id must be 8 hex digits"))?;
-    let key = STANDARD
-        .decode(key)
-        .map_err(|_| NoteError::Key("key is not base64"))?;
+        .ok_or("key id must be 8 hex digits")?;
+    let key = STANDARD.decode(key).map_err(|_| "key is not base64")?;
     match key.split_first() {
-        Some((&ED25519, rest)) => Ok((name, id, rest.to_vec())),
-        _ => Err(NoteError::Key("not an ed25519 key")),
+        Some((&kind, rest)) => Ok(TypedKey {
+            name,
+            id,
+            kind,
+            key: rest.to_vec(),
+        }),
+        None => Err("key is empty"),
     }
+}
+
+/// The text of a key: `<name>+<hex id>+<base64(type byte || key)>`.
+pub(crate) fn typed_key_text(name: &str, id: &[u8; 4], kind: u8, key: &[u8]) -> String {
+    let mut bytes = vec![kind];
+    bytes.extend_from_slice(key);
+    format!("{name}+{}+{}", hex::encode(id), STANDARD.encode(bytes))
 }
 
 /// A signed note opened with trusted keys: its text and the key that verified it.

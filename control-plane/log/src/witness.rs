@@ -22,7 +22,7 @@ use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::chain::Hash;
-use crate::note::valid_key_name;
+use crate::note::{self, valid_key_name, TypedKey};
 
 /// Signature type byte of Ed25519 cosignatures (`tlog-cosignature`).
 pub const COSIGNATURE_ED25519: u8 = 0x04;
@@ -108,7 +108,7 @@ impl CosignatureSigner {
             .ok_or(CosignatureError::Key(
                 "private key must start with PRIVATE+KEY+",
             ))?;
-        let KeyText {
+        let TypedKey {
             name,
             id,
             kind,
@@ -126,14 +126,13 @@ impl CosignatureSigner {
 
     /// The private key text; whoever holds it can cosign as this witness.
     pub fn encode_private(&self) -> String {
-        let mut key = vec![COSIGNATURE_ED25519];
-        key.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{PRIVATE_PREFIX}{}+{}+{}",
-            self.name,
-            hex::encode(self.id),
-            STANDARD.encode(key)
-        )
+        let key = note::typed_key_text(
+            &self.name,
+            &self.id,
+            COSIGNATURE_ED25519,
+            self.key.as_bytes(),
+        );
+        format!("{PRIVATE_PREFIX}{key}")
     }
 
     pub fn verifier(&self) -> CosignatureVerifier {
@@ -179,7 +178,7 @@ pub struct CosignatureVerifier {
 impl CosignatureVerifier {
     /// Parses `<name>+<hex id>+<base64(0x04 || public key)>`.
     pub fn parse(text: &str) -> Result<Self, CosignatureError> {
-        let KeyText {
+        let TypedKey {
             name,
             id,
             kind,
@@ -206,13 +205,11 @@ impl CosignatureVerifier {
     }
 
     pub fn encode(&self) -> String {
-        let mut key = vec![COSIGNATURE_ED25519];
-        key.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(self.id),
-            STANDARD.encode(key)
+        note::typed_key_text(
+            &self.name,
+            &self.id,
+            COSIGNATURE_ED25519,
+            self.key.as_bytes(),
         )
     }
 
@@ -263,40 +260,13 @@ impl CosignatureVerifier {
     }
 }
 
-/// The parts of `<name>+<hex id>+<base64(type || key)>`.
-struct KeyText<'a> {
-    name: &'a str,
-    id: [u8; 4],
-    /// The signature type byte.
-    kind: u8,
-    key: Vec<u8>,
-}
-
-/// Splits a key's text; the base64 may itself hold `+`.
-fn split_key(text: &str) -> Result<KeyText<'_>, CosignatureError> {
-    let mut parts = text.splitn(3, '+');
-    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(CosignatureError::Key("expected name+id+key"));
-    };
-    if !valid_key_name(name) {
-        return Err(CosignatureError::Key("invalid key name"));
+/// Splits a key's text (Ed25519 keys of either type).
+fn split_key(text: &str) -> Result<TypedKey<'_>, CosignatureError> {
+    let key = note::split_typed_key(text).map_err(CosignatureError::Key)?;
+    if key.kind != COSIGNATURE_ED25519 && key.kind != NOTE_ED25519 {
+        return Err(CosignatureError::Key("not an Ed25519 key"));
     }
-    let id: [u8; 4] = hex::decode(id)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(CosignatureError::Key("key id must be 8 hex digits"))?;
-    let key = STANDARD
-        .decode(key)
-        .map_err(|_| CosignatureError::Key("key is not base64"))?;
-    match key.split_first() {
-        Some((&kind, rest)) if kind == COSIGNATURE_ED25519 || kind == NOTE_ED25519 => Ok(KeyText {
-            name,
-            id,
-            kind,
-            key: rest.to_vec(),
-        }),
-        _ => Err(CosignatureError::Key("not an Ed25519 key")),
-    }
+    Ok(key)
 }
 
 /// A signed note taken apart, nothing verified: its text (with the final newline) and its

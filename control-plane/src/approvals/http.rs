@@ -1,4 +1,5 @@
-//! The control plane's HTTP client, for the operators' JWKS and the approval webhook: reqwest
+//! The control plane's HTTP client, for the operators' JWKS, the approval webhook and the
+//! witnesses: reqwest
 //! over rustls (ring). `https://` is verified against the web PKI roots (webpki-roots) and the
 //! CA bundle of `serve --http-ca`, if any; `http://` is used only where a URL says so (a
 //! trusted network, a test). Redirects are not followed, answers are bounded in time and size.
@@ -86,7 +87,7 @@ fn rustls_pemfile_certs(
         .map_err(|e| format!("not PEM: {e}"))
 }
 
-fn client() -> Result<&'static reqwest::Client, HttpError> {
+pub(crate) fn client() -> Result<&'static reqwest::Client, HttpError> {
     if let Some(client) = CLIENT.get() {
         return Ok(client);
     }
@@ -146,7 +147,7 @@ pub async fn send(
 
 /// The error and its causes on one line ("error sending request: ... certificate not
 /// trusted"): reqwest's own text alone hides the reason.
-fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

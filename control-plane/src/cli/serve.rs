@@ -105,15 +105,15 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    // The operators' keys and the webhook too: a URL that cannot be used stops the start.
+    crate::approvals::http::init(args.approvals.http_ca.as_deref())
+        .context("setting up the HTTP client")?;
     let witnesses = match &args.witness_policy {
         Some(path) => Some(Arc::new(
             crate::witness::Witnesses::load(path).context("--witness-policy")?,
         )),
         None => None,
     };
-    // The operators' keys and the webhook too: a URL that cannot be used stops the start.
-    crate::approvals::http::init(args.approvals.http_ca.as_deref())
-        .context("setting up the HTTP client")?;
     if let Some(url) = &args.approvals.approval_webhook {
         crate::approvals::http::check_url(url).context("--approval-webhook")?;
     }

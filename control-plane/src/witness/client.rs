@@ -26,9 +26,8 @@ use crate::chain::Hash;
 use crate::note::NoteVerifier;
 use crate::store::{Store, StoreError};
 
-/// How long a witness may take to accept a connection ...
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// ... and to answer a request.
+/// How long a witness may take to answer (the control plane's HTTP client, shared with the
+/// approval webhook and operator JWKS: web PKI roots and `serve --http-ca`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest answer read: a few signature lines.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -92,7 +91,6 @@ struct State {
 pub struct Witnesses {
     policy: Policy,
     targets: Vec<Target>,
-    client: reqwest::Client,
     /// Held while gathering, so that two callers do not race on a witness's size.
     state: tokio::sync::Mutex<State>,
     /// Held from signing a checkpoint to its cosignatures (an export), and from reading the
@@ -154,7 +152,6 @@ impl Witnesses {
         Ok(Self {
             policy,
             targets,
-            client: http_client()?,
             state: tokio::sync::Mutex::new(State::default()),
             order: tokio::sync::Mutex::new(()),
         })
@@ -211,7 +208,10 @@ impl Witnesses {
                 }
                 let proof = blocking(|| store.reader().consistency_proof(old, head.size))?;
                 let body = request_body(old, &proof, note);
-                let (client, url) = (self.client.clone(), target.url.clone());
+                let client = crate::approvals::http::client()
+                    .map_err(|e| WitnessError::Client(e.to_string()))?
+                    .clone();
+                let url = target.url.clone();
                 requests.spawn(async move { (i, old, send(&client, url, body).await) });
             }
             let mut again = Vec::new();
@@ -369,10 +369,11 @@ fn first_line(body: &[u8]) -> String {
 async fn send(client: &reqwest::Client, url: reqwest::Url, body: String) -> Result<Reply, String> {
     let mut response = client
         .post(url)
+        .timeout(REQUEST_TIMEOUT)
         .body(body)
         .send()
         .await
-        .map_err(|e| describe(&e.without_url()))?;
+        .map_err(|e| crate::approvals::http::describe(&e.without_url()))?;
     let status = response.status().as_u16();
     let size = response
         .headers()
@@ -380,7 +381,11 @@ async fn send(client: &reqwest::Client, url: reqwest::Url, body: String) -> Resu
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(SIZE_CONTENT_TYPE));
     let mut answer = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| crate::approvals::http::describe(&e))?
+    {
         if answer.len() + chunk.len() > MAX_ANSWER {
             return Err("answered with more than 64 KiB".into());
         }
@@ -391,42 +396,6 @@ async fn send(client: &reqwest::Client, url: reqwest::Url, body: String) -> Resu
         size,
         body: answer,
     })
-}
-
-/// The error and its causes on one line: reqwest's own text alone hides the reason.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// reqwest over rustls (ring) trusting the web PKI roots; `http://` where a policy says so.
-fn http_client() -> Result<reqwest::Client, WitnessError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| WitnessError::Client(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| WitnessError::Client(describe(&e)))
 }
 
 /// Publishes each new checkpoint the store signs: at once without witnesses, once cosigned by

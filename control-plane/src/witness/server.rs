@@ -12,7 +12,7 @@
 //! log, replaced atomically. One process per home.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -55,8 +55,8 @@ pub enum ServerError {
         path: PathBuf,
         source: CosignatureError,
     },
-    #[error("{0} is readable by others (mode {1:o}); make it 0600")]
-    Permissions(PathBuf, u32),
+    #[error(transparent)]
+    KeyFile(#[from] crate::keys::KeyError),
     #[error("the witness key {0} is named {1:?}, not {2:?}")]
     WrongName(PathBuf, String, String),
     #[error("no witness key at {0}; give --name to create one")]
@@ -110,26 +110,10 @@ pub fn key(home: &Path, name: Option<&str>) -> Result<CosignatureSigner, ServerE
             source,
         })?;
         private_dir(&dir(home))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io("cannot create", &path))?;
-        use std::io::Write as _;
-        file.write_all(format!("{}\n", signer.encode_private()).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io("cannot write", &path))?;
+        crate::keys::create_private(&path, &signer.encode_private())?;
         return Ok(signer);
     }
-    let mode = std::fs::metadata(&path)
-        .map_err(io("cannot stat", &path))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(ServerError::Permissions(path, mode & 0o777));
-    }
-    let text = std::fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+    let text = crate::keys::read_private(&path)?;
     let signer = CosignatureSigner::parse(&text).map_err(|source| ServerError::Key {
         path: path.clone(),
         source,

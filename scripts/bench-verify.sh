@@ -152,6 +152,7 @@ measure() {
   since "$started" >"$STATE/results/$name.seconds"
   echo "$rc" >"$STATE/results/$name.rc"
 }
+LOAD_AVERAGE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "verifying (warm page cache: each bundle was just written)"
 for bundle in full sub; do
   measure "$bundle-tollgate-verify" "$VERIFY" "$STATE/$bundle.bundle.json" --key "$KEYS" --json
@@ -193,7 +194,8 @@ print()
 print(f"log: {$RECORDS:,} gateway records appended through gRPC Append by $WRITERS writers in $LOAD_SECONDS s "
       f"({$RECORDS / $LOAD_SECONDS:,.0f}/s), a key rotation half way; sled store {$STORE_BYTES / 2**20:,.0f} MiB; "
       f"export: whole log $EXPORT_FULL_SECONDS s, --sub $EXPORT_SUB_SECONDS s")
-print(f"machine: $(nproc) cores, $(uname -sr); source: $SOURCE; seconds are wall time with process start, "
+print(f"machine: $(nproc) cores, $(uname -sr), load average $LOAD_AVERAGE before verifying; source: $SOURCE; "
+      "seconds are wall time with process start, "
       "page cache warm; records/s counts the records held whole, leaves/s every leaf the bundle covers")
 if failed:
     print()

@@ -402,6 +402,20 @@ impl Walk {
     }
 
     fn record(&mut self, at: u64, seq: u64, leaf_hash: &str, record: &[u8], context: bool) {
+        let checked = Checked::of(seq, leaf_hash, record, context);
+        self.apply(at, &checked, Some(record));
+    }
+
+    /// Takes a record checked (perhaps on another thread) into the walk; `record` is needed
+    /// only for key rotations and the export record.
+    fn apply(&mut self, at: u64, checked: &Checked, record: Option<&[u8]>) {
+        let Checked {
+            seq,
+            leaf,
+            leaf_matches,
+            canonical,
+            context,
+        } = *checked;
         if seq != at || at >= self.size {
             self.finding(Finding::at(
                 at,
@@ -413,14 +427,13 @@ impl Walk {
             self.lost = true;
             return;
         }
-        if !canonical::is_canonical_object(record) {
+        if !canonical {
             self.finding(Finding::at(
                 seq,
                 "record is not in its canonical form (or repeats a member name): altered",
             ));
         }
-        let leaf = merkle::leaf_hash(record);
-        if !hex_equals(leaf_hash, &leaf) {
+        if !leaf_matches {
             self.finding(Finding::at(
                 seq,
                 "record does not hash to its leaf hash: altered",
@@ -432,6 +445,7 @@ impl Walk {
         }
         let is_export = seq + 1 == self.size;
         if self.key_records.contains(&seq) || is_export {
+            let record = record.unwrap_or_default();
             let parsed = serde_json::from_slice::<Value>(record).unwrap_or(Value::Null);
             if self.key_records.contains(&seq) {
                 match Rotation::from_record(seq, &parsed) {
@@ -484,6 +498,156 @@ impl Walk {
             self.mark();
         }
     }
+}
+
+/// What a record's own bytes say, independent of the rest of the bundle: the work that
+/// can run on any thread.
+#[derive(Clone, Copy)]
+struct Checked {
+    seq: u64,
+    leaf: Hash,
+    leaf_matches: bool,
+    canonical: bool,
+    context: bool,
+}
+
+impl Checked {
+    fn of(seq: u64, leaf_hash: &str, record: &[u8], context: bool) -> Self {
+        let leaf = merkle::leaf_hash(record);
+        Self {
+            seq,
+            leaf,
+            leaf_matches: hex_equals(leaf_hash, &leaf),
+            canonical: canonical::is_canonical_object(record),
+            context,
+        }
+    }
+}
+
+/// Entries read but not yet walked: their bytes end to end.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    /// Entries per batch: enough to make handing a batch between threads cheap.
+    const ENTRIES: usize = 512;
+
+    fn entries(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| &self.bytes[start..end])
+    }
+}
+
+/// A batch's entries as the walk takes them: checked records in the exporter's layout, or
+/// `None` for an entry the walk reads itself.
+fn check_batch(batch: &Batch) -> Vec<Option<Checked>> {
+    batch
+        .entries()
+        .map(|entry| {
+            let (seq, leaf_hash, record, context) = written_record(entry)?;
+            let checked = Checked::of(seq, leaf_hash, record, context);
+            // A record that is not canonical takes the long way, which names what is wrong.
+            checked.canonical.then_some(checked)
+        })
+        .collect()
+}
+
+impl Walk {
+    /// Walks a batch checked by [`check_batch`].
+    fn walk_batch(&mut self, batch: &Batch, checked: &[Option<Checked>]) {
+        for (entry, checked) in batch.entries().zip(checked) {
+            if self.lost {
+                return;
+            }
+            match checked {
+                Some(checked) => {
+                    let at = self.frontier.size();
+                    let needs_record =
+                        self.key_records.contains(&checked.seq) || checked.seq + 1 == self.size;
+                    let record = if needs_record {
+                        written_record(entry).map(|(_, _, record, _)| record)
+                    } else {
+                        None
+                    };
+                    self.apply(at, checked, record);
+                }
+                None => self.entry(entry),
+            }
+        }
+    }
+}
+
+/// Streams the `records` array through `walk`: this thread reads entries into batches, worker
+/// threads check the records' bytes (canonical form, leaf hash), and one thread walks the
+/// batches in order. Channels are bounded, so memory stays a few batches per thread.
+fn stream_records<R: Read>(scanner: &mut Scanner<R>, walk: &mut Walk) -> Result<(), ScanError> {
+    use std::sync::mpsc::sync_channel;
+    use std::sync::{Arc, Mutex};
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    std::thread::scope(|scope| {
+        let (work, jobs) = sync_channel::<(u64, Batch)>(workers * 2);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let (done, finished) = sync_channel::<(u64, Batch, Vec<Option<Checked>>)>(workers * 2);
+        for _ in 0..workers {
+            let (jobs, done) = (Arc::clone(&jobs), done.clone());
+            scope.spawn(move || loop {
+                // A poisoned lock means another worker panicked; stop too.
+                let job = match jobs.lock() {
+                    Ok(jobs) => jobs.recv(),
+                    Err(_) => return,
+                };
+                let Ok((number, batch)) = job else {
+                    return;
+                };
+                let checked = check_batch(&batch);
+                if done.send((number, batch, checked)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done);
+        let walker = scope.spawn(move || {
+            let mut waiting = BTreeMap::new();
+            let mut next = 0u64;
+            for (number, batch, checked) in finished {
+                waiting.insert(number, (batch, checked));
+                while let Some((batch, checked)) = waiting.remove(&next) {
+                    walk.walk_batch(&batch, &checked);
+                    next += 1;
+                }
+            }
+        });
+        let mut read = || -> Result<(), ScanError> {
+            let mut buf = Vec::new();
+            let mut batch = Batch::default();
+            let mut number = 0u64;
+            loop {
+                scanner.value(&mut buf)?;
+                batch.bytes.extend_from_slice(&buf);
+                batch.ends.push(batch.bytes.len());
+                let last = scanner.one_of(b",]", "a comma or the end of the records")? == b']';
+                if last || batch.ends.len() == Batch::ENTRIES {
+                    if work.send((number, std::mem::take(&mut batch))).is_err() {
+                        return Ok(());
+                    }
+                    number += 1;
+                }
+                if last {
+                    return Ok(());
+                }
+            }
+        };
+        let result = read();
+        drop(work);
+        // The walker ends once every batch sent has been walked.
+        let _ = walker.join();
+        result
+    })
 }
 
 /// A record entry exactly as the exporter writes it:
@@ -544,13 +708,7 @@ fn read(
             if scanner.peek()? == Some(b']') {
                 scanner.one_of(b"]", "")?;
             } else {
-                loop {
-                    scanner.value(&mut buf)?;
-                    w.entry(&buf);
-                    if scanner.one_of(b",]", "a comma or the end of the records")? == b']' {
-                        break;
-                    }
-                }
+                stream_records(&mut scanner, &mut w)?;
             }
             walk = Some(w);
         } else {

@@ -136,7 +136,12 @@ pub fn utf16_cmp(a: &str, b: &str) -> Ordering {
 /// Whether `bytes` are a JSON object in exactly its RFC 8785 form: what `write_object` would
 /// produce for the object they parse to. Allocates only for escaped member names.
 pub fn is_canonical_object(bytes: &[u8]) -> bool {
-    if std::str::from_utf8(bytes).is_err() || bytes.first() != Some(&b'{') {
+    // Canonical form holds no raw byte below 0x20 anywhere (no whitespace between tokens,
+    // control characters escaped in strings): one pass refuses them all.
+    if bytes.first() != Some(&b'{')
+        || bytes.iter().any(|b| *b < 0x20)
+        || std::str::from_utf8(bytes).is_err()
+    {
         return false;
     }
     let mut checker = Checker { bytes, pos: 0 };
@@ -264,20 +269,9 @@ impl<'a> Checker<'a> {
         let mut escaped = false;
         loop {
             // Plain bytes in one go; what ends them is looked at below.
+            // Plain bytes in one go (control bytes were refused for the whole object).
             let rest = &self.bytes[self.pos..];
-            // Most strings are short member names: a plain loop first, memchr past that.
-            let short = rest.len().min(32);
-            let plain = match rest[..short].iter().position(|b| *b == b'"' || *b == b'\\') {
-                Some(at) => at,
-                None => {
-                    short
-                        + memchr::memchr2(b'"', b'\\', &rest[short..]).unwrap_or(rest.len() - short)
-                }
-            };
-            if rest[..plain].iter().any(|b| *b < 0x20) {
-                return None;
-            }
-            self.pos += plain;
+            self.pos += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
             let b = self.peek()?;
             self.pos += 1;
             match b {

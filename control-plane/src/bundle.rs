@@ -192,11 +192,7 @@ pub fn write(
         let last_page = page.len() < crate::store::CHECKPOINT_PAGE;
         for stored in page {
             next = stored.number + 1;
-            let Some(parsed) = stored
-                .note
-                .split_once("\n\n")
-                .and_then(|(b, _)| Checkpoint::parse(&format!("{b}\n")).ok())
-            else {
+            let Ok(parsed) = Checkpoint::of_note(&stored.note) else {
                 continue;
             };
             if parsed.size < size && last_size.is_none_or(|last| parsed.size > last) {

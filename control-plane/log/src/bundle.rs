@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::canonical;
 use crate::chain::{self, Hash};
-use crate::key_history::{KeyHistory, Rotation};
+use crate::key_history::{later, KeyHistory, Rotation};
 use crate::merkle::{self, Frontier};
 use crate::note::{self, Checkpoint, NoteVerifier};
 use crate::scan::{ScanError, Scanner};
@@ -142,11 +142,7 @@ pub fn write<S: Source>(
     let splits: BTreeSet<u64> = contents
         .earlier
         .iter()
-        .filter_map(|note| {
-            body(note)
-                .and_then(|b| Checkpoint::parse(b).ok())
-                .map(|c| c.size)
-        })
+        .filter_map(|note| Checkpoint::of_note(note).ok().map(|c| c.size))
         .collect();
     let chain_before = match export_seq.checked_sub(1) {
         None => chain::GENESIS,
@@ -306,11 +302,6 @@ fn hex_equals(text: &str, hash: &Hash) -> bool {
             text[2 * i] == DIGITS[usize::from(b >> 4)]
                 && text[2 * i + 1] == DIGITS[usize::from(b & 15)]
         })
-}
-
-/// The text of a signed note, before its signatures (not verified).
-fn body(note: &str) -> Option<&str> {
-    note.rfind("\n\n").map(|at| &note[..=at])
 }
 
 struct Walk {
@@ -817,13 +808,13 @@ fn start_walk(header: &Header, options: &Options, findings: &mut Vec<Finding>) -
         ));
         return None;
     };
-    let Some(checkpoint) = body(note).and_then(|b| Checkpoint::parse(b).ok()) else {
+    let Some(checkpoint) = Checkpoint::of_note(note).ok() else {
         findings.push(Finding::log("the bundle's checkpoint is malformed"));
         return None;
     };
     let mut splits = BTreeSet::new();
     for earlier in header.checkpoints.iter().flatten() {
-        if let Some(c) = body(earlier).and_then(|b| Checkpoint::parse(b).ok()) {
+        if let Ok(c) = Checkpoint::of_note(earlier) {
             if c.size < checkpoint.size {
                 splits.insert(c.size);
             }
@@ -831,7 +822,7 @@ fn start_walk(header: &Header, options: &Options, findings: &mut Vec<Finding>) -
     }
     let mut marks = splits.clone();
     for (_, saved) in &options.saved {
-        if let Some(c) = body(saved).and_then(|b| Checkpoint::parse(b).ok()) {
+        if let Ok(c) = Checkpoint::of_note(saved) {
             marks.insert(c.size);
         }
     }
@@ -885,9 +876,7 @@ fn finish(
 ) -> Report {
     let mut notes = Vec::new();
     let note = header.checkpoint.clone().unwrap_or_default();
-    let checkpoint = body(&note)
-        .and_then(|b| Checkpoint::parse(b).ok())
-        .expect("parsed when the walk started");
+    let checkpoint = Checkpoint::of_note(&note).expect("parsed when the walk started");
     let size = checkpoint.size;
 
     // The leaves rebuild the signed tree.
@@ -969,7 +958,7 @@ fn finish(
     let mut previous: Option<Checkpoint> = None;
     for (i, text) in header.checkpoints.iter().flatten().enumerate() {
         let label = format!("earlier checkpoint {i}");
-        let Some(c) = body(text).and_then(|b| Checkpoint::parse(b).ok()) else {
+        let Ok(c) = Checkpoint::of_note(text) else {
             findings.push(Finding::log(format!("{label} is malformed")));
             continue;
         };
@@ -1091,7 +1080,7 @@ fn finish(
         }
         // Saved checkpoints the bundle reaches are held to the same keys.
         for (label, saved) in &options.saved {
-            if let Some(c) = body(saved).and_then(|b| Checkpoint::parse(b).ok()) {
+            if let Ok(c) = Checkpoint::of_note(saved) {
                 if c.size <= size {
                     check(label, saved, &c, false);
                 }
@@ -1102,7 +1091,7 @@ fn finish(
     // Checkpoints seen before: the bundle must not be older, and must agree with them.
     for (label, saved) in &options.saved {
         let opened = if unauthenticated.is_some() {
-            body(saved).and_then(|b| Checkpoint::parse(b).ok())
+            Checkpoint::of_note(saved).ok()
         } else {
             match note::open_checkpoint(saved, log_keys) {
                 Ok(signed) => Some(signed.checkpoint),
@@ -1180,20 +1169,12 @@ fn finish(
     }
 }
 
-/// Whether RFC 3339 time `a` is after `b` (unparsable counts as later: fail closed).
-fn later(a: &str, b: &str) -> bool {
-    match (humantime::parse_rfc3339(a), humantime::parse_rfc3339(b)) {
-        (Ok(a), Ok(b)) => a > b,
-        _ => true,
-    }
-}
-
 /// Writes `note` to `path` unless `path` already holds a checkpoint of the same log covering
 /// more records: a monitor's saved state only moves forward.
 pub fn save_latest(path: &std::path::Path, note: &str) -> std::io::Result<bool> {
-    let ours = body(note).and_then(|b| Checkpoint::parse(b).ok());
+    let ours = Checkpoint::of_note(note).ok();
     if let Ok(existing) = std::fs::read_to_string(path) {
-        let theirs = body(&existing).and_then(|b| Checkpoint::parse(b).ok());
+        let theirs = Checkpoint::of_note(&existing).ok();
         if let (Some(ours), Some(theirs)) = (&ours, &theirs) {
             if theirs.origin == ours.origin && theirs.size > ours.size {
                 return Ok(false);
@@ -1347,7 +1328,7 @@ mod tests {
             self.append(event.as_object().unwrap().clone());
             let note = self.checkpoint();
             let earlier: Vec<String> = self.notes[..self.notes.len() - 1].to_vec();
-            let checkpoint = Checkpoint::parse(body(&note).unwrap()).unwrap();
+            let checkpoint = Checkpoint::parse(note::unverified_text(&note).unwrap()).unwrap();
             let mut out = Vec::new();
             let contents = Contents {
                 origin: ORIGIN,
@@ -1518,7 +1499,7 @@ mod tests {
         let bundle = String::from_utf8(log.export(Some("alice"))).unwrap();
         // The bundle's checkpoint, re-signed with the stolen old key.
         let note = log.notes.last().unwrap().clone();
-        let forged = old.sign(body(&note).unwrap());
+        let forged = old.sign(note::unverified_text(&note).unwrap());
         let json = |n: &str| serde_json::to_string(n).unwrap();
         let edited = bundle.replacen(&json(&note), &json(&forged), 1);
         let report = check(edited.as_bytes(), &keys, &[], false);

@@ -111,7 +111,7 @@ impl KeyHistory {
 }
 
 /// Whether RFC 3339 time `a` is after `b` (an unparsable time counts as later: fail closed).
-fn later(a: &str, b: &str) -> bool {
+pub(crate) fn later(a: &str, b: &str) -> bool {
     match (humantime::parse_rfc3339(a), humantime::parse_rfc3339(b)) {
         (Ok(a), Ok(b)) => a > b,
         _ => true,

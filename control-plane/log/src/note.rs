@@ -294,6 +294,14 @@ impl Checkpoint {
         )
     }
 
+    /// The checkpoint in a signed note, its signatures not checked: for reading sizes and
+    /// roots before (or without) checking signatures against trusted keys.
+    pub fn of_note(note: &str) -> Result<Self, NoteError> {
+        let text = unverified_text(note)
+            .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+        Self::parse(text)
+    }
+
     /// Parses an opened note's text.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let bad = NoteError::Checkpoint;
@@ -352,6 +360,12 @@ pub fn open_checkpoint(
         signer: opened.signer,
         note: note.to_string(),
     })
+}
+
+/// The text of a signed note (up to and including the newline before the blank line), its
+/// signatures not checked.
+pub fn unverified_text(note: &str) -> Option<&str> {
+    note.rfind("\n\n").map(|at| &note[..=at])
 }
 
 /// Parses a list of verifier keys, one per line (blank lines and `#` comments skipped).

@@ -336,9 +336,7 @@ impl Store {
         let mut checkpoint_size = None;
         if let Some((key, note)) = latest {
             checkpoint_number = seq_of(&key)? + 1;
-            let text = String::from_utf8_lossy(&note);
-            let body = text.split_once("\n\n").map_or("", |(body, _)| body);
-            let checkpoint = Checkpoint::parse(&format!("{body}\n")).map_err(|e| {
+            let checkpoint = Checkpoint::of_note(&String::from_utf8_lossy(&note)).map_err(|e| {
                 StoreError::Inconsistent(format!("the latest checkpoint is unreadable ({e})"))
             })?;
             if checkpoint.size > head.len {

@@ -616,6 +616,26 @@ async fn refusals_are_clear_and_recorded_and_deny_carries_the_reason() {
         "was already denied by olga@example.com",
     );
 
+    // A multi round-trip retry naming the denied approval gets the denial, not a new request;
+    // naming it for another call gives that call nothing of it (a new request); without it, a
+    // later request for the same call is a new one, as always.
+    let mut retry = call("alice@example.com", "4444");
+    retry.retry_of = id.clone();
+    let status = ask(&mut filter, retry).await;
+    assert_eq!(state(&status), pb::ApprovalState::Denied);
+    assert_eq!(
+        (status.approval_id.as_str(), status.reason.as_str()),
+        (id.as_str(), "payout changes are frozen")
+    );
+    let mut other = call("alice@example.com", "5555");
+    other.retry_of = id.clone();
+    let status = ask(&mut filter, other).await;
+    assert_eq!(state(&status), pb::ApprovalState::Pending);
+    assert_ne!(status.approval_id, id);
+    let again = ask(&mut filter, call("alice@example.com", "4444")).await;
+    assert_eq!(state(&again), pb::ApprovalState::Pending);
+    assert_ne!(again.approval_id, id);
+
     let records = common::json_of(&common::list(&server).await);
     let refusals: Vec<&Value> = records
         .iter()

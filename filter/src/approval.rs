@@ -8,7 +8,7 @@ use tollgate_proto::pb::{ApprovalRequest, ApprovalState, ApprovalStatus};
 use crate::config::FilterConfig;
 use crate::flow::LocalReply;
 use crate::identity::Identity;
-use crate::jsonrpc::{self, Message};
+use crate::jsonrpc::{self, modern, Message};
 use crate::mask::{MaskReport, Masker};
 use crate::policy::{Decision, Verdict};
 use crate::record::RequestInfo;
@@ -19,6 +19,9 @@ pub struct Ask {
     pub request: ApprovalRequest,
     /// The JSON-RPC id of the held call, for the error answering it.
     pub call_id: Option<Value>,
+    /// The held call, when its client takes the approval as a multi round-trip request
+    /// (2026-07-28, URL elicitation declared): it is answered `input_required` at once.
+    pub mrtr: Option<Message>,
 }
 
 /// What the filter does after an answer from the control plane.
@@ -74,9 +77,36 @@ pub fn ask(
                 .to_string()
                 .into_bytes(),
             route: info.path.clone(),
+            retry_of: info
+                .approval_retry
+                .as_ref()
+                .map(|retry| retry.approval_id.clone())
+                .unwrap_or_default(),
         },
         call_id: message.id.clone(),
+        mrtr: (message.is_stateless() && message.accepts_url_elicitation())
+            .then(|| message.clone()),
     })
+}
+
+/// The answer that sends a 2026-07-28 client to the approval: `input_required` with a URL
+/// elicitation of the approval's page, and the gateway's state naming the approval for the
+/// retry. The state grants nothing (see [`modern::GATEWAY_STATE_PREFIX`]).
+pub fn input_required(ask: &Ask, approval_id: &str, config: &FilterConfig) -> LocalReply {
+    let Some(held) = &ask.mrtr else {
+        return still_pending(ask, approval_id, "");
+    };
+    let url = config.approval_url.replace("{id}", approval_id);
+    let message = format!(
+        "{} needs approval {approval_id} from a member of {} (policy rule {:?}). Open {url}, or ask an approver to run: tollgate approvals approve {approval_id} --reason ... Then continue; the call is sent again and passes once approved.",
+        ask.request.target, ask.request.approver_group, ask.request.rule
+    );
+    let state = modern::gateway_state(approval_id, held);
+    LocalReply {
+        status: 200,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: modern::input_required(ask.call_id.as_ref(), &message, &url, &state),
+    }
 }
 
 pub use tollgate_engine::jsonrpc::arguments_hash;

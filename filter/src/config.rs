@@ -36,6 +36,10 @@ pub struct FilterConfig {
     /// is told to retry once approved.
     #[serde(default = "default_approval_wait_ms")]
     pub approval_wait_ms: u64,
+    /// The approval's page, `{id}` standing for the approval id: where a 2026-07-28 client is
+    /// sent (URL elicitation) for a call that needs approval.
+    #[serde(default = "default_approval_url")]
+    pub approval_url: String,
     /// The jwt_authn provider's `payload_in_metadata` key: where the verified claims are.
     #[serde(default = "default_jwt_metadata_key")]
     pub jwt_metadata_key: String,
@@ -100,6 +104,9 @@ fn default_revocation_refresh_ms() -> u64 {
 }
 fn default_approval_wait_ms() -> u64 {
     30_000
+}
+fn default_approval_url() -> String {
+    "http://127.0.0.1:9470/approvals/{id}".to_owned()
 }
 fn default_jwt_metadata_key() -> String {
     "jwt_payload".to_owned()

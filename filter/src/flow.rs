@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use crate::approval::{self, Ask};
 use crate::config::FilterConfig;
 use crate::identity::{Identity, IdentityError};
+use crate::jsonrpc::modern::{self, Known, Mirrors};
 use crate::jsonrpc::{self, Body, Kind, Message};
 use crate::mask::{Handling, Masker};
 use crate::policy::{BatchPlan, CallContext, Decision, Policy, Verdict};
@@ -170,7 +171,15 @@ pub fn headers_only(
         ));
     }
     match info.http_method.as_str() {
-        "POST" if end_of_stream => Some(request(config, policy, masker, info, identity, Some(b""))),
+        "POST" if end_of_stream => Some(request(
+            config,
+            policy,
+            masker,
+            info,
+            identity,
+            Some(b""),
+            &Mirrors::new(),
+        )),
         "POST" => None,
         "GET" | "DELETE" if !end_of_stream => {
             let reason = format!("{} carries no body", info.http_method);
@@ -186,7 +195,15 @@ pub fn headers_only(
                 reason,
             ))
         }
-        "GET" | "DELETE" => Some(request(config, policy, masker, info, identity, None)),
+        "GET" | "DELETE" => Some(request(
+            config,
+            policy,
+            masker,
+            info,
+            identity,
+            None,
+            &Mirrors::new(),
+        )),
         other => {
             let reason = format!("method {other} is not allowed on the MCP endpoint");
             let mut reply =
@@ -213,7 +230,8 @@ fn route_path(path: &str) -> &str {
 }
 
 /// A complete request, decided by the policy: the JSON-RPC body of a POST, or `None` for a GET
-/// or DELETE, which carry none.
+/// or DELETE, which carry none. `mirrors` are the `x-mcp-header` annotations of the tools the
+/// gateway has seen listed, to check `Mcp-Param-*` headers against.
 pub fn request(
     config: &FilterConfig,
     policy: &Policy,
@@ -221,6 +239,7 @@ pub fn request(
     info: &RequestInfo,
     identity: &Identity,
     body: Option<&[u8]>,
+    mirrors: &Mirrors,
 ) -> Step {
     let Some(body) = body else {
         return bodiless(config, policy, masker, info, identity);
@@ -246,7 +265,15 @@ pub fn request(
         }
     };
     let messages = parsed.messages();
-    let ctx = CallContext::for_identity(identity, &info.path, &config.upstream);
+    if let Some(step) = revision_checks(config, policy, masker, info, identity, &parsed, mirrors) {
+        return step;
+    }
+    let version = match &parsed {
+        Body::Single(message) => message.protocol_version(),
+        Body::Batch(_) => None,
+    }
+    .unwrap_or(info.mcp_headers.version());
+    let ctx = CallContext::for_identity(identity, &info.path, &config.upstream).speaking(version);
     let decided = policy.decide_batch(messages, &ctx);
     let verdicts = &decided.verdicts;
     let refused = verdicts.iter().find(|v| !v.is_allowed());
@@ -295,6 +322,112 @@ pub fn request(
         reply,
         reason,
     )
+}
+
+/// What the protocol revision asks before any rule: a revision the deployment serves, and MCP
+/// headers that agree with the body (2026-07-28 requires them; any revision that sends them
+/// must not contradict the body, which is what the policy decides on). `None` when it passes.
+fn revision_checks(
+    config: &FilterConfig,
+    policy: &Policy,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &Identity,
+    parsed: &Body,
+    mirrors: &Mirrors,
+) -> Option<Step> {
+    let messages = parsed.messages();
+    let single_id = match parsed {
+        Body::Single(message) => message.id.as_ref(),
+        Body::Batch(_) => None,
+    };
+    let headers = &info.mcp_headers;
+    let refused = |status: u32, code: i64, reason: String, data: Option<Value>| {
+        let reply = LocalReply::jsonrpc_error(status, single_id, code, &reason, data);
+        refuse(
+            config,
+            masker,
+            info,
+            identity,
+            (messages, &[]),
+            reply,
+            reason,
+        )
+    };
+    for message in messages {
+        let version = message.protocol_version().unwrap_or(headers.version());
+        if !policy.serves_version(version) {
+            let supported = policy.protocol_versions().unwrap_or_default();
+            let reason = format!(
+                "protocol version {version} is not served here (served: {})",
+                supported.join(", ")
+            );
+            let data = json!({"supported": supported, "requested": version});
+            return Some(refused(
+                400,
+                modern::UNSUPPORTED_PROTOCOL_VERSION,
+                reason,
+                Some(data),
+            ));
+        }
+    }
+    match parsed {
+        Body::Single(message) => {
+            let known = match (message.method.as_deref(), message.target()) {
+                (Some("tools/call"), Some(tool)) => mirrors
+                    .get(tool)
+                    .map_or(Known::Unknown, |m| Known::Mirrors(m)),
+                _ => Known::Mirrors(&[]),
+            };
+            let why = modern::check_headers(message, headers, known).err()?;
+            Some(refused(
+                400,
+                modern::HEADER_MISMATCH,
+                format!("Header mismatch: {why}"),
+                None,
+            ))
+        }
+        Body::Batch(items) if items.iter().any(Message::is_stateless) => Some(refused(
+            400,
+            jsonrpc::INVALID_REQUEST,
+            "a 2026-07-28 request is sent alone, one per POST, never in a batch".to_owned(),
+            None,
+        )),
+        Body::Batch(_) if headers.method.is_some() || headers.name.is_some() || !headers.params.is_empty() => {
+            Some(refused(
+                400,
+                modern::HEADER_MISMATCH,
+                "Header mismatch: a batch has no single method or name for Mcp-Method, Mcp-Name or Mcp-Param-* to mirror".to_owned(),
+                None,
+            ))
+        }
+        Body::Batch(_) => None,
+    }
+}
+
+/// A retry that brought back the gateway's multi-round-trip state: the body its server must get
+/// (the gateway's state taken out, the server's own restored) and what the state said. `None`
+/// when the body carries no gateway state; `Err` (why) when it carries one that does not decode.
+pub fn untangle_retry(body: &[u8]) -> Option<Result<(Vec<u8>, modern::ApprovalRetry), String>> {
+    let Ok(Body::Single(message)) = jsonrpc::parse(body) else {
+        return None;
+    };
+    Some(
+        modern::take_gateway_state(&message)?
+            .map(|(restored, retry)| (modern::message_body(&restored), retry)),
+    )
+}
+
+/// A retry whose gateway state does not decode: refused, and recorded.
+pub fn malformed_retry(
+    config: &FilterConfig,
+    masker: &Masker,
+    info: &RequestInfo,
+    identity: &Identity,
+    why: String,
+) -> Step {
+    let reply = LocalReply::jsonrpc_error(400, None, jsonrpc::INVALID_PARAMS, &why, None);
+    refuse(config, masker, info, identity, (&[], &[]), reply, why)
 }
 
 /// GET (the server's stream) or DELETE (end of a session), decided by the policy as the
@@ -583,6 +716,7 @@ mod tests {
             &RequestInfo::default(),
             &alice(),
             Some(body),
+            &Mirrors::new(),
         );
         assert_eq!(step.next, Next::Forward);
         assert_eq!(step.record["messages"][0]["method"], "tools/call");
@@ -699,6 +833,7 @@ mod tests {
             &info("POST", "/mcp"),
             &alice(),
             Some(body),
+            &Mirrors::new(),
         );
         assert_ne!(step.next, Next::Forward);
 
@@ -752,6 +887,7 @@ mod tests {
             &info("POST", "/mcp"),
             &alice(),
             Some(b" \r\n"),
+            &Mirrors::new(),
         );
         assert_eq!(reply_of(&blank).status, 400);
         assert!(headers_only(
@@ -777,6 +913,7 @@ mod tests {
             &RequestInfo::default(),
             &alice(),
             Some(b"{nope"),
+            &Mirrors::new(),
         );
         let Next::Reply(reply) = step.next else {
             panic!("forwarded")
@@ -803,7 +940,8 @@ mod tests {
                 &RequestInfo::default(),
                 &alice(),
                 Some(body),
-            );
+            &Mirrors::new(),
+        );
             let Next::Reply(reply) = step.next else {
                 panic!("forwarded")
             };
@@ -840,7 +978,8 @@ mod tests {
                 &RequestInfo::default(),
                 &alice(),
                 Some(body),
-            );
+            &Mirrors::new(),
+        );
             let Next::Reply(reply) = step.next else {
                 panic!("forwarded")
             };
@@ -1097,6 +1236,7 @@ mod policy_tests {
             &RequestInfo::default(),
             &identity,
             Some(body),
+            &Mirrors::new(),
         )
     }
 
@@ -1154,6 +1294,33 @@ pub fn list_method(policy: &Policy, body: Option<&[u8]>) -> Option<String> {
     }
 }
 
+/// Whether the body is a single `tools/list` request.
+pub fn is_tools_list(body: &[u8]) -> bool {
+    // Cheap test first: most bodies are not.
+    memfind(body, b"tools/list")
+        && matches!(jsonrpc::parse(body), Ok(Body::Single(m)) if m.method.as_deref() == Some("tools/list"))
+}
+
+fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The tools' mirrored parameters a `tools/list` answer (JSON, or the `data:` events of an SSE
+/// body) names.
+pub fn mirrors_in_answer(body: &[u8]) -> Option<Mirrors> {
+    let from = |json: &[u8]| -> Option<Mirrors> {
+        let value: Value = serde_json::from_slice(json).ok()?;
+        Some(modern::mirrors_of_tools(value.get("result")?))
+    };
+    if let Some(mirrors) = from(body) {
+        return Some(mirrors);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:").map(str::trim_start))
+        .find_map(|data| from(data.as_bytes()))
+}
+
 /// Drops from a list answer (plain JSON, or the `data:` events of an SSE body) the entries the
 /// caller could never use. `None` when nothing changes.
 pub fn filter_list_body(
@@ -1205,11 +1372,7 @@ mod list_tests {
         )
         .unwrap();
         let claims = Map::new();
-        let ctx = CallContext {
-            claims: &claims,
-            route: "/mcp",
-            upstream: "mcp",
-        };
+        let ctx = CallContext::new(&claims, "/mcp", "mcp");
         let body = b"id: 0\nretry: 3000\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"get_customer\"},{\"name\":\"delete_merchant\"}]}}\n\n";
         let out = filter_list_body(&policy, "tools/list", &ctx, body).unwrap();
         let text = String::from_utf8(out).unwrap();

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::FilterConfig;
 use crate::identity::{Identity, IdentityError};
+use crate::jsonrpc::modern::{self, ApprovalRetry, McpHeaders};
 use crate::jsonrpc::Message;
 use crate::mask::{MaskReport, Masker};
 use crate::policy::Verdict;
@@ -31,6 +32,11 @@ pub struct RequestInfo {
     pub request_id: Option<String>,
     /// mTLS peer (an Istio SPIFFE id) when the connection had one.
     pub peer_principal: Option<String>,
+    /// The MCP headers the client sent (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`,
+    /// `Mcp-Param-*`).
+    pub mcp_headers: McpHeaders,
+    /// A retry that brought back the gateway's multi-round-trip state: the approval it names.
+    pub approval_retry: Option<ApprovalRetry>,
 }
 
 impl RequestInfo {
@@ -119,6 +125,16 @@ pub fn mcp_request(
     if let Some(reason) = &decision.reason {
         record.insert("reason".to_owned(), reason.clone().into());
     }
+    if !info.mcp_headers.is_empty() {
+        // Decoded, so that a mirrored argument is masked here like the argument itself.
+        record.insert("mcpHeaders".to_owned(), info.mcp_headers.audit_json());
+    }
+    if let Some(retry) = &info.approval_retry {
+        record.insert(
+            "approvalRetry".to_owned(),
+            json!({"approvalId": retry.approval_id, "accepted": retry.accepted}),
+        );
+    }
     // One pass over the whole record masks the arguments, targets and reasons with everything
     // else (ids, methods, the route, session and request ids, identity strings).
     let mut record = Value::Object(record);
@@ -194,6 +210,31 @@ fn message_json(message: &Message, verdict: Option<&Verdict>) -> Value {
     }
     if let Some(arguments) = message.arguments() {
         out["arguments"] = arguments.clone();
+    }
+    if let Some(version) = message.protocol_version() {
+        out["protocolVersion"] = version.into();
+    }
+    if let Some(client) = message.client_info() {
+        out["clientInfo"] = client.clone();
+    }
+    // Trace context (W3C, in `_meta` since 2026-07-28): a record can be found from a trace.
+    if let Some(meta) = message.meta() {
+        for key in ["traceparent", "tracestate"] {
+            if let Some(value) = meta.get(key).and_then(Value::as_str) {
+                out[key] = value.into();
+            }
+        }
+    }
+    // The server's opaque state: only its hash, it may hold anything.
+    if let Some(state) = message.request_state() {
+        out["requestStateSha256"] = modern::state_hash(state).into();
+    }
+    if let Some(responses) = message
+        .params
+        .as_ref()
+        .and_then(|p| p.get("inputResponses"))
+    {
+        out["inputResponses"] = responses.clone();
     }
     if let Some(verdict) = verdict {
         out["decision"] = verdict.action.name().into();
@@ -295,6 +336,7 @@ mod tests {
             session_id: Some("sess-4111111111111111".into()),
             request_id: Some("5500 0000 0000 0004".into()),
             peer_principal: Some("spiffe://cluster.local/ns/a/sa/4111111111111111".into()),
+            ..RequestInfo::default()
         }
     }
 
@@ -511,12 +553,12 @@ pub fn mcp_response(
     };
     record.insert("maskedPans".to_owned(), masked_counts(summary.masked));
     let cut = summary.excerpt.len().min(RESPONSE_EXCERPT_BYTES);
-    // The excerpt is already masked; cutting it can only shorten a masked number.
+    // The excerpt is already masked; cutting it can only shorten a masked number. A server's
+    // multi-round-trip state passed unmasked and is kept only as its hash.
+    let excerpt = String::from_utf8_lossy(&summary.excerpt[..cut]);
     record.insert(
         "content".to_owned(),
-        String::from_utf8_lossy(&summary.excerpt[..cut])
-            .into_owned()
-            .into(),
+        modern::hash_request_states(&excerpt).into_owned().into(),
     );
     if cut < summary.excerpt.len() {
         record.insert("contentTruncated".to_owned(), true.into());

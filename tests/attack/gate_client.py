@@ -48,10 +48,17 @@ def body_bytes(spec):
 
 
 def mcp_headers(spec):
+    # A default the plan's own headers name is left out (a 2026-07-28 request sends its own
+    # MCP-Protocol-Version).
+    named = {k.lower() for k, _ in spec.get("headers", [])}
     headers = [
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-        ("mcp-protocol-version", "2025-06-18"),
+        (k, v)
+        for k, v in [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2025-06-18"),
+        ]
+        if k not in named
     ]
     if spec.get("token"):
         headers.append(("authorization", "Bearer " + spec["token"]))

@@ -98,7 +98,14 @@ impl Judge {
         if claims.get("sub").and_then(Value::as_str) != Some(request.requester.as_str()) {
             return Err(malformed("claims_json must carry the requester's sub"));
         }
-        let ctx = CallContext::new(&claims, &request.route, &request.upstream);
+        // The revision the held message names itself (2026-07-28 `_meta`, `initialize`); a
+        // session-based call names none here, and rules on `protocolVersion` that approve see
+        // 2025-03-26 (docs/policy.md).
+        let version = message
+            .protocol_version()
+            .unwrap_or(tollgate_engine::jsonrpc::modern::ASSUMED_VERSION)
+            .to_owned();
+        let ctx = CallContext::new(&claims, &request.route, &request.upstream).speaking(&version);
         let verdict = self.policy.decide(&message, &ctx);
         let Decision::Approve {
             approver_group,

@@ -544,6 +544,11 @@ impl Ledger {
         let key = call_key(&request.requester, &request.upstream, &terms);
         let _changing = self.changing().await?;
         let now = now();
+        if !request.retry_of.is_empty() {
+            if let Some(denied) = self.denial_of(&request.retry_of, &key).await? {
+                return Ok(denied);
+            }
+        }
         if let Some(id) = self.grants.get(&key).await? {
             let id = String::from_utf8_lossy(&id).into_owned();
             if let Some(mut entry) = self.load(&id).await? {
@@ -623,6 +628,38 @@ impl Ledger {
     }
 
     /// The control plane's reading of the request, within its grant lifetime cap.
+    /// The denial a retry is answered with: `retry_of`'s, if it was denied and is of exactly
+    /// the call `key` names. A retry naming another call's approval learns nothing from it.
+    async fn denial_of(
+        &self,
+        retry_of: &str,
+        key: &[u8],
+    ) -> Result<Option<pb::ApprovalStatus>, LedgerError> {
+        let Some(entry) = self.load(retry_of).await? else {
+            return Ok(None);
+        };
+        let terms = Terms {
+            method: entry.method.clone(),
+            target: entry.target.clone(),
+            rule: entry.rule.clone(),
+            reason: entry.reason.clone(),
+            approver_group: entry.approver_group.clone(),
+            grant_ttl_seconds: entry.grant_ttl_seconds,
+            approvers: entry.approvers_needed,
+            arguments_hash: entry.arguments_hash.clone(),
+            masked_arguments: String::new(),
+        };
+        if entry.state != State::Denied
+            || call_key(&entry.requester, &entry.upstream, &terms) != key
+        {
+            return Ok(None);
+        }
+        Ok(Some(entry.status(
+            pb::ApprovalState::Denied,
+            entry.decision_reason.clone(),
+        )))
+    }
+
     fn terms(&self, request: &pb::ApprovalRequest) -> Result<Terms, LedgerError> {
         let judge = self.judge.as_ref().ok_or(LedgerError::NoPolicy)?;
         let terms = judge.terms(request)?;

@@ -86,6 +86,7 @@ pub fn held_call(
         message_json: message.to_string().into_bytes(),
         claims_json: claims.to_string().into_bytes(),
         route: "/mcp".into(),
+        retry_of: String::new(),
     }
 }
 

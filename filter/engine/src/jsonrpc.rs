@@ -5,12 +5,14 @@
 //! two different messages, through duplicate or case-variant member names or an integer beyond
 //! 2^53, is refused.
 
+pub mod modern;
 pub mod strict;
 
 use serde_json::{Map, Value};
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_PARAMS: i64 = -32602;
 /// Implementation-defined server error range (-32000..-32099): the gateway's own refusals.
 pub const GATEWAY_ERROR: i64 = -32001;
 

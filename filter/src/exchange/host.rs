@@ -34,6 +34,8 @@ pub trait Host {
     /// Replaces the first `size` bytes of the buffer; `false` when the host refused.
     fn set_buffer(&self, kind: Buffer, size: usize, value: &[u8]) -> bool;
     fn request_header(&self, name: &str) -> Option<String>;
+    /// Every request header, names lower-case.
+    fn request_headers(&self) -> Vec<(String, String)>;
     fn response_header(&self, name: &str) -> Option<String>;
     fn set_request_header(&self, name: &str, value: Option<&str>);
     fn set_response_header(&self, name: &str, value: Option<&str>);
@@ -56,6 +58,9 @@ pub trait Host {
     ) -> Option<u32>;
     /// Shared data with its CAS token.
     fn shared_bytes(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Replaces shared data if its CAS token is still `cas`; `false` when another worker wrote
+    /// it first (or the host refused).
+    fn set_shared_bytes(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
     fn count(&self, name: &str, n: u64);
     fn gauge_add(&self, name: &str, delta: i64);
     fn record_metric(&self, name: &str, value: u64);

@@ -23,6 +23,7 @@ use crate::config::FilterConfig;
 use crate::failopen::Queue;
 use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
 use crate::identity::Identity;
+use crate::jsonrpc::modern::{self, McpHeaders, Mirrors};
 use crate::mask::{MaskReport, Masker, StreamMasker};
 use crate::metrics;
 use crate::policy::{CallContext, Policy};
@@ -36,6 +37,10 @@ const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
 /// every request.
 pub const REVOCATIONS_KEY: &str = "tollgate.revocations";
 
+/// Shared-data key of the tools' mirrored parameters (`x-mcp-header`), as the `tools/list`
+/// answers that passed any worker said: every worker checks `Mcp-Param-*` headers against them.
+pub const MIRRORS_KEY: &str = "tollgate.mirrors";
+
 /// Everything a request needs from the configuration, built once per configuration load.
 pub struct Runtime {
     pub config: FilterConfig,
@@ -44,6 +49,8 @@ pub struct Runtime {
     /// The revocation list last parsed from shared data, by its CAS token: parsed again only
     /// when another worker (or this one) stored a new list.
     pub revocations: RefCell<(Option<u32>, Rc<RevocationSet>)>,
+    /// The tools' mirrored parameters last parsed from shared data, by CAS token.
+    pub mirrors: RefCell<(Option<u32>, Rc<Mirrors>)>,
     /// Records this worker's root context appends later: those of calls that passed fail-open
     /// while the control plane was unreachable, and those of streams their client abandoned.
     pub deferred: RefCell<Queue>,
@@ -56,6 +63,7 @@ impl Runtime {
             masker,
             policy,
             revocations: RefCell::default(),
+            mirrors: RefCell::default(),
             deferred: RefCell::default(),
         }
     }
@@ -72,6 +80,53 @@ impl Runtime {
             .unwrap_or_default();
         *cached = (cas, Rc::new(set));
         Rc::clone(&cached.1)
+    }
+}
+
+impl Runtime {
+    /// The mirrored parameters every worker has learned, from shared data.
+    pub fn mirrors(&self, host: &impl Host) -> Rc<Mirrors> {
+        let (bytes, cas) = host.shared_bytes(MIRRORS_KEY);
+        let mut cached = self.mirrors.borrow_mut();
+        if cas.is_some() && cached.0 == cas {
+            return Rc::clone(&cached.1);
+        }
+        let mirrors = bytes
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        *cached = (cas, Rc::new(mirrors));
+        Rc::clone(&cached.1)
+    }
+
+    /// Adds what a `tools/list` answer says to the shared mirrors. Tools keep their latest
+    /// schema; a tool no answer names again keeps what was learned (lists come in pages).
+    pub fn learn_mirrors(&self, host: &impl Host, learned: Mirrors) {
+        for _ in 0..3 {
+            let (bytes, cas) = host.shared_bytes(MIRRORS_KEY);
+            let mut all: Mirrors = bytes
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let before = all.len();
+            let mut changed = false;
+            for (tool, mirrors) in &learned {
+                if all.get(tool) != Some(mirrors) {
+                    all.insert(tool.clone(), mirrors.clone());
+                    changed = true;
+                }
+            }
+            if !changed && all.len() == before {
+                return;
+            }
+            let json = serde_json::to_vec(&all).unwrap_or_default();
+            if host.set_shared_bytes(MIRRORS_KEY, &json, cas) {
+                return;
+            }
+            // Another worker wrote first: merge again over what it wrote.
+        }
+        host.log(
+            Level::Warn,
+            "tollgate: could not store the tools' mirrored parameters (shared data kept changing)",
+        );
     }
 }
 
@@ -118,6 +173,11 @@ pub struct Exchange<H: Host> {
     request_body_size: usize,
     /// A list request whose answer the policy filters.
     list_method: Option<String>,
+    /// A `tools/list` request: its answer teaches the gateway the tools' mirrored parameters.
+    learns_tools: bool,
+    /// The body the upstream gets instead of the client's: a retry without the gateway's
+    /// multi-round-trip state.
+    forward_body: Option<Vec<u8>>,
     /// Envoy answered itself because the upstream failed: the JSON-RPC error that replaces its
     /// plain-text body.
     upstream_failure: Option<LocalReply>,
@@ -160,6 +220,8 @@ impl<H: Host> Exchange<H> {
             request_body: None,
             request_body_size: 0,
             list_method: None,
+            learns_tools: false,
+            forward_body: None,
             upstream_failure: None,
             response_mode: ResponseMode::Pass,
             stream_mask_us: 0,
@@ -193,6 +255,14 @@ impl<H: Host> Exchange<H> {
             peer_principal: self
                 .host
                 .property(&["connection", "uri_san_peer_certificate"]),
+            mcp_headers: McpHeaders::from_headers(
+                self.host
+                    .request_headers()
+                    .iter()
+                    .filter(|(name, _)| name.starts_with("mcp-"))
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            ),
+            approval_retry: None,
         };
     }
 
@@ -411,7 +481,23 @@ impl<H: Host> Exchange<H> {
         match outcome {
             approval::Outcome::Forward => self.forward(),
             approval::Outcome::Reply(reply) => self.send(&reply),
-            approval::Outcome::Wait(approval_id) if !self.state.awaited_approval() => {
+            // A 2026-07-28 client that handles URL elicitation is not held: it is sent to the
+            // approval and retries (multi round-trip request). One that declined to go gets
+            // today's answer.
+            approval::Outcome::Wait(approval_id)
+                if ask.mrtr.is_some()
+                    && self
+                        .info
+                        .approval_retry
+                        .as_ref()
+                        .is_none_or(|retry| retry.accepted) =>
+            {
+                let reply = approval::input_required(&ask, &approval_id, &self.runtime.config);
+                self.send(&reply);
+            }
+            approval::Outcome::Wait(approval_id)
+                if !self.state.awaited_approval() && ask.mrtr.is_none() =>
+            {
                 // Long poll: the control plane answers the moment the approval is decided.
                 self.enter(RequestState::Held {
                     awaited: true,
@@ -595,6 +681,21 @@ impl<H: Host> Exchange<H> {
 
     /// The record is durable (or the call passed fail-open): the upstream may have it.
     fn forward(&mut self) {
+        if let Some(body) = self.forward_body.take() {
+            // The headers went on without a Content-Length (see `on_request_headers`): Envoy's
+            // buffer filter sets the new body's.
+            if !self
+                .host
+                .set_buffer(Buffer::RequestBody, self.request_body_size, &body)
+            {
+                self.host.log(
+                    Level::Error,
+                    "tollgate: could not replace the retried request's body; refusing it",
+                );
+                self.send(&flow::audit_unavailable(self.request_body.as_deref()));
+                return;
+            }
+        }
         self.enter(RequestState::Forwarded { failed_open: false });
         self.host.resume_request();
     }
@@ -629,7 +730,24 @@ impl<H: Host> Exchange<H> {
                 &identity,
             ));
         }
-        let body = self.host.buffer(Buffer::RequestBody, body_size);
+        let mut body = self.host.buffer(Buffer::RequestBody, body_size);
+        match flow::untangle_retry(&body) {
+            None => {}
+            Some(Ok((restored, retry))) => {
+                self.info.approval_retry = Some(retry);
+                self.forward_body = Some(restored.clone());
+                body = restored;
+            }
+            Some(Err(why)) => {
+                return self.audit_then(flow::malformed_retry(
+                    &runtime.config,
+                    &runtime.masker,
+                    &self.info,
+                    &identity,
+                    why,
+                ));
+            }
+        }
         let step = flow::request(
             &runtime.config,
             &runtime.policy,
@@ -637,8 +755,10 @@ impl<H: Host> Exchange<H> {
             &self.info,
             &identity,
             Some(&body),
+            &runtime.mirrors(&self.host),
         );
         self.list_method = flow::list_method(&runtime.policy, Some(&body));
+        self.learns_tools = flow::is_tools_list(&body);
         self.request_body = Some(body);
         self.audit_then(step)
     }
@@ -660,6 +780,11 @@ impl<H: Host> Exchange<H> {
             return self.record_response(false);
         }
         let original = self.host.buffer(Buffer::ResponseBody, body_size);
+        if self.learns_tools {
+            if let Some(learned) = flow::mirrors_in_answer(&original) {
+                runtime.learn_mirrors(&self.host, learned);
+            }
+        }
         let mut body = std::borrow::Cow::from(&original);
         if let (Some(method), Some(identity)) = (&self.list_method, &self.identity) {
             let ctx =
@@ -785,6 +910,12 @@ impl<H: Host> Exchange<H> {
         // Masking needs plain bytes: ask the upstream not to compress.
         self.host.set_request_header("accept-encoding", None);
         let runtime = Rc::clone(&self.runtime);
+        if self.info.mcp_headers.version() >= modern::STATELESS_SINCE {
+            // A 2026-07-28 retry may come back with the gateway's multi-round-trip state, which
+            // is taken out before it is forwarded: the body may shrink. Without a Content-Length
+            // here, Envoy's buffer filter sets the length of the body that is released.
+            self.host.set_request_header("content-length", None);
+        }
         let mut identity = self.verify_identity();
         // The upstream learns nothing from the forwarded claims header; keep it inside Envoy.
         self.host
@@ -930,7 +1061,10 @@ impl<H: Host> Exchange<H> {
         // A list answer is short and complete: buffer it, even as SSE, to filter it whole. So is
         // a stream that announces trailers: the masker may hold its last event back (a card
         // number can go on in the next event), and nothing can be sent after trailers.
-        if self.list_method.is_some() || self.host.response_header("trailer").is_some() {
+        if self.list_method.is_some()
+            || self.learns_tools
+            || self.host.response_header("trailer").is_some()
+        {
             self.response_mode = ResponseMode::Buffer;
         }
         // Masking changes the length.

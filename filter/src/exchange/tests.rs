@@ -49,6 +49,7 @@ struct Scripted {
     gauges: HashMap<String, i64>,
     /// The control plane cannot be reached: no gRPC call starts.
     grpc_down: bool,
+    shared: HashMap<String, (Vec<u8>, u32)>,
 }
 
 #[derive(Clone, Default)]
@@ -81,6 +82,14 @@ impl Host for FakeHost {
 
     fn request_header(&self, name: &str) -> Option<String> {
         self.0.borrow().request_headers.get(name).cloned()
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        let host = self.0.borrow();
+        host.request_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
@@ -156,8 +165,23 @@ impl Host for FakeHost {
         Some(token)
     }
 
-    fn shared_bytes(&self, _key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        (None, None)
+    fn shared_bytes(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        let host = self.0.borrow();
+        match host.shared.get(key) {
+            Some((bytes, cas)) => (Some(bytes.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set_shared_bytes(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut host = self.0.borrow_mut();
+        let current = host.shared.get(key).map(|(_, c)| *c);
+        if cas.is_some() && cas != current {
+            return false;
+        }
+        let next = current.unwrap_or(0) + 1;
+        host.shared.insert(key.to_owned(), (value.to_vec(), next));
+        true
     }
 
     fn count(&self, _name: &str, _n: u64) {}
@@ -222,6 +246,11 @@ fn runtime() -> Rc<Runtime> {
 
 /// A POST by alice, with a verified token, its headers already read.
 fn post(session: Option<&str>) -> (FakeHost, Exchange<FakeHost>) {
+    post_with(session, &[])
+}
+
+/// [`post`] with more request headers.
+fn post_with(session: Option<&str>, extra: &[(&str, &str)]) -> (FakeHost, Exchange<FakeHost>) {
     let host = FakeHost::default();
     {
         let mut scripted = host.0.borrow_mut();
@@ -248,6 +277,11 @@ fn post(session: Option<&str>) -> (FakeHost, Exchange<FakeHost>) {
             scripted
                 .request_headers
                 .insert("mcp-session-id".to_owned(), session.to_owned());
+        }
+        for (name, value) in extra {
+            scripted
+                .request_headers
+                .insert((*name).to_owned(), (*value).to_owned());
         }
     }
     let mut exchange = Exchange::new(host.clone(), runtime());
@@ -629,4 +663,261 @@ fn a_granted_call_whose_record_fails_is_not_forwarded() {
         host.calls().last(),
         Some(Call::Reply { status: 503, .. })
     ));
+}
+
+/// A 2026-07-28 POST by alice: the MCP headers given, with a verified token.
+fn modern_post(headers: &[(&str, &str)]) -> (FakeHost, Exchange<FakeHost>) {
+    let mut all = vec![
+        ("content-length", "999"),
+        ("mcp-protocol-version", "2026-07-28"),
+    ];
+    all.extend_from_slice(headers);
+    post_with(None, &all)
+}
+
+fn modern_call(id: u64, tool: &str, extra: Value) -> Vec<u8> {
+    let mut params = json!({"name": tool, "arguments": {"customer_id": "cus_1"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientInfo": {"name": "agent", "version": "1"},
+                  "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}},
+                  "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}});
+    if let (Some(params), Value::Object(extra)) = (params.as_object_mut(), extra) {
+        params.extend(extra);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+        .to_string()
+        .into_bytes()
+}
+
+fn approval_status(state: tollgate_proto::pb::ApprovalState) -> Vec<u8> {
+    tollgate_proto::pb::ApprovalStatus {
+        approval_id: "apr_9f".into(),
+        state: state.into(),
+        approved_by: vec!["olga".into()],
+        grant_use: 1,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn headers_that_contradict_the_body_are_refused_recorded_and_never_forwarded() {
+    let (host, mut exchange) =
+        modern_post(&[("mcp-method", "tools/call"), ("mcp-name", "get_customer")]);
+    let size = body_arrives(&host, &modern_call(3, "delete_merchant", json!({})));
+    assert_eq!(exchange.on_request_body(size, true), Flow::Pause);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["status"], 400);
+    assert!(
+        record["reason"].as_str().unwrap().contains("Mcp-Name"),
+        "{record}"
+    );
+    assert_eq!(record["mcpHeaders"]["mcp-name"], "get_customer");
+    assert_eq!(record["messages"][0]["protocolVersion"], "2026-07-28");
+    assert_eq!(record["messages"][0]["clientInfo"]["name"], "agent");
+    assert!(record["messages"][0]["traceparent"]
+        .as_str()
+        .unwrap()
+        .starts_with("00-4bf9"));
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(!host.forwarded());
+    let Some(Call::Reply { status: 400, body }) = host.calls().last().cloned() else {
+        panic!("{:?}", host.calls())
+    };
+    assert_eq!(body["error"]["code"], -32020);
+    assert_eq!(body["id"], 3);
+}
+
+#[test]
+fn a_tools_list_answer_teaches_the_mirrors_every_call_is_then_checked_against() {
+    let (host, mut exchange) = modern_post(&[("mcp-method", "tools/list")]);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let size = body_arrives(&host, list.to_string().as_bytes());
+    exchange.on_request_body(size, true);
+    let (token, _, _) = host.last_append();
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(host.forwarded());
+    {
+        let mut scripted = host.0.borrow_mut();
+        scripted
+            .response_headers
+            .insert(":status".into(), "200".into());
+        scripted
+            .response_headers
+            .insert("content-type".into(), "application/json".into());
+        scripted.response_body = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+            {"name": "by_region", "inputSchema": {"type": "object", "properties": {
+                "region": {"type": "string", "x-mcp-header": "Region"}}}}]}})
+        .to_string()
+        .into_bytes();
+    }
+    exchange.on_response_headers(false);
+    let size = host.0.borrow().response_body.len();
+    exchange.on_response_body(size, true);
+    let runtime = runtime();
+    let learned = runtime.mirrors(&host);
+    assert_eq!(learned["by_region"][0].header, "region");
+
+    // The shared data is the host's: a fresh exchange (another worker) checks against it.
+    let check = |headers: &[(&str, &str)], region: &str| -> Option<i64> {
+        let (call_host, mut exchange) = modern_post(headers);
+        call_host.0.borrow_mut().shared = host.0.borrow().shared.clone();
+        let body = modern_call(5, "by_region", json!({"arguments": {"region": region}}));
+        let size = body_arrives(&call_host, &body);
+        exchange.on_request_body(size, true);
+        let (token, _, _) = call_host.last_append();
+        answer(&call_host, &mut exchange, token, Ok(""));
+        match call_host.calls().last() {
+            Some(Call::Reply { body, .. }) => body["error"]["code"].as_i64(),
+            _ => None,
+        }
+    };
+    let base = [("mcp-method", "tools/call"), ("mcp-name", "by_region")];
+    let with = |value: &'static str| {
+        let mut headers = base.to_vec();
+        headers.push(("mcp-param-region", value));
+        headers
+    };
+    assert_eq!(
+        check(&with("eu-west1"), "eu-west1"),
+        None,
+        "agreeing headers pass"
+    );
+    assert_eq!(check(&with("us-east1"), "eu-west1"), Some(-32020));
+    assert_eq!(check(&base, "eu-west1"), Some(-32020), "a missing mirror");
+}
+
+#[test]
+fn a_held_2026_call_is_sent_to_the_approval_and_its_retry_passes_once_granted() {
+    // The first round: held, asked for, pending: answered input_required at once.
+    let (host, mut exchange) = modern_post(&[
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "update_payout_account"),
+    ]);
+    assert!(
+        host.request_header("content-length").is_none(),
+        "a 2026 request may be rewritten: its length is the buffer filter's to set"
+    );
+    let held = modern_call(
+        10,
+        "update_payout_account",
+        json!({"requestState": "server-owned", "inputResponses": {"confirm": {"action": "accept"}}}),
+    );
+    let size = body_arrives(&host, &held);
+    exchange.on_request_body(size, true);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["decision"], "approve");
+    assert_eq!(
+        record["messages"][0]["requestStateSha256"],
+        crate::jsonrpc::modern::state_hash("server-owned")
+    );
+    answer(&host, &mut exchange, token, Ok(""));
+    let Some(Call::Approvals { token, method }) = host.calls().last().cloned() else {
+        panic!("{:?}", host.calls())
+    };
+    assert_eq!(method, "Request");
+    let pending = approval_status(tollgate_proto::pb::ApprovalState::Pending);
+    let size = pending.len();
+    host.0.borrow_mut().grpc_answer = pending;
+    exchange.on_grpc_call_response(token, 0, size);
+    let Some(Call::Reply { status: 200, body }) = host.calls().last().cloned() else {
+        panic!("not answered at once: {:?}", host.calls())
+    };
+    let result = &body["result"];
+    assert_eq!(result["resultType"], "input_required");
+    let ask = &result["inputRequests"]["tollgate-approval"]["params"];
+    assert_eq!(ask["mode"], "url");
+    assert!(ask["url"].as_str().unwrap().ends_with("/approvals/apr_9f"));
+    let state = result["requestState"].as_str().unwrap().to_owned();
+    assert!(state.starts_with("tollgate-approval.v1.apr_9f."));
+    assert!(!host.forwarded());
+
+    // The retry: the gateway's state comes back; granted, it is forwarded with the server's
+    // own state and answers restored and nothing of the gateway's.
+    let (host, mut exchange) = modern_post(&[
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "update_payout_account"),
+    ]);
+    let retry = modern_call(
+        11,
+        "update_payout_account",
+        json!({"requestState": state, "inputResponses": {"tollgate-approval": {"action": "accept"}}}),
+    );
+    let size = body_arrives(&host, &retry);
+    exchange.on_request_body(size, true);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["approvalRetry"]["approvalId"], "apr_9f");
+    answer(&host, &mut exchange, token, Ok(""));
+    let Some(Call::Approvals { token, .. }) = host.calls().last().cloned() else {
+        panic!("{:?}", host.calls())
+    };
+    let granted = approval_status(tollgate_proto::pb::ApprovalState::Granted);
+    let size = granted.len();
+    host.0.borrow_mut().grpc_answer = granted;
+    exchange.on_grpc_call_response(token, 0, size);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["event"], "mcp.forwarded");
+    assert!(!host.forwarded(), "forwarded before its record was durable");
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(host.forwarded());
+    let sent: Value = serde_json::from_slice(&host.0.borrow().request_body).unwrap();
+    assert_eq!(sent["id"], 11);
+    assert_eq!(sent["params"]["requestState"], "server-owned");
+    assert_eq!(
+        sent["params"]["inputResponses"],
+        json!({"confirm": {"action": "accept"}})
+    );
+    assert_eq!(sent["params"]["arguments"], json!({"customer_id": "cus_1"}));
+}
+
+#[test]
+fn a_retry_whose_client_declined_or_whose_state_is_forged_is_answered_never_forwarded() {
+    let (host, mut exchange) = modern_post(&[
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "update_payout_account"),
+    ]);
+    let forged = modern_call(
+        12,
+        "update_payout_account",
+        json!({"requestState": "tollgate-approval.v1.apr_1.%%%"}),
+    );
+    let size = body_arrives(&host, &forged);
+    exchange.on_request_body(size, true);
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["status"], 400);
+    answer(&host, &mut exchange, token, Ok(""));
+    assert!(!host.forwarded());
+
+    let (host, mut exchange) = modern_post(&[
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "update_payout_account"),
+    ]);
+    let held = modern_call(13, "update_payout_account", json!({}));
+    let message = match crate::jsonrpc::parse(&held).unwrap() {
+        crate::jsonrpc::Body::Single(m) => m,
+        crate::jsonrpc::Body::Batch(_) => unreachable!(),
+    };
+    let state = crate::jsonrpc::modern::gateway_state("apr_9f", &message);
+    let declined = modern_call(
+        14,
+        "update_payout_account",
+        json!({"requestState": state, "inputResponses": {"tollgate-approval": {"action": "decline"}}}),
+    );
+    let size = body_arrives(&host, &declined);
+    exchange.on_request_body(size, true);
+    let (token, _, _) = host.last_append();
+    answer(&host, &mut exchange, token, Ok(""));
+    let Some(Call::Approvals { token, .. }) = host.calls().last().cloned() else {
+        panic!("{:?}", host.calls())
+    };
+    let pending = approval_status(tollgate_proto::pb::ApprovalState::Pending);
+    let size = pending.len();
+    host.0.borrow_mut().grpc_answer = pending;
+    exchange.on_grpc_call_response(token, 0, size);
+    let Some(Call::Reply { body, .. }) = host.calls().last().cloned() else {
+        panic!("{:?}", host.calls())
+    };
+    assert_eq!(body["error"]["data"]["state"], "pending", "{body}");
+    assert!(!host.forwarded());
 }

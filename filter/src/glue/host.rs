@@ -33,6 +33,10 @@ impl Host for EnvoyHost {
         request_header(name)
     }
 
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
     fn response_header(&self, name: &str) -> Option<String> {
         response_header(name)
     }
@@ -82,6 +86,10 @@ impl Host for EnvoyHost {
 
     fn shared_bytes(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         shared_bytes(key)
+    }
+
+    fn set_shared_bytes(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
     }
 
     fn count(&self, name: &str, n: u64) {

@@ -189,6 +189,40 @@ pub const LOG_LINES: &[&str] = &[
     "2025-03-01T09:28:40Z INFO  agent note: \"caller gave 3714-496353-98431, verified CVV\" customer=cus_2",
 ];
 
+/// Regions `list_payments_by_region` knows; its `region` argument is mirrored into the
+/// `Mcp-Param-Region` header by 2026-07-28 clients.
+pub const REGIONS: &[&str] = &["us-east1", "us-west1", "eu-west1", "asia-south1"];
+
+/// Payments taken in `region` (None for an unknown region), newest first.
+pub fn region_payments(region: &str, limit: usize) -> Option<Vec<Value>> {
+    let r = REGIONS.iter().position(|known| *known == region)?;
+    let pans: Vec<&str> = all_pans().collect();
+    Some(
+        (0..limit)
+            .map(|i| {
+                let n = r * 100 + i;
+                let pan = pans[(r * 3 + i) % pans.len()];
+                json!({
+                    "payment_id": format!("pay_{}", 2001 + n),
+                    "region": region,
+                    "amount": (n * 911 + 1_500) as f64 / 100.0,
+                    "currency": if region.starts_with("eu-") { "EUR" } else { "USD" },
+                    "merchant_id": format!("m_{}", i % 3 + 1),
+                    "card": format_pan(pan, PanShape::nth(i)),
+                    "note": format!("authorized on card {pan}"),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The card a payment id (`pay_<number>`) was taken on: a stable pick among the demo PANs.
+pub fn payment_card(payment_id: &str) -> Option<&'static str> {
+    let n: usize = payment_id.strip_prefix("pay_")?.parse().ok()?;
+    let pans: Vec<&'static str> = all_pans().collect();
+    Some(pans[n % pans.len()])
+}
+
 /// A payments merchant whose configuration the write tools change.
 #[derive(Clone, Debug)]
 pub struct Merchant {
@@ -307,6 +341,18 @@ mod tests {
             format_pan("4111111111111111", PanShape::Plain),
             "4111111111111111"
         );
+    }
+
+    #[test]
+    fn region_payments_carry_cards() {
+        let payments = region_payments("eu-west1", 4).unwrap();
+        assert_eq!(payments.len(), 4);
+        assert!(payments
+            .iter()
+            .all(|p| luhn_ok(&digits(p["card"].as_str().unwrap()))));
+        assert!(region_payments("mars", 4).is_none());
+        assert_eq!(payment_card("pay_1001").map(luhn_ok), Some(true));
+        assert!(payment_card("refund_1").is_none());
     }
 
     #[test]

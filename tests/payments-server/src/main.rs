@@ -5,15 +5,10 @@
 mod data;
 mod request_log;
 mod server;
+mod statement;
 mod wire;
 
-use std::{
-    future::IntoFuture,
-    io::Write,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::IntoFuture, io::Write, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::Router;
@@ -25,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     request_log::RequestLog,
-    server::{Ledger, PaymentsServer},
+    server::{PaymentsServer, Shared},
+    statement::StateSealer,
 };
 
 /// How long open connections (SSE streams) get to finish after SIGINT/SIGTERM.
@@ -75,6 +71,20 @@ struct Args {
     /// When to gzip answers.
     #[arg(long, env = "PAYMENTS_GZIP", value_enum, default_value_t = wire::Gzip::Never)]
     gzip: wire::Gzip,
+
+    /// Key (hex, at least 32 bytes) that seals the MCP 2026-07-28 `requestState` of
+    /// export_statement. Default: random per process, so a state does not outlive the process;
+    /// give the same key to several servers to let a retry land on any of them.
+    #[arg(long, env = "PAYMENTS_REQUEST_STATE_KEY", value_parser = parse_hex_key)]
+    request_state_key: Option<Vec<u8>>,
+}
+
+fn parse_hex_key(value: &str) -> Result<Vec<u8>, String> {
+    let key = hex::decode(value.trim()).map_err(|e| format!("not hex: {e}"))?;
+    if key.len() < 32 {
+        return Err(format!("{} bytes; at least 32 are needed", key.len()));
+    }
+    Ok(key)
 }
 
 #[tokio::main]
@@ -97,11 +107,16 @@ async fn main() -> anyhow::Result<()> {
         config.with_allowed_hosts(args.allowed_hosts.iter().map(|h| h.trim().to_owned()))
     };
 
-    // One ledger for the whole process: rmcp builds a handler per session, and a payout change
-    // made in one session must be visible to the next.
-    let ledger = Arc::new(Mutex::new(Ledger::new()));
+    // One ledger (and one change feed and requestState key) for the whole process: rmcp builds a
+    // handler per session, or per request for 2026-07-28, and a payout change made in one must be
+    // visible to the next.
+    let sealer = match &args.request_state_key {
+        Some(key) => StateSealer::new(key).context("bad --request-state-key")?,
+        None => StateSealer::random().context("cannot make a requestState key")?,
+    };
+    let shared = Arc::new(Shared::new(sealer));
     let mcp = StreamableHttpService::new(
-        move || Ok(PaymentsServer::new(ledger.clone())),
+        move || Ok(PaymentsServer::new(shared.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     );

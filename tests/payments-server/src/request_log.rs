@@ -8,7 +8,10 @@
 //!
 //! Every line carries what the gateway's audit records are checked against: the HTTP method, the
 //! request target (path with query), Envoy's `x-request-id`, the SHA-256 of the exact body bytes
-//! received and the receive time in microseconds since the Unix epoch.
+//! received and the receive time in microseconds since the Unix epoch. Requests that carry the
+//! MCP request-metadata headers (`MCP-Protocol-Version`, and from 2026-07-28 `Mcp-Method`,
+//! `Mcp-Name`, `Mcp-Param-*`) also get them, so a test can check what a gateway forwarded; a
+//! multi round-trip retry also shows its `inputResponses` and `requestState`.
 
 use std::{
     fs::{File, OpenOptions},
@@ -91,6 +94,20 @@ pub async fn log_requests(State(log): State<RequestLog>, request: Request, next:
         "x_request_id": header("x-request-id"),
         "session": header("mcp-session-id"),
     });
+    let mcp_headers: Map<String, Value> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| is_mcp_metadata_header(name.as_str()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                json!(String::from_utf8_lossy(value.as_bytes())),
+            )
+        })
+        .collect();
+    if !mcp_headers.is_empty() {
+        base["mcp_headers"] = Value::Object(mcp_headers);
+    }
 
     let bytes = match to_bytes(body, MAX_LOGGED_BODY_BYTES).await {
         Ok(bytes) => bytes,
@@ -118,6 +135,12 @@ pub async fn log_requests(State(log): State<RequestLog>, request: Request, next:
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// The headers MCP mirrors from the body (names arrive lower-cased from hyper).
+fn is_mcp_metadata_header(name: &str) -> bool {
+    matches!(name, "mcp-protocol-version" | "mcp-method" | "mcp-name")
+        || name.starts_with("mcp-param-")
 }
 
 /// One log record per JSON-RPC message in `body` (a batch gives several).
@@ -168,6 +191,13 @@ fn record_for(base: &Value, message: &Value) -> Value {
             insert_some(obj, "arguments", param("arguments"));
         }
         _ => {}
+    }
+    if matches!(
+        method,
+        Some("tools/call" | "resources/read" | "prompts/get")
+    ) {
+        insert_some(obj, "input_responses", param("inputResponses"));
+        insert_some(obj, "request_state", param("requestState"));
     }
     record
 }
@@ -221,6 +251,16 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert!(records[0]["error"].is_string());
         assert!(records[0]["method"].is_null());
+    }
+
+    #[test]
+    fn retries_log_their_input_responses_and_state() {
+        let body = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"export_statement","arguments":{"customer_id":"cus_1"},"inputResponses":{"statement_month":{"action":"accept","content":{"month":"2026-11"}}},"requestState":"rs1.x.y"}}"#;
+        let r = &records_for_body(&base(), body)[0];
+        assert_eq!(r["input_responses"]["statement_month"]["action"], "accept");
+        assert_eq!(r["request_state"], "rs1.x.y");
+        assert!(is_mcp_metadata_header("mcp-param-region"));
+        assert!(!is_mcp_metadata_header("mcp-session-id"));
     }
 
     #[test]

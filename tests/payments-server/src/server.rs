@@ -1,4 +1,10 @@
 //! The MCP handler: tools, resources and a prompt over the demo payments data.
+//!
+//! One handler serves every protocol revision rmcp speaks. MCP 2026-07-28 requests (stateless,
+//! per-request `_meta`) additionally get what only that revision has: a multi round-trip tool
+//! (`export_statement`), a tool parameter mirrored into an `Mcp-Param-Region` header
+//! (`list_payments_by_region`), `subscriptions/listen` with `notifications/resources/updated`,
+//! per-request log opt-in, and explicit `ttlMs`/`cacheScope` cache hints on list and read results.
 
 use std::{
     fmt::Write as _,
@@ -8,25 +14,35 @@ use std::{
 
 use rmcp::{
     handler::server::{
+        prompt::PromptContext,
         router::{prompt::PromptRouter, tool::ToolRouter},
+        tool::{InputResponses, RequestState},
         wrapper::Parameters,
     },
     model::{
-        CallToolResult, ContentBlock, GetPromptResult, Implementation, ListResourceTemplatesResult,
-        ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, PromptMessage,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-        ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+        CacheScope, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock,
+        ElicitationCapability, FormElicitationCapability, GetPromptRequestParams,
+        GetPromptResponse, GetPromptResult, Implementation, InitializeRequestParams,
+        InitializeResult, InputRequiredResult, ListPromptsResult, ListResourceTemplatesResult,
+        ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+        PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
+        ServerConfig, SubscriptionFilter,
     },
-    prompt, prompt_handler, prompt_router, schemars,
-    service::RequestContext,
+    prompt, prompt_router, schemars,
+    service::{RequestContext, SubscriptionContext, SubscriptionSendError},
     tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
 use payments_server::shapes;
 
-use crate::data::{self, format_pan, Merchant, PanShape};
+use crate::{
+    data::{self, format_pan, Merchant, PanShape},
+    statement::{self, MonthAnswer, StateSealer},
+};
 
 /// Largest report `big_report` builds, in KiB (16 MiB).
 pub const MAX_REPORT_KIB: u32 = 16 * 1024;
@@ -35,9 +51,21 @@ const MAX_STREAM_COUNT: u32 = 10_000;
 const MAX_STREAM_INTERVAL_MS: u64 = 60_000;
 const DEFAULT_TRANSACTIONS: u32 = 10;
 const MAX_TRANSACTIONS: u32 = 100;
+const DEFAULT_REGION_PAYMENTS: u32 = 5;
+const MAX_REGION_PAYMENTS: u32 = 50;
+
+/// Cache hints (MCP 2026-07-28 `ttlMs`): the tool and prompt lists are the same for every caller
+/// and fixed for the life of the process, so they are `public` with a long TTL; a gateway that
+/// filters them per caller has to rewrite the scope to `private`.
+const LIST_TTL_MS: u64 = 5 * 60 * 1000;
+/// Resource lists and the policy document change rarely and hold nothing caller-specific.
+const RESOURCE_LIST_TTL_MS: u64 = 60 * 1000;
+/// Pending resource-change notifications per listener before the slowest one skips some.
+const UPDATES_CAPACITY: usize = 256;
 
 const POLICY_URI: &str = "payments://policy";
 const MERCHANT_URI_PREFIX: &str = "payments://merchants/";
+const PAYMENT_URI_PREFIX: &str = "payments://payments/";
 
 const POLICY_TEXT: &str = "# Payments operations policy (demo)\n\
 \n\
@@ -46,6 +74,32 @@ const POLICY_TEXT: &str = "# Payments operations policy (demo)\n\
 - Fraud threshold changes take effect immediately for new authorizations.\n\
 - Support staff must never read a full card number back to a customer.\n\
 - Sandbox test card for training: 4111 1111 1111 1111.\n";
+
+/// What every handler instance shares: rmcp builds a handler per session (and, for 2026-07-28, per
+/// request), and a change made through one must be visible to, and announced on, all the others.
+#[derive(Debug)]
+pub struct Shared {
+    ledger: Mutex<Ledger>,
+    /// URIs of resources that changed, for `subscriptions/listen` streams.
+    updates: broadcast::Sender<String>,
+    /// Seals `export_statement`'s `requestState`.
+    sealer: StateSealer,
+}
+
+impl Shared {
+    pub fn new(sealer: StateSealer) -> Self {
+        Self {
+            ledger: Mutex::new(Ledger::new()),
+            updates: broadcast::channel(UPDATES_CAPACITY).0,
+            sealer,
+        }
+    }
+
+    /// Announces that the resource at `uri` changed. Nobody listening is fine.
+    fn resource_updated(&self, uri: String) {
+        let _ = self.updates.send(uri);
+    }
+}
 
 /// State the write tools change; shared by every session so a change is visible to all clients.
 #[derive(Debug)]
@@ -75,7 +129,7 @@ impl Default for Ledger {
 
 #[derive(Clone)]
 pub struct PaymentsServer {
-    ledger: Arc<Mutex<Ledger>>,
+    shared: Arc<Shared>,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
@@ -147,6 +201,25 @@ pub struct FixedResultArgs {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct RegionArgs {
+    /// Region the payments were taken in: `us-east1`, `us-west1`, `eu-west1` or `asia-south1`.
+    /// MCP 2026-07-28 clients mirror it into the `Mcp-Param-Region` HTTP header.
+    #[schemars(extend("x-mcp-header" = "Region"))]
+    pub region: String,
+    /// How many payments to return (default 5, at most 50).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct StatementArgs {
+    /// Customer id, e.g. `cus_1`.
+    pub customer_id: String,
+    /// Suggested statement month (`YYYY-MM`), offered as the form's default; the month is always
+    /// confirmed through the elicitation.
+    pub month: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct SlowStreamArgs {
     /// How many progress steps to send before the result (at most 10000).
     pub count: u32,
@@ -166,6 +239,20 @@ fn text_result(text: impl Into<String>) -> Result<CallToolResult, ErrorData> {
     )]))
 }
 
+/// Whether the request speaks MCP 2026-07-28 or later (per-request `_meta` or header).
+fn is_modern(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.protocol_version()
+        .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
+}
+
+/// Whether the client can answer a form elicitation: 2026-07-28 forbids asking one that did not
+/// declare it. An empty `elicitation` object means form mode (what 2025 clients send).
+fn supports_form_elicitation(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.client_capabilities()
+        .and_then(|caps| caps.elicitation)
+        .is_some_and(|e| e.form.is_some() || e.url.is_none())
+}
+
 fn pretty(value: &Value) -> String {
     // Serializing a serde_json::Value cannot fail; fall back to compact form just in case.
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
@@ -173,9 +260,9 @@ fn pretty(value: &Value) -> String {
 
 #[tool_router]
 impl PaymentsServer {
-    pub fn new(ledger: Arc<Mutex<Ledger>>) -> Self {
+    pub fn new(shared: Arc<Shared>) -> Self {
         Self {
-            ledger,
+            shared,
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
         }
@@ -184,7 +271,8 @@ impl PaymentsServer {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock cannot leave the demo ledger half-updated in a way that
         // matters, so keep serving rather than failing every later call.
-        self.ledger
+        self.shared
+            .ledger
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -296,6 +384,8 @@ impl PaymentsServer {
         };
         merchant.payout_account = args.account_number.trim().to_owned();
         merchant.routing_number = args.routing_number.trim().to_owned();
+        self.shared
+            .resource_updated(format!("{MERCHANT_URI_PREFIX}{}", merchant.id));
         text_result(format!(
             "Payout account for merchant {} ({}) updated to {} (routing {}). Next payout uses the new account.",
             merchant.id,
@@ -325,6 +415,8 @@ impl PaymentsServer {
         };
         let previous = merchant.fraud_threshold;
         merchant.fraud_threshold = args.threshold;
+        self.shared
+            .resource_updated(format!("{MERCHANT_URI_PREFIX}{}", merchant.id));
         text_result(format!(
             "Fraud threshold for merchant {} changed from {previous} to {}.",
             merchant.id, args.threshold
@@ -352,6 +444,9 @@ impl PaymentsServer {
             "payment_id": args.payment_id,
             "amount": args.amount,
         }));
+        // The payment's resource now lists the refund: tell subscribed 2026-07-28 clients.
+        self.shared
+            .resource_updated(format!("{PAYMENT_URI_PREFIX}{}", args.payment_id));
         text_result(format!(
             "Refund {refund_id} of {:.2} USD issued for payment {}.",
             args.amount, args.payment_id
@@ -372,11 +467,121 @@ impl PaymentsServer {
         };
         // Idempotent so repeated test runs against one server give the same confirmation.
         let was_deleted = std::mem::replace(&mut merchant.deleted, true);
+        if !was_deleted {
+            self.shared
+                .resource_updated(format!("{MERCHANT_URI_PREFIX}{}", merchant.id));
+        }
         text_result(if was_deleted {
             format!("Merchant {} was already deleted.", merchant.id)
         } else {
             format!("Merchant {} ({}) deleted.", merchant.id, merchant.name)
         })
+    }
+
+    #[tool(
+        description = "List recent card payments taken in a region (us-east1, us-west1, eu-west1, asia-south1).",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_payments_by_region(
+        &self,
+        Parameters(args): Parameters<RegionArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let limit = args
+            .limit
+            .unwrap_or(DEFAULT_REGION_PAYMENTS)
+            .min(MAX_REGION_PAYMENTS);
+        let Some(payments) = data::region_payments(&args.region, limit as usize) else {
+            return tool_error(format!(
+                "unknown region {:?}; known regions: {}",
+                args.region,
+                data::REGIONS.join(", ")
+            ));
+        };
+        text_result(pretty(&json!({
+            "region": args.region,
+            "count": payments.len(),
+            "payments": payments,
+        })))
+    }
+
+    #[tool(
+        description = "Export a customer's monthly card statement. Asks which month through a form elicitation (an MCP 2026-07-28 multi round-trip request), then returns the statement lines.",
+        annotations(read_only_hint = true)
+    )]
+    async fn export_statement(
+        &self,
+        Parameters(args): Parameters<StatementArgs>,
+        RequestState(state): RequestState,
+        InputResponses(responses): InputResponses,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let Some(customer) = data::find_customer(&args.customer_id) else {
+            return tool_error(format!("unknown customer {:?}", args.customer_id)).map(Into::into);
+        };
+        if let Some(month) = &args.month {
+            if !statement::valid_month(month) {
+                return tool_error(format!("month must be YYYY-MM, got {month:?}")).map(Into::into);
+            }
+        }
+        // rmcp refuses an input_required result to older peers, and they have no MRTR retry.
+        if !is_modern(&ctx) {
+            return tool_error(format!(
+                "export_statement needs MCP protocol version {} (multi round-trip requests); this request uses {}",
+                ProtocolVersion::V_2026_07_28,
+                ctx.protocol_version()
+                    .map_or_else(|| "an unknown version".to_owned(), |v| v.to_string())
+            ))
+            .map(Into::into);
+        }
+        let ask = |note: Option<&str>| -> Result<CallToolResponse, ErrorData> {
+            if !supports_form_elicitation(&ctx) {
+                let mut required = ClientCapabilities::default();
+                required.elicitation =
+                    Some(ElicitationCapability::new().with_form(FormElicitationCapability::new()));
+                return Err(ErrorData::missing_required_client_capability(required));
+            }
+            Ok(InputRequiredResult::new(
+                Some(statement::input_requests(
+                    customer,
+                    args.month.as_deref(),
+                    note,
+                )),
+                Some(self.shared.sealer.seal(customer.id)),
+            )
+            .into())
+        };
+        // No state: a first call (answers given without one cannot be trusted, so ask anew).
+        let Some(state) = state else {
+            return ask(None);
+        };
+        // The state crossed the client: refuse anything this server did not seal for this
+        // tool and customer.
+        if let Err(error) = self.shared.sealer.open(&state, customer.id) {
+            return Err(ErrorData::invalid_params(
+                format!("requestState refused: {error}"),
+                Some(json!({ "tool": statement::TOOL, "customer_id": customer.id })),
+            ));
+        }
+        match statement::month_answer(responses.as_ref()) {
+            MonthAnswer::Month(month) => {
+                let lines = statement::statement_lines(customer, &month);
+                let mut result =
+                    CallToolResult::success(vec![ContentBlock::text(lines.join("\n"))]);
+                // 2026-07-28 allows any JSON value here; an array shows a gateway that
+                // structuredContent is not always an object.
+                result.structured_content = Some(json!(lines));
+                Ok(result.into())
+            }
+            MonthAnswer::Refused(action) => tool_error(format!(
+                "statement export not done: the user chose {action:?}"
+            ))
+            .map(Into::into),
+            // The spec asks servers to re-ask rather than fail when an answer is missing.
+            MonthAnswer::Missing(Some(bad)) => {
+                ask(Some(&format!("{bad:?} is not a month in YYYY-MM form.")))
+            }
+            MonthAnswer::Missing(None) => ask(None),
+        }
     }
 
     #[tool(
@@ -476,12 +681,32 @@ impl PaymentsServer {
     }
 }
 
+/// Whether an info-level log message may be sent for this request. Before 2026-07-28 the session's
+/// `logging/setLevel` governs (the demo sends regardless); from 2026-07-28 logging is opt-in per
+/// request: only when its `_meta` carries `io.modelcontextprotocol/logLevel` at info or below.
+/// rmcp leaves this check to the handler.
+#[allow(deprecated)]
+fn info_logs_wanted(ctx: &RequestContext<RoleServer>) -> bool {
+    use rmcp::model::LoggingLevel;
+    if !is_modern(ctx) {
+        return true;
+    }
+    matches!(
+        ctx.meta.log_level(),
+        Some(LoggingLevel::Debug | LoggingLevel::Info)
+    )
+}
+
 /// Sends one MCP log message. Logging is deprecated by the newest MCP revision but still part of
 /// the versions clients speak today, and it is another notification shape the gateway must mask.
-/// In session mode rmcp routes log messages to the session's GET stream, not the POST response.
+/// In session mode rmcp routes log messages to the session's GET stream, not the POST response;
+/// for 2026-07-28 they go on the request's own SSE stream.
 #[allow(deprecated)]
 async fn log_message(ctx: &RequestContext<RoleServer>, step: u32, count: u32, pan: &str) {
     use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    if !info_logs_wanted(ctx) {
+        return;
+    }
     let param = LoggingMessageNotificationParam::new(
         LoggingLevel::Info,
         json!({ "step": step, "of": count, "message": format!("processed settlement for card {pan}") }),
@@ -494,6 +719,9 @@ async fn log_message(ctx: &RequestContext<RoleServer>, step: u32, count: u32, pa
 #[allow(deprecated)]
 async fn log_text(ctx: &RequestContext<RoleServer>, logger: &str, line: &str) {
     use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    if !info_logs_wanted(ctx) {
+        return;
+    }
     let param =
         LoggingMessageNotificationParam::new(LoggingLevel::Info, json!(line)).with_logger(logger);
     let _ = ctx.peer.notify_logging_message(param).await;
@@ -610,8 +838,31 @@ impl PaymentsServer {
     }
 }
 
+/// Cache hints for a 2026-07-28 result; older peers get none (their schemas do not know them).
+fn cache_hints(
+    ctx: &RequestContext<RoleServer>,
+    ttl_ms: u64,
+    scope: CacheScope,
+) -> Option<(u64, CacheScope)> {
+    is_modern(ctx).then_some((ttl_ms, scope))
+}
+
+impl PaymentsServer {
+    /// Whether `uri` names a resource of this server that can change (and so be subscribed to).
+    fn is_subscribable(&self, uri: &str) -> bool {
+        if uri == POLICY_URI {
+            return true;
+        }
+        if let Some(id) = uri.strip_prefix(MERCHANT_URI_PREFIX) {
+            return self.ledger().merchants.iter().any(|m| m.id == id);
+        }
+        uri.strip_prefix(PAYMENT_URI_PREFIX)
+            .is_some_and(|id| data::payment_card(id).is_some())
+    }
+}
+
+// `list_tools` is written out (not generated) to set a TTL; `tool_handler` keeps ours.
 #[tool_handler(router = self.tool_router)]
-#[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for PaymentsServer {
     #[allow(deprecated)] // logging capability: see `log_message`
     fn get_info(&self) -> ServerConfig {
@@ -620,6 +871,9 @@ impl ServerHandler for PaymentsServer {
                 .enable_tools()
                 .enable_prompts()
                 .enable_resources()
+                // Resource updates reach 2026-07-28 clients through subscriptions/listen;
+                // `initialize` hides this from older clients (see there).
+                .enable_resources_subscribe()
                 .enable_logging()
                 .build(),
         )
@@ -630,6 +884,54 @@ impl ServerHandler for PaymentsServer {
         .with_instructions(
             "Demo payments back office. Card numbers in results are published test PANs.",
         )
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        let mut result = self.negotiate_initialize(&request)?;
+        // The legacy resources/subscribe is not implemented, so sessions opened with
+        // `initialize` (2025 revisions) see the capabilities they always saw.
+        if let Some(resources) = result.capabilities.resources.as_mut() {
+            resources.subscribe = None;
+        }
+        Ok(result)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut result = ListToolsResult::with_all_items(self.tool_router.list_all());
+        if let Some((ttl, scope)) = cache_hints(&context, LIST_TTL_MS, CacheScope::Public) {
+            result = result.with_ttl_ms(ttl).with_cache_scope(scope);
+        }
+        Ok(result)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let mut result = ListPromptsResult::with_all_items(self.prompt_router.list_all());
+        if let Some((ttl, scope)) = cache_hints(&context, LIST_TTL_MS, CacheScope::Public) {
+            result = result.with_ttl_ms(ttl).with_cache_scope(scope);
+        }
+        Ok(result)
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let prompt_context = PromptContext::new(self, request.name, request.arguments, context);
+        self.prompt_router.get_prompt(prompt_context).await
     }
 
     #[allow(deprecated)] // logging/setLevel: see `log_message`
@@ -645,7 +947,7 @@ impl ServerHandler for PaymentsServer {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let mut resources = vec![Resource::new(POLICY_URI, "policy")
             .with_title("Payments operations policy")
@@ -655,29 +957,48 @@ impl ServerHandler for PaymentsServer {
                 .with_title(m.name.clone())
                 .with_mime_type("application/json")
         }));
-        Ok(ListResourcesResult::with_all_items(resources))
+        let mut result = ListResourcesResult::with_all_items(resources);
+        if let Some((ttl, scope)) = cache_hints(&context, RESOURCE_LIST_TTL_MS, CacheScope::Public)
+        {
+            result = result.with_ttl_ms(ttl).with_cache_scope(scope);
+        }
+        Ok(result)
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        Ok(ListResourceTemplatesResult::with_all_items(vec![
+        let mut result = ListResourceTemplatesResult::with_all_items(vec![
             ResourceTemplate::new(format!("{MERCHANT_URI_PREFIX}{{id}}"), "merchant")
                 .with_title("Merchant configuration")
                 .with_mime_type("application/json"),
-        ]))
+            ResourceTemplate::new(format!("{PAYMENT_URI_PREFIX}{{id}}"), "payment")
+                .with_title("Card payment and its refunds")
+                .with_mime_type("application/json"),
+        ]);
+        if let Some((ttl, scope)) = cache_hints(&context, RESOURCE_LIST_TTL_MS, CacheScope::Public)
+        {
+            result = result.with_ttl_ms(ttl).with_cache_scope(scope);
+        }
+        Ok(result)
     }
 
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri;
-        let contents = if uri == POLICY_URI {
-            ResourceContents::text(POLICY_TEXT, uri).with_mime_type("text/markdown")
+        // The policy is the same for everyone; merchants and payments change with every write
+        // tool and carry card numbers, so they are private and stale at once.
+        let (contents, ttl, scope) = if uri == POLICY_URI {
+            (
+                ResourceContents::text(POLICY_TEXT, uri).with_mime_type("text/markdown"),
+                RESOURCE_LIST_TTL_MS,
+                CacheScope::Public,
+            )
         } else if let Some(id) = uri.strip_prefix(MERCHANT_URI_PREFIX) {
             let ledger = self.ledger();
             let Some(merchant) = ledger.merchants.iter().find(|m| m.id == id) else {
@@ -686,15 +1007,95 @@ impl ServerHandler for PaymentsServer {
                     Some(json!({ "uri": uri })),
                 ));
             };
-            ResourceContents::text(pretty(&merchant_json(merchant)), uri)
-                .with_mime_type("application/json")
+            (
+                ResourceContents::text(pretty(&merchant_json(merchant)), uri)
+                    .with_mime_type("application/json"),
+                0,
+                CacheScope::Private,
+            )
+        } else if let Some(id) = uri.strip_prefix(PAYMENT_URI_PREFIX) {
+            let Some(pan) = data::payment_card(id) else {
+                return Err(ErrorData::resource_not_found(
+                    format!("no payment {id:?}"),
+                    Some(json!({ "uri": uri })),
+                ));
+            };
+            let refunds: Vec<Value> = self
+                .ledger()
+                .refunds
+                .iter()
+                .filter(|r| r["payment_id"] == id)
+                .cloned()
+                .collect();
+            let refunded: f64 = refunds.iter().filter_map(|r| r["amount"].as_f64()).sum();
+            let payment = json!({
+                "id": id,
+                "card": { "pan": pan, "last4": &pan[pan.len() - 4..] },
+                "status": if refunds.is_empty() { "captured" } else { "refunded" },
+                "refunded_total": refunded,
+                "refunds": refunds,
+            });
+            (
+                ResourceContents::text(pretty(&payment), uri).with_mime_type("application/json"),
+                0,
+                CacheScope::Private,
+            )
         } else {
             return Err(ErrorData::resource_not_found(
                 format!("no resource {uri:?}"),
                 Some(json!({ "uri": uri })),
             ));
         };
-        Ok(ReadResourceResult::new(vec![contents]).into())
+        let mut result = ReadResourceResult::new(vec![contents]);
+        if let Some((ttl, scope)) = cache_hints(&context, ttl, scope) {
+            result = result.with_ttl_ms(ttl).with_cache_scope(scope);
+        }
+        Ok(result.into())
+    }
+
+    /// `subscriptions/listen` (2026-07-28): resource updates for this server's own resources.
+    /// rmcp intersects this with the request and the advertised capabilities, sends the
+    /// `notifications/subscriptions/acknowledged` and then runs `listen`.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let uris: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| self.is_subscribable(uri))
+            .cloned()
+            .collect();
+        Some(if uris.is_empty() {
+            SubscriptionFilter::new()
+        } else {
+            SubscriptionFilter::builder()
+                .resource_subscriptions(uris)
+                .build()
+        })
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut updates = self.shared.updates.subscribe();
+        let sink = context.sink().clone();
+        loop {
+            let uri = tokio::select! {
+                // The client closed the stream (its cancellation signal) or the server stops.
+                () = context.cancelled() => return Ok(()),
+                update = updates.recv() => match update {
+                    Ok(uri) => uri,
+                    // A listener that fell behind misses some updates; later ones still count.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            };
+            match sink.notify_resource_updated(uri).await {
+                // Not a URI this listener subscribed to.
+                Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
+                Err(_) => return Ok(()),
+            }
+        }
     }
 }
 
@@ -736,9 +1137,56 @@ mod tests {
         assert!(fixed_result_text(MAX_REPORT_KIB * 1024 + 1, 0).is_err());
     }
 
+    fn server() -> PaymentsServer {
+        PaymentsServer::new(Arc::new(Shared::new(
+            StateSealer::new(b"a test key that is at least thirty-two bytes").unwrap(),
+        )))
+    }
+
+    #[test]
+    fn region_is_mirrored_into_a_header() {
+        let tool = server()
+            .tool_router
+            .get("list_payments_by_region")
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            tool.input_schema["properties"]["region"]["x-mcp-header"],
+            "Region"
+        );
+        assert!(tool.input_schema["properties"]["limit"]
+            .get("x-mcp-header")
+            .is_none());
+    }
+
+    #[test]
+    fn subscriptions_accept_only_this_servers_resources() {
+        let requested = SubscriptionFilter::builder()
+            .resource_subscriptions([
+                POLICY_URI,
+                "payments://merchants/m_1",
+                "payments://merchants/m_404",
+                "payments://payments/pay_1001",
+                "payments://payments/nope",
+                "https://elsewhere.example/x",
+            ])
+            .tools_list_changed()
+            .build();
+        let accepted = server().accepted_subscription_filter(&requested).unwrap();
+        assert_eq!(
+            accepted.resource_subscriptions.unwrap(),
+            [
+                POLICY_URI,
+                "payments://merchants/m_1",
+                "payments://payments/pay_1001"
+            ]
+        );
+        assert_eq!(accepted.tools_list_changed, None);
+    }
+
     #[test]
     fn tools_are_all_listed() {
-        let server = PaymentsServer::new(Arc::new(Mutex::new(Ledger::new())));
+        let server = server();
         let mut names: Vec<String> = server
             .tool_router
             .list_all()
@@ -753,8 +1201,10 @@ mod tests {
                 "card_shapes",
                 "card_shapes_stream",
                 "delete_merchant",
+                "export_statement",
                 "fixed_result",
                 "get_customer",
+                "list_payments_by_region",
                 "list_transactions",
                 "refund_payment",
                 "search_logs",

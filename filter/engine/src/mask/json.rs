@@ -69,6 +69,8 @@ enum Expect {
 
 struct Frame {
     object: bool,
+    /// The `result` object of a JSON-RPC answer (the document itself, or a batch item).
+    result: bool,
 }
 
 /// Reused state for one masking call.
@@ -102,6 +104,11 @@ impl<'m> JsonMasker<'m> {
         let mut stack: Vec<Frame> = Vec::new();
         let mut expect = Expect::Value;
         let mut cvv_pending = false;
+        // A multi-round-trip `result.requestState` is opaque to everyone but the server that
+        // wrote it and passes unchanged (MCP 2026-07-28); only at the top level of the answer,
+        // never in JSON nested inside a string.
+        let mut result_pending = false;
+        let mut opaque_pending = false;
         let mut i = 0usize;
         let n = src.len();
         loop {
@@ -121,7 +128,14 @@ impl<'m> JsonMasker<'m> {
                         continue;
                     }
                     let cvv = std::mem::take(&mut cvv_pending);
+                    let result = std::mem::take(&mut result_pending);
+                    let opaque = std::mem::take(&mut opaque_pending);
                     match c {
+                        b'"' if opaque => {
+                            let info = scan_string(src, i).ok_or(err(i))?;
+                            i = info.end;
+                            expect = after_value(&stack);
+                        }
                         b'"' => {
                             let info = scan_string(src, i).ok_or(err(i))?;
                             self.string_value(
@@ -141,7 +155,10 @@ impl<'m> JsonMasker<'m> {
                             if stack.len() >= MAX_DEPTH {
                                 return Err(err(i));
                             }
-                            stack.push(Frame { object: c == b'{' });
+                            stack.push(Frame {
+                                object: c == b'{',
+                                result: result && c == b'{',
+                            });
                             expect = if c == b'{' {
                                 Expect::KeyOrClose
                             } else {
@@ -181,8 +198,18 @@ impl<'m> JsonMasker<'m> {
                         return Err(err(i));
                     }
                     let info = scan_string(src, i).ok_or(err(i))?;
-                    cvv_pending = self.m.has_cvv_keys()
-                        && self.is_cvv_key(&src[i + 1..info.end - 1], info.flags);
+                    let key = &src[i + 1..info.end - 1];
+                    cvv_pending = self.m.has_cvv_keys() && self.is_cvv_key(key, info.flags);
+                    if nesting == 0 {
+                        let message_level = match stack.as_slice() {
+                            [_] => true,
+                            [batch, _] => !batch.object,
+                            _ => false,
+                        };
+                        result_pending = message_level && key == b"result";
+                        opaque_pending =
+                            stack.last().is_some_and(|f| f.result) && key == b"requestState";
+                    }
                     // A key can hold a card number too; it is masked as text.
                     self.string_value(
                         src,

@@ -582,3 +582,35 @@ fn extra_detectors_never_expose_a_card() {
     let mut r = MaskReport::default();
     assert_eq!(m.mask_body(out.as_bytes(), &mut r), out.as_bytes());
 }
+
+#[test]
+fn a_multi_round_trip_request_state_passes_unchanged_and_only_there() {
+    let m = Masker::default();
+    let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required","requestState":"st-4111111111111111","inputRequests":{"q":{"method":"elicitation/create","params":{"message":"card 4111111111111111","requestState":"4111111111111111"}}}}}"#;
+    let (out, report) = mask_json_str(&m, answer);
+    assert!(
+        out.contains(r#""requestState":"st-4111111111111111""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""message":"card ************1111""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            r#""params":{"message":"card ************1111","requestState":"************1111"}"#
+        ),
+        "{out}"
+    );
+    assert_eq!(report.total(), 2);
+    // In a batch item too; but never a member of something else, nor JSON inside a string.
+    let (out, _) = mask_json_str(&m, &format!("[{answer}]"));
+    assert!(
+        out.contains(r#""requestState":"st-4111111111111111""#),
+        "{out}"
+    );
+    let elsewhere = r#"{"jsonrpc":"2.0","id":1,"error":{"requestState":"4111111111111111"},"params":{"requestState":"4111111111111111"}}"#;
+    assert!(!mask_json_str(&m, elsewhere).0.contains("4111111111111111"));
+    let nested = r#"{"result":{"content":"{\"result\":{\"requestState\":\"4111111111111111\"}}"}}"#;
+    assert!(!mask_json_str(&m, nested).0.contains("4111111111111111"));
+}

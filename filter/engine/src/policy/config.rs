@@ -34,6 +34,11 @@ pub struct PolicyConfig {
     /// How a JSON-RPC batch with a refused message is answered. Default `wholeBatch`.
     #[serde(default)]
     pub batch_mode: BatchMode,
+    /// The protocol revisions this deployment serves, e.g. `["2025-11-25", "2026-07-28"]`; a
+    /// request naming another is refused with `UnsupportedProtocolVersion` (-32022). Default:
+    /// every revision.
+    #[serde(default)]
+    pub protocol_versions: Option<Vec<String>>,
 }
 
 impl Default for PolicyConfig {
@@ -44,6 +49,7 @@ impl Default for PolicyConfig {
             allow_protocol: true,
             filter_lists: false,
             batch_mode: BatchMode::default(),
+            protocol_versions: None,
         }
     }
 }
@@ -179,6 +185,11 @@ pub struct MatchConfig {
     /// Upstream (Envoy cluster) name globs.
     #[serde(default)]
     pub upstream: Option<Patterns>,
+    /// Protocol revision globs, e.g. `"2025-*"`: the revision the request names in its `_meta`
+    /// (2026-07-28 and later), its `MCP-Protocol-Version` header, or `initialize`'s
+    /// `protocolVersion`; `2025-03-26` when it names none.
+    #[serde(default)]
+    pub protocol_version: Option<Patterns>,
 }
 
 /// Tests on the caller's verified claims. All that are present must hold.

@@ -38,8 +38,10 @@ use rules::{Call, Rule};
 /// cannot work without them. Allowed when no rule matches them, unless `allowProtocol` is off.
 /// `completion/complete` is not among them: completions run server code on a prompt's or
 /// resource's arguments and can reveal data.
-pub const PROTOCOL_METHODS: [&str; 7] = [
+pub const PROTOCOL_METHODS: [&str; 9] = [
     "initialize",
+    "server/discover",
+    "subscriptions/listen",
     "ping",
     "tools/list",
     "resources/list",
@@ -57,6 +59,8 @@ pub struct CallContext<'a> {
     pub route: &'a str,
     /// The upstream (Envoy cluster) the route sends to.
     pub upstream: &'a str,
+    /// The protocol revision the request speaks (see [`MatchConfig::protocol_version`]).
+    pub protocol_version: &'a str,
 }
 
 impl<'a> CallContext<'a> {
@@ -65,6 +69,7 @@ impl<'a> CallContext<'a> {
             claims,
             route,
             upstream,
+            protocol_version: jsonrpc::modern::ASSUMED_VERSION,
         }
     }
 
@@ -73,6 +78,15 @@ impl<'a> CallContext<'a> {
             claims: &identity.claims,
             route,
             upstream,
+            protocol_version: jsonrpc::modern::ASSUMED_VERSION,
+        }
+    }
+
+    /// The same context for a request that speaks `version`.
+    pub fn speaking(self, version: &'a str) -> Self {
+        CallContext {
+            protocol_version: version,
+            ..self
         }
     }
 }
@@ -276,6 +290,7 @@ pub struct Policy {
     allow_protocol: bool,
     filter_lists: bool,
     batch_mode: BatchMode,
+    protocol_versions: Option<Vec<String>>,
 }
 
 impl Policy {
@@ -355,6 +370,7 @@ impl Policy {
             allow_protocol: config.allow_protocol,
             filter_lists: config.filter_lists,
             batch_mode: config.batch_mode,
+            protocol_versions: config.protocol_versions.clone(),
         })
     }
 
@@ -399,6 +415,18 @@ impl Policy {
 
     pub fn allows_protocol(&self) -> bool {
         self.allow_protocol
+    }
+
+    /// The revisions this deployment serves; `None`: every one.
+    pub fn protocol_versions(&self) -> Option<&[String]> {
+        self.protocol_versions.as_deref()
+    }
+
+    /// Whether a request speaking `version` may pass at all.
+    pub fn serves_version(&self, version: &str) -> bool {
+        self.protocol_versions
+            .as_ref()
+            .is_none_or(|versions| versions.iter().any(|v| v == version))
     }
 
     /// Decides one message: the first rule that matches, else the default.

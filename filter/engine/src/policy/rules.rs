@@ -307,6 +307,7 @@ pub(crate) struct Rule {
     targets: Option<Targets>,
     route: Option<Vec<Glob>>,
     upstream: Option<Vec<Glob>>,
+    protocol_version: Option<Vec<Glob>>,
     caller: Option<CallerMatcher>,
     conditions: Vec<Condition>,
 }
@@ -358,12 +359,14 @@ impl Rule {
         let caller = m.caller.as_ref().map(CallerMatcher::compile).transpose()?;
         let route = globs("route", m.route.as_ref())?;
         let upstream = globs("upstream", m.upstream.as_ref())?;
+        let protocol_version = globs("protocolVersion", m.protocol_version.as_ref())?;
         if methods.is_none()
             && !has_targets
             && conditions.is_empty()
             && caller.is_none()
             && route.is_none()
             && upstream.is_none()
+            && protocol_version.is_none()
         {
             return Err(
                 "empty match: a rule must test something (to match every method, write \"method\": \"*\")"
@@ -378,6 +381,7 @@ impl Rule {
             targets: has_targets.then_some(targets),
             route,
             upstream,
+            protocol_version,
             caller,
             conditions,
         })
@@ -407,6 +411,11 @@ impl Rule {
         }
         if let Some(upstream) = &self.upstream {
             if !any_matches(upstream, ctx.upstream) {
+                return false;
+            }
+        }
+        if let Some(versions) = &self.protocol_version {
+            if !any_matches(versions, ctx.protocol_version) {
                 return false;
             }
         }
@@ -454,6 +463,7 @@ impl Rule {
             }
             && opt_covers(&self.route, &later.route)
             && opt_covers(&self.upstream, &later.upstream)
+            && opt_covers(&self.protocol_version, &later.protocol_version)
             && match (&self.caller, &later.caller) {
                 (None, _) => true,
                 (Some(_), None) => false,

@@ -1301,6 +1301,12 @@ pub fn is_tools_list(body: &[u8]) -> bool {
         && matches!(jsonrpc::parse(body), Ok(Body::Single(m)) if m.method.as_deref() == Some("tools/list"))
 }
 
+/// Whether the body is a single `subscriptions/listen` request.
+pub fn is_listen(body: &[u8]) -> bool {
+    memfind(body, b"subscriptions/listen")
+        && matches!(jsonrpc::parse(body), Ok(Body::Single(m)) if m.method.as_deref() == Some("subscriptions/listen"))
+}
+
 fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -85,6 +85,9 @@ fn base64_sentinel(text: &str) -> String {
     )
 }
 
+/// A request the gateway must refuse: its id, headers, body, and what the error must say.
+type Refusal = (u64, Vec<(&'static str, String)>, String, &'static str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_that_disagree_with_the_body_are_refused_and_never_reach_the_server() {
     let stack = Stack::start().unwrap();
@@ -94,7 +97,7 @@ async fn headers_that_disagree_with_the_body_are_refused_and_never_reach_the_ser
     // Refused: the header names what the policy would allow, the body what it denies; a
     // missing header; a version the body contradicts; a header sent twice; a mirror the gateway
     // cannot check (it never saw the tool's schema).
-    let refused: Vec<(u64, Vec<(&str, String)>, String, &str)> = vec![
+    let refused: Vec<Refusal> = vec![
         (
             101,
             vec![
@@ -786,4 +789,110 @@ async fn the_rmcp_client_in_2026_mode_works_through_the_gateway() {
         assert!(record["session"].is_null());
         assert_eq!(record["mcpHeaders"]["mcp-method"], "tools/call");
     }
+}
+
+/// Opens a `subscriptions/listen` stream over a plain HTTP/1.1 socket and collects the `data:`
+/// of its events as they arrive.
+fn open_listen(addr: &str, token: &str, uris: &[&str]) -> mpsc::Receiver<String> {
+    use std::net::TcpStream;
+    let mut params = json!({"notifications": {"resourceSubscriptions": uris}});
+    params["_meta"] = meta();
+    let body =
+        json!({"jsonrpc": "2.0", "id": 700, "method": "subscriptions/listen", "params": params})
+            .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: {VERSION}\r\nmcp-method: subscriptions/listen\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let (events, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if let Some(data) = line.trim_end().strip_prefix("data:") {
+                if events.send(data.trim().to_owned()).is_err() {
+                    return;
+                }
+            }
+            line.clear();
+        }
+    });
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_stream_carries_only_what_its_caller_may_read() {
+    let mut policy: Value = serde_json::from_slice(
+        &std::fs::read(tollgate_e2e::workspace().join("envoy/policy/payments.json")).unwrap(),
+    )
+    .unwrap();
+    policy["rules"].as_array_mut().unwrap().insert(
+        0,
+        json!({"id": "merchants-are-back-office", "match": {"resource": "payments://merchants/*"},
+               "action": "deny", "reason": "merchant records are read in the back office"}),
+    );
+    let stack = Stack::start_with(StackOptions {
+        policy,
+        ..StackOptions::default()
+    })
+    .unwrap();
+    let token = stack.token("alice@example.com", &[]).unwrap();
+    let events = open_listen(
+        &gateway_addr(&stack),
+        &token,
+        &["payments://payments/pay_1001", "payments://merchants/m_1"],
+    );
+    let next = || events.recv_timeout(Duration::from_secs(10)).ok();
+    let ack: Value = serde_json::from_str(&next().expect("an acknowledgement")).unwrap();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"]["resourceSubscriptions"],
+        json!(["payments://payments/pay_1001"]),
+        "{ack}"
+    );
+    // The merchant changes first (set directly at the server: nobody at the gateway could), then
+    // the payment is refunded through the gateway: only the payment's update reaches alice.
+    let direct = post_mcp_with(
+        &stack.upstream_url,
+        &[
+            ("mcp-protocol-version", VERSION),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "set_fraud_threshold"),
+        ],
+        call(
+            701,
+            "set_fraud_threshold",
+            json!({"merchant_id": "m_1", "threshold": 80.0}),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(direct.status, 200, "{}", direct.body);
+    let refund = post(
+        &stack,
+        &token,
+        &[("mcp-method", "tools/call"), ("mcp-name", "refund_payment")],
+        call(
+            702,
+            "refund_payment",
+            json!({"payment_id": "pay_1001", "amount": 5.0}),
+        ),
+    )
+    .await;
+    assert_eq!(refund.status, 200, "{}", refund.body);
+    let update: Value = serde_json::from_str(&next().expect("the payment's update")).unwrap();
+    assert_eq!(update["method"], "notifications/resources/updated");
+    assert_eq!(
+        update["params"]["uri"], "payments://payments/pay_1001",
+        "{update}"
+    );
+    assert!(
+        events.recv_timeout(Duration::from_secs(2)).is_err(),
+        "more than the payment's update"
+    );
 }

@@ -26,6 +26,7 @@ use crate::identity::Identity;
 use crate::jsonrpc::modern::{self, McpHeaders, Mirrors};
 use crate::mask::{MaskReport, Masker, StreamMasker};
 use crate::metrics;
+use crate::policy::listen::ListenFilter;
 use crate::policy::{CallContext, Policy};
 use crate::record::{self, RequestInfo, ResponseSummary};
 use crate::revocation::RevocationSet;
@@ -175,6 +176,8 @@ pub struct Exchange<H: Host> {
     list_method: Option<String>,
     /// A `tools/list` request: its answer teaches the gateway the tools' mirrored parameters.
     learns_tools: bool,
+    /// A `subscriptions/listen` request: its stream is filtered like the lists.
+    listen: Option<ListenFilter>,
     /// The body the upstream gets instead of the client's: a retry without the gateway's
     /// multi-round-trip state.
     forward_body: Option<Vec<u8>>,
@@ -221,6 +224,7 @@ impl<H: Host> Exchange<H> {
             request_body_size: 0,
             list_method: None,
             learns_tools: false,
+            listen: None,
             forward_body: None,
             upstream_failure: None,
             response_mode: ResponseMode::Pass,
@@ -626,13 +630,18 @@ impl<H: Host> Exchange<H> {
             excerpt: &self.response_excerpt,
             streamed,
         };
-        Some(record::mcp_response(
+        let mut record = record::mcp_response(
             &self.info,
             &self.runtime.config,
             identity,
             &summary,
             &self.runtime.masker,
-        ))
+        );
+        if let Some(dropped) = self.listen.as_ref().map(|f| f.dropped).filter(|n| *n > 0) {
+            // Notifications of resources this caller may not read, kept from it.
+            record["droppedNotifications"] = dropped.into();
+        }
+        Some(record)
     }
 
     /// The client left in the middle of a stream: part of the answer reached it, so the record
@@ -759,6 +768,10 @@ impl<H: Host> Exchange<H> {
         );
         self.list_method = flow::list_method(&runtime.policy, Some(&body));
         self.learns_tools = flow::is_tools_list(&body);
+        self.listen = flow::is_listen(&body).then(ListenFilter::default);
+        if self.listen.is_some() {
+            self.stream = StreamMasker::discrete();
+        }
         self.request_body = Some(body);
         self.audit_then(step)
     }
@@ -801,6 +814,9 @@ impl<H: Host> Exchange<H> {
         );
         self.host
             .record_metric(crate::metrics::MASK_US, micros_since(&self.host, started));
+        let Some(masked) = self.filter_listen(masked, true) else {
+            return Flow::Pause;
+        };
         if masked != original
             && !self
                 .host
@@ -815,6 +831,30 @@ impl<H: Host> Exchange<H> {
         }
         self.note_response_bytes(&masked);
         self.record_response(false)
+    }
+
+    /// A listen stream's masked bytes without the notifications this caller may not hear of.
+    /// `None` when the stream was reset (an event too large to judge).
+    fn filter_listen(&mut self, bytes: Vec<u8>, end: bool) -> Option<Vec<u8>> {
+        let (Some(mut filter), Some(identity)) = (self.listen.take(), self.identity.as_ref())
+        else {
+            return Some(bytes);
+        };
+        let runtime = Rc::clone(&self.runtime);
+        let ctx = CallContext::for_identity(identity, &self.info.path, &runtime.config.upstream);
+        let Ok(mut out) = filter.push(&bytes, &runtime.policy, &ctx) else {
+            self.host.log(
+                Level::Warn,
+                "tollgate: a subscriptions/listen event exceeds the limit; resetting the stream",
+            );
+            self.host.reset_response();
+            return None;
+        };
+        if end {
+            out.extend(filter.finish(&runtime.policy, &ctx));
+        }
+        self.listen = Some(filter);
+        Some(out)
     }
 
     fn send(&mut self, reply: &LocalReply) {
@@ -1111,6 +1151,9 @@ impl<H: Host> Exchange<H> {
                     self.host
                         .record_metric(crate::metrics::MASK_US, self.stream_mask_us);
                 }
+                let Some(out) = self.filter_listen(out, end_of_stream) else {
+                    return Flow::Pause;
+                };
                 self.note_response_bytes(&out);
                 if out != chunk && !self.host.set_buffer(Buffer::ResponseBody, body_size, &out) {
                     // The chunk cannot be replaced: end the stream rather than leak it.

@@ -36,6 +36,9 @@ pub struct StreamMasker {
     /// The last complete event, masked, when some string of it ends in digits that the next event
     /// may continue.
     held_event: Option<(Vec<u8>, Vec<Tail>)>,
+    /// Every event is a whole message that no later event continues (the notifications of a
+    /// `subscriptions/listen` stream): none is held for the next, which may come much later.
+    discrete: bool,
 }
 
 /// Where an event's last string sits: its path (hash), content range in the event, and whether it
@@ -49,6 +52,14 @@ struct Tail {
 }
 
 impl StreamMasker {
+    /// A masker for a stream of discrete messages: each complete event is released at once.
+    pub fn discrete() -> Self {
+        StreamMasker {
+            discrete: true,
+            ..StreamMasker::default()
+        }
+    }
+
     /// Masks `chunk` and returns what can be released now.
     pub fn push(&mut self, masker: &Masker, chunk: &[u8], report: &mut MaskReport) -> Vec<u8> {
         self.buf.extend_from_slice(chunk);
@@ -85,7 +96,11 @@ impl StreamMasker {
             }
             out.extend_from_slice(&prev);
         }
-        let tails = digit_tails(&ev);
+        let tails = if self.discrete {
+            Vec::new()
+        } else {
+            digit_tails(&ev)
+        };
         if tails.is_empty() {
             out.extend_from_slice(&ev);
         } else {
@@ -552,5 +567,18 @@ mod protocol_member_tests {
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("4111 1111"), "{text}");
         assert_eq!(report.total(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_stream_of_discrete_messages_releases_each_event_at_once() {
+        let masker = Masker::default();
+        let mut stream = StreamMasker::discrete();
+        let mut report = MaskReport::default();
+        let event = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"payments://payments/pay_1001\"}}\n\n";
+        assert_eq!(stream.push(&masker, event, &mut report), event.to_vec());
+        let pan = b"data: {\"note\":\"card 4111111111111111\"}\n\n";
+        let out = String::from_utf8(stream.push(&masker, pan, &mut report)).unwrap();
+        assert!(out.contains("************1111"), "{out}");
+        assert_eq!(stream.held(), 0);
     }
 }

@@ -63,7 +63,7 @@ impl Policy {
     }
 
     /// Whether some call of `method` on `target` by this caller could be anything but denied.
-    pub(crate) fn could_use(&self, method: &str, target: &str, ctx: &CallContext<'_>) -> bool {
+    pub fn could_use(&self, method: &str, target: &str, ctx: &CallContext<'_>) -> bool {
         let call = Call::new(Some(method), Some(target), None);
         for rule in self.candidates(&call) {
             if !rule.head_matches(&call, ctx) {

@@ -13,6 +13,7 @@ mod config;
 pub(crate) mod glob;
 mod index;
 mod list;
+pub mod listen;
 mod rules;
 
 use std::fmt;

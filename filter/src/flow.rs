@@ -379,13 +379,8 @@ fn revision_checks(
                     .map_or(Known::Unknown, |m| Known::Mirrors(m)),
                 _ => Known::Mirrors(&[]),
             };
-            let why = modern::check_headers(message, headers, known).err()?;
-            Some(refused(
-                400,
-                modern::HEADER_MISMATCH,
-                format!("Header mismatch: {why}"),
-                None,
-            ))
+            let mismatch = modern::check_headers(message, headers, known).err()?;
+            Some(refused(400, mismatch.code, mismatch.message(), None))
         }
         Body::Batch(items) if items.iter().any(Message::is_stateless) => Some(refused(
             400,

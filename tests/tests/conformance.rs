@@ -47,15 +47,7 @@ const GATEWAY_ANSWERS_2025: &[&str] = &[
 
 /// 2026-07-28 wire, payments server: checks that pass directly and fail through the gateway,
 /// because the filter refuses the request before the server sees it.
-const LOST_THROUGH_GATEWAY_2026: &[&str] = &[
-    // `server/discover` with the `MCP-Protocol-Version: 2026-07-28` header but no
-    // `io.modelcontextprotocol/protocolVersion` in `params._meta` (no `_meta` at all, or one
-    // without that key). The suite wants -32602 Invalid params (and HTTP 400), which the server
-    // answers; the filter refuses it first as a header/body disagreement: HTTP 400 with -32020
-    // Header mismatch. The HTTP status check (`sep-2575-http-server-meta-invalid-400`) passes.
-    "server-stateless / sep-2575-request-meta-invalid-missing-meta / RequestMetaInvalid",
-    "server-stateless / sep-2575-request-meta-invalid-missing-protocol-version / RequestMetaInvalid",
-];
+const LOST_THROUGH_GATEWAY_2026: &[&str] = &[];
 
 fn allow_everything() -> Value {
     json!({"defaultAction": {"action": "allow"}, "rules": []})

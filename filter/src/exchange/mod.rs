@@ -38,9 +38,10 @@ const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
 /// every request.
 pub const REVOCATIONS_KEY: &str = "tollgate.revocations";
 
-/// Shared-data key of the tools' mirrored parameters (`x-mcp-header`), as the `tools/list`
-/// answers that passed any worker said: every worker checks `Mcp-Param-*` headers against them.
-pub const MIRRORS_KEY: &str = "tollgate.mirrors";
+/// Shared-data key prefix of the tools' mirrored parameters (`x-mcp-header`), per upstream, as
+/// the `tools/list` answers that passed any worker said: every worker checks `Mcp-Param-*`
+/// headers against them. Per upstream: two servers may name different tools alike.
+pub const MIRRORS_KEY: &str = "tollgate.mirrors.";
 
 /// Everything a request needs from the configuration, built once per configuration load.
 pub struct Runtime {
@@ -85,9 +86,13 @@ impl Runtime {
 }
 
 impl Runtime {
+    fn mirrors_key(&self) -> String {
+        format!("{MIRRORS_KEY}{}", self.config.upstream)
+    }
+
     /// The mirrored parameters every worker has learned, from shared data.
     pub fn mirrors(&self, host: &impl Host) -> Rc<Mirrors> {
-        let (bytes, cas) = host.shared_bytes(MIRRORS_KEY);
+        let (bytes, cas) = host.shared_bytes(&self.mirrors_key());
         let mut cached = self.mirrors.borrow_mut();
         if cas.is_some() && cached.0 == cas {
             return Rc::clone(&cached.1);
@@ -102,8 +107,9 @@ impl Runtime {
     /// Adds what a `tools/list` answer says to the shared mirrors. Tools keep their latest
     /// schema; a tool no answer names again keeps what was learned (lists come in pages).
     pub fn learn_mirrors(&self, host: &impl Host, learned: Mirrors) {
+        let key = self.mirrors_key();
         for _ in 0..3 {
-            let (bytes, cas) = host.shared_bytes(MIRRORS_KEY);
+            let (bytes, cas) = host.shared_bytes(&key);
             let mut all: Mirrors = bytes
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
@@ -119,7 +125,7 @@ impl Runtime {
                 return;
             }
             let json = serde_json::to_vec(&all).unwrap_or_default();
-            if host.set_shared_bytes(MIRRORS_KEY, &json, cas) {
+            if host.set_shared_bytes(&key, &json, cas) {
                 return;
             }
             // Another worker wrote first: merge again over what it wrote.
@@ -370,9 +376,8 @@ impl<H: Host> Exchange<H> {
         if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
             let marked = crate::failopen::mark(&record).to_string().into_bytes();
             if self.defer_record(marked, Room::All) {
-                self.enter(RequestState::Forwarded { failed_open: true });
                 self.host.count(metrics::FAIL_OPEN, 1);
-                self.host.resume_request();
+                self.release(true);
                 return;
             }
         }
@@ -688,8 +693,14 @@ impl<H: Host> Exchange<H> {
         }
     }
 
-    /// The record is durable (or the call passed fail-open): the upstream may have it.
+    /// The record is durable: the upstream may have it.
     fn forward(&mut self) {
+        self.release(false);
+    }
+
+    /// Lets the request go on to the upstream (its record durable, or passed fail-open), with
+    /// the body the upstream must get.
+    fn release(&mut self, failed_open: bool) {
         if let Some(body) = self.forward_body.take() {
             // The headers went on without a Content-Length (see `on_request_headers`): Envoy's
             // buffer filter sets the new body's.
@@ -705,7 +716,7 @@ impl<H: Host> Exchange<H> {
                 return;
             }
         }
-        self.enter(RequestState::Forwarded { failed_open: false });
+        self.enter(RequestState::Forwarded { failed_open });
         self.host.resume_request();
     }
 

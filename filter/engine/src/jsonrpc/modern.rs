@@ -85,14 +85,24 @@ impl Message {
     }
 
     /// The value an `Mcp-Name` header must mirror: the tool's or prompt's name, the resource's
-    /// URI.
+    /// URI; for the tasks extension's methods, the task id.
     pub fn mirrored_name(&self) -> Option<&str> {
         let key = match self.method.as_deref()? {
             "tools/call" | "prompts/get" => "name",
             "resources/read" => "uri",
+            "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
             _ => return None,
         };
         self.params.as_ref()?.get(key)?.as_str()
+    }
+
+    /// Whether a 2026-07-28 request of this method must carry `Mcp-Name` (the transport spec's
+    /// table; the tasks extension's routing header is checked when sent).
+    fn requires_name(&self) -> bool {
+        matches!(
+            self.method.as_deref(),
+            Some("tools/call" | "prompts/get" | "resources/read")
+        )
     }
 }
 
@@ -193,6 +203,33 @@ pub fn decode_value(raw: &str) -> Result<String, String> {
     }
 }
 
+/// Why the headers and the body of a request do not go together: the JSON-RPC error code the
+/// refusal carries (`HeaderMismatch`, or `Invalid params` for a 2026-07-28 request whose `_meta`
+/// lacks its version) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub code: i64,
+    pub why: String,
+}
+
+impl Mismatch {
+    fn header(why: String) -> Self {
+        Mismatch {
+            code: HEADER_MISMATCH,
+            why,
+        }
+    }
+
+    /// The refusal's message.
+    pub fn message(&self) -> String {
+        if self.code == HEADER_MISMATCH {
+            format!("Header mismatch: {}", self.why)
+        } else {
+            format!("Invalid params: {}", self.why)
+        }
+    }
+}
+
 /// What the gateway knows of each tool's mirrored parameters, by tool name.
 pub type Mirrors = BTreeMap<String, Vec<Mirror>>;
 
@@ -265,9 +302,17 @@ pub fn check_headers(
     message: &Message,
     headers: &McpHeaders,
     known: Known<'_>,
-) -> Result<(), String> {
+) -> Result<(), Mismatch> {
+    check(message, headers, known).map_err(|mut mismatch| {
+        mismatch.why = mismatch.why.replace('\n', " ");
+        mismatch
+    })
+}
+
+fn check(message: &Message, headers: &McpHeaders, known: Known<'_>) -> Result<(), Mismatch> {
+    let err = |why: String| Err(Mismatch::header(why));
     if let Some(name) = &headers.repeated {
-        return Err(format!("the {name} header is sent more than once"));
+        return err(format!("the {name} header is sent more than once"));
     }
     let stateless = message.is_stateless();
     let body_version = message
@@ -276,25 +321,29 @@ pub fn check_headers(
         .and_then(Value::as_str);
     match (&headers.protocol_version, body_version) {
         (None, Some(_)) => {
-            return Err("the MCP-Protocol-Version header is missing".to_owned());
+            return err("the MCP-Protocol-Version header is missing".to_owned());
         }
         (Some(header), Some(body)) if header != body => {
-            return Err(format!(
+            return err(format!(
                 "MCP-Protocol-Version header {header:?} does not match the body's {body:?}"
             ));
         }
+        // What the spec answers for a 2026-07-28 request whose `_meta` is incomplete.
         (Some(header), None) if header.as_str() >= STATELESS_SINCE => {
-            return Err(format!(
-                "MCP-Protocol-Version {header:?} needs {META_PROTOCOL_VERSION} in params._meta"
-            ));
+            return Err(Mismatch {
+                code: super::INVALID_PARAMS,
+                why: format!(
+                    "MCP-Protocol-Version is {header:?} but params._meta lacks {META_PROTOCOL_VERSION}"
+                ),
+            });
         }
         _ => {}
     }
     let method = message.method.as_deref().unwrap_or_default();
     match &headers.method {
-        None if stateless => return Err("the Mcp-Method header is missing".to_owned()),
+        None if stateless => return err("the Mcp-Method header is missing".to_owned()),
         Some(header) if header != method => {
-            return Err(format!(
+            return err(format!(
                 "Mcp-Method header {header:?} does not match the body's method {method:?}"
             ));
         }
@@ -302,26 +351,27 @@ pub fn check_headers(
     }
     let body_name = message.mirrored_name();
     match (&headers.name, body_name) {
-        (None, Some(_)) if stateless => {
-            return Err(format!("the Mcp-Name header is missing for {method}"));
+        (None, Some(_)) if stateless && message.requires_name() => {
+            return err(format!("the Mcp-Name header is missing for {method}"));
         }
         (Some(_), None) => {
-            return Err(format!(
+            return err(format!(
                 "an Mcp-Name header on {method:?}, which names nothing"
             ));
         }
         (Some(raw), Some(body)) => {
-            let header = decode_value(raw)
-                .map_err(|why| format!("the Mcp-Name header is malformed: {why}"))?;
+            let header = decode_value(raw).map_err(|why| {
+                Mismatch::header(format!("the Mcp-Name header is malformed: {why}"))
+            })?;
             if header != body {
-                return Err(format!(
+                return err(format!(
                     "Mcp-Name header {header:?} does not match the body's {body:?}"
                 ));
             }
         }
         _ => {}
     }
-    check_params(message, headers, known, stateless)
+    check_params(message, headers, known, stateless).map_err(Mismatch::header)
 }
 
 fn check_params(
@@ -753,7 +803,8 @@ mod tests {
         for (pairs, expected) in cases {
             let err =
                 check_headers(&m, &headers(&pairs), Known::Mirrors(&region())).expect_err(expected);
-            assert!(err.contains(expected), "{pairs:?}: {err}");
+            assert_eq!(err.code, HEADER_MISMATCH);
+            assert!(err.why.contains(expected), "{pairs:?}: {err:?}");
         }
     }
 
@@ -813,7 +864,7 @@ mod tests {
         assert_eq!(check_headers(&m, &headers(&pairs), Known::Unknown), Ok(()));
         pairs.push(("Mcp-Param-Region", "eu-west1"));
         let err = check_headers(&m, &headers(&pairs), Known::Unknown).unwrap_err();
-        assert!(err.contains("tools/list"), "{err}");
+        assert!(err.why.contains("tools/list"), "{err:?}");
     }
 
     #[test]
@@ -835,9 +886,32 @@ mod tests {
         ]);
         assert!(check_headers(&legacy, &twice, Known::Unknown)
             .unwrap_err()
+            .why
             .contains("more than once"));
+        // The header says 2026-07-28, the body's `_meta` does not: invalid params, as a
+        // server answers it.
         let claims_modern = headers(&[("MCP-Protocol-Version", "2026-07-28")]);
-        assert!(check_headers(&legacy, &claims_modern, Known::Unknown).is_err());
+        let err = check_headers(&legacy, &claims_modern, Known::Unknown).unwrap_err();
+        assert_eq!(err.code, crate::jsonrpc::INVALID_PARAMS);
+        // The tasks extension routes on the task id: checked when sent, never required.
+        let get = message(
+            json!({"jsonrpc": "2.0", "id": 5, "method": "tasks/get", "params": {
+            "taskId": "t-1", "_meta": {META_PROTOCOL_VERSION: "2026-07-28"}}}),
+        );
+        let base = [
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tasks/get"),
+        ];
+        assert_eq!(check_headers(&get, &headers(&base), Known::Unknown), Ok(()));
+        let mut named = base.to_vec();
+        named.push(("Mcp-Name", "t-1"));
+        assert_eq!(
+            check_headers(&get, &headers(&named), Known::Unknown),
+            Ok(())
+        );
+        named.pop();
+        named.push(("Mcp-Name", "t-2"));
+        assert!(check_headers(&get, &headers(&named), Known::Unknown).is_err());
         let list = message(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}));
         assert!(check_headers(&list, &headers(&[("Mcp-Name", "x")]), Known::Unknown).is_err());
     }

@@ -72,7 +72,7 @@ pub fn ask(
             approver_group: approver_group.clone(),
             grant_ttl_seconds: grant_ttl_seconds.unwrap_or(0),
             session: info.session_id.clone().unwrap_or_default(),
-            message_json: message_json(message),
+            message_json: message.to_body(),
             claims_json: Value::Object(identity.claims.clone())
                 .to_string()
                 .into_bytes(),
@@ -110,23 +110,6 @@ pub fn input_required(ask: &Ask, approval_id: &str, config: &FilterConfig) -> Lo
 }
 
 pub use tollgate_engine::jsonrpc::arguments_hash;
-
-/// The held message as the control plane judges it again. The strict parser refused any body
-/// that could be read two ways, so the message re-serialised is the one the upstream would see.
-fn message_json(message: &Message) -> Vec<u8> {
-    let mut out = serde_json::Map::new();
-    out.insert("jsonrpc".to_owned(), "2.0".into());
-    if let Some(id) = &message.id {
-        out.insert("id".to_owned(), id.clone());
-    }
-    if let Some(method) = &message.method {
-        out.insert("method".to_owned(), method.clone().into());
-    }
-    if let Some(params) = &message.params {
-        out.insert("params".to_owned(), params.clone());
-    }
-    Value::Object(out).to_string().into_bytes()
-}
 
 /// What an answer from `Request` or `Await` means for the held call.
 pub fn on_status(ask: &Ask, status: &ApprovalStatus) -> Outcome {

@@ -407,10 +407,7 @@ pub fn untangle_retry(body: &[u8]) -> Option<Result<(Vec<u8>, modern::ApprovalRe
     let Ok(Body::Single(message)) = jsonrpc::parse(body) else {
         return None;
     };
-    Some(
-        modern::take_gateway_state(&message)?
-            .map(|(restored, retry)| (modern::message_body(&restored), retry)),
-    )
+    Some(modern::take_gateway_state(&message)?.map(|(restored, retry)| (restored.to_body(), retry)))
 }
 
 /// A retry whose gateway state does not decode: refused, and recorded.

@@ -453,6 +453,21 @@ fn python_approve(
         .unwrap_or_else(|_| panic!("no transcript: {stdout}\n{noise:?}"))
 }
 
+/// An operator token for bob, a payments approver.
+fn approver(stack: &Stack) -> String {
+    stack
+        .token(
+            "bob@example.com",
+            &[
+                "--groups",
+                "payments-approvers",
+                "--aud",
+                "tollgate-operators",
+            ],
+        )
+        .unwrap()
+}
+
 fn approve(stack: &Stack, operator: &str, verb: &str, id: &str, reason: &str) {
     let out = stack
         .tollgate_as(Some(operator), &["approvals", verb, id, "--reason", reason])
@@ -471,17 +486,7 @@ async fn a_held_call_is_a_multi_round_trip_request_for_a_2026_client() {
     let alice = stack
         .token("alice@example.com", &["--groups", "payments-ops"])
         .unwrap();
-    let bob = stack
-        .token(
-            "bob@example.com",
-            &[
-                "--groups",
-                "payments-approvers",
-                "--aud",
-                "tollgate-operators",
-            ],
-        )
-        .unwrap();
+    let bob = approver(&stack);
     let arguments = json!({"merchant_id": "m_2", "account_number": "DE89370400440532013000",
                            "routing_number": "110000000"});
 
@@ -557,17 +562,7 @@ fn received_tool(stack: &Stack, tool: &str) -> usize {
 async fn a_forged_gateway_state_grants_nothing() {
     let stack = Stack::start().unwrap();
     let alice = stack.token("alice@example.com", &[]).unwrap();
-    let bob = stack
-        .token(
-            "bob@example.com",
-            &[
-                "--groups",
-                "payments-approvers",
-                "--aud",
-                "tollgate-operators",
-            ],
-        )
-        .unwrap();
+    let bob = approver(&stack);
     let headers = [
         ("mcp-method", "tools/call"),
         ("mcp-name", "update_payout_account"),
@@ -735,13 +730,23 @@ async fn rmcp_tour(url: &str, token: Option<&str>) -> Value {
         .await
         .unwrap();
     out.insert("customer".into(), serde_json::to_value(&customer).unwrap());
-    let by_region = client
-        .call_tool(
+    // rmcp mirrors `region` into Mcp-Param-Region from the schema it listed, but now and then
+    // sends the call before that schema is in its cache, and the gateway refuses it (-32020), as
+    // a server must. The spec's client answer: list the tools again and retry.
+    let by_region_call = || {
+        client.call_tool(
             CallToolRequestParams::new("list_payments_by_region")
                 .with_arguments(json!({"region": "eu-west1"}).as_object().cloned().unwrap()),
         )
-        .await
-        .unwrap();
+    };
+    let by_region = match by_region_call().await {
+        Err(rmcp::ServiceError::McpError(e)) if e.code.0 == -32020 => {
+            client.list_all_tools().await.unwrap();
+            by_region_call().await
+        }
+        other => other,
+    }
+    .unwrap_or_else(|e| panic!("list_payments_by_region through {url}: {e:?}"));
     out.insert("byRegion".into(), serde_json::to_value(&by_region).unwrap());
     let read = client
         .read_resource(ReadResourceRequestParams::new("payments://policy"))
@@ -781,6 +786,7 @@ async fn the_rmcp_client_in_2026_mode_works_through_the_gateway() {
     let calls: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"] == "mcp.request" && r["messages"][0]["method"] == "tools/call")
+        .filter(|r| r["outcome"] == "forwarded")
         .collect();
     assert_eq!(calls.len(), 2, "{calls:?}");
     for record in calls {

@@ -50,6 +50,23 @@ impl Message {
     pub fn arguments(&self) -> Option<&Value> {
         self.params.as_ref()?.get("arguments")
     }
+
+    /// The message as JSON-RPC text. The strict parser refused any body that could be read two
+    /// ways, so this is the message the upstream reads.
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut out = Map::new();
+        out.insert("jsonrpc".to_owned(), "2.0".into());
+        if let Some(id) = &self.id {
+            out.insert("id".to_owned(), id.clone());
+        }
+        if let Some(method) = &self.method {
+            out.insert("method".to_owned(), method.clone().into());
+        }
+        if let Some(params) = &self.params {
+            out.insert("params".to_owned(), params.clone());
+        }
+        Value::Object(out).to_string().into_bytes()
+    }
 }
 
 /// Hex SHA-256 of a call's arguments in canonical form (object keys sorted, no whitespace): an

@@ -573,22 +573,6 @@ fn untangle(message: &Message, state: &str) -> Result<(Message, ApprovalRetry), 
     ))
 }
 
-/// The message as JSON-RPC text, for a body the gateway rewrote.
-pub fn message_body(message: &Message) -> Vec<u8> {
-    let mut out = Map::new();
-    out.insert("jsonrpc".to_owned(), "2.0".into());
-    if let Some(id) = &message.id {
-        out.insert("id".to_owned(), id.clone());
-    }
-    if let Some(method) = &message.method {
-        out.insert("method".to_owned(), method.clone().into());
-    }
-    if let Some(params) = &message.params {
-        out.insert("params".to_owned(), params.clone());
-    }
-    Value::Object(out).to_string().into_bytes()
-}
-
 /// The answer to a held call from a client that handles URL elicitation: `input_required`,
 /// asking the client to send its user to `url` (the approval) and retry with `state`.
 pub fn input_required(id: Option<&Value>, message: &str, url: &str, state: &str) -> Vec<u8> {

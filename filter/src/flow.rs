@@ -404,6 +404,10 @@ fn revision_checks(
 /// (the gateway's state taken out, the server's own restored) and what the state said. `None`
 /// when the body carries no gateway state; `Err` (why) when it carries one that does not decode.
 pub fn untangle_retry(body: &[u8]) -> Option<Result<(Vec<u8>, modern::ApprovalRetry), String>> {
+    // Cheap test first: only a retry carries the gateway's state, and most bodies are no retry.
+    if !memfind(body, modern::GATEWAY_STATE_PREFIX.as_bytes()) {
+        return None;
+    }
     let Ok(Body::Single(message)) = jsonrpc::parse(body) else {
         return None;
     };

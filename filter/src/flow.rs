@@ -1276,31 +1276,30 @@ mod policy_tests {
     }
 }
 
-/// The list method (`tools/list`, `resources/list`, `prompts/list`) of a request whose answer
-/// the policy may filter, when the body is a single such request.
-pub fn list_method(policy: &Policy, body: Option<&[u8]>) -> Option<String> {
-    if !policy.filter_lists() {
+/// The method of a body that is a single request whose answer the filter handles itself: the
+/// lists (filtered, and `tools/list` teaches the mirrors) and `subscriptions/listen`. One parse
+/// answers all of them, and a body that names no list is not parsed at all.
+pub fn answered_method(body: &[u8]) -> Option<String> {
+    if !memfind(body, b"list") {
         return None;
     }
-    match jsonrpc::parse(body?).ok()? {
-        Body::Single(message) => message
-            .method
-            .filter(|m| matches!(m.as_str(), "tools/list" | "resources/list" | "prompts/list")),
+    match jsonrpc::parse(body).ok()? {
+        Body::Single(message) => message.method.filter(|m| {
+            matches!(
+                m.as_str(),
+                "tools/list" | "resources/list" | "prompts/list" | "subscriptions/listen"
+            )
+        }),
         Body::Batch(_) => None,
     }
 }
 
-/// Whether the body is a single `tools/list` request.
-pub fn is_tools_list(body: &[u8]) -> bool {
-    // Cheap test first: most bodies are not.
-    memfind(body, b"tools/list")
-        && matches!(jsonrpc::parse(body), Ok(Body::Single(m)) if m.method.as_deref() == Some("tools/list"))
-}
-
-/// Whether the body is a single `subscriptions/listen` request.
-pub fn is_listen(body: &[u8]) -> bool {
-    memfind(body, b"subscriptions/listen")
-        && matches!(jsonrpc::parse(body), Ok(Body::Single(m)) if m.method.as_deref() == Some("subscriptions/listen"))
+/// The list method (`tools/list`, `resources/list`, `prompts/list`) of a request whose answer
+/// the policy filters, from [`answered_method`].
+pub fn list_method(policy: &Policy, method: Option<&str>) -> Option<String> {
+    method
+        .filter(|m| policy.filter_lists() && *m != "subscriptions/listen")
+        .map(str::to_owned)
 }
 
 fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
@@ -1384,7 +1383,7 @@ mod list_tests {
         assert_eq!(
             list_method(
                 &policy,
-                Some(br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+                answered_method(br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).as_deref()
             ),
             Some("tools/list".to_owned())
         );

@@ -522,6 +522,14 @@ impl Stack {
             .collect()
     }
 
+    /// How many calls of `tool` the payments server received.
+    pub fn server_calls(&self, tool: &str) -> usize {
+        self.server_requests()
+            .iter()
+            .filter(|r| r["tool"] == tool)
+            .count()
+    }
+
     /// Stops Envoy and starts it again from the same bootstrap: whatever it kept in memory
     /// (the filter's VMs and their shared data) is gone.
     pub fn restart_envoy(&mut self) -> Result<()> {

@@ -52,14 +52,6 @@ fn decide(stack: &Stack, operator: &str, verb: &str, id: &str, reason: &str) -> 
     (out.status.success(), text)
 }
 
-fn server_calls(stack: &Stack, tool: &str) -> usize {
-    stack
-        .server_requests()
-        .iter()
-        .filter(|r| r["tool"] == tool)
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_call_is_released_the_moment_a_second_person_approves() {
     let stack = stack(20_000);
@@ -110,7 +102,7 @@ async fn a_held_call_is_released_the_moment_a_second_person_approves() {
     }
     let id = pending.expect("a pending approval to list");
     assert_eq!(
-        server_calls(&stack, "update_payout_account"),
+        stack.server_calls("update_payout_account"),
         0,
         "forwarded before approval"
     );
@@ -124,7 +116,7 @@ async fn a_held_call_is_released_the_moment_a_second_person_approves() {
     assert!(ok, "{text}");
     let answer = held.await.unwrap().unwrap();
     assert!(answer.json()["result"].is_object(), "{}", answer.body);
-    assert_eq!(server_calls(&stack, "update_payout_account"), 1);
+    assert_eq!(stack.server_calls("update_payout_account"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +218,7 @@ async fn a_pending_call_passes_once_after_approval_and_only_for_its_own_argument
     assert!(ok, "{text}");
     let retry = call(4, "000111222333").await.unwrap();
     assert!(retry.json()["result"].is_object(), "{}", retry.body);
-    assert_eq!(server_calls(&stack, "update_payout_account"), 1);
+    assert_eq!(stack.server_calls("update_payout_account"), 1);
 
     // Single use: the same call again needs a new approval, and so does another account.
     let again = call(5, "000111222333").await.unwrap();
@@ -256,7 +248,7 @@ async fn a_pending_call_passes_once_after_approval_and_only_for_its_own_argument
         "{}",
         denied.body
     );
-    assert_eq!(server_calls(&stack, "update_payout_account"), 1);
+    assert_eq!(stack.server_calls("update_payout_account"), 1);
 
     // The chain tells the story in order and verifies.
     let records = stack.audit_records().unwrap();
@@ -378,7 +370,7 @@ async fn neither_the_owner_of_a_service_account_nor_a_revoked_approver_releases_
         !ok && text.contains("is revoked"),
         "revoked approver: {text}"
     );
-    assert_eq!(server_calls(&stack, "update_payout_account"), 0);
+    assert_eq!(stack.server_calls("update_payout_account"), 0);
 
     let records = stack.audit_records().unwrap();
     let owner_refusal = records

@@ -499,7 +499,7 @@ async fn a_held_call_is_a_multi_round_trip_request_for_a_2026_client() {
         let id = url.rsplit('/').next().unwrap().to_owned();
         assert!(id.starts_with("apr_"), "{url}");
         assert!(
-            received_tool(&stack, "update_payout_account") == 0,
+            stack.server_calls("update_payout_account") == 0,
             "forwarded before approval"
         );
         if rounds == 2 {
@@ -515,7 +515,7 @@ async fn a_held_call_is_a_multi_round_trip_request_for_a_2026_client() {
     let result = transcript["result"].to_string();
     assert!(transcript["error"].is_null(), "{transcript}");
     assert!(result.contains("payout"), "{transcript}");
-    assert_eq!(received_tool(&stack, "update_payout_account"), 1);
+    assert_eq!(stack.server_calls("update_payout_account"), 1);
     // What the server got carried nothing of the gateway's.
     let forwarded = stack
         .server_requests()
@@ -547,15 +547,7 @@ async fn a_held_call_is_a_multi_round_trip_request_for_a_2026_client() {
     });
     let error = transcript["error"].to_string();
     assert!(error.contains("letterhead"), "{transcript}");
-    assert_eq!(received_tool(&stack, "update_payout_account"), 1);
-}
-
-fn received_tool(stack: &Stack, tool: &str) -> usize {
-    stack
-        .server_requests()
-        .iter()
-        .filter(|r| r["tool"] == tool)
-        .count()
+    assert_eq!(stack.server_calls("update_payout_account"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,7 +605,7 @@ async fn a_forged_gateway_state_grants_nothing() {
         answer.body
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(received_tool(&stack, "update_payout_account"), 0);
+    assert_eq!(stack.server_calls("update_payout_account"), 0);
     // The approved call itself passes, once.
     let answer = post(&stack, &alice, &headers, retry(504, params.clone(), &state)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -622,7 +614,7 @@ async fn a_forged_gateway_state_grants_nothing() {
         "{}",
         answer.body
     );
-    assert_eq!(received_tool(&stack, "update_payout_account"), 1);
+    assert_eq!(stack.server_calls("update_payout_account"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

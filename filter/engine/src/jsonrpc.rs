@@ -73,10 +73,17 @@ impl Message {
 /// approval grant is bound to exactly these arguments. The filter and the control plane both
 /// compute it, and must agree.
 pub fn arguments_hash(arguments: &Value) -> String {
-    use sha2::{Digest, Sha256};
     // serde_json's map keeps keys sorted (no `preserve_order`), so `to_string` is canonical here.
-    let digest = Sha256::digest(arguments.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(arguments.to_string().as_bytes())
+}
+
+/// Hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A request body: one message or a batch.

@@ -72,16 +72,9 @@ impl Runtime {
 
     /// The current revocations, from shared data.
     pub fn revocations(&self, host: &impl Host) -> Rc<RevocationSet> {
-        let (bytes, cas) = host.shared_bytes(REVOCATIONS_KEY);
-        let mut cached = self.revocations.borrow_mut();
-        if cas.is_some() && cached.0 == cas {
-            return Rc::clone(&cached.1);
-        }
-        let set = bytes
-            .and_then(|b| RevocationSet::from_json(&b))
-            .unwrap_or_default();
-        *cached = (cas, Rc::new(set));
-        Rc::clone(&cached.1)
+        cached_shared(host, REVOCATIONS_KEY, &self.revocations, |b| {
+            RevocationSet::from_json(b)
+        })
     }
 }
 
@@ -92,16 +85,9 @@ impl Runtime {
 
     /// The mirrored parameters every worker has learned, from shared data.
     pub fn mirrors(&self, host: &impl Host) -> Rc<Mirrors> {
-        let (bytes, cas) = host.shared_bytes(&self.mirrors_key());
-        let mut cached = self.mirrors.borrow_mut();
-        if cas.is_some() && cached.0 == cas {
-            return Rc::clone(&cached.1);
-        }
-        let mirrors = bytes
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        *cached = (cas, Rc::new(mirrors));
-        Rc::clone(&cached.1)
+        cached_shared(host, &self.mirrors_key(), &self.mirrors, |b| {
+            serde_json::from_slice(b).ok()
+        })
     }
 
     /// Adds what a `tools/list` answer says to the shared mirrors. Tools keep their latest
@@ -135,6 +121,25 @@ impl Runtime {
             "tollgate: could not store the tools' mirrored parameters (shared data kept changing)",
         );
     }
+}
+
+/// Shared data `key`, parsed by `parse` (absent or unparsable: the default), and kept in `cache`
+/// until another worker (or this one) stores a new value: parsed again only when its CAS token
+/// changes.
+fn cached_shared<T: Default>(
+    host: &impl Host,
+    key: &str,
+    cache: &RefCell<(Option<u32>, Rc<T>)>,
+    parse: impl FnOnce(&[u8]) -> Option<T>,
+) -> Rc<T> {
+    let (bytes, cas) = host.shared_bytes(key);
+    let mut cached = cache.borrow_mut();
+    if cas.is_some() && cached.0 == cas {
+        return Rc::clone(&cached.1);
+    }
+    let value = bytes.and_then(|b| parse(&b)).unwrap_or_default();
+    *cached = (cas, Rc::new(value));
+    Rc::clone(&cached.1)
 }
 
 /// What an outstanding gRPC call is for.
@@ -777,9 +782,11 @@ impl<H: Host> Exchange<H> {
             Some(&body),
             &runtime.mirrors(&self.host),
         );
-        self.list_method = flow::list_method(&runtime.policy, Some(&body));
-        self.learns_tools = flow::is_tools_list(&body);
-        self.listen = flow::is_listen(&body).then(ListenFilter::default);
+        let method = flow::answered_method(&body);
+        self.list_method = flow::list_method(&runtime.policy, method.as_deref());
+        self.learns_tools = method.as_deref() == Some("tools/list");
+        self.listen =
+            (method.as_deref() == Some("subscriptions/listen")).then(ListenFilter::default);
         if self.listen.is_some() {
             self.stream = StreamMasker::discrete();
         }

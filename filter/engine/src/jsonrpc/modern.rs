@@ -123,7 +123,6 @@ impl McpHeaders {
     /// Picks the MCP headers out of a request's header list.
     pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut out = McpHeaders::default();
-        let mut seen: Vec<String> = Vec::new();
         for (name, value) in headers {
             let name = name.to_ascii_lowercase();
             let slot = match name.as_str() {
@@ -140,10 +139,9 @@ impl McpHeaders {
                     continue;
                 }
             };
-            if slot.replace(value.to_owned()).is_some() || seen.contains(&name) {
-                out.repeated.get_or_insert(name.clone());
+            if slot.replace(value.to_owned()).is_some() {
+                out.repeated.get_or_insert(name);
             }
-            seen.push(name);
         }
         out
     }
@@ -303,6 +301,8 @@ pub fn check_headers(
     headers: &McpHeaders,
     known: Known<'_>,
 ) -> Result<(), Mismatch> {
+    // A schema's `x-mcp-header` is the server's text and may hold a line break; the reason is
+    // one line.
     check(message, headers, known).map_err(|mut mismatch| {
         mismatch.why = mismatch.why.replace('\n', " ");
         mismatch
@@ -597,11 +597,7 @@ pub fn input_required(id: Option<&Value>, message: &str, url: &str, state: &str)
 /// SHA-256 (hex) of a `requestState`: records keep this, never the state, which is the
 /// server's and may hold anything.
 pub fn state_hash(state: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(state.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::sha256_hex(state.as_bytes())
 }
 
 /// `text` (the start of an answer, for its record) with every `"requestState":"…"` value

@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run test bench bench-ab bench-store bench-verify wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
+.PHONY: all run build-release test bench profile bench-ab bench-store bench-verify wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
 
 all: build wasm
 
@@ -47,8 +47,14 @@ wasm-fault: .wasm-target
 build:
 	$(CARGO) build -p tollgate-control-plane -p tollgate-log -p payments-server
 
-## run: the demo (control plane on sled, demo payments server, Envoy with the filter); Ctrl-C stops it
-run: deps wasm build
+## build-release: the same, optimised: what `make run` serves (a debug control plane costs
+## several times the CPU per call)
+build-release:
+	$(CARGO) build --release -p tollgate-control-plane -p tollgate-log -p payments-server
+
+## run: the demo (control plane on sled, demo payments server, Envoy with the filter), release
+## builds; Ctrl-C stops it
+run: deps wasm build-release
 	@scripts/run-demo.sh
 
 ## test: formatting, lints, unit tests and the end-to-end tests against real Envoy and real peers
@@ -101,6 +107,11 @@ bench: deps wasm pg-deps
 	scripts/bench.sh
 	$(MAKE) --no-print-directory bench-store
 	$(MAKE) --no-print-directory bench-verify
+
+## profile: where a call's CPU goes (by process, control-plane thread and filter stage) under the
+## 1 KiB bench load; BENCHMARKS.md's per-stage budget comes from it
+profile: deps wasm
+	@scripts/profile.sh
 
 ## bench-store: durable appends/s through gRPC, sled vs PostgreSQL with one and three replicas
 bench-store: pg-deps

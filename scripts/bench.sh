@@ -11,7 +11,7 @@
 # Everything it starts is stopped on exit. Results stay in target/bench/ (report.md, raw JSON, logs).
 #
 # Environment (all optional):
-#   TOLLGATE_BENCH_PORT_BASE  first of the ports used, base..base+181 (default 28000, below the ephemeral range)
+#   TOLLGATE_BENCH_PORT_BASE  first of the ports used, base..base+211 (default 28000, below the ephemeral range)
 #   TOLLGATE_BENCH_DURATION   seconds measured per cell (default 10)
 #   TOLLGATE_BENCH_WARMUP     seconds of unmeasured load before each cell (default 2)
 #   TOLLGATE_BENCH_MEM_REQUESTS  requests through the filter for the memory samples (default 100000)
@@ -32,7 +32,16 @@ WORKERS=${TOLLGATE_BENCH_WORKERS:-2}
 ENVOY=${TOLLGATE_ENVOY:-$ROOT/.venv/bin/envoy}
 WASM=${TOLLGATE_WASM:-$ROOT/target/wasm32-wasip1/wasm-release/tollgate_filter.wasm}
 SSE_COUNT=10            # slow_stream steps: 10 progress + 10 log events + the result, 21 PANs
-CONCURRENCY=(1 16 64)
+# Connection counts per workload: 1k, 64k, sse (sessionless, as before), session (16 MCP
+# sessions, SSE answers: the shape MCP clients use), 1k50 (the 1 KiB call to an upstream that
+# takes 50 ms, like a real payments API: the added latency is what counts there).
+declare -A WL_CONCURRENCY=([1k]="1 16 64 256" [64k]="1 16 64 256" [sse]="1 16 64 256"
+  [session]="1 16" [1k50]="1 16 256")
+WORKLOADS=(1k 64k sse session 1k50)
+SESSIONS=16
+# The 1 KiB call again through an Envoy whose filter releases answers once their record is sent
+# (`"responseRecord": "pipelined"`): what the durable default costs.
+PIPELINED_CONCURRENCY=(1 16 64)
 POLICY_CONCURRENCY=(1 16)
 POLICY_ROUNDS=3
 POLICY_ROUND=$(( (DURATION + 1) / 2 ))   # seconds per round
@@ -45,6 +54,7 @@ CP_PORT=$((BASE + 51))
 CP_H2C_PORT=$((BASE + 52))   # a second control plane, --insecure-plaintext: what mTLS costs
 JSON_PORT=$((BASE + 81))
 SSE_PORT=$((BASE + 82))
+SESSION_PORT=$((BASE + 83))
 # name listen-port admin-port upstream-port config ("plain" = rendered --plain)
 ENVOYS=(
   "plain-json   $((BASE + 100)) $((BASE + 101)) $JSON_PORT plain"
@@ -56,6 +66,9 @@ ENVOYS=(
   "memory       $((BASE + 160)) $((BASE + 161)) $JSON_PORT config-main.json"
   "mask64       $((BASE + 170)) $((BASE + 171)) $JSON_PORT config-main.json"
   "tollgate-h2c $((BASE + 180)) $((BASE + 181)) $JSON_PORT config-main.json"
+  "plain-session $((BASE + 190)) $((BASE + 191)) $SESSION_PORT plain"
+  "tollgate-session $((BASE + 200)) $((BASE + 201)) $SESSION_PORT config-main.json"
+  "pipelined    $((BASE + 210)) $((BASE + 211)) $JSON_PORT config-pipelined.json"
 )
 
 # shellcheck source=scripts/bench/lib.sh
@@ -89,6 +102,7 @@ cell() {
   fi
   local upstream=$JSON_PID
   [ "$body" = body-sse.json ] && upstream=$SSE_PID
+  [ -n "${BENCH_SESSIONS:-}" ] && upstream=$SESSION_PID
   run_wrk "$STATE/results/warmup.json" "$(url "$name")" "$body" "$conns" "$WARMUP" || true
   local before after
   before="$(cpu_ticks "${EPID[$name]}") $(cpu_ticks "$CP_PID") $(cpu_ticks "$upstream")"
@@ -121,7 +135,7 @@ ensure_tools
 say "building release binaries (tollgate, payments-server)"
 cargo build --release --quiet -p tollgate-control-plane -p payments-server
 
-for p in $CP_PORT $CP_H2C_PORT $JSON_PORT $SSE_PORT; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
+for p in $CP_PORT $CP_H2C_PORT $JSON_PORT $SSE_PORT $SESSION_PORT; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
 for e in "${ENVOYS[@]}"; do
   read -r _ l a _ _ <<<"$e"
   for p in "$l" "$a"; do port_free "$p" || die "port $p is in use (set TOLLGATE_BENCH_PORT_BASE)"; done
@@ -149,6 +163,10 @@ wait_for_line "$STATE/logs/payments-json.log" "listening on" $JSON_PID
 SSE_PID=$!
 pids+=($SSE_PID)
 wait_for_line "$STATE/logs/payments-sse.log" "listening on" $SSE_PID
+"$PAYMENTS" --listen "127.0.0.1:$SESSION_PORT" >"$STATE/logs/payments-session.log" 2>&1 &
+SESSION_PID=$!
+pids+=($SESSION_PID)
+wait_for_line "$STATE/logs/payments-session.log" "listening on" $SESSION_PID
 
 TOKEN=$("$TOLLGATE" --home "$STATE/home" dev token --sub bench@example.com --ttl 2h | tail -1)
 python3 "$HERE/configs.py" envoy/policy/payments.json "$STATE" "$SSE_COUNT"
@@ -158,8 +176,9 @@ for e in "${ENVOYS[@]}"; do
   case $name in memory|mask64) continue ;; esac
   start_envoy "$name" "$l" "$a" "$up" "$cfg"
 done
-for name in plain-json tollgate-json plain-sse tollgate-sse policy-1 policy-200 tollgate-h2c; do wait_envoy "$name"; done
-say "stack up: control plane 127.0.0.1:$CP_PORT (mTLS) and :$CP_H2C_PORT (h2c), payments servers :$JSON_PORT (JSON) :$SSE_PORT (SSE), 7 Envoys ($WORKERS workers each)"
+for name in plain-json tollgate-json plain-sse tollgate-sse policy-1 policy-200 tollgate-h2c \
+  plain-session tollgate-session pipelined; do wait_envoy "$name"; done
+say "stack up: control plane 127.0.0.1:$CP_PORT (mTLS) and :$CP_H2C_PORT (h2c), payments servers :$JSON_PORT (JSON) :$SSE_PORT (SSE) :$SESSION_PORT (sessions, SSE), 10 Envoys ($WORKERS workers each)"
 
 # One request per workload: the answer is the one meant, in clear through plain Envoy and masked
 # through Tollgate. A failed check leaves that workload's cells unmeasured, with the reason.
@@ -177,13 +196,32 @@ check policy200 plain-json policy-200 body-1k.json 1
 check cp-mtls plain-json tollgate-json body-1k.json 1
 check cp-h2c plain-json tollgate-h2c body-1k.json 1
 
+# The session rows: SESSIONS sessions opened through each gateway (Tollgate binds them to the
+# bench identity), every request in one of them.
+PLAIN_SESSIONS=$(python3 "$HERE/sessions.py" "$(url plain-session)" "$TOKEN" "$SESSIONS" \
+  "$STATE/body-1k.json" clear) || FAILED_CHECK[session]="opening the sessions or the call in one failed"
+TG_SESSIONS=$(python3 "$HERE/sessions.py" "$(url tollgate-session)" "$TOKEN" "$SESSIONS" \
+  "$STATE/body-1k.json" masked) || FAILED_CHECK[session]="opening the sessions or the call in one failed"
+check 1k50 plain-json tollgate-json body-1k50.json 1
+
 say "measuring: ${DURATION}s per cell after ${WARMUP}s of warm-up, plain Envoy then Envoy + Tollgate"
-for workload in 1k 64k sse; do
-  for c in "${CONCURRENCY[@]}"; do
-    if [ $workload = sse ]; then plain=plain-sse tg=tollgate-sse; else plain=plain-json tg=tollgate-json; fi
-    cell "$workload-c$c-plain" $plain "body-$workload.json" "$c" $workload
-    cell "$workload-c$c-tollgate" $tg "body-$workload.json" "$c" $workload
+for workload in "${WORKLOADS[@]}"; do
+  for c in ${WL_CONCURRENCY[$workload]}; do
+    plain=plain-json tg=tollgate-json body=body-$workload.json
+    case $workload in
+      sse) plain=plain-sse tg=tollgate-sse ;;
+      session) plain=plain-session tg=tollgate-session body=body-1k.json ;;
+    esac
+    [ $workload = session ] && export BENCH_SESSIONS=$PLAIN_SESSIONS
+    cell "$workload-c$c-plain" $plain "$body" "$c" $workload
+    [ $workload = session ] && export BENCH_SESSIONS=$TG_SESSIONS
+    cell "$workload-c$c-tollgate" $tg "$body" "$c" $workload
+    unset BENCH_SESSIONS
   done
+done
+check pipelined plain-json pipelined body-1k.json 1
+for c in "${PIPELINED_CONCURRENCY[@]}"; do
+  cell "pipelined-c$c" pipelined body-1k.json "$c" pipelined
 done
 # Pairs of Envoys whose difference is microseconds per call (rule evaluation; TLS on the hop to
 # the control plane) alternate (A, B, A, ...) in POLICY_ROUNDS rounds, and the report takes the
@@ -309,7 +347,8 @@ json.dump({
     "started": "$STARTED", "seconds": $T1 - $T0,
     "load_before": "$LOAD_BEFORE", "load_after_table": "$LOAD_AFTER_TABLE", "load_end": "$(loadavg)",
     "duration": $DURATION, "warmup": $WARMUP, "workers": $WORKERS, "mem_requests": $MEM_REQUESTS,
-    "concurrency": [$(IFS=,; echo "${CONCURRENCY[*]}")],
+    "workloads": {$(for w in "${WORKLOADS[@]}"; do printf '"%s": [%s], ' "$w" "$(echo ${WL_CONCURRENCY[$w]} | tr ' ' ,)"; done) "pipelined": [$(IFS=,; echo "${PIPELINED_CONCURRENCY[*]}")]},
+    "sessions": $SESSIONS,
     "policy_concurrency": [$(IFS=,; echo "${POLICY_CONCURRENCY[*]}")],
     "sse_count": $SSE_COUNT, "policy_rounds": $POLICY_ROUNDS, "policy_round": $POLICY_ROUND, "filter_requests": $filter_requests,
     "audit_store_bytes": $AUDIT_BYTES,

@@ -15,7 +15,7 @@ UPSTREAM=${TOLLGATE_UPSTREAM:-http://$DEMO_SERVER/mcp}
 POLICY=${TOLLGATE_POLICY:-envoy/policy/payments.json}
 ENVOY=${TOLLGATE_ENVOY:-.venv/bin/envoy}
 WASM=${TOLLGATE_WASM:-target/wasm32-wasip1/wasm-release/tollgate_filter.wasm}
-TOLLGATE=target/debug/tollgate
+TOLLGATE=target/release/tollgate
 # TOLLGATE_IDP=oidc: a real OIDC provider (oidc-provider, tests/node) instead of the dev issuer.
 IDP=${TOLLGATE_IDP:-dev}
 IDP_PORT=${TOLLGATE_IDP_PORT:-9400}
@@ -92,7 +92,7 @@ echo "control plane   https://$CONTROL_PLANE   (gRPC over mutual TLS, dev PKI: $
 echo "                metrics http://$METRICS/metrics, health http://$METRICS/healthz"
 
 if [ -z "${TOLLGATE_UPSTREAM:-}" ]; then
-  target/debug/payments-server --listen "$DEMO_SERVER" >"$LOGS/payments-server.log" 2>&1 &
+  target/release/payments-server --listen "$DEMO_SERVER" >"$LOGS/payments-server.log" 2>&1 &
   pids+=($!)
   wait_for_line "$LOGS/payments-server.log" "listening on" $!
   echo "demo server     http://$DEMO_SERVER/mcp   (log: $LOGS/payments-server.log)"

@@ -45,6 +45,7 @@ pub enum Caller {
 /// including those added later, is an operator's.
 const METHODS: &[(&str, Caller)] = &[
     ("/tollgate.v1.Audit/Append", Caller::Gateway),
+    ("/tollgate.v1.Audit/AppendStream", Caller::Gateway),
     ("/tollgate.v1.Approvals/Request", Caller::Gateway),
     ("/tollgate.v1.Approvals/Await", Caller::Gateway),
     ("/tollgate.v1.Revocations/List", Caller::GatewayOrOperator),

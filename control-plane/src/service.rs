@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use serde_json::{Map, Value};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_engine::mask::{MaskReport, Masker};
@@ -18,6 +19,8 @@ use crate::witness::Witnesses;
 
 /// Records buffered between the store iterator and a slow `ListRecords` reader.
 const LIST_BUFFER: usize = 256;
+/// Answers buffered for a slow `AppendStream` reader; a full buffer stops reading its records.
+const APPEND_STREAM_BUFFER: usize = 1024;
 /// Export bundles are streamed in pieces of this size.
 const EXPORT_CHUNK: usize = 1 << 20;
 
@@ -33,6 +36,7 @@ pub const SESSION_REFUSED: &str = "sessionRefused";
 /// Fields only the control plane writes into a client's record.
 const CONTROL_PLANE_FIELDS: [&str; 2] = [MASKED_AT_APPEND, SESSION_REFUSED];
 
+#[derive(Clone)]
 pub struct AuditService {
     store: Arc<Store>,
     /// The default masking engine, run over every appended record.
@@ -53,6 +57,56 @@ impl AuditService {
             masker: Masker::default(),
             sessions,
             witnesses,
+        }
+    }
+
+    /// One `Append`: masked, session-checked, chained, durable.
+    async fn append_one(&self, request: pb::AppendRequest) -> Result<pb::AppendResponse, Status> {
+        let pb::AppendRequest {
+            record_json: sent,
+            session,
+        } = request;
+        let (mut record, masked) = prepare_append(&sent, &self.masker)?;
+        if masked {
+            // That it happened is logged, never what was masked.
+            eprintln!("tollgate: an appended record held card data: masked before it was chained");
+        }
+        let refusal = match &session {
+            Some(check) => self.check_session(&mut record, check).await?,
+            None => None,
+        };
+        let appended = self.store.append_object(&record).await?;
+        Ok(pb::AppendResponse {
+            seq: appended.seq,
+            chain_hash: hex::encode(appended.chain_hash),
+            session_refused: refusal.map(Refusal::as_str).unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// One record of an `AppendStream`, answered as `Append` would have answered it.
+    async fn append_streamed(&self, message: pb::AppendStreamRequest) -> pb::AppendStreamResponse {
+        let id = message.id;
+        let Some(append) = message.append else {
+            return pb::AppendStreamResponse {
+                id,
+                ack: None,
+                code: tonic::Code::InvalidArgument as u32,
+                message: "an AppendStreamRequest carries an AppendRequest".into(),
+            };
+        };
+        match self.append_one(append).await {
+            Ok(ack) => pb::AppendStreamResponse {
+                id,
+                ack: Some(ack),
+                code: 0,
+                message: String::new(),
+            },
+            Err(status) => pb::AppendStreamResponse {
+                id,
+                ack: None,
+                code: status.code() as u32,
+                message: status.message().to_owned(),
+            },
         }
     }
 
@@ -198,25 +252,42 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let pb::AppendRequest {
-            record_json: sent,
-            session,
-        } = request.into_inner();
-        let (mut record, masked) = prepare_append(&sent, &self.masker)?;
-        if masked {
-            // That it happened is logged, never what was masked.
-            eprintln!("tollgate: an appended record held card data: masked before it was chained");
-        }
-        let refusal = match &session {
-            Some(check) => self.check_session(&mut record, check).await?,
-            None => None,
-        };
-        let appended = self.store.append_object(&record).await?;
-        Ok(Response::new(pb::AppendResponse {
-            seq: appended.seq,
-            chain_hash: hex::encode(appended.chain_hash),
-            session_refused: refusal.map(Refusal::as_str).unwrap_or_default().to_owned(),
-        }))
+        self.append_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendStreamStream = ReceiverStream<Result<pb::AppendStreamResponse, Status>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AppendStreamRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(APPEND_STREAM_BUFFER);
+        let service = self.clone();
+        // One task per stream: the records in flight wait together (so they share a group
+        // commit) without a task and a wake-up each.
+        tokio::spawn(async move {
+            let mut in_flight = FuturesUnordered::new();
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    next = incoming.message(), if reading => match next {
+                        Ok(Some(message)) => in_flight.push(service.append_streamed(message)),
+                        // The sender is gone or broke the stream: answer what is in flight.
+                        Ok(None) | Err(_) => reading = false,
+                    },
+                    Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                        if tx.send(Ok(answer)).await.is_err() {
+                            break;
+                        }
+                    }
+                    else => break,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type ListRecordsStream = ReceiverStream<Result<pb::StoredRecord, Status>>;

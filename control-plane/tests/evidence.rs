@@ -1326,7 +1326,11 @@ fn the_live_log_refuses_checkpoints_signed_by_a_retired_key() {
     let attack = |pick: &dyn Fn(&[Checkpoint]) -> Checkpoint| {
         let home = tempfile::tempdir().unwrap();
         copy_dir(&log.home, home.path());
-        let db = sled::open(home.path().join("audit.sled")).unwrap();
+        let db = sled::Config::new()
+            .path(home.path().join("audit.sled"))
+            .use_compression(true)
+            .open()
+            .unwrap();
         let tree = db.open_tree("checkpoints").unwrap();
         let stored: Vec<Checkpoint> = tree
             .iter()

@@ -324,7 +324,11 @@ async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad
     // Change one byte of record 7's JSON, as someone with write access to the files could.
     let path: PathBuf = home.path().join("audit.sled");
     {
-        let db = sled::open(&path).unwrap();
+        let db = sled::Config::new()
+            .path(&path)
+            .use_compression(true)
+            .open()
+            .unwrap();
         let tree = db.open_tree("records").unwrap();
         let mut value = tree.get(7u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let at = value.windows(5).position(|w| w == b"allow").unwrap();

@@ -150,7 +150,11 @@ async fn a_session_is_bound_checked_ended_and_survives_a_restart() {
 
 /// The keys of the `sessions` tree, read with the control plane stopped.
 fn sled_tree_keys(home: &Path) -> Vec<String> {
-    let db = sled::open(home.join("audit.sled")).unwrap();
+    let db = sled::Config::new()
+        .path(home.join("audit.sled"))
+        .use_compression(true)
+        .open()
+        .unwrap();
     let tree = db.open_tree("sessions").unwrap();
     tree.iter()
         .keys()

@@ -52,7 +52,11 @@ fn assert_broken(home: &Path, extra: &[&str], seq: Option<u64>, problem: &str) -
 }
 
 fn with_tree(home: &Path, tree: &str, edit: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(home.join("audit.sled")).unwrap();
+    let db = sled::Config::new()
+        .path(home.join("audit.sled"))
+        .use_compression(true)
+        .open()
+        .unwrap();
     edit(&db.open_tree(tree).unwrap());
     db.flush().unwrap();
 }

@@ -88,6 +88,24 @@ pub struct FilterConfig {
     /// records are kept and appended once it is back (marked `failOpen`). Off by default.
     #[serde(default)]
     pub fail_open: FailOpenConfig,
+    /// When a buffered answer may leave: `durable` (the default) once its response record is
+    /// acknowledged, `pipelined` as soon as the record is sent (see README, "What a crash
+    /// loses"). The request record is durable before forwarding either way.
+    #[serde(default)]
+    pub response_record: ResponseRecord,
+}
+
+/// When a buffered answer leaves the gateway relative to its response record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ResponseRecord {
+    /// Held until the control plane acknowledges the record: no answer without its record.
+    #[default]
+    Durable,
+    /// Released once the record is sent: saves the client one round trip to the control
+    /// plane; an answer may leave without its record if Envoy or the control plane dies in
+    /// that round trip (its request record is always there).
+    Pipelined,
 }
 
 fn default_pan_ref_key_env() -> String {

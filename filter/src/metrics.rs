@@ -16,6 +16,13 @@ pub const FAIL_OPEN: &str = "tollgate.fail_open";
 /// Histogram: time the filter spent masking one response (a buffered body whole, or every chunk
 /// of a stream together), in microseconds; Envoy's admin `/stats` prints its quantiles.
 pub const MASK_US: &str = "tollgate.mask_us";
+/// Histogram: time the filter spent on a request body, from reading it to its audit record sent
+/// (parse, policy, the record built, masked and encoded), in microseconds: the VM's part of
+/// the per-stage budget in BENCHMARKS.md.
+pub const DECIDE_US: &str = "tollgate.decide_us";
+/// Histogram: time the filter spent building, masking, encoding and sending a response record,
+/// in microseconds.
+pub const RESPONSE_RECORD_US: &str = "tollgate.response_record_us";
 /// Counter: requests the control plane refused because of their session (unknown, ended, idle
 /// too long, or another identity's); their records were chained as refusals.
 pub const SESSIONS_REFUSED: &str = "tollgate.sessions_refused";

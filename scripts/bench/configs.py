@@ -5,6 +5,7 @@ usage: configs.py DEMO_POLICY OUT_DIR SSE_COUNT
 
 OUT_DIR/config-main.json    the demo policy (envoy/policy/payments.json) plus one last rule that
                             allows the benchmark tools: every call walks the whole demo policy
+OUT_DIR/config-pipelined.json  the same, answers released once their record is sent
 OUT_DIR/config-1rule.json   one rule, which allows the call
 OUT_DIR/config-200rule.json 199 rules that do not match the call (tool globs, argument equality,
                             caller groups, argument regexes), then the rule that allows it: every
@@ -46,6 +47,7 @@ def main():
         demo = json.load(f)
     demo.setdefault("rules", []).append(ALLOW)
     write(os.path.join(out, "config-main.json"), {"policy": demo})
+    write(os.path.join(out, "config-pipelined.json"), {"policy": demo, "responseRecord": "pipelined"})
 
     base = {"defaultAction": {"action": "deny", "reason": "no policy rule allows this call"}}
     write(os.path.join(out, "config-1rule.json"), {"policy": dict(base, rules=[ALLOW])})
@@ -60,6 +62,8 @@ def main():
         return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
 
     write(os.path.join(out, "body-1k.json"), call("fixed_result", {"bytes": 1024, "pans": 1}))
+    write(os.path.join(out, "body-1k50.json"),
+          call("fixed_result", {"bytes": 1024, "pans": 1, "delay_ms": 50}))
     write(os.path.join(out, "body-64k.json"), call("fixed_result", {"bytes": 65536, "pans": 50}))
     write(os.path.join(out, "body-sse.json"),
           call("slow_stream", {"count": sse_count, "interval_ms": 0}, {"progressToken": "bench"}))

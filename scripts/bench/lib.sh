@@ -74,7 +74,7 @@ url() { echo "http://127.0.0.1:${LISTEN[$1]}/mcp"; }
 run_wrk() {
   local out=$1 target=$2 body=$3 conns=$4 secs=$5 threads=2
   [ "$conns" -lt 2 ] && threads=1
-  BENCH_BODY_FILE=$STATE/$body BENCH_TOKEN=$TOKEN BENCH_OUT=$out \
+  BENCH_BODY_FILE=$STATE/$body BENCH_TOKEN=$TOKEN BENCH_OUT=$out BENCH_SESSIONS=${BENCH_SESSIONS:-} \
     wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s -s "$HERE/post.lua" "$target" \
     >>"$STATE/logs/wrk.log" 2>&1
 }

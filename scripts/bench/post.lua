@@ -3,6 +3,7 @@
 --   BENCH_BODY_FILE  file holding the JSON-RPC body
 --   BENCH_TOKEN      bearer token (from `tollgate dev token`)
 --   BENCH_OUT        file that done() writes one JSON object to (requests/s, p50, p99, errors)
+--   BENCH_SESSIONS   optional: MCP session ids, comma-separated; each request carries the next
 local function slurp(path)
   local f = assert(io.open(path, "rb"), "cannot open " .. tostring(path))
   local s = f:read("*a")
@@ -15,6 +16,19 @@ wrk.body = slurp(os.getenv("BENCH_BODY_FILE"))
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+
+local sessions = {}
+for id in string.gmatch(os.getenv("BENCH_SESSIONS") or "", "[^,]+") do
+  sessions[#sessions + 1] = id
+end
+if #sessions > 0 then
+  local next_session = 0
+  function request()
+    next_session = next_session % #sessions + 1
+    wrk.headers["Mcp-Session-Id"] = sessions[next_session]
+    return wrk.format()
+  end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -92,6 +92,7 @@ impl Reader {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .use_compression(compressed(path))
             .open()
             .map_err(open_error)?;
         let meta = db.open_tree(META_TREE)?;
@@ -207,6 +208,18 @@ impl Reads for Reader {
 
     fn stored_node(&self, level: u32, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.merkle.get(node_key(level, index))?.map(|v| v.to_vec()))
+    }
+}
+
+/// Whether the store at `path` keeps its pages zstd-compressed: every new store does (records
+/// are JSON, a third of their size compressed); one created before keeps its setting, which
+/// sled fixes at creation (its `conf` file) and refuses to change.
+fn compressed(path: &Path) -> bool {
+    match std::fs::read_to_string(path.join("conf")) {
+        Ok(conf) => conf
+            .lines()
+            .any(|line| line.trim() == "use_compression: true"),
+        Err(_) => true,
     }
 }
 

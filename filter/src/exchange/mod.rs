@@ -19,7 +19,7 @@ pub use host::{count_record, Buffer, Flow, Host, Level};
 pub use state::RequestState;
 
 use crate::approval::{self, Ask};
-use crate::config::FilterConfig;
+use crate::config::{FilterConfig, ResponseRecord};
 use crate::failopen::Queue;
 use crate::flow::{self, LocalReply, Next, ResponseMode, Step};
 use crate::identity::Identity;
@@ -591,6 +591,16 @@ impl<H: Host> Exchange<H> {
     /// Appends the response record. A buffered answer waits for the acknowledgement; a
     /// streamed one has already passed and is recorded at its end.
     fn record_response(&mut self, streamed: bool) -> Flow {
+        let started = self.host.now();
+        let flow = self.append_response_record(streamed);
+        self.host.record_metric(
+            metrics::RESPONSE_RECORD_US,
+            micros_since(&self.host, started),
+        );
+        flow
+    }
+
+    fn append_response_record(&mut self, streamed: bool) -> Flow {
         self.response_recorded = true;
         let now = self.host.now();
         let Some(mut record) = self.response_json(streamed, now) else {
@@ -605,8 +615,14 @@ impl<H: Host> Exchange<H> {
             record_json: record.to_string().into_bytes(),
             session: None,
         };
+        let pipelined = self.runtime.config.response_record == ResponseRecord::Pipelined;
         match (self.dispatch_append(&append), streamed) {
             (Some(token), true) => {
+                self.pending = Some((token, Waiting::StreamedResponseAudit));
+                Flow::Continue
+            }
+            (Some(token), false) if pipelined => {
+                // Sent: the answer goes now, its acknowledgement is only checked.
                 self.pending = Some((token, Waiting::StreamedResponseAudit));
                 Flow::Continue
             }
@@ -755,6 +771,7 @@ impl<H: Host> Exchange<H> {
                 &identity,
             ));
         }
+        let started = self.host.now();
         let mut body = self.host.buffer(Buffer::RequestBody, body_size);
         match flow::untangle_retry(&body) {
             None => {}
@@ -791,7 +808,10 @@ impl<H: Host> Exchange<H> {
             self.stream = StreamMasker::discrete();
         }
         self.request_body = Some(body);
-        self.audit_then(step)
+        let flow = self.audit_then(step);
+        self.host
+            .record_metric(metrics::DECIDE_US, micros_since(&self.host, started));
+        flow
     }
 
     /// The buffered answer is whole (its end, or trailers): filter a list, mask, replace the

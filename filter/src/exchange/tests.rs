@@ -532,6 +532,53 @@ fn a_buffered_answer_leaves_masked_and_only_once_recorded() {
     assert_eq!(host.calls().last(), Some(&Call::ResumeResponse));
 }
 
+/// The same runtime with `"responseRecord": "pipelined"`.
+fn pipelined_runtime() -> Rc<Runtime> {
+    let base = runtime();
+    let mut config = base.config.clone();
+    config.response_record = crate::config::ResponseRecord::Pipelined;
+    Rc::new(Runtime::new(
+        config,
+        base.masker.clone(),
+        Policy::compile(&base.config.policy).unwrap(),
+    ))
+}
+
+#[test]
+fn a_pipelined_answer_leaves_once_its_record_is_sent_and_never_without_it() {
+    let answer_body = br#"{"jsonrpc":"2.0","id":7,"result":{"card":"4111111111111111"}}"#;
+    // The record is sent: the answer leaves at once, masked; a failed acknowledgement later
+    // cannot call it back.
+    let (host, mut exchange) =
+        answered(&[(":status", "200"), ("content-type", "application/json")]);
+    exchange.runtime = pipelined_runtime();
+    assert_eq!(exchange.on_response_headers(false), Flow::Continue);
+    host.0.borrow_mut().response_body = answer_body.to_vec();
+    assert_eq!(
+        exchange.on_response_body(answer_body.len(), true),
+        Flow::Continue
+    );
+    let sent = String::from_utf8(host.0.borrow().response_body.clone()).unwrap();
+    assert!(!sent.contains("4111111111111111"), "{sent}");
+    let (token, record, _) = host.last_append();
+    assert_eq!(record["event"], "mcp.response");
+    answer(&host, &mut exchange, token, Err(14));
+    assert!(!host.calls().contains(&Call::ResetResponse));
+
+    // The record cannot even be sent: the answer does not leave.
+    let (host, mut exchange) =
+        answered(&[(":status", "200"), ("content-type", "application/json")]);
+    exchange.runtime = pipelined_runtime();
+    assert_eq!(exchange.on_response_headers(false), Flow::Continue);
+    host.0.borrow_mut().grpc_down = true;
+    host.0.borrow_mut().response_body = answer_body.to_vec();
+    assert_eq!(
+        exchange.on_response_body(answer_body.len(), true),
+        Flow::Pause
+    );
+    assert_eq!(host.calls().last(), Some(&Call::ResetResponse));
+}
+
 #[test]
 fn a_stream_ending_in_trailers_with_a_held_tail_is_reset_not_cut_short() {
     let (host, mut exchange) =

@@ -8,8 +8,10 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
 use crate::exchange::{Buffer, Host, Level};
 
-/// Envoy, as the host of a request's [`crate::exchange::Exchange`].
-pub struct EnvoyHost;
+/// Envoy, as the host of a request's [`crate::exchange::Exchange`]: the HTTP context `context_id`.
+pub struct EnvoyHost {
+    pub context_id: u32,
+}
 
 impl Host for EnvoyHost {
     fn log(&self, level: Level, message: &str) {
@@ -22,6 +24,12 @@ impl Host for EnvoyHost {
     }
 
     fn buffer(&self, kind: Buffer, size: usize) -> Vec<u8> {
+        if kind == Buffer::GrpcReceive {
+            // An answer from the audit stream is handed over, not in Envoy's buffer.
+            if let Some(ack) = super::channel::received() {
+                return ack;
+            }
+        }
         buffer(buffer_type(kind), size)
     }
 
@@ -81,7 +89,14 @@ impl Host for EnvoyHost {
         message: &[u8],
         timeout: Duration,
     ) -> Option<u32> {
-        grpc_call(cluster, service, method, message, timeout)
+        if service == tollgate_proto::service::AUDIT && method == "Append" {
+            if let Some(token) = super::channel::send(self.context_id, message, timeout) {
+                return Some(token);
+            }
+        }
+        let token = grpc_call(cluster, service, method, message, timeout)?;
+        super::channel::note_callout(token);
+        Some(token)
     }
 
     fn shared_bytes(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {

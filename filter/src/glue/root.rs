@@ -1,11 +1,12 @@
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use tollgate_proto::pb::{AppendRequest, AppendResponse, ListRevocationsRequest, RevocationList};
 
+use super::channel;
 use super::host;
 use super::http::TollgateHttp;
 use crate::config::FilterConfig;
@@ -14,9 +15,14 @@ use crate::mask::Masker;
 use crate::policy::Policy;
 use crate::revocation::RevocationSet;
 
-#[derive(Default)]
+/// The root context's tick, at most: the granularity of a streamed append's timeout.
+const TICK_MS: u64 = 100;
+
 pub struct TollgateRoot {
+    context_id: u32,
     runtime: Option<Rc<Runtime>>,
+    /// When the revocation list was last asked for.
+    refreshed: Option<SystemTime>,
     /// The revocation list request in flight.
     refreshing: Option<u32>,
     /// Version of the list this worker last stored.
@@ -26,6 +32,38 @@ pub struct TollgateRoot {
 }
 
 impl TollgateRoot {
+    pub fn new(context_id: u32) -> Self {
+        TollgateRoot {
+            context_id,
+            runtime: None,
+            refreshed: None,
+            refreshing: None,
+            stored_version: None,
+            flushing: None,
+        }
+    }
+
+    /// Opens this worker's audit stream when it is not open (a failure is retried next tick).
+    fn open_audit_stream(&mut self) {
+        let Some(runtime) = &self.runtime else { return };
+        if !channel::wants_stream(self.context_id) {
+            return;
+        }
+        let cluster = runtime.config.control_plane_target.clone();
+        match self.open_grpc_stream(
+            &cluster,
+            tollgate_proto::service::AUDIT,
+            "AppendStream",
+            Vec::new(),
+        ) {
+            Ok(token) => channel::opened(token),
+            Err(status) => host::log(
+                LogLevel::Warn,
+                &format!("tollgate: audit stream to {cluster:?} failed to open: {status:?}"),
+            ),
+        }
+    }
+
     /// Appends the oldest deferred record, if any and none is in flight.
     fn flush_fail_open(&mut self) {
         let Some(runtime) = &self.runtime else { return };
@@ -52,7 +90,18 @@ impl TollgateRoot {
 }
 
 impl Context for TollgateRoot {
+    fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
+        channel::on_message(token_id, message_size);
+    }
+
+    fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
+        channel::on_close(token_id, status_code);
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if channel::on_callout_response(token_id, status_code, response_size) {
+            return;
+        }
         if self.flushing == Some(token_id) {
             self.flushing = None;
             let acked = status_code == 0
@@ -101,8 +150,9 @@ impl RootContext for TollgateRoot {
         });
         match loaded {
             Ok(runtime) => {
-                let refresh = Duration::from_millis(runtime.config.revocation_refresh_ms.max(100));
-                host::set_tick_period(refresh);
+                // Ticks also time out streamed appends, so they come at least every 100 ms.
+                let refresh = runtime.config.revocation_refresh_ms.max(100);
+                host::set_tick_period(Duration::from_millis(refresh.min(TICK_MS)));
                 self.runtime = Some(Rc::new(runtime));
                 // Defined now so that they are scraped as 0 before the first event.
                 super::stats::count(crate::metrics::AUDIT_APPEND_FAILURES, 0);
@@ -119,11 +169,22 @@ impl RootContext for TollgateRoot {
     }
 
     fn on_tick(&mut self) {
+        let now = host::now();
+        channel::expire(now);
+        self.open_audit_stream();
         self.flush_fail_open();
         let Some(runtime) = &self.runtime else { return };
         if self.refreshing.is_some() {
             return;
         }
+        let every = Duration::from_millis(runtime.config.revocation_refresh_ms.max(100));
+        if self
+            .refreshed
+            .is_some_and(|at| now.duration_since(at).is_ok_and(|since| since < every))
+        {
+            return;
+        }
+        self.refreshed = Some(now);
         let config = &runtime.config;
         self.refreshing = host::grpc_call(
             &config.control_plane_target,
@@ -134,9 +195,9 @@ impl RootContext for TollgateRoot {
         );
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let runtime = self.runtime.clone()?;
-        Some(Box::new(TollgateHttp::new(runtime)))
+        Some(Box::new(TollgateHttp::new(context_id, runtime)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -198,6 +198,10 @@ pub struct FixedResultArgs {
     pub bytes: u32,
     /// How many card numbers the text holds (each line of the text carries one).
     pub pans: u32,
+    /// Milliseconds to wait before answering (at most 10 s): an upstream with a real payments
+    /// API behind it, for the benchmark rows where the gateway's added latency is what counts.
+    #[serde(default)]
+    pub delay_ms: u32,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -603,6 +607,9 @@ impl PaymentsServer {
         &self,
         Parameters(args): Parameters<FixedResultArgs>,
     ) -> Result<CallToolResult, ErrorData> {
+        if args.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(args.delay_ms.min(10_000)))).await;
+        }
         match fixed_result_text(args.bytes, args.pans) {
             Ok(text) => text_result(text),
             Err(message) => tool_error(message),

@@ -1,0 +1,251 @@
+//! The audit stream: one long-lived `tollgate.v1.Audit/AppendStream` per worker, opened by the
+//! root context, carrying every request's `Append` as one message instead of one gRPC call each
+//! (the per-call setup was most of what an append cost Envoy and the control plane; see
+//! BENCHMARKS.md). A request still waits for its own acknowledgement, exactly as with `Append`.
+//!
+//! The stream belongs to the root context, so a request sends on it with the root as the
+//! effective context, and the root hands each answer to the request it belongs to (found in
+//! [`EXCHANGES`]) with that request as the effective context. While the stream is not open (at
+//! start, after the control plane went away) appends are unary calls, as before.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use prost::Message as _;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::LogLevel;
+use tollgate_proto::pb::AppendStreamResponse;
+
+use super::host::{self, EnvoyHost};
+use crate::exchange::Exchange;
+
+/// gRPC status codes the stream answers with when the control plane did not.
+const DEADLINE_EXCEEDED: u32 = 4;
+const UNAVAILABLE: u32 = 14;
+/// Tokens of streamed appends have the high bit set, so they never equal a unary call's token.
+const STREAM_TOKEN: u32 = 0x8000_0000;
+
+thread_local! {
+    /// The requests of this worker that may be waiting on the stream, by context id.
+    static EXCHANGES: RefCell<HashMap<u32, Rc<RefCell<Exchange<EnvoyHost>>>>> =
+        RefCell::new(HashMap::new());
+    static CHANNEL: RefCell<Channel> = RefCell::new(Channel::default());
+    /// The acknowledgement being handed to a request: what its `GrpcReceive` buffer holds.
+    static RECEIVED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    /// The request being handed an answer by the root context now.
+    static DELIVERING: Cell<Option<u32>> = const { Cell::new(None) };
+    /// Unary calls a request started while the root context was handing it an answer: the SDK
+    /// files them under the root context, whose callback passes their answers on, by token.
+    static CALLOUTS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
+}
+
+#[derive(Default)]
+struct Channel {
+    root_id: u32,
+    /// The open stream's token.
+    stream: Option<u32>,
+    next_id: u64,
+    unanswered: HashMap<u64, Sent>,
+    /// The open stream has answered: its end is news (a stream that never answered, to a
+    /// control plane that is down, is retried every tick without a log line each).
+    answered: bool,
+}
+
+struct Sent {
+    context_id: u32,
+    token: u32,
+    deadline: SystemTime,
+}
+
+pub fn register(context_id: u32, exchange: Rc<RefCell<Exchange<EnvoyHost>>>) {
+    EXCHANGES.with(|all| all.borrow_mut().insert(context_id, exchange));
+}
+
+pub fn unregister(context_id: u32) {
+    EXCHANGES.with(|all| all.borrow_mut().remove(&context_id));
+}
+
+/// The acknowledgement handed to the request now, if one is.
+pub fn received() -> Option<Vec<u8>> {
+    RECEIVED.with(|r| r.borrow().clone())
+}
+
+/// A unary call `token` just started by a request: if the root context is handing that request
+/// an answer, the call's own answer will reach the root context and is passed on from there.
+pub fn note_callout(token: u32) {
+    if let Some(context_id) = DELIVERING.with(Cell::get) {
+        CALLOUTS.with(|all| all.borrow_mut().insert(token, context_id));
+    }
+}
+
+/// The answer to a unary call the root context received: `true` if it belonged to a request
+/// (see [`note_callout`]), which then has it.
+pub fn on_callout_response(token: u32, status: u32, size: usize) -> bool {
+    let Some(context_id) = CALLOUTS.with(|all| all.borrow_mut().remove(&token)) else {
+        return false;
+    };
+    // Envoy keeps the answer with the request that made the call: read it as that request.
+    if hostcalls::set_effective_context(context_id).is_err() {
+        return true;
+    }
+    let answer = if size > 0 {
+        host::grpc_response(size)
+    } else {
+        Vec::new()
+    };
+    deliver(context_id, token, status, answer);
+    true
+}
+
+/// Whether the root context should open the stream.
+pub fn wants_stream(root_id: u32) -> bool {
+    CHANNEL.with(|c| {
+        let mut c = c.borrow_mut();
+        c.root_id = root_id;
+        c.stream.is_none()
+    })
+}
+
+pub fn opened(token: u32) {
+    CHANNEL.with(|c| {
+        let mut c = c.borrow_mut();
+        c.stream = Some(token);
+        c.answered = false;
+    });
+}
+
+/// Sends one encoded `AppendRequest` on the stream for request `context_id`; the token its
+/// answer will carry, or `None` when there is no stream (the caller makes a unary call).
+pub fn send(context_id: u32, append: &[u8], timeout: Duration) -> Option<u32> {
+    CHANNEL.with(|c| {
+        let mut c = c.borrow_mut();
+        let stream = c.stream?;
+        let id = c.next_id;
+        c.next_id += 1;
+        hostcalls::set_effective_context(c.root_id).ok()?;
+        let sent = hostcalls::send_grpc_stream_message(stream, Some(&encode(id, append)), false);
+        // Back to the request, for whatever it does next.
+        let _ = hostcalls::set_effective_context(context_id);
+        if sent.is_err() {
+            c.stream = None;
+            return None;
+        }
+        let token = STREAM_TOKEN | (u32::try_from(id & 0x7fff_ffff).unwrap_or(0));
+        c.unanswered.insert(
+            id,
+            Sent {
+                context_id,
+                token,
+                deadline: host::now() + timeout,
+            },
+        );
+        Some(token)
+    })
+}
+
+/// `AppendStreamRequest { id, append }`, written directly: the append is already encoded, and a
+/// message field is a length-delimited field like bytes.
+fn encode(id: u64, append: &[u8]) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, uint64, WireType};
+    let mut out = Vec::with_capacity(append.len() + 16);
+    uint64::encode(1, &id, &mut out);
+    encode_key(2, WireType::LengthDelimited, &mut out);
+    encode_varint(append.len() as u64, &mut out);
+    out.extend_from_slice(append);
+    out
+}
+
+/// An answer on the stream: to the request it belongs to.
+pub fn on_message(token: u32, size: usize) {
+    if CHANNEL.with(|c| c.borrow().stream) != Some(token) {
+        return;
+    }
+    let Ok(answer) = AppendStreamResponse::decode(host::grpc_response(size).as_slice()) else {
+        host::log(
+            LogLevel::Warn,
+            "tollgate: undecodable answer on the audit stream",
+        );
+        return;
+    };
+    let sent = CHANNEL.with(|c| {
+        let mut c = c.borrow_mut();
+        c.answered = true;
+        c.unanswered.remove(&answer.id)
+    });
+    let Some(sent) = sent else {
+        return;
+    };
+    let ack = answer
+        .ack
+        .map(|ack| ack.encode_to_vec())
+        .unwrap_or_default();
+    deliver(sent.context_id, sent.token, answer.code, ack);
+}
+
+/// The stream ended: every record still unanswered is unknown, so not written.
+pub fn on_close(token: u32, status: u32) {
+    let (unanswered, answered) = CHANNEL.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.stream != Some(token) {
+            return (Vec::new(), false);
+        }
+        c.stream = None;
+        let unanswered: Vec<Sent> = c.unanswered.drain().map(|(_, sent)| sent).collect();
+        (unanswered, c.answered)
+    });
+    if answered || !unanswered.is_empty() {
+        host::log(
+            LogLevel::Warn,
+            &format!(
+                "tollgate: audit stream closed (grpc status {status}), {} record(s) unanswered; \
+                 reopening",
+                unanswered.len()
+            ),
+        );
+    }
+    for sent in unanswered {
+        deliver(sent.context_id, sent.token, UNAVAILABLE, Vec::new());
+    }
+}
+
+/// Fails the appends that waited longer than the audit timeout.
+pub fn expire(now: SystemTime) {
+    let expired: Vec<Sent> = CHANNEL.with(|c| {
+        let mut c = c.borrow_mut();
+        let ids: Vec<u64> = c
+            .unanswered
+            .iter()
+            .filter(|(_, sent)| sent.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter()
+            .filter_map(|id| c.unanswered.remove(id))
+            .collect()
+    });
+    for sent in expired {
+        deliver(sent.context_id, sent.token, DEADLINE_EXCEEDED, Vec::new());
+    }
+}
+
+/// Hands request `context_id` the answer `token`, as the request (effective context), with
+/// `answer` as its `GrpcReceive` buffer.
+fn deliver(context_id: u32, token: u32, code: u32, answer: Vec<u8>) {
+    // A request that ended meanwhile has nothing left to do with its answer.
+    let Some(exchange) = EXCHANGES.with(|all| all.borrow().get(&context_id).cloned()) else {
+        return;
+    };
+    if hostcalls::set_effective_context(context_id).is_err() {
+        return;
+    }
+    let Ok(mut exchange) = exchange.try_borrow_mut() else {
+        return;
+    };
+    let size = answer.len();
+    RECEIVED.with(|r| *r.borrow_mut() = Some(answer));
+    let outer = DELIVERING.with(|d| d.replace(Some(context_id)));
+    exchange.on_grpc_call_response(token, code, size);
+    DELIVERING.with(|d| d.set(outer));
+    RECEIVED.with(|r| r.borrow_mut().take());
+}

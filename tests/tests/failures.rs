@@ -236,6 +236,8 @@ async fn appends_ride_one_stream_per_worker_which_reopens_after_a_restart() {
     let mut stack = Stack::start_with(json_server()).unwrap();
     let token = stack.token("alice@example.com", &[]).unwrap();
     wait_for_success(&stack, &token, "warm").await;
+    // A worker opens its stream when its configuration loads, or at its next tick (100 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for round in ["before", "after"] {
         let started = control_plane_requests(&stack);
         let ended = concurrent_calls(
@@ -272,7 +274,7 @@ async fn appends_ride_one_stream_per_worker_which_reopens_after_a_restart() {
             stack.restart_control_plane().unwrap();
             wait_for_success(&stack, &token, "back").await;
             // The stream is reopened on the next tick (100 ms); until then appends are unary.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 }

@@ -158,6 +158,8 @@ impl RootContext for TollgateRoot {
                 super::stats::count(crate::metrics::AUDIT_APPEND_FAILURES, 0);
                 super::stats::gauge_add(crate::metrics::APPROVALS_PENDING, 0);
                 host::log(LogLevel::Info, "tollgate: configuration loaded");
+                // Now rather than at the first tick, so that the first calls use it too.
+                self.open_audit_stream();
                 true
             }
             Err(error) => {

@@ -65,6 +65,8 @@ pub fn register(context_id: u32, exchange: Rc<RefCell<Exchange<EnvoyHost>>>) {
 
 pub fn unregister(context_id: u32) {
     EXCHANGES.with(|all| all.borrow_mut().remove(&context_id));
+    // Envoy cancels the calls of a request that ends: their answers never come.
+    CALLOUTS.with(|all| all.borrow_mut().retain(|_, owner| *owner != context_id));
 }
 
 /// The acknowledgement handed to the request now, if one is.

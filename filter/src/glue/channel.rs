@@ -5,7 +5,9 @@
 //!
 //! The stream belongs to the root context, so a request sends on it with the root as the
 //! effective context, and the root hands each answer to the request it belongs to (found in
-//! [`EXCHANGES`]) with that request as the effective context. While the stream is not open (at
+//! [`EXCHANGES`]) with that request as the effective context. One VM can host several root
+//! contexts (Envoy shares a VM between plugin configurations of the same code, as when a
+//! listener update brings a new policy while the old listener drains), so each has its own. While the stream is not open (at
 //! start, after the control plane went away) appends are unary calls, as before.
 
 use std::cell::{Cell, RefCell};
@@ -31,7 +33,8 @@ thread_local! {
     /// The requests of this worker that may be waiting on the stream, by context id.
     static EXCHANGES: RefCell<HashMap<u32, Rc<RefCell<Exchange<EnvoyHost>>>>> =
         RefCell::new(HashMap::new());
-    static CHANNEL: RefCell<Channel> = RefCell::new(Channel::default());
+    /// Each root context's stream, by root context id.
+    static CHANNELS: RefCell<HashMap<u32, Channel>> = RefCell::new(HashMap::new());
     /// The acknowledgement being handed to a request: what its `GrpcReceive` buffer holds.
     static RECEIVED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
     /// The request being handed an answer by the root context now.
@@ -43,7 +46,6 @@ thread_local! {
 
 #[derive(Default)]
 struct Channel {
-    root_id: u32,
     /// The open stream's token.
     stream: Option<u32>,
     next_id: u64,
@@ -57,6 +59,11 @@ struct Sent {
     context_id: u32,
     token: u32,
     deadline: SystemTime,
+}
+
+/// Runs `f` on root context `root_id`'s channel.
+fn with_channel<T>(root_id: u32, f: impl FnOnce(&mut Channel) -> T) -> T {
+    CHANNELS.with(|all| f(all.borrow_mut().entry(root_id).or_default()))
 }
 
 pub fn register(context_id: u32, exchange: Rc<RefCell<Exchange<EnvoyHost>>>) {
@@ -101,32 +108,37 @@ pub fn on_callout_response(token: u32, status: u32, size: usize) -> bool {
     true
 }
 
-/// Whether the root context should open the stream.
+/// Whether root context `root_id` should open its stream.
 pub fn wants_stream(root_id: u32) -> bool {
-    CHANNEL.with(|c| {
-        let mut c = c.borrow_mut();
-        c.root_id = root_id;
-        c.stream.is_none()
-    })
+    with_channel(root_id, |c| c.stream.is_none())
 }
 
-pub fn opened(token: u32) {
-    CHANNEL.with(|c| {
-        let mut c = c.borrow_mut();
+pub fn opened(root_id: u32, token: u32) {
+    with_channel(root_id, |c| {
         c.stream = Some(token);
         c.answered = false;
     });
 }
 
-/// Sends one encoded `AppendRequest` on the stream for request `context_id`; the token its
-/// answer will carry, or `None` when there is no stream (the caller makes a unary call).
-pub fn send(context_id: u32, append: &[u8], timeout: Duration) -> Option<u32> {
-    CHANNEL.with(|c| {
-        let mut c = c.borrow_mut();
+/// Whether root context `root_id` still waits for answers on its stream.
+pub fn waiting(root_id: u32) -> bool {
+    with_channel(root_id, |c| !c.unanswered.is_empty())
+}
+
+/// Root context `root_id` is gone.
+pub fn forget(root_id: u32) {
+    CHANNELS.with(|all| all.borrow_mut().remove(&root_id));
+}
+
+/// Sends one encoded `AppendRequest` on the stream of root context `root_id` for request
+/// `context_id`; the token its answer will carry, or `None` when there is no stream (the caller
+/// makes a unary call).
+pub fn send(root_id: u32, context_id: u32, append: &[u8], timeout: Duration) -> Option<u32> {
+    with_channel(root_id, |c| {
         let stream = c.stream?;
         let id = c.next_id;
         c.next_id += 1;
-        hostcalls::set_effective_context(c.root_id).ok()?;
+        hostcalls::set_effective_context(root_id).ok()?;
         let sent = hostcalls::send_grpc_stream_message(stream, Some(&encode(id, append)), false);
         // Back to the request, for whatever it does next.
         let _ = hostcalls::set_effective_context(context_id);
@@ -159,9 +171,9 @@ fn encode(id: u64, append: &[u8]) -> Vec<u8> {
     out
 }
 
-/// An answer on the stream: to the request it belongs to.
-pub fn on_message(token: u32, size: usize) {
-    if CHANNEL.with(|c| c.borrow().stream) != Some(token) {
+/// An answer on root context `root_id`'s stream: to the request it belongs to.
+pub fn on_message(root_id: u32, token: u32, size: usize) {
+    if with_channel(root_id, |c| c.stream) != Some(token) {
         return;
     }
     let Ok(answer) = AppendStreamResponse::decode(host::grpc_response(size).as_slice()) else {
@@ -171,8 +183,7 @@ pub fn on_message(token: u32, size: usize) {
         );
         return;
     };
-    let sent = CHANNEL.with(|c| {
-        let mut c = c.borrow_mut();
+    let sent = with_channel(root_id, |c| {
         c.answered = true;
         c.unanswered.remove(&answer.id)
     });
@@ -186,10 +197,10 @@ pub fn on_message(token: u32, size: usize) {
     deliver(sent.context_id, sent.token, answer.code, ack);
 }
 
-/// The stream ended: every record still unanswered is unknown, so not written.
-pub fn on_close(token: u32, status: u32) {
-    let (unanswered, answered) = CHANNEL.with(|c| {
-        let mut c = c.borrow_mut();
+/// Root context `root_id`'s stream ended: every record still unanswered is unknown, so not
+/// written.
+pub fn on_close(root_id: u32, token: u32, status: u32) {
+    let (unanswered, answered) = with_channel(root_id, |c| {
         if c.stream != Some(token) {
             return (Vec::new(), false);
         }
@@ -212,10 +223,10 @@ pub fn on_close(token: u32, status: u32) {
     }
 }
 
-/// Fails the appends that waited longer than the audit timeout.
-pub fn expire(now: SystemTime) {
-    let expired: Vec<Sent> = CHANNEL.with(|c| {
-        let mut c = c.borrow_mut();
+/// Fails the appends on root context `root_id`'s stream that waited longer than the audit
+/// timeout.
+pub fn expire(root_id: u32, now: SystemTime) {
+    let expired: Vec<Sent> = with_channel(root_id, |c| {
         let ids: Vec<u64> = c
             .unanswered
             .iter()

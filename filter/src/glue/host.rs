@@ -8,8 +8,10 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
 use crate::exchange::{Buffer, Host, Level};
 
-/// Envoy, as the host of a request's [`crate::exchange::Exchange`]: the HTTP context `context_id`.
+/// Envoy, as the host of a request's [`crate::exchange::Exchange`]: the HTTP context `context_id`,
+/// created by the root context `root_id`.
 pub struct EnvoyHost {
+    pub root_id: u32,
     pub context_id: u32,
 }
 
@@ -90,7 +92,9 @@ impl Host for EnvoyHost {
         timeout: Duration,
     ) -> Option<u32> {
         if service == tollgate_proto::service::AUDIT && method == "Append" {
-            if let Some(token) = super::channel::send(self.context_id, message, timeout) {
+            if let Some(token) =
+                super::channel::send(self.root_id, self.context_id, message, timeout)
+            {
                 return Some(token);
             }
         }

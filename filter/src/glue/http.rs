@@ -18,9 +18,12 @@ pub struct TollgateHttp {
 }
 
 impl TollgateHttp {
-    pub fn new(context_id: u32, runtime: Rc<Runtime>) -> Self {
+    pub fn new(root_id: u32, context_id: u32, runtime: Rc<Runtime>) -> Self {
         let exchange = Rc::new(RefCell::new(Exchange::new(
-            EnvoyHost { context_id },
+            EnvoyHost {
+                root_id,
+                context_id,
+            },
             runtime,
         )));
         channel::register(context_id, Rc::clone(&exchange));

@@ -2,6 +2,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use tollgate_proto::pb::{AppendRequest, AppendResponse, ListRevocationsRequest, RevocationList};
@@ -29,6 +30,9 @@ pub struct TollgateRoot {
     stored_version: Option<u64>,
     /// The append of the oldest deferred record in flight.
     flushing: Option<u32>,
+    /// Envoy asked this root context to finish (its configuration was replaced); it does once
+    /// no request waits on its audit stream.
+    draining: bool,
 }
 
 impl TollgateRoot {
@@ -40,13 +44,30 @@ impl TollgateRoot {
             refreshing: None,
             stored_version: None,
             flushing: None,
+            draining: false,
         }
+    }
+
+    /// A draining root context whose stream has nothing left unanswered tells Envoy it is done;
+    /// `true` then.
+    fn finish_draining(&mut self) -> bool {
+        if !self.draining || channel::waiting(self.context_id) {
+            return false;
+        }
+        channel::forget(self.context_id);
+        // Once: Envoy deletes the context after `done`. Handing out answers made a request the
+        // effective context; `done` is this one's.
+        self.draining = false;
+        if hostcalls::set_effective_context(self.context_id).is_ok() {
+            let _ = hostcalls::done();
+        }
+        true
     }
 
     /// Opens this worker's audit stream when it is not open (a failure is retried next tick).
     fn open_audit_stream(&mut self) {
         let Some(runtime) = &self.runtime else { return };
-        if !channel::wants_stream(self.context_id) {
+        if self.draining || !channel::wants_stream(self.context_id) {
             return;
         }
         let cluster = runtime.config.control_plane_target.clone();
@@ -56,7 +77,7 @@ impl TollgateRoot {
             "AppendStream",
             Vec::new(),
         ) {
-            Ok(token) => channel::opened(token),
+            Ok(token) => channel::opened(self.context_id, token),
             Err(status) => host::log(
                 LogLevel::Warn,
                 &format!("tollgate: audit stream to {cluster:?} failed to open: {status:?}"),
@@ -90,12 +111,26 @@ impl TollgateRoot {
 }
 
 impl Context for TollgateRoot {
+    fn on_done(&mut self) -> bool {
+        // Requests of the old configuration may still wait for acknowledgements on this
+        // root context's stream: it stays until they have them (see `on_tick`).
+        let done = !channel::waiting(self.context_id);
+        if done {
+            channel::forget(self.context_id);
+        } else {
+            self.draining = true;
+        }
+        done
+    }
+
     fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
-        channel::on_message(token_id, message_size);
+        channel::on_message(self.context_id, token_id, message_size);
+        self.finish_draining();
     }
 
     fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
-        channel::on_close(token_id, status_code);
+        channel::on_close(self.context_id, token_id, status_code);
+        self.finish_draining();
     }
 
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
@@ -172,7 +207,10 @@ impl RootContext for TollgateRoot {
 
     fn on_tick(&mut self) {
         let now = host::now();
-        channel::expire(now);
+        channel::expire(self.context_id, now);
+        if self.finish_draining() {
+            return;
+        }
         self.open_audit_stream();
         self.flush_fail_open();
         let Some(runtime) = &self.runtime else { return };
@@ -199,7 +237,11 @@ impl RootContext for TollgateRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let runtime = self.runtime.clone()?;
-        Some(Box::new(TollgateHttp::new(context_id, runtime)))
+        Some(Box::new(TollgateHttp::new(
+            self.context_id,
+            context_id,
+            runtime,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

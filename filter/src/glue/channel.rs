@@ -26,6 +26,9 @@ use crate::exchange::Exchange;
 /// gRPC status codes the stream answers with when the control plane did not.
 const DEADLINE_EXCEEDED: u32 = 4;
 const UNAVAILABLE: u32 = 14;
+/// gRPC codes of a stream the control plane will not take at all: PERMISSION_DENIED,
+/// UNIMPLEMENTED, UNAUTHENTICATED.
+const REFUSALS: [u32; 3] = [7, 12, 16];
 /// Tokens of streamed appends have the high bit set, so they never equal a unary call's token.
 const STREAM_TOKEN: u32 = 0x8000_0000;
 
@@ -50,6 +53,9 @@ struct Channel {
     stream: Option<u32>,
     next_id: u64,
     unanswered: HashMap<u64, Sent>,
+    /// The control plane refused the stream itself (one without `AppendStream`, or whose mesh
+    /// policy does not allow it): this root context appends with unary calls from then on.
+    refused: bool,
     /// The open stream has answered: its end is news (a stream that never answered, to a
     /// control plane that is down, is retried every tick without a log line each).
     answered: bool,
@@ -110,7 +116,7 @@ pub fn on_callout_response(token: u32, status: u32, size: usize) -> bool {
 
 /// Whether root context `root_id` should open its stream.
 pub fn wants_stream(root_id: u32) -> bool {
-    with_channel(root_id, |c| c.stream.is_none())
+    with_channel(root_id, |c| c.stream.is_none() && !c.refused)
 }
 
 pub fn opened(root_id: u32, token: u32) {
@@ -200,21 +206,28 @@ pub fn on_message(root_id: u32, token: u32, size: usize) {
 /// Root context `root_id`'s stream ended: every record still unanswered is unknown, so not
 /// written.
 pub fn on_close(root_id: u32, token: u32, status: u32) {
-    let (unanswered, answered) = with_channel(root_id, |c| {
+    let (unanswered, news, refused) = with_channel(root_id, |c| {
         if c.stream != Some(token) {
-            return (Vec::new(), false);
+            return (Vec::new(), false, false);
         }
         c.stream = None;
+        // Refused before any answer: not the outage of a control plane that took the stream.
+        c.refused |= !c.answered && REFUSALS.contains(&status);
         let unanswered: Vec<Sent> = c.unanswered.drain().map(|(_, sent)| sent).collect();
-        (unanswered, c.answered)
+        (unanswered, c.answered || c.refused, c.refused)
     });
-    if answered || !unanswered.is_empty() {
+    if news || !unanswered.is_empty() {
         host::log(
             LogLevel::Warn,
             &format!(
                 "tollgate: audit stream closed (grpc status {status}), {} record(s) unanswered; \
-                 reopening",
-                unanswered.len()
+                 {}",
+                unanswered.len(),
+                if refused {
+                    "the control plane refuses the stream: appends are unary calls from now on"
+                } else {
+                    "reopening"
+                }
             ),
         );
     }

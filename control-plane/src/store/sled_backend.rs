@@ -216,8 +216,8 @@ impl Reads for Reader {
 }
 
 /// Whether the store at `path` keeps its pages zstd-compressed: every new store does (records
-/// are JSON, a third of their size compressed); one created before keeps its setting, which
-/// sled fixes at creation (its `conf` file) and refuses to change.
+/// are JSON, about a quarter of their size compressed); one created before keeps its setting,
+/// which sled fixes at creation (its `conf` file) and refuses to change.
 fn compressed(path: &Path) -> bool {
     match std::fs::read_to_string(path.join("conf")) {
         Ok(conf) => conf

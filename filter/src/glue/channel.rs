@@ -7,8 +7,9 @@
 //! effective context, and the root hands each answer to the request it belongs to (found in
 //! [`EXCHANGES`]) with that request as the effective context. One VM can host several root
 //! contexts (Envoy shares a VM between plugin configurations of the same code, as when a
-//! listener update brings a new policy while the old listener drains), so each has its own. While the stream is not open (at
-//! start, after the control plane went away) appends are unary calls, as before.
+//! listener update brings a new policy while the old listener drains), so each has its own.
+//! While the stream is not open (at start, after the control plane went away) appends are unary
+//! calls, as before.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -240,14 +241,9 @@ pub fn on_close(root_id: u32, token: u32, status: u32) {
 /// timeout.
 pub fn expire(root_id: u32, now: SystemTime) {
     let expired: Vec<Sent> = with_channel(root_id, |c| {
-        let ids: Vec<u64> = c
-            .unanswered
-            .iter()
-            .filter(|(_, sent)| sent.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.iter()
-            .filter_map(|id| c.unanswered.remove(id))
+        c.unanswered
+            .extract_if(|_, sent| sent.deadline <= now)
+            .map(|(_, sent)| sent)
             .collect()
     });
     for sent in expired {

@@ -16,7 +16,7 @@ use crate::mask::Masker;
 use crate::policy::Policy;
 use crate::revocation::RevocationSet;
 
-/// The root context's tick, at most: the granularity of a streamed append's timeout.
+/// The root context's tick: the granularity of a streamed append's timeout.
 const TICK_MS: u64 = 100;
 
 pub struct TollgateRoot {
@@ -185,9 +185,9 @@ impl RootContext for TollgateRoot {
         });
         match loaded {
             Ok(runtime) => {
-                // Ticks also time out streamed appends, so they come at least every 100 ms.
-                let refresh = runtime.config.revocation_refresh_ms.max(100);
-                host::set_tick_period(Duration::from_millis(refresh.min(TICK_MS)));
+                // Ticks time out streamed appends; the revocation list is asked for on the
+                // tick once `revocationRefreshMs` has passed.
+                host::set_tick_period(Duration::from_millis(TICK_MS));
                 self.runtime = Some(Rc::new(runtime));
                 // Defined now so that they are scraped as 0 before the first event.
                 super::stats::count(crate::metrics::AUDIT_APPEND_FAILURES, 0);

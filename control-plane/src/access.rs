@@ -63,8 +63,11 @@ const AUDIT_READS: &[&str] = &[
     "/tollgate.v1.Audit/ConsistencyProof",
     "/tollgate.v1.Audit/Export",
     "/tollgate.v1.Audit/StateTables",
+    "/tollgate.v1.Audit/ArchivedNodes",
 ];
 const ROTATE_KEY: &str = "/tollgate.v1.Audit/RotateKey";
+/// Archiving prunes the hot store: the security admins' call, as rotating the key is.
+const ARCHIVE: &str = "/tollgate.v1.Audit/Archive";
 /// Approval requests show who asks for what (masked arguments included): for approvers, and the
 /// auditors and security admins who read the log anyway.
 const APPROVAL_READS: &[&str] = &[
@@ -193,7 +196,7 @@ impl Access {
         let approvers_and_readers: Vec<String>;
         let groups: &[String] = if AUDIT_READS.contains(&method) {
             &self.readers
-        } else if method == ROTATE_KEY {
+        } else if method == ROTATE_KEY || method == ARCHIVE {
             std::slice::from_ref(&self.admins)
         } else if APPROVAL_READS.contains(&method) {
             approvers_and_readers = [self.approvers.as_slice(), &self.readers].concat();

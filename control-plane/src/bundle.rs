@@ -224,37 +224,77 @@ pub fn write(
 
 /// The stored record at `seq`.
 fn stored_record(reader: &dyn Reads, seq: u64) -> Result<crate::chain::StoredRecord, StoreError> {
-    reader
-        .records(seq, 1)
-        .next()
-        .ok_or_else(|| StoreError::Corrupt(seq.to_string()))?
+    // The next stored record may be a later one when this one was archived and pruned.
+    match reader.records(seq, 1).next() {
+        Some(Ok(record)) if record.seq == seq => Ok(record),
+        Some(Err(e)) => Err(e),
+        _ => Err(StoreError::Range(format!(
+            "record {seq} is not in the hot store: it was archived (read it from the archive segments)"
+        ))),
+    }
 }
 
-/// Exports `selection` from a running store: selects, records the export (with `operator`)
-/// and signs the checkpoint whose last leaf that record is, in one step of the writer, has
-/// `witnesses` (if any) cosign it, and writes the bundle to `out` on a blocking thread as it
-/// reads it. Returns the number of
-/// records selected, and `out`.
+/// Exports `selection` from a running store: selects, then [`export_picked`]. Returns the
+/// number of records selected, and `out`.
 pub async fn export(
     store: &Arc<Store>,
     selection: Selection,
     operator: &Operator,
     via: &str,
     witnesses: Option<&Witnesses>,
-    mut out: Box<dyn std::io::Write + Send>,
+    out: Box<dyn std::io::Write + Send>,
 ) -> Result<(u64, Box<dyn std::io::Write + Send>), StoreError> {
-    let task = |e: tokio::task::JoinError| StoreError::Task(e.to_string());
     let picked = {
         let store = store.clone();
         let selection = selection.clone();
         tokio::task::spawn_blocking(move || select(store.reader(), &selection))
             .await
-            .map_err(task)??
+            .map_err(|e| StoreError::Task(e.to_string()))??
     };
     let filter = selection.to_json();
+    let mut extra = Map::new();
+    let reader_store = store.clone();
+    let archived = tokio::task::spawn_blocking(move || reader_store.reader().archive())
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+    if let Some(archived) = archived {
+        // Said in the export record, which the bundle's checkpoint signs: records before the
+        // cut are in the archive's segments, not selected here.
+        extra.insert("archivedBefore".into(), archived.cut.into());
+    }
+    let by = By {
+        operator,
+        via,
+        witnesses,
+    };
+    export_picked(store, picked, filter, extra, &by, out).await
+}
+
+/// Who asks for an export, how, and who cosigns its checkpoint.
+pub struct By<'a> {
+    pub operator: &'a Operator,
+    pub via: &'a str,
+    pub witnesses: Option<&'a Witnesses>,
+}
+
+/// Records the export of `picked` (with `operator` and the `extra` fields) and signs the
+/// checkpoint whose last leaf that record is, in one step of the writer, has `witnesses` (if
+/// any) cosign it, and writes the bundle to `out` on a blocking thread as it reads it. Returns
+/// the number of records selected, and `out`.
+pub async fn export_picked(
+    store: &Arc<Store>,
+    picked: Picked,
+    filter: Value,
+    extra: Map<String, Value>,
+    by: &By<'_>,
+    mut out: Box<dyn std::io::Write + Send>,
+) -> Result<(u64, Box<dyn std::io::Write + Send>), StoreError> {
+    let task = |e: tokio::task::JoinError| StoreError::Task(e.to_string());
+    let witnesses = by.witnesses;
     let mut event = export_event(&picked, &filter);
-    event.insert("operator".into(), operator.to_json());
-    event.insert("via".into(), via.into());
+    event.extend(extra);
+    event.insert("operator".into(), by.operator.to_json());
+    event.insert("via".into(), by.via.into());
     let order = match witnesses {
         Some(witnesses) => Some(witnesses.in_order().await),
         None => None,

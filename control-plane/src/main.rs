@@ -2,6 +2,7 @@
 
 mod access;
 mod approvals;
+mod archive;
 mod bundle;
 mod cli;
 mod clock;

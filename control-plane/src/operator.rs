@@ -49,6 +49,17 @@ impl Operator {
         }
     }
 
+    /// The control plane itself, acting on its own configuration (retention): `purpose` says
+    /// what for; no person is behind it.
+    pub fn control_plane(purpose: &str) -> Self {
+        Self {
+            name: Some("tollgate control plane".into()),
+            os_user: os_user(),
+            purpose: Some(purpose.to_string()),
+            ..Self::default()
+        }
+    }
+
     pub fn with_purpose(mut self, purpose: &str, filter: Option<Value>) -> Self {
         self.purpose = Some(purpose.to_string());
         self.filter = filter;

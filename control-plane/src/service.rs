@@ -21,6 +21,8 @@ use crate::witness::Witnesses;
 const LIST_BUFFER: usize = 256;
 /// Answers buffered for a slow `AppendStream` reader; a full buffer stops reading its records.
 const APPEND_STREAM_BUFFER: usize = 1024;
+/// Archived subtree hashes per `ArchivedNodes` message (32 bytes each).
+const NODES_PER_CHUNK: usize = 4096;
 /// Export bundles are streamed in pieces of this size.
 const EXPORT_CHUNK: usize = 1 << 20;
 
@@ -44,6 +46,8 @@ pub struct AuditService {
     sessions: Arc<SessionBindings>,
     /// The witnesses that cosign an export's checkpoint, when a policy names them.
     witnesses: Option<Arc<Witnesses>>,
+    /// Where `Archive` writes segments (`serve --archive-dir`); `None`: it is refused.
+    archive: Option<Arc<crate::archive::Retention>>,
 }
 
 impl AuditService {
@@ -57,7 +61,14 @@ impl AuditService {
             masker: Masker::default(),
             sessions,
             witnesses,
+            archive: None,
         }
+    }
+
+    /// Lets operators archive on demand into `retention`'s directory.
+    pub fn with_archive(mut self, retention: Option<Arc<crate::archive::Retention>>) -> Self {
+        self.archive = retention;
+        self
     }
 
     /// One `Append`: masked, session-checked, chained, durable.
@@ -337,10 +348,16 @@ impl pb::audit_server::Audit for AuditService {
         } else {
             self.store.durable_len()
         };
+        let store = self.store.clone();
+        let archive = tokio::task::spawn_blocking(move || store.reader().archive())
+            .await
+            .map_err(blocking_error)??;
         Ok(Response::new(pb::LogInfoResponse {
             origin: self.store.origin().to_string(),
             verifier_keys: self.store.verifiers()?.iter().map(|k| k.encode()).collect(),
             size,
+            archived_before: archive.map_or(0, |a| a.cut),
+            archive_chain_hash: archive.map_or_else(Vec::new, |a| a.chain_hash.to_vec()),
         }))
     }
 
@@ -486,6 +503,77 @@ impl pb::audit_server::Audit for AuditService {
             verifier_key: key.encode(),
             seq: appended.seq,
         }))
+    }
+
+    async fn archive(
+        &self,
+        request: Request<pb::ArchiveRequest>,
+    ) -> Result<Response<pb::ArchiveResponse>, Status> {
+        let operator = operator(&request);
+        let pb::ArchiveRequest {
+            before,
+            segment_records,
+        } = request.into_inner();
+        let Some(retention) = &self.archive else {
+            return Err(Status::failed_precondition(
+                "this control plane has no archive directory: start it with --archive-dir DIR",
+            ));
+        };
+        let before = time_bound(before, "before")?
+            .ok_or_else(|| Status::invalid_argument("before: a time (RFC 3339) is needed"))?;
+        let by = bundle::By {
+            operator: &operator,
+            via: "grpc",
+            witnesses: self.witnesses.as_deref(),
+        };
+        let segment_records = if segment_records == 0 {
+            retention.segment_records
+        } else {
+            segment_records
+        };
+        let outcome =
+            crate::archive::archive(&self.store, &retention.dir, before, segment_records, &by)
+                .await?;
+        Ok(Response::new(pb::ArchiveResponse {
+            outcome_json: outcome.to_json().to_string(),
+        }))
+    }
+
+    type ArchivedNodesStream = ReceiverStream<Result<pb::ArchivedNodesChunk, Status>>;
+
+    async fn archived_nodes(
+        &self,
+        request: Request<pb::ArchivedNodesRequest>,
+    ) -> Result<Response<Self::ArchivedNodesStream>, Status> {
+        let operator = operator(&request);
+        let mut extra = Map::new();
+        extra.insert("archivedNodes".into(), true.into());
+        self.store
+            .append_event(&operator.read_event("grpc", extra))
+            .await?;
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(32 * NODES_PER_CHUNK);
+            let result = crate::archive::archived_nodes(store.reader(), |hash| {
+                chunk.extend_from_slice(hash);
+                if chunk.len() == 32 * NODES_PER_CHUNK {
+                    let hashes =
+                        std::mem::replace(&mut chunk, Vec::with_capacity(32 * NODES_PER_CHUNK));
+                    return tx
+                        .blocking_send(Ok(pb::ArchivedNodesChunk { hashes }))
+                        .is_ok();
+                }
+                true
+            });
+            let last = match result {
+                Ok(()) if chunk.is_empty() => return,
+                Ok(()) => Ok(pb::ArchivedNodesChunk { hashes: chunk }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn state_tables(

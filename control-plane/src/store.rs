@@ -19,7 +19,9 @@
 //! - Concurrent appends MUST share durable writes (group commit).
 //! - Checkpoints MUST only cover records written before them, and are signed at least every
 //!   `checkpoint_every` records and every `checkpoint_interval`.
-//! - Records MUST NOT be changed or removed through this module.
+//! - Records MUST NOT be changed through this module, and MUST NOT be removed except by
+//!   [`Store::prune_archived`], below a cut that sealed archive segments cover, after the
+//!   chain recorded the archive (`controlPlane.auditArchived`).
 //!
 //! Each backend's module says how it keeps this: [`sled_backend`], [`pg`].
 
@@ -283,6 +285,11 @@ pub trait Reads: Send + Sync {
     /// The stored hash of a perfect subtree at `level` >= [`STORED_LEVEL`], if stored.
     fn stored_node(&self, level: u32, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Where the hot store begins, if records were archived and pruned.
+    fn archive(&self) -> Result<Option<ArchiveCut>, StoreError> {
+        Ok(None)
+    }
+
     /// `PATH(seq, D[0:size])` from the stored nodes and records.
     fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
         check_size(self.len()?, size)?;
@@ -321,6 +328,67 @@ pub trait Reads: Send + Sync {
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         StoredNodes { reader: self }.node(level, index)
     }
+}
+
+/// Where the hot store begins after archiving: records before `cut` were sealed into archive
+/// segments and pruned, except the ones [`retained_blocks`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveCut {
+    /// The first record not archived (a multiple of 2^[`STORED_LEVEL`]).
+    pub cut: u64,
+    /// The chain hash of record `cut - 1`, which record `cut` chains onto.
+    pub chain_hash: Hash,
+}
+
+impl ArchiveCut {
+    pub fn to_json(self) -> Value {
+        serde_json::json!({"cut": self.cut, "chainHash": hex::encode(self.chain_hash)})
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        let value: Value = serde_json::from_slice(bytes).ok()?;
+        let mut chain_hash = [0u8; 32];
+        hex::decode_to_slice(value.get("chainHash")?.as_str()?, &mut chain_hash).ok()?;
+        Some(Self {
+            cut: value.get("cut")?.as_u64()?,
+            chain_hash,
+        })
+    }
+}
+
+/// The blocks of 2^[`STORED_LEVEL`] records below `cut` that pruning keeps whole, from
+/// `from` (the previous cut) on: each block holding a key rotation or a change of state (so the
+/// state tables and the key history still replay from the hot store), and each block holding
+/// the last record of a checkpoint (so every checkpoint's root and chain line still verify, and
+/// a bundle can still split its skipped ranges at every checkpoint's size). Everything else
+/// below the cut is committed by the stored Merkle nodes, which are never pruned.
+pub fn retained_blocks(
+    reader: &dyn Reads,
+    from: u64,
+    cut: u64,
+) -> Result<std::collections::BTreeSet<u64>, StoreError> {
+    const ROTATION: &[u8] = b"\"event\":\"controlPlane.keyRotated\"";
+    let mut blocks = std::collections::BTreeSet::new();
+    for record in reader.records(from, cut.saturating_sub(from)) {
+        let record = record?;
+        if record.seq >= cut {
+            break;
+        }
+        let json = &record.canonical_json;
+        if crate::state::may_change_state(json)
+            || json.windows(ROTATION.len()).any(|w| w == ROTATION)
+        {
+            blocks.insert(record.seq >> STORED_LEVEL);
+        }
+    }
+    for checkpoint in reader.checkpoints()? {
+        if let Ok(parsed) = crate::note::Checkpoint::of_note(&checkpoint.note) {
+            if parsed.size > from && parsed.size <= cut {
+                blocks.insert((parsed.size - 1) >> STORED_LEVEL);
+            }
+        }
+    }
+    Ok(blocks)
 }
 
 /// Records as a [`Reads`] returns them.
@@ -526,6 +594,25 @@ impl Store {
             Self::Postgres(_) => Err(StoreError::Unsupported(
                 "key rotation is not supported on the postgres store yet: every replica must \
                  sign with the same key (docs/postgres.md)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Removes the records below `cut.cut` that are not in `keep` (blocks of
+    /// 2^[`STORED_LEVEL`] records), once archive segments hold them and the chain recorded
+    /// it; Merkle nodes and checkpoints stay. Blocking. Resumed at the next open if
+    /// interrupted.
+    pub fn prune_archived(
+        &self,
+        cut: ArchiveCut,
+        keep: &std::collections::BTreeSet<u64>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Self::Sled(s) => s.prune_archived(cut, keep),
+            Self::Postgres(_) => Err(StoreError::Unsupported(
+                "archiving is not supported on the postgres store yet: keep its records in the \
+                 database and export bundles for the auditor (docs/postgres.md)"
                     .into(),
             )),
         }

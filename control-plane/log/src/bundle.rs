@@ -313,6 +313,8 @@ struct Walk {
     roots: BTreeMap<u64, Hash>,
     frontier: Frontier,
     selection: SelectionDigest,
+    /// The first and last selected sequence numbers, for a filter that names a range.
+    selected_range: Option<(u64, u64)>,
     key_records: BTreeSet<u64>,
     rotations: Vec<Rotation>,
     export: Option<(Vec<u8>, Value)>,
@@ -433,6 +435,8 @@ impl Walk {
         self.frontier.push(leaf, |_, _, _| {});
         if !context {
             self.selection.add(seq, &leaf);
+            let first = self.selected_range.map_or(seq, |(first, _)| first);
+            self.selected_range = Some((first, seq));
         }
         let is_export = seq + 1 == self.size;
         if self.key_records.contains(&seq) || is_export {
@@ -661,6 +665,117 @@ fn written_record(bytes: &[u8]) -> Option<(u64, &str, &[u8], bool)> {
     Some((seq, leaf_hash, record, context))
 }
 
+/// The filter members of a bundle that holds every record of a range whole (an archive
+/// segment): `fromSeq` and `toSeq`, decimal strings, the range `[fromSeq, toSeq)`.
+pub const FROM_SEQ: &str = "fromSeq";
+pub const TO_SEQ: &str = "toSeq";
+
+/// The range a filter names, if it names one: `Err` when it names one badly.
+pub fn filter_range(filter: &Value) -> Result<Option<(u64, u64)>, String> {
+    let member = |name: &str| filter.get(name).and_then(Value::as_str);
+    match (member(FROM_SEQ), member(TO_SEQ)) {
+        (None, None) => Ok(None),
+        (Some(from), Some(to)) => match (from.parse::<u64>(), to.parse::<u64>()) {
+            (Ok(from), Ok(to)) if from < to => Ok(Some((from, to))),
+            _ => Err(format!(
+                "the bundle's filter names the range {from:?}..{to:?}, which is not one"
+            )),
+        },
+        _ => Err("the bundle's filter names one end of a range only".into()),
+    }
+}
+
+/// Why a bundle whose filter names a range does not hold that range whole, if it does not.
+/// Selected records come in increasing order (the walk refuses any other), so the right
+/// count, first and last mean every record of the range is there.
+fn range_incomplete(
+    filter: Option<&Value>,
+    count: u64,
+    selected: Option<(u64, u64)>,
+) -> Option<String> {
+    let (from, to) = match filter.map(filter_range)? {
+        Ok(Some(range)) => range,
+        Ok(None) => return None,
+        Err(problem) => return Some(problem),
+    };
+    if selected == Some((from, to - 1)) && count == to - from {
+        return None;
+    }
+    Some(format!(
+        "the bundle's filter selects every record of {from}..{to} but it holds {count} of them whole: a record of the range was left out"
+    ))
+}
+
+/// The bytes of a bundle file, decompressed when it is zstd-compressed (an archive segment):
+/// told by zstd's magic number, not by the file's name.
+pub fn decompressed<R: Read + 'static>(input: R) -> std::io::Result<Box<dyn Read>> {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let mut input = std::io::BufReader::with_capacity(1 << 16, input);
+    let head = std::io::BufRead::fill_buf(&mut input)?;
+    if head.starts_with(&ZSTD_MAGIC) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(input)?))
+    } else {
+        Ok(Box::new(input))
+    }
+}
+
+/// Hands every whole record of a bundle to `each` as `(seq, canonical bytes)`, in order, and
+/// reads nothing else: for reading an archive segment that was verified (`verify`) already.
+/// `each` returns false to stop.
+pub fn for_each_record(
+    input: impl Read,
+    mut each: impl FnMut(u64, &[u8]) -> bool,
+) -> Result<(), ScanError> {
+    let mut scanner = Scanner::new(input, MAX_VALUE);
+    let mut buf = Vec::new();
+    scanner.expect(b'{', "a bundle is a JSON object")?;
+    if scanner.peek()? == Some(b'}') {
+        return Ok(());
+    }
+    loop {
+        scanner.value(&mut buf)?;
+        let name: String = serde_json::from_slice(&buf).map_err(|_| ScanError::Malformed {
+            offset: scanner.offset(),
+            what: "a member name was expected",
+        })?;
+        scanner.expect(b':', "a colon was expected")?;
+        if name != "records" {
+            scanner.value(&mut buf)?;
+        } else {
+            scanner.expect(b'[', "records must be an array")?;
+            if scanner.peek()? == Some(b']') {
+                scanner.one_of(b"]", "")?;
+            } else {
+                loop {
+                    scanner.value(&mut buf)?;
+                    let record = match written_record(&buf) {
+                        Some((seq, _, record, _)) => Some((seq, record.to_vec())),
+                        None => match serde_json::from_slice::<Entry>(&buf) {
+                            Ok(Entry {
+                                seq: Some(seq),
+                                record: Some(record),
+                                ..
+                            }) => Some((seq, record.get().as_bytes().to_vec())),
+                            _ => None,
+                        },
+                    };
+                    if let Some((seq, record)) = record {
+                        if !each(seq, &record) {
+                            return Ok(());
+                        }
+                    }
+                    if scanner.one_of(b",]", "a comma or the end of the records")? == b']' {
+                        break;
+                    }
+                }
+            }
+        }
+        if scanner.one_of(b",}", "a comma or the end of the bundle")? == b'}' {
+            return Ok(());
+        }
+    }
+}
+
 fn category(e: &serde_json::Error) -> String {
     format!("{:?} at column {}", e.classify(), e.column())
 }
@@ -833,6 +948,7 @@ fn start_walk(header: &Header, options: &Options, findings: &mut Vec<Finding>) -
         roots: BTreeMap::new(),
         frontier: Frontier::new(),
         selection: SelectionDigest::default(),
+        selected_range: None,
         key_records: header.key_records.iter().flatten().copied().collect(),
         rotations: Vec::new(),
         export: None,
@@ -933,6 +1049,9 @@ fn finish(
                 findings.push(Finding::log(
                     "the bundle's filter differs from the one its export record states",
                 ));
+            }
+            if let Some(problem) = range_incomplete(header.filter.as_ref(), count, walk.selected_range) {
+                findings.push(Finding::log(problem));
             }
             let stated_keys: Option<Vec<u64>> = record
                 .get("keyRecords")

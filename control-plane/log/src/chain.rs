@@ -173,7 +173,13 @@ impl Verifier {
         Ok(())
     }
 
-    /// Records verified so far.
+    /// Continues a chain whose records before `next_seq` are archived: `head` is the chain
+    /// hash of record `next_seq - 1`, as the archive left it.
+    pub fn resume(next_seq: u64, head: Hash) -> Self {
+        Self { next_seq, head }
+    }
+
+    /// Records verified so far (including any archived before a resume).
     pub fn count(&self) -> u64 {
         self.next_seq
     }

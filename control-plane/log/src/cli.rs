@@ -138,6 +138,7 @@ pub fn verify_bundle(path: &Path, args: &BundleArgs) -> Result<Report, String> {
         bundle::verify(std::io::stdin().lock(), &trust, &options)
     } else {
         let file = std::fs::File::open(path)
+            .and_then(bundle::decompressed)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         bundle::verify(file, &trust, &options)
     };

@@ -141,6 +141,11 @@ pub struct LogCheck {
     checkpoints_matched: usize,
     findings: Vec<Finding>,
     stopped: bool,
+    /// Before an archive cut: the stored chain hash of the last retained record when it is
+    /// the last leaf walked (a checkpoint's signed chain line is checked against it).
+    prefix_head: Option<Hash>,
+    /// The leaves before the cut, walked as subtrees and retained records.
+    archived: u64,
 }
 
 /// What [`LogCheck`] found.
@@ -152,6 +157,9 @@ pub struct LogSummary {
     pub checkpoints_matched: usize,
     /// Records after the largest checkpoint: not yet covered by a signature.
     pub uncovered: u64,
+    /// Records before the archive cut: checked through the stored subtrees and the retained
+    /// records, not read one by one.
+    pub archived: u64,
     pub findings: Vec<Finding>,
 }
 
@@ -172,9 +180,97 @@ impl LogCheck {
             checkpoints_matched: 0,
             findings: Vec::new(),
             stopped: false,
+            prefix_head: None,
+            archived: 0,
         };
         check.reached(0);
         check
+    }
+
+    /// Before an archive cut, the next `2^level` leaves as one stored subtree hash (records
+    /// pruned after archiving). Returns whether to go on.
+    pub fn archived_subtree(&mut self, level: u32, hash: Hash) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let at = self.frontier.size();
+        if self.frontier.push_subtree(level, hash).is_none() {
+            self.findings.push(Finding::at(
+                at,
+                format!("the stored subtree at level {level} does not start at leaf {at}: the store's tree is malformed"),
+            ));
+            self.stopped = true;
+            return false;
+        }
+        self.prefix_head = None;
+        self.reached(self.frontier.size());
+        !self.stopped
+    }
+
+    /// Before an archive cut, a record kept in the hot store (a key rotation, a change of
+    /// state, or a neighbour of a checkpoint's last leaf), in leaf order. Its content is
+    /// committed by the tree; its stored chain hash is checked against the record before it
+    /// when that one was kept too, and against any checkpoint it ends. Returns whether to go on.
+    pub fn retained(&mut self, record: &StoredRecord) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let at = self.frontier.size();
+        if record.seq != at {
+            self.findings.push(Finding::at(
+                at,
+                format!("record {} stands where leaf {at} belongs before the archive cut: kept records are missing or out of order", record.seq),
+            ));
+            self.stopped = true;
+            return false;
+        }
+        let stored: Option<Hash> = hex::decode(&record.chain_hash)
+            .ok()
+            .and_then(|b| b.try_into().ok());
+        let linked = match (self.prefix_head, stored) {
+            (Some(previous), Some(stored)) => {
+                chain::chain(&previous, &record.canonical_json) == stored
+            }
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if !linked {
+            self.findings.push(Finding::at(
+                record.seq,
+                "the kept record's chain hash does not follow from the record before it: altered",
+            ));
+            self.stopped = true;
+            return false;
+        }
+        self.frontier
+            .push(merkle::leaf_hash(&record.canonical_json), |_, _, _| {});
+        self.prefix_head = stored;
+        self.reached(self.frontier.size());
+        !self.stopped
+    }
+
+    /// Stops the walk at a problem found outside it (a source that could not supply a leaf).
+    pub fn fail(&mut self, finding: Finding) {
+        self.findings.push(finding);
+        self.stopped = true;
+    }
+
+    /// Ends the archived prefix at the cut: the records from here on are checked one by one,
+    /// chained onto `anchor`, the chain hash of the last archived record.
+    pub fn resume(&mut self, anchor: Hash) {
+        let cut = self.frontier.size();
+        if let Some(kept) = self.prefix_head {
+            if kept != anchor {
+                self.findings.push(Finding::at(
+                    cut.saturating_sub(1),
+                    "the archive's chain hash at the cut differs from the kept record's: altered",
+                ));
+                self.stopped = true;
+            }
+        }
+        self.prefix_head = None;
+        self.archived = cut;
+        self.chain = chain::Verifier::resume(cut, anchor);
     }
 
     /// Checks the next record; returns whether to go on (false after the first bad record).
@@ -199,8 +295,16 @@ impl LogCheck {
             return;
         };
         let root = self.frontier.root();
+        let head = if self.frontier.size() > self.chain.count() {
+            // Before the cut: only a kept record's stored hash says where the chain was.
+            self.prefix_head
+        } else {
+            Some(self.chain.head())
+        };
         for entry in checkpoints {
-            if entry.checkpoint.root != root || entry.checkpoint.chain_head != self.chain.head() {
+            if entry.checkpoint.root != root
+                || head.is_some_and(|h| entry.checkpoint.chain_head != h)
+            {
                 let what = if entry.checkpoint.root != root {
                     "Merkle root"
                 } else {
@@ -227,7 +331,7 @@ impl LogCheck {
     }
 
     pub fn finish(mut self) -> LogSummary {
-        let records = self.chain.count();
+        let records = self.chain.count().max(self.frontier.size());
         if !self.stopped {
             // Checkpoints beyond the end: records were there and are gone.
             if let Some((size, entries)) = self.pending.iter().next_back() {
@@ -247,6 +351,7 @@ impl LogCheck {
             root: self.frontier.root(),
             checkpoints_matched: self.checkpoints_matched,
             uncovered: records.saturating_sub(self.matched_size),
+            archived: self.archived,
             findings: self.findings,
         }
     }

@@ -59,6 +59,12 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
         .operator()
         .with_purpose("export", Some(args.filter.to_json()));
     let mut source = Source::open(home, &args.source, &operator).await?;
+    if let Some(cut) = source.archive_cut().await? {
+        eprintln!(
+            "tollgate: records before seq {} were archived: this export selects from the hot store only (the bundle's export record says so); the archive's segments are bundles of their own",
+            cut.cut
+        );
+    }
     let mut out: Box<dyn Write + Send> = if args.out.as_os_str() == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout()))
     } else {

@@ -11,9 +11,11 @@ use tollgate_log::cli::{self, BundleArgs};
 use tollgate_log::key_history::{KeyHistory, Rotation, KEY_ROTATED};
 
 use super::records::{OperatorArgs, Source, SourceArgs};
+use crate::chain::{Hash, StoredRecord};
 use crate::keys::KeyDir;
 use crate::note::NoteVerifier;
 use crate::state;
+use crate::store::{ArchiveCut, STORED_LEVEL};
 use crate::verify::{self, Finding, LogCheck, Report};
 
 #[derive(Debug, clap::Args)]
@@ -24,6 +26,11 @@ pub struct Args {
     /// (what `tollgate-verify` does).
     #[arg(long, value_name = "FILE")]
     bundle: Option<PathBuf>,
+    /// Also check the archive segments in DIR (`serve --archive-dir`, `audit archive`): each
+    /// one as a bundle with the log's keys, one after another up to the hot store, and their
+    /// records chained to it.
+    #[arg(long, value_name = "DIR", conflicts_with = "bundle")]
+    archive: Option<PathBuf>,
     /// For the live log, --key defaults to its own list, <home>/keys/checkpoint.vkeys; a
     /// bundle has no default: trust comes from outside it.
     #[command(flatten)]
@@ -67,6 +74,64 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// The part of the log below an archive cut, walked as the stored subtree hash of each block
+/// of 16 records, except the blocks the hot store kept whole, whose records come from the
+/// store in order.
+struct ArchivedPrefix {
+    cut: ArchiveCut,
+    nodes: Vec<Hash>,
+    next_block: u64,
+}
+
+impl ArchivedPrefix {
+    /// Walks the subtrees up to `record`'s block, then `record`.
+    fn retained(&mut self, check: &mut LogCheck, record: &StoredRecord) -> bool {
+        let block = record.seq >> STORED_LEVEL;
+        if !self.subtrees_until(check, block) {
+            return false;
+        }
+        let go_on = check.retained(record);
+        if (record.seq + 1).is_multiple_of(1 << STORED_LEVEL) {
+            self.next_block = block + 1;
+        }
+        go_on
+    }
+
+    /// Walks the subtrees of the blocks before `block` not yet walked.
+    fn subtrees_until(&mut self, check: &mut LogCheck, block: u64) -> bool {
+        while self.next_block < block {
+            let Some(hash) = usize::try_from(self.next_block)
+                .ok()
+                .and_then(|i| self.nodes.get(i))
+            else {
+                check.fail(Finding::at(
+                    self.next_block << STORED_LEVEL,
+                    format!(
+                        "the store has no subtree hash for archived records {}..{}: its tree is incomplete",
+                        self.next_block << STORED_LEVEL,
+                        (self.next_block + 1) << STORED_LEVEL
+                    ),
+                ));
+                return false;
+            };
+            if !check.archived_subtree(STORED_LEVEL, *hash) {
+                return false;
+            }
+            self.next_block += 1;
+        }
+        true
+    }
+
+    /// Walks the rest of the prefix and resumes the chain at the cut.
+    fn finish(&mut self, check: &mut LogCheck) -> bool {
+        if !self.subtrees_until(check, self.cut.cut >> STORED_LEVEL) {
+            return false;
+        }
+        check.resume(self.cut.chain_hash);
+        true
+    }
+}
+
 /// How a key rotation record names its event, in canonical form.
 const ROTATION_MEMBER: &[u8] = b"\"event\":\"controlPlane.keyRotated\"";
 
@@ -103,6 +168,15 @@ async fn verify_log(
         .rfind(|t| t.label.starts_with("checkpoint #"))
         .cloned();
     let mut check = LogCheck::new(&trusted);
+    let cut = source.archive_cut().await?;
+    let mut prefix = match cut {
+        Some(cut) => Some(ArchivedPrefix {
+            cut,
+            nodes: source.archived_nodes().await?,
+            next_block: 0,
+        }),
+        None => None,
+    };
     let mut replay = state::Replay::default();
     let mut rotations = Vec::new();
     let started = std::time::Instant::now();
@@ -120,9 +194,21 @@ async fn verify_log(
                     }
                 }
             }
+            if let Some(walk) = &mut prefix {
+                if record.seq < walk.cut.cut {
+                    return Ok(walk.retained(&mut check, &record));
+                }
+                if !walk.finish(&mut check) {
+                    return Ok(false);
+                }
+                prefix = None;
+            }
             Ok(check.check(&record))
         })
         .await?;
+    if let Some(walk) = &mut prefix {
+        walk.finish(&mut check);
+    }
     let elapsed = started.elapsed();
     let after = source.state().await?;
     source.close().await?;
@@ -146,6 +232,28 @@ async fn verify_log(
         }
     }
     let mut notes = Vec::new();
+    if let Some(cut) = cut {
+        notes.push(format!(
+            "records 0..{} are archived: checked here through the hot store's subtree hashes and the records it kept{}",
+            cut.cut,
+            if args.archive.is_some() {
+                ", and record by record in the archive's segments"
+            } else {
+                " (pass --archive DIR to check the segments record by record)"
+            }
+        ));
+    }
+    if let Some(dir) = &args.archive {
+        let archived = crate::archive::check_archive(dir, keys, cut);
+        eprintln!(
+            "tollgate: checked {} archived records in {} segment(s) of {}",
+            archived.records,
+            archived.segments,
+            dir.display()
+        );
+        findings.extend(archived.findings);
+        notes.extend(archived.notes);
+    }
     match (before, after) {
         (Some(before), Some(after)) => {
             let read = |snapshot: &Value| {

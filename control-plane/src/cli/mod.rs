@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod approvals;
+mod audit_archive;
 mod audit_export;
 mod audit_query;
 mod audit_verify;
@@ -170,6 +171,9 @@ enum AuditCommand {
     /// Write a verifiable bundle (or JSON lines / CSV for a SIEM) of the records matching
     /// filters.
     Export(audit_export::Args),
+    /// Seal the records older than a time into verifiable compressed segments and prune them
+    /// from the hot store (security admins; `serve --archive-dir` also does it on a schedule).
+    Archive(audit_archive::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +244,9 @@ impl Cli {
             }
             Command::Audit(AuditCommand::Export(args)) => {
                 audit_export::run(home, operator, args).await
+            }
+            Command::Audit(AuditCommand::Archive(args)) => {
+                audit_archive::run(home, operator, args).await
             }
             Command::Sessions(SessionsCommand::List(args)) => {
                 sessions::list(home, operator, args).await

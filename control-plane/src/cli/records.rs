@@ -16,11 +16,13 @@ use serde_json::{Map, Value};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::chain::Hash;
 use crate::chain::StoredRecord;
+use crate::note::NoteVerifier;
 use crate::operator::Operator;
 use crate::pb;
 use crate::pb::audit_client::AuditClient;
-use crate::store::{Location, Options, Reader, Store, StoredCheckpoint};
+use crate::store::{ArchiveCut, Location, Options, Reader, Store, StoredCheckpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -281,6 +283,101 @@ impl Source {
             Self::Store(store) => Some(crate::state::snapshot(store).await?),
             Self::Reader(_) => None,
         })
+    }
+
+    /// Where the hot store begins, if records were archived and pruned.
+    pub async fn archive_cut(&mut self) -> anyhow::Result<Option<ArchiveCut>> {
+        Ok(match self {
+            Self::Server { client, address } => {
+                let info = client
+                    .log_info(pb::LogInfoRequest {})
+                    .await
+                    .with_context(|| format!("asking {address} about the log"))?
+                    .into_inner();
+                if info.archived_before == 0 {
+                    None
+                } else {
+                    let chain_hash =
+                        info.archive_chain_hash.as_slice().try_into().map_err(|_| {
+                            anyhow::anyhow!(
+                                "{address} sent a malformed chain hash for its archive cut"
+                            )
+                        })?;
+                    Some(ArchiveCut {
+                        cut: info.archived_before,
+                        chain_hash,
+                    })
+                }
+            }
+            Self::Store(store) => tokio::task::block_in_place(|| store.reader().archive())?,
+            Self::Reader(reader) => {
+                let reader = reader.reads();
+                tokio::task::block_in_place(|| reader.archive())?
+            }
+        })
+    }
+
+    /// The stored subtree hashes of the blocks below the archive cut, in order.
+    pub async fn archived_nodes(&mut self) -> anyhow::Result<Vec<Hash>> {
+        let mut nodes = Vec::new();
+        match self {
+            Self::Server { client, address } => {
+                let mut stream = client
+                    .archived_nodes(pb::ArchivedNodesRequest {})
+                    .await
+                    .with_context(|| format!("reading the archived subtrees from {address}"))?
+                    .into_inner();
+                while let Some(chunk) = stream.message().await? {
+                    if chunk.hashes.len() % 32 != 0 {
+                        anyhow::bail!("{address} sent a malformed list of subtree hashes");
+                    }
+                    nodes.extend(
+                        chunk
+                            .hashes
+                            .chunks_exact(32)
+                            .map(|h| <Hash>::try_from(h).unwrap_or_default()),
+                    );
+                }
+            }
+            Self::Store(store) => tokio::task::block_in_place(|| {
+                crate::archive::archived_nodes(store.reader(), |h| {
+                    nodes.push(*h);
+                    true
+                })
+            })?,
+            Self::Reader(reader) => {
+                let reader = reader.reads();
+                tokio::task::block_in_place(|| {
+                    crate::archive::archived_nodes(reader, |h| {
+                        nodes.push(*h);
+                        true
+                    })
+                })?
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// The log's verifier keys, as the source knows them.
+    pub async fn verifier_keys(&mut self, home: &Path) -> anyhow::Result<Vec<NoteVerifier>> {
+        match self {
+            Self::Server { client, address } => {
+                let info = client
+                    .log_info(pb::LogInfoRequest {})
+                    .await
+                    .with_context(|| format!("asking {address} about the log"))?
+                    .into_inner();
+                info.verifier_keys
+                    .iter()
+                    .map(|k| {
+                        NoteVerifier::parse(k)
+                            .map_err(|e| anyhow::anyhow!("{address} sent a malformed key: {e}"))
+                    })
+                    .collect()
+            }
+            Self::Store(store) => Ok(store.verifiers()?),
+            Self::Reader(_) => Ok(crate::keys::KeyDir::at(home).verifiers()?),
+        }
     }
 
     /// Closes a store opened here (marking a clean shutdown).

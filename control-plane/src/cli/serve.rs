@@ -71,6 +71,8 @@ pub struct Args {
     tls: crate::tls::ServerArgs,
     #[command(flatten)]
     access: crate::access::AccessSettings,
+    #[command(flatten)]
+    retention: crate::archive::RetentionSettings,
 }
 
 impl Args {
@@ -92,6 +94,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     // Certificates and the policy first: a control plane that cannot serve TLS or judge
     // approvals as configured must not open the store.
     let transport = Transport::load(&args.tls, home).context("setting up TLS")?;
+    let retention = args.retention.retention()?.map(Arc::new);
     let judge = match &args.approvals.policy {
         Some(path) => Some(Arc::new(crate::approvals::judge::Judge::load(path)?)),
         None => {
@@ -183,6 +186,13 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     );
     event.insert("listen".into(), args.listen.to_string().into());
     event.insert(
+        "retention".into(),
+        retention.as_ref().map_or_else(
+            || serde_json::json!({"archive": false, "note": "no --archive-dir: every record stays in the hot store"}),
+            |r| r.to_json(),
+        ),
+    );
+    event.insert(
         "policy".into(),
         judge
             .as_ref()
@@ -243,6 +253,10 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     );
     crate::session_binding::spawn_sweeper(sessions.clone(), store.clone());
 
+    if let Some(retention) = &retention {
+        crate::archive::spawn_retention(store.clone(), retention.clone(), witnesses.clone());
+    }
+
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<&'static str>();
     // Which signal stopped the server, set before the server starts to stop: the stop record
     // must name it even when the server finishes before the grace timer below is polled.
@@ -251,11 +265,10 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     let router = tonic::transport::Server::builder()
         .layer(AccessLayer(access))
         .add_service(health_service)
-        .add_service(AuditServer::new(AuditService::new(
-            store.clone(),
-            sessions,
-            witnesses,
-        )))
+        .add_service(AuditServer::new(
+            AuditService::new(store.clone(), sessions, witnesses.clone())
+                .with_archive(retention.clone()),
+        ))
         .add_service(approvals)
         .add_service(revocations);
     let shutdown = async move {

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use serde_json::{json, Value};
 use tollgate_engine::identity::act_subjects;
 
@@ -34,6 +35,10 @@ pub struct ReplayArgs {
     source: SourceArgs,
     /// The session: its Mcp-Session-Id, or `request:<id>` / `seq:<n>` from `sessions list`.
     id: String,
+    /// Also read the records archived into the segments in DIR (each verified with the log's
+    /// keys before it is read), for a session older than the hot store.
+    #[arg(long, value_name = "DIR")]
+    archive: Option<std::path::PathBuf>,
     /// One {"seq","chainHash","record"} object per line, in order.
     #[arg(long)]
     json: bool,
@@ -203,8 +208,34 @@ pub async fn replay(
         .with_purpose("sessions.replay", Some(json!({"session": args.id})));
     let mut source = Source::open(home, &args.source, &operator).await?;
     let mut found = Vec::new();
+    // Archived records come from the segments; the hot store's kept copies of some of them
+    // are skipped so that none is shown twice.
+    let mut hot_from = 0;
+    if let Some(dir) = &args.archive {
+        hot_from = source.archive_cut().await?.map_or(0, |c| c.cut);
+        let keys = source.verifier_keys(home).await?;
+        let id = args.id.clone();
+        let archived = tokio::task::block_in_place(|| {
+            let mut archived = Vec::new();
+            crate::archive::for_each_archived(dir, &keys, |stored| {
+                let record = records::parse(&stored)?;
+                if stored.seq < hot_from
+                    && session_of(stored.seq, &record).as_deref() == Some(id.as_str())
+                {
+                    archived.push((stored.seq, "archived".to_string(), record));
+                }
+                Ok(true)
+            })
+            .map(|()| archived)
+        })
+        .with_context(|| format!("reading the archive {}", dir.display()))?;
+        found.extend(archived);
+    }
     source
         .for_each(&operator, |stored| {
+            if stored.seq < hot_from {
+                return Ok(true);
+            }
             let record = records::parse(&stored)?;
             if session_of(stored.seq, &record).as_deref() == Some(args.id.as_str()) {
                 found.push((stored.seq, stored.chain_hash, record));

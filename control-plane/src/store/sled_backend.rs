@@ -27,7 +27,9 @@
 //! levels >= [`STORED_LEVEL`] (lower ones are recomputed from the records); key `frontier` =
 //! the compact range of the whole tree. Tree `checkpoints`: key = checkpoint number (8 bytes
 //! big-endian), value = the signed note. Tree `meta`: `format` = `1`, `origin` = the log's
-//! origin line, `run` = present while a process has the store open.
+//! origin line, `run` = present while a process has the store open, `archive` = where the hot
+//! store begins once records were archived ([`ArchiveCut`] as JSON), `pruning` = the same
+//! while a prune is under way (finished at the next open if the process died).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -41,8 +43,8 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::RECEIVED_AT;
 use super::{
-    clock_backwards_event, split_value, Appended, Head, Opened, Options, Prepared, Reads,
-    RecordIter, StoreError, StoredCheckpoint, MAX_GROUP, STORED_LEVEL,
+    clock_backwards_event, retained_blocks, split_value, Appended, ArchiveCut, Head, Opened,
+    Options, Prepared, Reads, RecordIter, StoreError, StoredCheckpoint, MAX_GROUP, STORED_LEVEL,
 };
 #[cfg(test)]
 use crate::chain;
@@ -61,6 +63,10 @@ const FORMAT: &[u8] = b"1";
 const ORIGIN_KEY: &str = "origin";
 const RUN_KEY: &str = "run";
 const FRONTIER_KEY: &[u8] = b"frontier";
+const ARCHIVE_KEY: &str = "archive";
+const PRUNING_KEY: &str = "pruning";
+/// Records removed per sled batch while pruning: bounds the memory of one batch.
+const PRUNE_BATCH: u64 = 16 * 1024;
 
 /// Appends waiting for the writer; callers wait (backpressure) when it is full.
 const QUEUE_CAPACITY: usize = 8192;
@@ -213,6 +219,69 @@ impl Reads for Reader {
     fn stored_node(&self, level: u32, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.merkle.get(node_key(level, index))?.map(|v| v.to_vec()))
     }
+
+    fn archive(&self) -> Result<Option<ArchiveCut>, StoreError> {
+        self.meta
+            .get(ARCHIVE_KEY)?
+            .map(|bytes| {
+                ArchiveCut::from_json(&bytes).ok_or_else(|| StoreError::Corrupt(ARCHIVE_KEY.into()))
+            })
+            .transpose()
+    }
+}
+
+impl Reader {
+    /// Removes the records below `cut` outside `keep`, from the previous cut on, in batches;
+    /// `pruning` marks the work so an interrupted prune is finished at the next open.
+    fn prune(
+        &self,
+        cut: ArchiveCut,
+        keep: &std::collections::BTreeSet<u64>,
+    ) -> Result<u64, StoreError> {
+        let from = self.archive()?.map_or(0, |a| a.cut);
+        self.meta
+            .insert(PRUNING_KEY, cut.to_json().to_string().as_bytes())?;
+        self.db.flush()?;
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for entry in self
+            .records
+            .range(from.to_be_bytes()..cut.cut.to_be_bytes())
+        {
+            let (key, _) = entry?;
+            if keep.contains(&(seq_of(&key)? >> STORED_LEVEL)) {
+                continue;
+            }
+            batch.remove(key);
+            in_batch += 1;
+            if in_batch == PRUNE_BATCH {
+                self.records.apply_batch(std::mem::take(&mut batch))?;
+                removed += in_batch;
+                in_batch = 0;
+            }
+        }
+        self.records.apply_batch(batch)?;
+        removed += in_batch;
+        self.meta
+            .insert(ARCHIVE_KEY, cut.to_json().to_string().as_bytes())?;
+        self.meta.remove(PRUNING_KEY)?;
+        self.db.flush()?;
+        Ok(removed)
+    }
+
+    /// Finishes a prune that a dead process left under way.
+    fn finish_pruning(&self) -> Result<Option<u64>, StoreError> {
+        let Some(bytes) = self.meta.get(PRUNING_KEY)? else {
+            return Ok(None);
+        };
+        let cut =
+            ArchiveCut::from_json(&bytes).ok_or_else(|| StoreError::Corrupt(PRUNING_KEY.into()))?;
+        let from = self.archive()?.map_or(0, |a| a.cut);
+        // What is kept follows from records that are never pruned and from the checkpoints.
+        let keep = retained_blocks(self, from, cut.cut)?;
+        self.prune(cut, &keep).map(Some)
+    }
 }
 
 /// Whether the store at `path` keeps its pages zstd-compressed: every new store does (records
@@ -344,6 +413,11 @@ impl Store {
             )));
         }
         let signer = options.keys.signer(&origin)?;
+        if let Some(removed) = reader.finish_pruning()? {
+            eprintln!(
+                "tollgate: finished an interrupted prune of archived records ({removed} removed)"
+            );
+        }
         let head = reader.recover_head()?;
         let (frontier, merkle_rebuilt) = recover_frontier(&reader, head.len)?;
 
@@ -560,6 +634,24 @@ impl Store {
         // The writer returns the place once it has taken the message off the queue.
         permit.forget();
         Ok(())
+    }
+
+    /// See [`super::Store::prune_archived`]; the writer goes on appending meanwhile (it writes
+    /// only past the cut).
+    pub fn prune_archived(
+        &self,
+        cut: ArchiveCut,
+        keep: &std::collections::BTreeSet<u64>,
+    ) -> Result<u64, StoreError> {
+        if !cut.cut.is_multiple_of(1 << STORED_LEVEL) || cut.cut > self.durable_len() {
+            return Err(StoreError::Range(format!(
+                "cannot prune below {}: a cut is a multiple of {} within the {} durable records",
+                cut.cut,
+                1u64 << STORED_LEVEL,
+                self.durable_len()
+            )));
+        }
+        self.reader.prune(cut, keep)
     }
 
     /// Records from `from_seq` on, in sequence order; `limit` 0 means all.

@@ -499,3 +499,143 @@ async fn retention_archives_on_schedule_then_expires_segments_on_record() {
         stdout(&verified)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_killed_while_archiving_loses_no_record_and_archives_again() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = home.path().join("archive");
+    let archive_arg = archive.display().to_string();
+    let mut server = Server::start_with(
+        home.path(),
+        &[
+            "--archive-dir",
+            &archive_arg,
+            "--archive-segment-records",
+            "256",
+        ],
+    );
+    common::append_concurrently(&server, 8, 500).await;
+    let before = chrono_now();
+    // Appends go on while the archive runs and when the process dies: every acknowledged one
+    // must survive.
+    let client = server.client().await;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let acknowledged = acknowledged.clone();
+        tokio::spawn(async move {
+            let mut client = client;
+            for n in 0.. {
+                match client
+                    .append(pb::AppendRequest {
+                        record_json: call("during-archive", n),
+                        session: None,
+                    })
+                    .await
+                {
+                    Ok(ack) => {
+                        let ack = ack.into_inner();
+                        acknowledged.lock().unwrap().push((ack.seq, ack.chain_hash));
+                    }
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let mut archiving = Command::new(BIN)
+        .args([
+            "audit",
+            "archive",
+            "--before",
+            &before,
+            "--server",
+            &server.url(),
+        ])
+        .env("TOLLGATE_HOME", home.path())
+        .env(
+            "TOLLGATE_TOKEN",
+            operator_token(home.path(), "admin@example.com", "security-admins"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while segments_or_none(&archive).len() < 3 {
+        assert!(Instant::now() < deadline, "no segment was written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = archiving.wait();
+    load.await.unwrap();
+    drop(server);
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(!acknowledged.is_empty());
+
+    let server = Server::start_with(
+        home.path(),
+        &[
+            "--archive-dir",
+            &archive_arg,
+            "--archive-segment-records",
+            "256",
+        ],
+    );
+    let verified = tollgate(home.path(), &["audit", "verify", "--server", &server.url()]);
+    assert!(verified.status.success(), "{verified:?}");
+    let archived = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "archive",
+            "--before",
+            &before,
+            "--server",
+            &server.url(),
+            "--json",
+        ],
+    );
+    assert!(archived.status.success(), "{archived:?}");
+    let outcome: Value = serde_json::from_str(stdout(&archived).trim()).unwrap();
+    let cut = outcome["toSeq"].as_u64().unwrap();
+    assert!(cut >= 3 * 256, "{outcome}");
+    assert_eq!(
+        outcome["fromSeq"], 0,
+        "the killed run recorded no archive: {outcome}"
+    );
+    let verified = tollgate(
+        home.path(),
+        &[
+            "audit",
+            "verify",
+            "--server",
+            &server.url(),
+            "--archive",
+            &archive_arg,
+        ],
+    );
+    assert!(verified.status.success(), "{verified:?}");
+    // Every acknowledged append is in the log: in the hot store, or in the archive.
+    let hot: std::collections::HashMap<u64, String> = list(&server)
+        .await
+        .into_iter()
+        .map(|r| (r.seq, r.chain_hash))
+        .collect();
+    let mut archived_seqs = std::collections::BTreeSet::new();
+    for file in segments(&archive) {
+        let text = String::from_utf8(decompress(&file)).unwrap();
+        for entry in text.split("{\"seq\":").skip(1) {
+            let digits: String = entry.chars().take_while(char::is_ascii_digit).collect();
+            archived_seqs.insert(digits.parse::<u64>().unwrap());
+        }
+    }
+    for (seq, chain_hash) in &acknowledged {
+        match hot.get(seq) {
+            Some(stored) => assert_eq!(stored, chain_hash, "record {seq} changed"),
+            None => assert!(
+                archived_seqs.contains(seq),
+                "acknowledged record {seq} is gone"
+            ),
+        }
+    }
+}

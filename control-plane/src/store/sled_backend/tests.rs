@@ -673,3 +673,80 @@ async fn the_last_time_is_read_from_a_record_holding_an_integer_beyond_2_pow_53(
     assert!(time.is_some());
     assert_eq!(store.reader.last_received_at().unwrap(), time);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_cut_short_is_finished_at_the_next_open_keeping_what_must_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.sled");
+    let mut options = options(dir.path());
+    options.checkpoint_every = 40;
+    let store = Store::open(&path, &options).unwrap();
+    for n in 0..100 {
+        store
+            .append(format!(r#"{{"event":"mcp.request","n":{n}}}"#).as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut revocation = Map::new();
+    revocation.insert("event".into(), "revocation.added".into());
+    let state_change = store.append_event(&revocation).await.unwrap().seq;
+    for n in 0..60 {
+        store
+            .append(format!(r#"{{"event":"mcp.request","n":{n}}}"#).as_bytes())
+            .await
+            .unwrap();
+    }
+    let before: Vec<StoredRecord> = store.records(0, 0).map(Result::unwrap).collect();
+    let cut = 128;
+    let anchor = ArchiveCut {
+        cut,
+        chain_hash: hex::decode(&before[cut as usize - 1].chain_hash)
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    };
+    let keep = retained_blocks(store.reader(), 0, cut).unwrap();
+    assert!(keep.contains(&(state_change >> STORED_LEVEL)), "{keep:?}");
+    assert!(
+        keep.contains(&(39 >> STORED_LEVEL)),
+        "a checkpoint's end: {keep:?}"
+    );
+    // The process dies right after marking the prune: nothing removed yet.
+    store
+        .reader
+        .meta
+        .insert(PRUNING_KEY, anchor.to_json().to_string().as_bytes())
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    let store = Store::open(&path, &options).unwrap();
+    assert_eq!(store.reader().archive().unwrap(), Some(anchor));
+    let after: Vec<u64> = store.records(0, 0).map(|r| r.unwrap().seq).collect();
+    let below: Vec<u64> = after.iter().copied().filter(|s| *s < cut).collect();
+    let expected: Vec<u64> = keep
+        .iter()
+        .flat_map(|b| (b << STORED_LEVEL)..((b + 1) << STORED_LEVEL))
+        .collect();
+    assert_eq!(below, expected);
+    assert!(after.contains(&state_change));
+    assert!((cut..before.len() as u64).all(|s| after.contains(&s)));
+    // The tree and every checkpoint still answer: proofs and roots from the kept nodes.
+    let len = store.reader().len().unwrap();
+    for checkpoint in checkpoints(&store) {
+        assert_eq!(
+            store.reader().root(checkpoint.size).unwrap(),
+            checkpoint.root
+        );
+    }
+    let proof = store.reader().inclusion_proof(state_change, len).unwrap();
+    let root = store.reader().root(len).unwrap();
+    let leaf = merkle::leaf_hash(&before[state_change as usize].canonical_json);
+    assert!(merkle::verify_inclusion(
+        &leaf,
+        state_change,
+        len,
+        &proof,
+        &root
+    ));
+}

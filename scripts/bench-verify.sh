@@ -11,7 +11,9 @@
 # `tollgate audit export --server` writes the whole log as one bundle, and one caller's records
 # (`--sub`, about 1 in 1000: the rest of the log as skipped subtrees) as another. Each bundle is
 # verified offline under /usr/bin/time with the log's pinned keys (<home>/keys/checkpoint.vkeys);
-# the run fails unless every verdict is intact (exit 0). Prints a markdown table.
+# the run fails unless every verdict is intact (exit 0). Then retention (issue #19): the whole log
+# is archived (`tollgate audit archive` on the store, segments of 262,144 records), and the live
+# log is verified across the cut, without and with reading the segments. Prints markdown tables.
 #
 #   scripts/bench-verify.sh
 #   TOLLGATE_BENCH_VERIFY_RECORDS=100000 TOLLGATE_BENCH_KEEP=1 scripts/bench-verify.sh
@@ -59,7 +61,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ -z "$KEEP" ]; then
-    rm -rf "$HOME_DIR/audit.sled" "$STATE/full.bundle.json"
+    rm -rf "$HOME_DIR/audit.sled" "$STATE/full.bundle.json" "$STATE/archive"
   fi
   exit $rc
 }
@@ -160,6 +162,21 @@ for bundle in full sub; do
     --bundle "$STATE/$bundle.bundle.json" --key "$KEYS" --json
 done
 
+# Retention: archive everything written so far, straight on the stopped control plane's store.
+ARCHIVE_DIR=$STATE/archive
+NO_SERVER=http://127.0.0.1:1
+say "archiving the whole log into $ARCHIVE_DIR"
+T_ARCHIVE=$(now)
+"$TOLLGATE" --home "$HOME_DIR" audit archive --server "$NO_SERVER" --dir "$ARCHIVE_DIR" \
+  --before "$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)" --segment-records 262144 --json \
+  >"$STATE/results/archive.json" 2>"$STATE/logs/archive.log" \
+  || die "archive failed: $(tail -5 "$STATE/logs/archive.log")"
+ARCHIVE_SECONDS=$(since "$T_ARCHIVE")
+STORE_AFTER_BYTES=$(du -sb "$HOME_DIR/audit.sled" | cut -f1)
+measure live-verify "$TOLLGATE" --home "$HOME_DIR" audit verify --server "$NO_SERVER" --json
+measure archive-verify "$TOLLGATE" --home "$HOME_DIR" audit verify --server "$NO_SERVER" \
+  --archive "$ARCHIVE_DIR" --json
+
 SOURCE=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   SOURCE+=" + uncommitted changes"
@@ -197,6 +214,29 @@ print(f"log: {$RECORDS:,} gateway records appended through gRPC Append by $WRITE
 print(f"machine: $(nproc) cores, $(uname -sr), load average $LOAD_AVERAGE before verifying; source: $SOURCE; "
       "seconds are wall time with process start, "
       "page cache warm; records/s counts the records held whole, leaves/s every leaf the bundle covers")
+outcome = json.load(open(f"{state}/results/archive.json"))
+archived = outcome["toSeq"] - outcome["fromSeq"]
+segment_bytes = sum(s["bytes"] for s in outcome["segments"])
+print()
+print("| retention | records | seconds | records/s | bytes per record | note |")
+print("|---|---:|---:|---:|---:|---|")
+print(f"| \`audit archive\` (seal, verify each segment, prune) | {archived:,} | $ARCHIVE_SECONDS | "
+      f"{archived / max($ARCHIVE_SECONDS, 1e-3):,.0f} | {segment_bytes / max(archived, 1):.0f} in segments | "
+      f"{len(outcome['segments'])} segments; {outcome['pruned']:,} pruned, {outcome['kept']:,} kept below the cut |")
+for name, label in (("live-verify", "\`audit verify\` across the cut"), ("archive-verify", "\`audit verify --archive\`")):
+    rc = int(open(f"{state}/results/{name}.rc").read())
+    seconds = float(open(f"{state}/results/{name}.seconds").read())
+    try:
+        report = json.load(open(f"{state}/results/{name}.json"))
+    except ValueError:
+        report = {}
+    if rc != 0 or report.get("status") != "intact":
+        failed.append(f"{label}: exit {rc}, {report.get('status')}: " + (report.get("problem") or open(f"{state}/results/{name}.err").read().strip()))
+    records = report.get("records", 0)
+    print(f"| {label} | {records:,} | {seconds:.2f} | {records / max(seconds, 1e-3):,.0f} | | exit {rc}, {report.get('status', '?')} |")
+print()
+print(f"hot store (sled, \`du\`): {$STORE_BYTES / max($RECORDS, 1):.0f} bytes per record before archiving, "
+      f"{$STORE_AFTER_BYTES / 2**20:,.0f} MiB right after pruning (sled reclaims freed pages as it rewrites segments)")
 if failed:
     print()
     print("\n".join("FAILED: " + f for f in failed))

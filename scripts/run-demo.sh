@@ -83,12 +83,14 @@ PY
   jwks_args=(--remote-jwks "$issuer/jwks" --issuer "$issuer" --audience tollgate)
 fi
 
-# The control plane judges approval requests by the same policy file the filter loads.
-"$TOLLGATE" serve --listen "$CONTROL_PLANE" --metrics-listen "$METRICS" --policy "$POLICY" "${serve_args[@]}" \
+# The control plane judges approval requests by the same policy file the filter loads, and keeps
+# records older than 90 days in archive segments (retention: README).
+"$TOLLGATE" serve --listen "$CONTROL_PLANE" --metrics-listen "$METRICS" --policy "$POLICY" \
+  --archive-dir "$TOLLGATE_HOME/archive" "${serve_args[@]}" \
   >"$LOGS/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for_line "$LOGS/control-plane.log" "listening on" $!
-echo "control plane   https://$CONTROL_PLANE   (gRPC over mutual TLS, dev PKI: $TOLLGATE_HOME/tls; sled: $TOLLGATE_HOME/audit.sled, log: $LOGS/control-plane.log)"
+echo "control plane   https://$CONTROL_PLANE   (gRPC over mutual TLS, dev PKI: $TOLLGATE_HOME/tls; sled: $TOLLGATE_HOME/audit.sled, archive: $TOLLGATE_HOME/archive, log: $LOGS/control-plane.log)"
 echo "                metrics http://$METRICS/metrics, health http://$METRICS/healthz"
 
 if [ -z "${TOLLGATE_UPSTREAM:-}" ]; then

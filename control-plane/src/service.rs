@@ -216,7 +216,7 @@ impl From<StoreError> for Status {
             StoreError::Failed | StoreError::Closed | StoreError::Witnesses(_) => {
                 Status::unavailable(error.to_string())
             }
-            StoreError::Io(_) | StoreError::Postgres(_) => {
+            StoreError::Io(_) | StoreError::Postgres(_) | StoreError::WriteFailed(_) => {
                 eprintln!("tollgate: {error}");
                 Status::unavailable("audit store i/o failed")
             }

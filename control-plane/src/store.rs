@@ -23,7 +23,10 @@
 //!   [`Store::prune_archived`], below a cut that sealed archive segments cover, after the
 //!   chain recorded the archive (`controlPlane.auditArchived`).
 //!
-//! Each backend's module says how it keeps this: [`sled_backend`], [`pg`].
+//! Both backends are drivers of one writer ([`sequencer`]): the group commit, the stamping, the
+//! chain, the Merkle tree and the checkpoint cadence are written once; a driver says where the
+//! log's end is read from and what makes a write durable. Each backend's module says how it
+//! keeps this: [`sled_backend`], [`pg`].
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,7 @@ use crate::merkle::{self, Frontier, NodeSource};
 use crate::note::NoteVerifier;
 
 pub mod pg;
+pub(crate) mod sequencer;
 pub mod sled_backend;
 
 /// The field the store adds to every record.
@@ -111,6 +115,10 @@ pub enum StoreError {
     Failed,
     #[error("audit store is closed")]
     Closed,
+    /// A write that failed without failing the store (a database transaction): nothing of it
+    /// was acknowledged, and the next write tries again.
+    #[error("audit store write failed ({0}); the next append tries again")]
+    WriteFailed(String),
 }
 
 impl From<tokio_postgres::Error> for StoreError {

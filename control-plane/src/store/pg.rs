@@ -39,15 +39,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::sequencer::{Committed, Driver, Message, Pending, Plan, Sequencer, Shared, Tip, Writer};
 use super::{
-    block_on, clock_backwards_event, ChangeLock, Head, LockHeld, Opened, Options, Prepared, Reads,
-    RecordIter, StoreError, StoredCheckpoint, MAX_GROUP,
+    block_on, ChangeLock, Head, LockHeld, Opened, Options, Prepared, Reads, RecordIter, StoreError,
+    StoredCheckpoint,
 };
 use crate::chain::{Hash, StoredRecord, GENESIS};
-use crate::clock::{self, Micros};
+use crate::clock::Micros;
 use crate::keys::{KeyDir, KeyError};
 use crate::merkle::Frontier;
-use crate::note::{self, Checkpoint, NoteSigner, NoteVerifier};
+use crate::note::{self, NoteVerifier};
 
 use super::Appended;
 
@@ -552,36 +553,6 @@ impl Drop for AdvisoryLock {
     }
 }
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-struct Pending {
-    record: Prepared,
-    reply: Reply<Appended>,
-}
-
-enum Message {
-    Append(Pending),
-    /// Sign a checkpoint now.
-    Checkpoint(Reply<StoredCheckpoint>),
-    /// Record this, and sign a checkpoint whose last leaf it is, in one transaction.
-    AppendAndCheckpoint {
-        record: Prepared,
-        reply: Reply<(Appended, StoredCheckpoint)>,
-    },
-}
-
-#[derive(Default)]
-struct Shared {
-    /// The chain's length after this replica's latest transaction.
-    durable_len: AtomicU64,
-    flushes: AtomicU64,
-    flush_micros: AtomicU64,
-    checkpoints: AtomicU64,
-    /// Appends in the transaction being written, for tests that hold the head row.
-    #[cfg(test)]
-    in_flight: AtomicU64,
-}
-
 /// The PostgreSQL store of one replica: its writer task and its read connection.
 pub struct Store {
     reader: Reader,
@@ -661,16 +632,23 @@ impl Store {
             ..Shared::default()
         });
         let writer = Writer {
-            client: connect_as(url, "writer").await?,
-            reconnect: false,
-            statements: None,
-            url: url.to_string(),
-            signer,
-            origin: origin.clone(),
-            every: options.checkpoint_every.max(1),
+            driver: PgDriver {
+                client: connect_as(url, "writer").await?,
+                reconnect: false,
+                statements: None,
+                url: url.to_string(),
+            },
+            sequencer: Sequencer::new(
+                signer,
+                origin.clone(),
+                options.checkpoint_every,
+                options.checkpoint_interval,
+            ),
+            // Every replica must sign with the same key: rotation is not supported here yet.
+            keys: None,
             interval: options.checkpoint_interval,
-            clock_behind: false,
             shared: shared.clone(),
+            answer_on: None,
         };
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let handle = tokio::spawn(writer.run(rx));
@@ -723,7 +701,10 @@ impl Store {
     pub(super) async fn append_prepared(&self, record: Prepared) -> Result<Appended, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.sender()?
-            .send(Message::Append(Pending { record, reply }))
+            .send(Message::Append(Pending {
+                record,
+                reply: Some(reply),
+            }))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -876,8 +857,10 @@ impl Statements {
     }
 }
 
-/// This replica's writer: one transaction per group of pending appends.
-struct Writer {
+/// PostgreSQL as the writer's driver: each write is one transaction that locks the head row,
+/// reads the tip there (other replicas append too) and the database's clock, and commits what
+/// the plan made of them.
+struct PgDriver {
     client: Client,
     /// Set by a failed transaction: the next write starts on a new connection, whatever state
     /// the old one was left in.
@@ -885,272 +868,148 @@ struct Writer {
     /// Prepared on `client`; `None` after a reconnect until prepared again.
     statements: Option<Statements>,
     url: String,
-    signer: NoteSigner,
-    origin: String,
-    every: u64,
-    interval: Duration,
-    /// Whether the database clock was seen behind the last time written (recorded once).
-    clock_behind: bool,
-    shared: Arc<Shared>,
 }
 
-/// What one transaction wrote.
-struct Written {
-    appended: Vec<Appended>,
-    checkpoint: Option<StoredCheckpoint>,
-}
-
-impl Writer {
-    async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
-        let mut carried: Option<Message> = None;
-        loop {
-            let message = match carried.take() {
-                Some(message) => message,
-                None => match tokio::time::timeout(self.interval, queue.recv()).await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(_) => {
-                        // Idle: sign if no replica has for an interval. Failures are logged.
-                        let _ = self.write(Vec::new(), false).await;
-                        continue;
-                    }
-                },
-            };
-            match message {
-                Message::Append(first) => {
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP {
-                        match queue.try_recv() {
-                            Ok(Message::Append(pending)) => group.push(pending),
-                            Ok(other) => {
-                                carried = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    #[cfg(test)]
-                    self.shared
-                        .in_flight
-                        .store(group.len() as u64, Ordering::Release);
-                    let (records, replies): (Vec<_>, Vec<_>) =
-                        group.into_iter().map(|p| (p.record, p.reply)).unzip();
-                    match self.write(records, false).await {
-                        Ok(written) => {
-                            for (reply, appended) in replies.into_iter().zip(written.appended) {
-                                let _ = reply.send(Ok(appended));
-                            }
-                        }
-                        Err(e) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(StoreError::Postgres(e.to_string())));
-                            }
-                        }
-                    }
-                }
-                Message::Checkpoint(reply) => {
-                    let result = self.write(Vec::new(), true).await.and_then(|w| {
-                        w.checkpoint
-                            .ok_or_else(|| StoreError::Task("no checkpoint was signed".into()))
-                    });
-                    let _ = reply.send(result);
-                }
-                Message::AppendAndCheckpoint { record, reply } => {
-                    let result = self.write(vec![record], true).await.and_then(|w| {
-                        let appended = w.appended.into_iter().next_back();
-                        match (appended, w.checkpoint) {
-                            (Some(appended), Some(checkpoint)) => Ok((appended, checkpoint)),
-                            _ => Err(StoreError::Task("no checkpoint was signed".into())),
-                        }
-                    });
-                    let _ = reply.send(result);
-                }
-            }
-        }
-        // Closing: a last checkpoint covers this replica's writes (its stop record included).
-        let _ = self.write(Vec::new(), true).await;
-    }
-
-    /// One transaction: `records` (and a checkpoint when due or `force`). On failure nothing
-    /// was written, unless the connection broke during `COMMIT` (then the caller was told it
-    /// failed, and the records may still be there, as the contract allows).
-    async fn write(&mut self, records: Vec<Prepared>, force: bool) -> Result<Written, StoreError> {
+impl Driver for PgDriver {
+    async fn write<'a>(&'a mut self, plan: Plan<'a>) -> Result<Committed, StoreError> {
         if self.reconnect || self.client.is_closed() {
             self.statements = None;
             self.client = connect_as(&self.url, "writer").await?;
             self.reconnect = false;
         }
-        let result = match self.statements.take() {
-            Some(statements) => Ok(statements),
-            None => Statements::prepare(&self.client).await,
+        let statements = match self.statements.take() {
+            Some(statements) => statements,
+            None => match Statements::prepare(&self.client).await {
+                Ok(statements) => statements,
+                Err(e) => {
+                    self.reconnect = true;
+                    return Err(e);
+                }
+            },
         };
-        let result = match result {
-            Ok(statements) => {
-                let result = self.transact(&statements, records, force).await;
-                self.statements = Some(statements);
-                result
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &result {
-            eprintln!("tollgate: audit database write failed: {e}");
+        let result = transact(&mut self.client, &statements, plan).await;
+        self.statements = Some(statements);
+        if result.is_err() {
             self.reconnect = true;
         }
         result
     }
 
-    async fn transact(
-        &mut self,
-        statements: &Statements,
-        records: Vec<Prepared>,
-        force: bool,
-    ) -> Result<Written, StoreError> {
-        let idle = records.is_empty() && !force;
-        let tx = self.client.transaction().await?;
-        let row = tx.query_one(&statements.head, &[]).await?;
-        let len = to_u64(row.get(0), "the chain length")?;
-        let hash: Hash = row
-            .get::<_, &[u8]>(1)
-            .try_into()
-            .map_err(|_| StoreError::Inconsistent("the head hash is malformed".into()))?;
-        let mut frontier = Frontier::decode(row.get::<_, &[u8]>(2))
-            .ok_or_else(|| StoreError::Inconsistent("the merkle frontier is malformed".into()))?;
-        if frontier.size() != len {
-            return Err(StoreError::Inconsistent(format!(
-                "the merkle tree covers {} records but the head says {len}",
-                frontier.size()
-            )));
-        }
-        let last_time: Micros = to_u64(row.get(3), "the last time")?;
-        let checkpoint_size: Option<i64> = row.get(4);
-        let checkpoint_number = to_u64(row.get(5), "the checkpoint number")?;
-        let checkpoint_time: Micros = to_u64(row.get(6), "the checkpoint time")?;
-        let now: Micros = to_u64(row.get(7), "the database clock")?;
+    /// A failed transaction wrote nothing (or, cut during `COMMIT`, may have: the contract
+    /// allows it); the next write tries again on a new connection.
+    fn failure_is_final(&self) -> bool {
+        false
+    }
+}
+
+/// One transaction: the tip and the clock read under the head row's lock, the plan's write
+/// stored, the head advanced.
+async fn transact(
+    client: &mut Client,
+    statements: &Statements,
+    plan: Plan<'_>,
+) -> Result<Committed, StoreError> {
+    let tx = client.transaction().await?;
+    let row = tx.query_one(&statements.head, &[]).await?;
+    let len = to_u64(row.get(0), "the chain length")?;
+    let hash: Hash = row
+        .get::<_, &[u8]>(1)
+        .try_into()
+        .map_err(|_| StoreError::Inconsistent("the head hash is malformed".into()))?;
+    let frontier = Frontier::decode(row.get::<_, &[u8]>(2))
+        .ok_or_else(|| StoreError::Inconsistent("the merkle frontier is malformed".into()))?;
+    if frontier.size() != len {
+        return Err(StoreError::Inconsistent(format!(
+            "the merkle tree covers {} records but the head says {len}",
+            frontier.size()
+        )));
+    }
+    let last_time: Micros = to_u64(row.get(3), "the last time")?;
+    let checkpoint_size = match row.get::<_, Option<i64>>(4) {
+        Some(size) => Some(to_u64(size, "the checkpoint size")?),
+        None => None,
+    };
+    let checkpoint_number = to_u64(row.get(5), "the checkpoint number")?;
+    let checkpoint_time: Micros = to_u64(row.get(6), "the checkpoint time")?;
+    let now: Micros = to_u64(row.get(7), "the database clock")?;
+    let tip = Tip {
+        head: Head { len, hash },
+        frontier,
+        last_time,
+        checkpoint_size,
+        checkpoint_number,
         // A new log's interval starts at its first write, as sled's starts when it opens.
-        let checkpoint_time = if checkpoint_time == 0 {
+        checkpoint_time: if checkpoint_time == 0 {
             now.max(last_time)
         } else {
             checkpoint_time
-        };
-
-        let mut head = Head { len, hash };
-        let (time, clock_event) = if now >= last_time {
-            self.clock_behind = false;
-            (now, None)
-        } else if self.clock_behind || records.is_empty() {
-            // A checkpoint alone leaves a clock found behind for the next record to report.
-            (last_time, None)
-        } else {
-            self.clock_behind = true;
-            (last_time, clock_backwards_event(now, last_time))
-        };
-        let since_checkpoint = len.saturating_sub(match checkpoint_size {
-            Some(size) => to_u64(size, "the checkpoint size")?,
-            None => 0,
+        },
+    };
+    let Some(write) = plan(&tip, now) else {
+        // Nothing to write: the transaction rolls back when dropped.
+        return Ok(Committed {
+            write: None,
+            durable: Duration::ZERO,
         });
-        let interval = u64::try_from(self.interval.as_micros()).unwrap_or(u64::MAX);
-        let due = force
-            || since_checkpoint + records.len() as u64 >= self.every
-            || time.saturating_sub(checkpoint_time) >= interval;
-        if idle && !due {
-            // Nothing to write: the transaction rolls back when dropped.
-            return Ok(Written {
-                appended: Vec::new(),
-                checkpoint: None,
-            });
-        }
-
-        let mut rows: Vec<(i64, Vec<u8>)> = Vec::with_capacity(records.len() + 1);
-        let mut nodes: Vec<(i16, i64, Hash)> = Vec::new();
-        let mut appended = Vec::with_capacity(records.len());
-        let mut push = |record: Prepared, head: &mut Head, frontier: &mut Frontier| {
-            let (value, ack) = record.write(time, head, frontier, |level, index, node| {
-                nodes.push((
-                    i16::try_from(level).unwrap_or(i16::MAX),
-                    i64::try_from(index).unwrap_or(i64::MAX),
-                    *node,
-                ));
-            });
-            rows.push((i64::try_from(ack.seq).unwrap_or(i64::MAX), value));
-            ack
-        };
-        if let Some(event) = clock_event {
-            push(event, &mut head, &mut frontier);
-        }
-        for record in records {
-            appended.push(push(record, &mut head, &mut frontier));
-        }
-        if !rows.is_empty() {
-            // Each value is the chain hash (32 bytes) followed by the canonical record.
-            let seqs: Vec<i64> = rows.iter().map(|(seq, _)| *seq).collect();
-            let hashes: Vec<&[u8]> = rows.iter().map(|(_, value)| &value[..32]).collect();
-            let jsons: Vec<&[u8]> = rows.iter().map(|(_, value)| &value[32..]).collect();
-            tx.execute(&statements.records, &[&seqs, &hashes, &jsons])
-                .await?;
-        }
-        if !nodes.is_empty() {
-            let levels: Vec<i16> = nodes.iter().map(|n| n.0).collect();
-            let indexes: Vec<i64> = nodes.iter().map(|n| n.1).collect();
-            let hashes: Vec<&[u8]> = nodes.iter().map(|n| &n.2[..]).collect();
-            tx.execute(&statements.nodes, &[&levels, &indexes, &hashes])
-                .await?;
-        }
-
-        let mut checkpoint = None;
-        let (mut new_size, mut new_number, mut new_time) =
-            (checkpoint_size, checkpoint_number, checkpoint_time);
-        if due {
-            let text = Checkpoint {
-                origin: self.origin.clone(),
-                size: head.len,
-                root: frontier.root(),
-                chain_head: head.hash,
-                time: clock::format(time),
-            }
-            .text();
-            let note = self.signer.sign(&text);
-            tx.execute(
-                &statements.checkpoint,
-                &[&to_i64(checkpoint_number)?, &note],
-            )
+    };
+    if !write.records.is_empty() {
+        // Each value is the chain hash (32 bytes) followed by the canonical record.
+        let seqs = write
+            .records
+            .iter()
+            .map(|(seq, _)| to_i64(*seq))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let hashes: Vec<&[u8]> = write.records.iter().map(|(_, v)| &v[..32]).collect();
+        let jsons: Vec<&[u8]> = write.records.iter().map(|(_, v)| &v[32..]).collect();
+        tx.execute(&statements.records, &[&seqs, &hashes, &jsons])
             .await?;
-            checkpoint = Some(StoredCheckpoint {
-                number: checkpoint_number,
-                note,
-            });
-            new_size = Some(to_i64(head.len)?);
-            new_number = checkpoint_number + 1;
-            new_time = time;
-        }
+    }
+    if !write.nodes.is_empty() {
+        let levels: Vec<i16> = write
+            .nodes
+            .iter()
+            .map(|n| i16::try_from(n.0).unwrap_or(i16::MAX))
+            .collect();
+        let indexes = write
+            .nodes
+            .iter()
+            .map(|n| to_i64(n.1))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let hashes: Vec<&[u8]> = write.nodes.iter().map(|n| &n.2[..]).collect();
+        tx.execute(&statements.nodes, &[&levels, &indexes, &hashes])
+            .await?;
+    }
+    if let Some(checkpoint) = &write.checkpoint {
         tx.execute(
-            &statements.advance,
-            &[
-                &to_i64(head.len)?,
-                &&head.hash[..],
-                &frontier.encode(),
-                &to_i64(time.max(last_time))?,
-                &new_size,
-                &to_i64(new_number)?,
-                &to_i64(new_time)?,
-            ],
+            &statements.checkpoint,
+            &[&to_i64(checkpoint.number)?, &checkpoint.note],
         )
         .await?;
-        let start = Instant::now();
-        tx.commit().await?;
-        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.shared.flush_micros.fetch_add(micros, Ordering::AcqRel);
-        self.shared.flushes.fetch_add(1, Ordering::AcqRel);
-        self.shared
-            .durable_len
-            .fetch_max(head.len, Ordering::AcqRel);
-        if checkpoint.is_some() {
-            self.shared.checkpoints.fetch_add(1, Ordering::AcqRel);
-        }
-        Ok(Written {
-            appended,
-            checkpoint,
-        })
     }
+    let next = &write.tip;
+    let next_size = match next.checkpoint_size {
+        Some(size) => Some(to_i64(size)?),
+        None => None,
+    };
+    tx.execute(
+        &statements.advance,
+        &[
+            &to_i64(next.head.len)?,
+            &&next.head.hash[..],
+            &next.frontier.encode(),
+            &to_i64(next.last_time)?,
+            &next_size,
+            &to_i64(next.checkpoint_number)?,
+            &to_i64(next.checkpoint_time)?,
+        ],
+    )
+    .await?;
+    let start = Instant::now();
+    tx.commit().await?;
+    Ok(Committed {
+        write: Some(write),
+        durable: start.elapsed(),
+    })
 }
 
 #[cfg(test)]

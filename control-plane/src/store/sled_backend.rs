@@ -31,20 +31,22 @@
 //! store begins once records were archived ([`ArchiveCut`] as JSON), `pruning` = the same
 //! while a prune is under way (finished at the next open if the process died).
 
-use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
+use super::sequencer::{
+    Committed, Driver, Message, Pending, Plan, Sequencer, Shared, Sign, Tip, Writer,
+};
 use super::RECEIVED_AT;
 use super::{
-    clock_backwards_event, retained_blocks, split_value, Appended, ArchiveCut, Head, Opened,
-    Options, Prepared, Reads, RecordIter, StoreError, StoredCheckpoint, MAX_GROUP, STORED_LEVEL,
+    retained_blocks, split_value, Appended, ArchiveCut, Head, Opened, Options, Prepared, Reads,
+    RecordIter, StoreError, StoredCheckpoint, STORED_LEVEL,
 };
 #[cfg(test)]
 use crate::chain;
@@ -52,7 +54,7 @@ use crate::chain::{Hash, StoredRecord, GENESIS};
 use crate::clock::{self, Micros};
 use crate::keys::{KeyDir, KeyError};
 use crate::merkle::{self, Frontier};
-use crate::note::{self, Checkpoint, NoteSigner, NoteVerifier};
+use crate::note::{self, Checkpoint, NoteVerifier};
 
 const RECORDS_TREE: &str = "records";
 const MERKLE_TREE: &str = "merkle";
@@ -314,59 +316,10 @@ fn decode(key: &[u8], value: &[u8]) -> Result<StoredRecord, StoreError> {
     Ok(split_value(seq_of(key)?, value))
 }
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// One append waiting for the writer.
-struct Pending {
-    record: Prepared,
-    reply: Option<Reply<Appended>>,
-}
-
-enum Message {
-    Append(Pending),
-    /// Sign a checkpoint now.
-    Checkpoint(Reply<StoredCheckpoint>),
-    /// Record `record`, then sign a checkpoint right after it, before anything else is
-    /// written: the checkpoint's last leaf is this record (an export's).
-    AppendAndCheckpoint {
-        record: Prepared,
-        reply: Reply<(Appended, StoredCheckpoint)>,
-    },
-    /// Switch to a new signing key: record `event` (fields of the rotation record), then sign a
-    /// checkpoint with the new key.
-    Rotate {
-        event: Map<String, Value>,
-        reply: Reply<(Appended, NoteVerifier)>,
-    },
-}
-
-/// State shared between the store handle and its writer thread.
-#[derive(Default)]
-struct Shared {
-    failed: AtomicBool,
-    /// Records known durable: set after a flush returned, before its appends are answered.
-    durable_len: AtomicU64,
-    flushes: AtomicU64,
-    /// Time spent in `flush`, for the stop record and the benchmark.
-    flush_micros: AtomicU64,
-    checkpoints: AtomicU64,
-    /// Tests hold this to keep the writer from draining, so a group's size is deterministic.
-    #[cfg(test)]
-    gate: Mutex<()>,
-    /// Tests set this to make the next flush fail.
-    #[cfg(test)]
-    fail_next_flush: AtomicBool,
-    /// Tests set this to move the writer's clock back by this many microseconds.
-    #[cfg(test)]
-    clock_back: AtomicU64,
-}
-
 /// The audit store with its single writer. See the module documentation for the contract.
 pub struct Store {
     reader: Reader,
-    queue: Mutex<Option<std_mpsc::Sender<Message>>>,
-    /// Free places in the queue; an append takes one and the writer gives it back.
-    room: Arc<Semaphore>,
+    queue: Mutex<Option<mpsc::Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     shared: Arc<Shared>,
     origin: String,
@@ -380,6 +333,15 @@ impl Store {
     /// frontier and the latest checkpoint, records an unclean previous shutdown, and starts the
     /// writer. Blocking.
     pub fn open(path: &Path, options: &Options) -> Result<Self, StoreError> {
+        Self::open_with(path, options, |driver| driver)
+    }
+
+    /// [`Self::open`], the writer's driver wrapped by `wrap` (tests put faults there).
+    pub(super) fn open_with<D: Driver>(
+        path: &Path,
+        options: &Options,
+        wrap: impl FnOnce(SledDriver) -> D,
+    ) -> Result<Self, StoreError> {
         let reader = Reader::open_or_create(path)?;
         let origin = match reader.origin()? {
             Some(origin) => origin,
@@ -459,59 +421,94 @@ impl Store {
             durable_len: AtomicU64::new(head.len),
             ..Shared::default()
         });
-        let room = Arc::new(Semaphore::new(QUEUE_CAPACITY));
-        let mut writer = Writer {
+        let driver = wrap(SledDriver {
             db: reader.db.clone(),
             records: reader.records.clone(),
             merkle: reader.merkle.clone(),
             checkpoints: reader.checkpoints.clone(),
-            head,
-            frontier,
-            last_time,
-            clock_behind: false,
-            signer,
-            keys: options.keys.clone(),
-            origin: origin.clone(),
-            every: options.checkpoint_every.max(1),
+            tip: Tip {
+                head,
+                frontier,
+                last_time,
+                checkpoint_size,
+                checkpoint_number,
+                // The interval starts when the store is opened.
+                checkpoint_time: clock::now_micros().max(last_time),
+            },
+        });
+        let mut writer = Writer {
+            driver,
+            sequencer: Sequencer::new(
+                signer,
+                origin.clone(),
+                options.checkpoint_every,
+                options.checkpoint_interval,
+            ),
+            keys: Some(options.keys.clone()),
             interval: options.checkpoint_interval,
-            checkpoint_number,
-            checkpoint_size,
-            checkpoint_at: Instant::now(),
-            room: room.clone(),
-            runtime: tokio::runtime::Handle::try_current().ok(),
             shared: shared.clone(),
+            answer_on: tokio::runtime::Handle::try_current().ok(),
         };
-        if let Some(previous) = &unclean {
-            let mut event = Map::new();
-            event.insert("event".into(), "controlPlane.recovery".into());
-            event.insert(
-                "reason".into(),
-                "the previous run did not shut down cleanly".into(),
-            );
-            event.insert("previousRun".into(), previous.clone());
-            event.insert("records".into(), head.len.into());
-            event.insert("merkleRebuilt".into(), merkle_rebuilt.into());
-            event.insert(
-                "latestCheckpointSize".into(),
-                checkpoint_size.map_or(Value::Null, Value::from),
-            );
-            let record = Prepared::new(&event)?;
-            let group = vec![Pending {
-                record,
-                reply: None,
-            }];
-            // Synchronously, before anyone else can append: the first record after a crash.
-            writer.commit(group, true);
-            if shared.failed.load(Ordering::Acquire) {
-                return Err(StoreError::Failed);
+        let recovery = match &unclean {
+            Some(previous) => {
+                let mut event = Map::new();
+                event.insert("event".into(), "controlPlane.recovery".into());
+                event.insert(
+                    "reason".into(),
+                    "the previous run did not shut down cleanly".into(),
+                );
+                event.insert("previousRun".into(), previous.clone());
+                event.insert("records".into(), head.len.into());
+                event.insert("merkleRebuilt".into(), merkle_rebuilt.into());
+                event.insert(
+                    "latestCheckpointSize".into(),
+                    checkpoint_size.map_or(Value::Null, Value::from),
+                );
+                Some(Prepared::new(&event)?)
             }
-        }
+            None => None,
+        };
 
-        let (tx, rx) = std_mpsc::channel();
+        // The writer runs on a thread of its own (sled's flush blocks), in a runtime of its own.
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (started_tx, started) = std_mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(StoreError::Io(sled::Error::Io(e))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    // Before anyone else can append: the first record after a crash.
+                    if let Some(record) = recovery {
+                        if let Err(e) = writer.write(vec![record], Sign::Always).await {
+                            let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    let _ = started_tx.send(Ok(()));
+                    writer.run(rx).await;
+                });
+            })
             .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(StoreError::Task("the audit writer did not start".into()));
+            }
+        }
         Ok(Self {
             opened: Opened {
                 records: head.len,
@@ -520,7 +517,6 @@ impl Store {
             },
             reader,
             queue: Mutex::new(Some(tx)),
-            room,
             writer: Mutex::new(Some(handle)),
             shared,
             origin,
@@ -628,12 +624,8 @@ impl Store {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(StoreError::Failed);
         }
-        let permit = self.room.acquire().await.map_err(|_| StoreError::Closed)?;
         let queue = self.lock_queue().clone().ok_or(StoreError::Closed)?;
-        queue.send(message).map_err(|_| StoreError::Closed)?;
-        // The writer returns the place once it has taken the message off the queue.
-        permit.forget();
-        Ok(())
+        queue.send(message).await.map_err(|_| StoreError::Closed)
     }
 
     /// See [`super::Store::prune_archived`]; the writer goes on appending meanwhile (it writes
@@ -652,6 +644,16 @@ impl Store {
             )));
         }
         self.reader.prune(cut, keep)
+    }
+
+    /// Appends waiting for the writer plus those in the write under way.
+    #[cfg(test)]
+    fn pending(&self) -> u64 {
+        let queued = self
+            .lock_queue()
+            .as_ref()
+            .map_or(0, |queue| QUEUE_CAPACITY - queue.capacity());
+        queued as u64 + self.shared.in_flight.load(Ordering::Acquire)
     }
 
     /// Records from `from_seq` on, in sequence order; `limit` 0 means all.
@@ -690,7 +692,6 @@ impl Store {
     /// Blocks until done; calling it again does nothing more.
     pub fn close(&self) -> Result<(), StoreError> {
         drop(self.lock_queue().take());
-        self.room.close();
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(handle) = handle else {
             return Ok(());
@@ -704,7 +705,7 @@ impl Store {
         Ok(())
     }
 
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Option<std_mpsc::Sender<Message>>> {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Message>>> {
         // A poisoned lock only means another caller panicked while cloning the sender.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -761,336 +762,53 @@ fn recover_frontier(reader: &Reader, len: u64) -> Result<(Frontier, u64), StoreE
     Ok((frontier, behind))
 }
 
-/// The single writer: owns the head, the frontier and the signing key, so sequence numbers,
-/// hashes and checkpoints need no lock.
-struct Writer {
+/// sled as the writer's driver: the tip in memory (this process is the only writer), a write
+/// is two batches and a checkpoint insert, made durable by one `flush`.
+pub(super) struct SledDriver {
     db: sled::Db,
     records: sled::Tree,
     merkle: sled::Tree,
     checkpoints: sled::Tree,
-    head: Head,
-    frontier: Frontier,
-    /// The last time written into a record or checkpoint.
-    last_time: Micros,
-    /// Whether the clock is (still) behind `last_time`, already recorded.
-    clock_behind: bool,
-    signer: NoteSigner,
-    keys: KeyDir,
-    origin: String,
-    every: u64,
-    interval: Duration,
-    /// Number the next checkpoint gets.
-    checkpoint_number: u64,
-    /// Size of the last checkpoint, if any.
-    checkpoint_size: Option<u64>,
-    checkpoint_at: Instant,
-    room: Arc<Semaphore>,
-    /// The async runtime the appenders wait on, when the store was opened inside one.
-    runtime: Option<tokio::runtime::Handle>,
-    shared: Arc<Shared>,
+    tip: Tip,
 }
 
-impl Writer {
-    fn run(mut self, queue: std_mpsc::Receiver<Message>) {
-        let mut carried: VecDeque<Message> = VecDeque::new();
-        loop {
-            let message = match carried.pop_front() {
-                Some(message) => message,
-                None => {
-                    let due = self.interval.saturating_sub(self.checkpoint_at.elapsed());
-                    match queue.recv_timeout(due) {
-                        Ok(message) => {
-                            self.give_back(1);
-                            message
-                        }
-                        Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                            // Idle: a checkpoint shows the log is alive and unchanged.
-                            // A failure is already reported and fails the store.
-                            let _ = self.checkpoint_only();
-                            continue;
-                        }
-                        Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            };
-            match message {
-                Message::Append(first) => {
-                    #[cfg(test)]
-                    let gate = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP {
-                        match queue.try_recv() {
-                            Ok(Message::Append(pending)) => {
-                                self.give_back(1);
-                                group.push(pending);
-                            }
-                            Ok(other) => {
-                                self.give_back(1);
-                                carried.push_back(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    #[cfg(test)]
-                    drop(gate);
-                    self.commit(group, false);
-                }
-                Message::Checkpoint(reply) => {
-                    let _ = reply.send(self.checkpoint_only());
-                }
-                Message::Rotate { event, reply } => {
-                    let _ = reply.send(self.rotate(event));
-                }
-                Message::AppendAndCheckpoint { record, reply } => {
-                    let (appended, mut answer) = oneshot::channel();
-                    let checkpoint = self.commit(
-                        vec![Pending {
-                            record,
-                            reply: Some(appended),
-                        }],
-                        true,
-                    );
-                    // A lone reply is answered on this thread, so it is already there.
-                    let result = answer
-                        .try_recv()
-                        .map_err(|_| StoreError::Closed)
-                        .and_then(|appended| appended)
-                        .and_then(|appended| Ok((appended, checkpoint.ok_or(StoreError::Failed)?)));
-                    let _ = reply.send(result);
-                }
-            }
-        }
-        // Closing: a last checkpoint covers everything written (the stop record included).
-        if self.checkpoint_size != Some(self.head.len) {
-            let _ = self.checkpoint_only();
-        }
-    }
-
-    /// Returns queue places taken by `Store::send`.
-    fn give_back(&self, n: usize) {
-        self.room.add_permits(n);
-    }
-
-    /// Time for the next record or checkpoint: the wall clock, but never before the last time
-    /// written. Returns the time and, the first time the clock is seen behind, a record of it.
-    fn next_time(&mut self) -> (Micros, Option<Prepared>) {
-        let now = clock::now_micros();
-        #[cfg(test)]
-        let now = now.saturating_sub(self.shared.clock_back.load(Ordering::Acquire));
-        if now >= self.last_time {
-            self.clock_behind = false;
-            self.last_time = now;
-            return (now, None);
-        }
-        if self.clock_behind {
-            return (self.last_time, None);
-        }
-        self.clock_behind = true;
-        (self.last_time, clock_backwards_event(now, self.last_time))
-    }
-
-    /// Time for a checkpoint: like [`Self::next_time`], but a clock found behind is left for
-    /// the next record to report.
-    fn checkpoint_time(&mut self) -> Micros {
-        let now = clock::now_micros();
-        #[cfg(test)]
-        let now = now.saturating_sub(self.shared.clock_back.load(Ordering::Acquire));
-        self.last_time = self.last_time.max(now);
-        self.last_time
-    }
-
-    /// Writes `group` (and a checkpoint when one is due, or `force_checkpoint`) in one flush.
-    /// Writes `group` (and a checkpoint when due or forced), answers its replies, and returns
-    /// the checkpoint it signed, if any.
-    fn commit(&mut self, group: Vec<Pending>, force_checkpoint: bool) -> Option<StoredCheckpoint> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            for pending in group {
-                if let Some(reply) = pending.reply {
-                    let _ = reply.send(Err(StoreError::Failed));
-                }
-            }
-            return None;
-        }
-        let mut batch = sled::Batch::default();
-        let mut nodes = sled::Batch::default();
-        let mut head = self.head;
-        let mut frontier = self.frontier.clone();
-        let mut replies = Vec::with_capacity(group.len());
-        let mut write =
-            |record: Prepared, time: Micros, head: &mut Head, frontier: &mut Frontier| {
-                let (value, appended) = record.write(time, head, frontier, |level, index, node| {
-                    nodes.insert(&node_key(level, index), &node[..]);
-                });
-                batch.insert(&appended.seq.to_be_bytes(), value);
-                appended
-            };
-        for pending in group {
-            let (time, clock_event) = self.next_time();
-            if let Some(event) = clock_event {
-                write(event, time, &mut head, &mut frontier);
-            }
-            let appended = write(pending.record, time, &mut head, &mut frontier);
-            replies.push((pending.reply, appended));
-        }
-        nodes.insert(FRONTIER_KEY, frontier.encode());
-
-        let due = force_checkpoint
-            || head.len - self.checkpoint_size.unwrap_or(0) >= self.every
-            || self.checkpoint_at.elapsed() >= self.interval;
-        let result = self
-            .records
-            .apply_batch(batch)
-            .and_then(|()| self.merkle.apply_batch(nodes))
-            .map_err(StoreError::from)
-            .and_then(|()| {
-                if due {
-                    self.write_checkpoint(head, &frontier).map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
-            .and_then(|checkpoint| self.flush().map(|()| checkpoint));
-        match result {
-            Ok(checkpoint) => {
-                self.head = head;
-                self.frontier = frontier;
-                self.shared.durable_len.store(head.len, Ordering::Release);
-                self.shared.flushes.fetch_add(1, Ordering::AcqRel);
-                if checkpoint.is_some() {
-                    self.checkpoint_done(head.len);
-                }
-                self.answer(replies);
-                checkpoint
-            }
-            Err(e) => {
-                self.fail(&e);
-                for (reply, _) in replies {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(StoreError::Failed));
-                    }
-                }
-                None
-            }
-        }
-    }
-
-    /// Answers a durable group. Waking each waiting task from this thread costs a futex wake
-    /// per task (measured: a quarter of the writer's time at 64 writers); one task on the
-    /// runtime answers them all with cheap local wakes instead.
-    fn answer(&self, replies: Vec<(Option<Reply<Appended>>, Appended)>) {
-        fn send_all(replies: Vec<(Option<Reply<Appended>>, Appended)>) {
-            for (reply, appended) in replies {
-                // A caller that went away still has its record stored; nothing to undo.
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(appended));
-                }
-            }
-        }
-        match &self.runtime {
-            // A lone reply costs one wake either way.
-            Some(runtime) if replies.len() > 1 => {
-                runtime.spawn(async move { send_all(replies) });
-            }
-            _ => send_all(replies),
-        }
-    }
-
-    /// Signs and stores (unflushed) a checkpoint of `head`/`frontier`.
-    fn write_checkpoint(
-        &mut self,
-        head: Head,
-        frontier: &Frontier,
-    ) -> Result<StoredCheckpoint, StoreError> {
-        let time = self.checkpoint_time();
-        let checkpoint = Checkpoint {
-            origin: self.origin.clone(),
-            size: head.len,
-            root: frontier.root(),
-            chain_head: head.hash,
-            time: clock::format(time),
+impl Driver for SledDriver {
+    async fn write<'a>(&'a mut self, plan: Plan<'a>) -> Result<Committed, StoreError> {
+        let Some(mut write) = plan(&self.tip, clock::now_micros()) else {
+            return Ok(Committed {
+                write: None,
+                durable: Duration::ZERO,
+            });
         };
-        let note = self.signer.sign(&checkpoint.text());
-        let number = self.checkpoint_number;
-        self.checkpoints
-            .insert(number.to_be_bytes(), note.as_bytes())?;
-        Ok(StoredCheckpoint { number, note })
-    }
-
-    fn checkpoint_done(&mut self, size: u64) {
-        self.checkpoint_number += 1;
-        self.checkpoint_size = Some(size);
-        self.checkpoint_at = Instant::now();
-        self.shared.checkpoints.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A checkpoint with no new records: on the timer, on request, and at close.
-    fn checkpoint_only(&mut self) -> Result<StoredCheckpoint, StoreError> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            // Nothing more is signed once the store cannot tell what is durable.
-            self.checkpoint_at = Instant::now();
-            return Err(StoreError::Failed);
+        let mut batch = sled::Batch::default();
+        for (seq, value) in std::mem::take(&mut write.records) {
+            batch.insert(&seq.to_be_bytes(), value);
         }
-        let result = self
-            .write_checkpoint(self.head, &self.frontier.clone())
-            .and_then(|checkpoint| self.flush().map(|()| checkpoint));
-        match result {
-            Ok(checkpoint) => {
-                self.shared.flushes.fetch_add(1, Ordering::AcqRel);
-                self.checkpoint_done(self.head.len);
-                Ok(checkpoint)
-            }
-            Err(e) => {
-                self.fail(&e);
-                Err(StoreError::Failed)
-            }
+        let mut nodes = sled::Batch::default();
+        for (level, index, hash) in &write.nodes {
+            nodes.insert(&node_key(*level, *index), &hash[..]);
         }
-    }
-
-    fn rotate(
-        &mut self,
-        mut event: Map<String, Value>,
-    ) -> Result<(Appended, NoteVerifier), StoreError> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Failed);
-        }
-        let old = self.signer.verifier();
-        let signer = self.keys.rotate(&self.origin)?;
-        let new = signer.verifier();
-        self.signer = signer;
-        event.insert("event".into(), "controlPlane.keyRotated".into());
-        event.insert("previousKey".into(), old.encode().into());
-        event.insert("newKey".into(), new.encode().into());
-        let record = Prepared::new(&event)?;
-        let (reply, mut answer) = oneshot::channel();
-        self.commit(
-            vec![Pending {
-                record,
-                reply: Some(reply),
-            }],
-            true,
-        );
-        let appended = answer.try_recv().map_err(|_| StoreError::Closed)??;
-        Ok((appended, new))
-    }
-
-    fn fail(&self, error: &StoreError) {
-        self.shared.failed.store(true, Ordering::Release);
-        eprintln!("tollgate: audit store write failed, refusing further appends: {error}");
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        #[cfg(test)]
-        if self.shared.fail_next_flush.swap(false, Ordering::AcqRel) {
-            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
-                "injected flush failure",
-            ))));
+        nodes.insert(FRONTIER_KEY, write.tip.frontier.encode());
+        self.records.apply_batch(batch)?;
+        self.merkle.apply_batch(nodes)?;
+        if let Some(checkpoint) = &write.checkpoint {
+            self.checkpoints
+                .insert(checkpoint.number.to_be_bytes(), checkpoint.note.as_bytes())?;
         }
         let start = Instant::now();
         self.db.flush()?;
-        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.shared.flush_micros.fetch_add(micros, Ordering::AcqRel);
-        Ok(())
+        let durable = start.elapsed();
+        self.tip = write.tip.clone();
+        Ok(Committed {
+            write: Some(write),
+            durable,
+        })
+    }
+
+    /// After a failed write or flush sled cannot say what reached the disk: a restart recovers
+    /// from what did.
+    fn failure_is_final(&self) -> bool {
+        true
     }
 }
 

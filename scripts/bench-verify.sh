@@ -164,17 +164,16 @@ done
 
 # Retention: archive everything written so far, straight on the stopped control plane's store.
 ARCHIVE_DIR=$STATE/archive
-NO_SERVER=http://127.0.0.1:1
 say "archiving the whole log into $ARCHIVE_DIR"
 T_ARCHIVE=$(now)
-"$TOLLGATE" --home "$HOME_DIR" audit archive --server "$NO_SERVER" --dir "$ARCHIVE_DIR" \
+"$TOLLGATE" --home "$HOME_DIR" audit archive --direct --dir "$ARCHIVE_DIR" \
   --before "$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)" --segment-records 262144 --json \
   >"$STATE/results/archive.json" 2>"$STATE/logs/archive.log" \
   || die "archive failed: $(tail -5 "$STATE/logs/archive.log")"
 ARCHIVE_SECONDS=$(since "$T_ARCHIVE")
 STORE_AFTER_BYTES=$(du -sb "$HOME_DIR/audit.sled" | cut -f1)
-measure live-verify "$TOLLGATE" --home "$HOME_DIR" audit verify --server "$NO_SERVER" --json
-measure archive-verify "$TOLLGATE" --home "$HOME_DIR" audit verify --server "$NO_SERVER" \
+measure live-verify "$TOLLGATE" --home "$HOME_DIR" audit verify --direct --json
+measure archive-verify "$TOLLGATE" --home "$HOME_DIR" audit verify --direct \
   --archive "$ARCHIVE_DIR" --json
 
 SOURCE=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

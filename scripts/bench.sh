@@ -332,7 +332,7 @@ for name in tollgate-json tollgate-sse policy-1 policy-200 memory mask64 tollgat
 done
 AUDITOR_TOKEN=$("$TOLLGATE" --home "$STATE/home" dev token --sub bench-auditor@example.com \
   --groups auditors --aud tollgate-operators | tail -1)
-TOLLGATE_TOKEN=$AUDITOR_TOKEN TOLLGATE_SERVER=https://127.0.0.1:$CP_PORT "$TOLLGATE" --home "$STATE/home" audit verify --json \
+TOLLGATE_TOKEN=$AUDITOR_TOKEN TOLLGATE_CONTROL_PLANE=127.0.0.1:$CP_PORT "$TOLLGATE" --home "$STATE/home" audit verify --json \
   >"$STATE/audit-verify.json" 2>"$STATE/logs/audit-verify.log" || true
 
 AUDIT_BYTES=$(du -sb "$STATE/home/audit.sled" | cut -f1)

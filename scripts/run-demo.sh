@@ -110,7 +110,10 @@ print(json.dumps(config))' "$POLICY" "$IDP")
 python3 envoy/render.py --out "$TOLLGATE_HOME/envoy.yaml" --listen-port "$LISTEN_PORT" \
   --admin-port "$ADMIN_PORT" --upstream "$UPSTREAM" --control-plane "$CONTROL_PLANE" \
   --control-plane-tls "$TOLLGATE_HOME/tls" "${jwks_args[@]}" --wasm "$WASM" --config "$config"
-"$ENVOY" -c "$TOLLGATE_HOME/envoy.yaml" --concurrency 2 --log-level warn >"$LOGS/envoy.log" 2>&1 &
+# No hot restart (a policy is reloaded through a watched listener file): without its shared
+# memory and domain socket, the demo starts beside any other Envoy on this machine.
+"$ENVOY" -c "$TOLLGATE_HOME/envoy.yaml" --concurrency 2 --log-level warn --disable-hot-restart \
+  >"$LOGS/envoy.log" 2>&1 &
 envoy_pid=$!
 pids+=($envoy_pid)
 for _ in $(seq 1 300); do
@@ -167,8 +170,11 @@ Or with an MCP client (stdlib Python, in this checkout):
 
 python3 scripts/mcp_client.py http://127.0.0.1:$LISTEN_PORT/mcp "\$TOKEN" tools/list 'tools/call get_customer {"customer_id":"cus_1"}'
 
-Then: $TOLLGATE audit query    # who did what
-      $TOLLGATE audit verify   # is the chain intact
+Then, in a shell with this demo's control plane and state (and TOLLGATE_TOKEN above):
+
+export TOLLGATE_CONTROL_PLANE=$CONTROL_PLANE TOLLGATE_HOME=$(cd "$TOLLGATE_HOME" && pwd)
+$TOLLGATE audit query    # who did what
+$TOLLGATE audit verify   # is the chain intact
 
 Ctrl-C stops the demo.
 MSG

@@ -332,9 +332,22 @@ pub fn trust_for_clients(ca: PathBuf) {
 
 /// The client side, for the `tollgate` commands: `https://` URLs get TLS trusting the CA of
 /// [`trust_for_clients`]; `http://` ones (a control plane run with --insecure-plaintext) none.
+/// The control plane's address as a URL: `host:port` (what `serve --listen` and `make run`
+/// take) means `https://host:port`; `http://` (plaintext) and `https://` are kept.
+pub fn control_plane_url(address: &str) -> String {
+    let address = address.trim();
+    if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("https://{address}")
+    }
+}
+
 pub fn endpoint(server: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    let server = control_plane_url(server);
+    let server = server.as_str();
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .with_context(|| format!("invalid --server {server:?}"))?;
+        .with_context(|| format!("invalid control plane address {server:?}"))?;
     if !server.starts_with("https://") {
         return Ok(endpoint);
     }

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{stdout, tollgate, Server, NO_SERVER};
+use common::{stdout, tollgate, Server};
 use tollgate_proto::pb;
 
 /// A request record of a realistic size (~480 bytes stored), as the filter writes them. Built
@@ -140,10 +140,7 @@ async fn durable_appends_per_second() {
 
     // Verify reading the store directly (the server stopped).
     let start = Instant::now();
-    let verify = tollgate(
-        home.path(),
-        &["audit", "verify", "--server", NO_SERVER, "--json"],
-    );
+    let verify = tollgate(home.path(), &["audit", "verify", "--direct", "--json"]);
     let seconds = start.elapsed().as_secs_f64();
     let summary: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
     assert_eq!(summary["intact"], true, "{}", stdout(&verify));

@@ -23,7 +23,7 @@ fn approvals(server: &Server, home: &Path, token: &str, args: &[&str]) -> Output
         .arg("approvals")
         .args(args)
         .env("TOLLGATE_HOME", home)
-        .env("TOLLGATE_SERVER", server.url())
+        .env("TOLLGATE_CONTROL_PLANE", server.url())
         .env("TOLLGATE_TOKEN", token)
         .output()
         .expect("run tollgate approvals")
@@ -831,7 +831,7 @@ async fn the_owner_of_a_service_account_cannot_approve_its_calls() {
         ])
         .args(["--reason", "dana runs the reports job"])
         .env("TOLLGATE_HOME", home)
-        .env("TOLLGATE_SERVER", server.url())
+        .env("TOLLGATE_CONTROL_PLANE", server.url())
         .env("TOLLGATE_TOKEN", &sam)
         .output()
         .unwrap();
@@ -1106,4 +1106,72 @@ async fn operator_keys_are_found_through_the_issuers_discovery_document() {
     let refused = approvals(&server, home, &dev, &["list"]);
     assert!(!refused.status.success(), "{refused:?}");
     assert!(stderr(&refused).contains("issuer"), "{}", stderr(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_shows_the_masked_arguments_and_watch_streams_each_new_request() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start(home);
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
+    let mut watch = Command::new(BIN)
+        .args(["approvals", "watch"])
+        .env("TOLLGATE_HOME", home)
+        .env("TOLLGATE_CONTROL_PLANE", server.url())
+        .env("TOLLGATE_TOKEN", &olga)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The watch is listening once it has said how many are pending.
+    let first = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(first.starts_with("0 pending; watching"), "{first}");
+
+    // The filter masks arguments before it asks; the approver sees them as sent.
+    let status = ask(
+        &mut filter(&server).await,
+        call("alice@example.com", "************1111"),
+    )
+    .await;
+    let id = status.approval_id.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("acct-************1111"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the watch did not show {id} within 10 s: {seen:?}"),
+        }
+    }
+    let text = seen.join("\n");
+    assert!(text.contains(&id) && text.contains("pending"), "{text}");
+    assert!(text.contains("requester  alice@example.com"), "{text}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let listed = approvals(&server, home, &olga, &["list", "--pending"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    for part in [
+        id.as_str(),
+        "requester  alice@example.com",
+        "call       tools/call update_payout_account on payments",
+        "arguments  {",
+        "\"accountNumber\":\"acct-************1111\"",
+        "group payments-approvers",
+    ] {
+        assert!(text.contains(part), "{part:?} in\n{text}");
+    }
 }

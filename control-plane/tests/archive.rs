@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{json_of, list, operator_token, stdout, tollgate, Server, BIN, NO_SERVER};
+use common::{json_of, list, operator_token, stdout, tollgate, Server, BIN};
 use serde_json::{json, Value};
 use tollgate_proto::pb;
 
@@ -69,7 +69,7 @@ fn revoke(server: &Server, home: &Path, sub: &str) {
     let output = Command::new(BIN)
         .args(["revoke", "--sub", sub, "--reason", "contractor offboarded"])
         .env("TOLLGATE_HOME", home)
-        .env("TOLLGATE_SERVER", server.url())
+        .env("TOLLGATE_CONTROL_PLANE", server.url())
         .env(
             "TOLLGATE_TOKEN",
             operator_token(home, "admin@example.com", "security-admins"),
@@ -337,14 +337,7 @@ async fn archive_prune_verify_and_replay_round_trip() {
     let name = victim.file_name().unwrap().to_string_lossy().into_owned();
     let broken = tollgate(
         home.path(),
-        &[
-            "audit",
-            "verify",
-            "--server",
-            NO_SERVER,
-            "--archive",
-            &archive_arg,
-        ],
+        &["audit", "verify", "--direct", "--archive", &archive_arg],
     );
     assert_eq!(broken.status.code(), Some(1), "{broken:?}");
     assert!(stdout(&broken).contains(&name), "{}", stdout(&broken));
@@ -354,14 +347,7 @@ async fn archive_prune_verify_and_replay_round_trip() {
     std::fs::rename(victim, archive.join("elsewhere")).unwrap();
     let gap = tollgate(
         home.path(),
-        &[
-            "audit",
-            "verify",
-            "--server",
-            NO_SERVER,
-            "--archive",
-            &archive_arg,
-        ],
+        &["audit", "verify", "--direct", "--archive", &archive_arg],
     );
     assert_eq!(gap.status.code(), Some(1), "{gap:?}");
     assert!(stdout(&gap).contains("missing"), "{}", stdout(&gap));
@@ -385,7 +371,7 @@ async fn archive_prune_verify_and_replay_round_trip() {
         merkle.insert(key, node).unwrap();
         db.flush().unwrap();
     }
-    let tampered = tollgate(home.path(), &["audit", "verify", "--server", NO_SERVER]);
+    let tampered = tollgate(home.path(), &["audit", "verify", "--direct"]);
     assert_eq!(tampered.status.code(), Some(1), "{tampered:?}");
     assert!(
         stdout(&tampered).contains("Merkle root"),

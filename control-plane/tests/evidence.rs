@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use common::bundle::{self, Bundle, Entry};
-use common::{append_concurrently, tollgate, Server, NO_SERVER};
+use common::{append_concurrently, tollgate, Server};
 use serde_json::{json, Value};
 use tollgate_log::note::{Checkpoint, NoteSigner};
 use tollgate_proto::pb;
@@ -151,15 +151,17 @@ async fn append(server: &Server, record: Vec<u8>) -> u64 {
         .seq
 }
 
+/// What [`export`] takes for "the store under the home, directly".
+const DIRECT: &str = "--direct";
+
 fn export(home: &Path, server: &str, out: &Path, filter: &[&str]) {
-    let mut args = vec![
-        "audit",
-        "export",
-        "--server",
-        server,
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["audit", "export"];
+    if server == DIRECT {
+        args.push(DIRECT);
+    } else {
+        args.extend(["--server", server]);
+    }
+    args.extend(["--out", out.to_str().unwrap()]);
     args.extend_from_slice(filter);
     let output = tollgate(home, &args);
     assert!(output.status.success(), "{output:?}");
@@ -231,7 +233,7 @@ async fn build_log() -> Log {
         &["--sub", "rare@example.com"],
     );
     assert!(server.terminate().success());
-    export(&home, NO_SERVER, &bundle("e.json"), &[]);
+    export(&home, DIRECT, &bundle("e.json"), &[]);
 
     Log {
         early,
@@ -1317,7 +1319,7 @@ fn the_live_log_refuses_checkpoints_signed_by_a_retired_key() {
     let stolen = log.stolen_key();
     let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     let live = |home: &Path| {
-        let output = tollgate(home, &["audit", "verify", "--server", NO_SERVER, "--json"]);
+        let output = tollgate(home, &["audit", "verify", "--direct", "--json"]);
         let summary: Value = serde_json::from_slice(&output.stdout)
             .unwrap_or_else(|_| panic!("verify printed no json: {output:?}"));
         (output.status.code(), summary)

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::pg::Postgres;
-use common::{stdout, Server, BIN, NO_SERVER};
+use common::{stdout, Server, BIN};
 use serde_json::{json, Value};
 use tollgate_proto::pb;
 use tollgate_proto::pb::approvals_client::ApprovalsClient;
@@ -68,7 +68,7 @@ fn operator(server: &Server, home: &Path, token: &str, args: &[&str]) -> std::pr
     Command::new(BIN)
         .args(args)
         .env("TOLLGATE_HOME", home)
-        .env("TOLLGATE_SERVER", server.url())
+        .env("TOLLGATE_CONTROL_PLANE", server.url())
         .env("TOLLGATE_TOKEN", token)
         .output()
         .expect("run tollgate")
@@ -207,9 +207,7 @@ async fn replicas_keep_one_chain_through_a_killed_replica() {
     );
     let direct = common::tollgate(
         homes[0].path(),
-        &[
-            "audit", "verify", "--server", NO_SERVER, "--store", &url, "--json",
-        ],
+        &["audit", "verify", "--store", &url, "--json"],
     );
     assert!(direct.status.success(), "{direct:?}");
     let report: Value = serde_json::from_slice(&direct.stdout).unwrap();

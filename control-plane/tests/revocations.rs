@@ -19,7 +19,7 @@ fn operator(server: &Server, home: &Path, token: Option<&str>, args: &[&str]) ->
     command
         .args(args)
         .env("TOLLGATE_HOME", home)
-        .env("TOLLGATE_SERVER", server.url())
+        .env("TOLLGATE_CONTROL_PLANE", server.url())
         .env_remove("TOLLGATE_TOKEN");
     if let Some(token) = token {
         command.env("TOLLGATE_TOKEN", token);

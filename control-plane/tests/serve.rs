@@ -9,9 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{
-    append_concurrently, json_of, list, record, stdout, tollgate, Server, BIN, NO_SERVER,
-};
+use common::{append_concurrently, json_of, list, record, stdout, tollgate, Server, BIN};
 use serde_json::{json, Value};
 use tollgate_proto::pb;
 
@@ -281,14 +279,7 @@ async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad
 
     let verify = tollgate(
         home.path(),
-        &[
-            "audit",
-            "verify",
-            "--server",
-            NO_SERVER,
-            "--operator",
-            "auditor-1",
-        ],
+        &["audit", "verify", "--direct", "--operator", "auditor-1"],
     );
     assert_eq!(verify.status.code(), Some(0), "{verify:?}");
     // start + 20 + stop + the verify's own read.
@@ -303,8 +294,7 @@ async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad
         &[
             "audit",
             "query",
-            "--server",
-            NO_SERVER,
+            "--direct",
             "--event",
             "controlPlane.auditRead",
             "--json",
@@ -336,17 +326,14 @@ async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad
         tree.insert(7u64.to_be_bytes(), value).unwrap();
         db.flush().unwrap();
     }
-    let verify = tollgate(home.path(), &["audit", "verify", "--server", NO_SERVER]);
+    let verify = tollgate(home.path(), &["audit", "verify", "--direct"]);
     assert_eq!(verify.status.code(), Some(1), "{verify:?}");
     assert!(
         stdout(&verify).starts_with("audit chain broken at record 7: chain hash mismatch"),
         "{verify:?}"
     );
 
-    let verify = tollgate(
-        home.path(),
-        &["audit", "verify", "--server", NO_SERVER, "--json"],
-    );
+    let verify = tollgate(home.path(), &["audit", "verify", "--direct", "--json"]);
     let summary: Value = serde_json::from_slice(&verify.stdout).unwrap();
     assert_eq!(summary["intact"], false);
     assert_eq!(summary["firstBadSeq"], 7);
@@ -354,7 +341,7 @@ async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad
 
     // No store at all is an error to report, not an intact empty chain.
     let empty = tempfile::tempdir().unwrap();
-    let verify = tollgate(empty.path(), &["audit", "verify", "--server", NO_SERVER]);
+    let verify = tollgate(empty.path(), &["audit", "verify", "--direct"]);
     assert_eq!(verify.status.code(), Some(2), "{verify:?}");
 }
 
@@ -700,4 +687,99 @@ fn dev_token_is_the_last_stdout_line_and_init_is_implicit() {
     );
     assert_eq!(bad.status.code(), Some(2));
     assert!(bad.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_name_their_control_plane_and_never_read_another_log() {
+    // Two logs on one machine: the one a control plane serves, and another home's.
+    let served = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    {
+        let server = Server::start(other.path());
+        append_concurrently(&server, 1, 3).await;
+        assert!(server.terminate().success());
+    }
+    let server = Server::start(served.path());
+    append_concurrently(&server, 2, 5).await;
+    let token = common::operator_token(served.path(), "auditor@example.com", "auditors");
+    let run = |home: &std::path::Path, env: &[(&str, &str)], args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env("TOLLGATE_HOME", home)
+            .env("TOLLGATE_TOKEN", &token)
+            .env("TOLLGATE_CA", served.path().join("tls/ca.pem"))
+            .env_remove("TOLLGATE_CONTROL_PLANE");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    let stderr =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    // Nobody at the address: an error naming it, not the other home's log read instead.
+    let nobody = run(
+        other.path(),
+        &[("TOLLGATE_CONTROL_PLANE", "127.0.0.1:1")],
+        &["audit", "query", "--json"],
+    );
+    assert_eq!(nobody.status.code(), Some(2), "{nobody:?}");
+    assert!(stdout(&nobody).is_empty(), "{nobody:?}");
+    assert!(
+        stderr(&nobody).contains("no control plane answers at https://127.0.0.1:1"),
+        "{}",
+        stderr(&nobody)
+    );
+    assert!(stderr(&nobody).contains("--direct"), "{}", stderr(&nobody));
+
+    // host:port, as `serve --listen` and `make run` take it, from the one variable.
+    // Trust is pinned from outside: the served log's keys, not this home's.
+    let keys = served.path().join("keys/checkpoint.vkeys");
+    let verified = run(
+        other.path(),
+        &[("TOLLGATE_CONTROL_PLANE", &server.address)],
+        &["audit", "verify", "--json", "--key", keys.to_str().unwrap()],
+    );
+    assert!(verified.status.success(), "{verified:?}");
+    let report: Value = serde_json::from_str(stdout(&verified).trim()).unwrap();
+    assert!(
+        report["records"].as_u64().unwrap() >= 11,
+        "the served log, not the other: {report}"
+    );
+
+    // The other home's store, asked for by name, is read directly.
+    let direct = run(
+        other.path(),
+        &[],
+        &["audit", "verify", "--direct", "--json"],
+    );
+    assert!(direct.status.success(), "{direct:?}");
+    let report: Value = serde_json::from_str(stdout(&direct).trim()).unwrap();
+    assert!(report["records"].as_u64().unwrap() < 11, "{report}");
+
+    // The served store, asked for directly while its control plane holds it: told why not.
+    let held = run(served.path(), &[], &["audit", "query", "--direct"]);
+    assert_eq!(held.status.code(), Some(2), "{held:?}");
+    assert!(
+        stderr(&held).contains("open in another process"),
+        "{}",
+        stderr(&held)
+    );
+    assert_eq!(stderr(&held).matches("open in another process").count(), 1);
+
+    // The names the address had before are refused, not silently ignored.
+    for old in ["TOLLGATE_SERVER", "TOLLGATE_LISTEN"] {
+        let refused = run(other.path(), &[(old, &server.url())], &["audit", "query"]);
+        assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+        assert!(
+            stderr(&refused).contains("TOLLGATE_CONTROL_PLANE"),
+            "{}",
+            stderr(&refused)
+        );
+    }
+
+    let completions = run(other.path(), &[], &["completions", "bash"]);
+    assert!(completions.status.success(), "{completions:?}");
+    assert!(stdout(&completions).contains("tollgate"));
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::pg::Postgres;
-use common::{stdout, Server, BIN, NO_SERVER};
+use common::{stdout, Server, BIN};
 use serde_json::{json, Value};
 use tollgate_proto::pb;
 use tollgate_proto::pb::approvals_client::ApprovalsClient;
@@ -54,7 +54,7 @@ impl Backend {
     fn direct(&self, home: &Path, args: &[&str]) -> Output {
         let store = self.store_args();
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--server", NO_SERVER]);
+        all.extend(["--direct"]);
         all.extend(store.iter().map(String::as_str));
         common::tollgate(home, &all)
     }
@@ -302,7 +302,7 @@ fn operator(server: &Server, home: &Path, token: &str, args: &[&str]) -> Output 
     Command::new(BIN)
         .args(args)
         .env("TOLLGATE_HOME", home)
-        .env("TOLLGATE_SERVER", server.url())
+        .env("TOLLGATE_CONTROL_PLANE", server.url())
         .env("TOLLGATE_TOKEN", token)
         .output()
         .expect("run tollgate")

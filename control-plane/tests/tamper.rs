@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::bundle::{Bundle, Entry};
-use common::{append_concurrently, stdout, tollgate, Server, NO_SERVER};
+use common::{append_concurrently, stdout, tollgate, Server};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tollgate_log::note::NoteSigner;
@@ -27,7 +27,7 @@ async fn built_log() -> tempfile::TempDir {
 }
 
 fn verify(home: &Path, extra: &[&str]) -> (Option<i32>, Value) {
-    let mut args = vec!["audit", "verify", "--server", NO_SERVER, "--json"];
+    let mut args = vec!["audit", "verify", "--direct", "--json"];
     args.extend_from_slice(extra);
     let output = tollgate(home, &args);
     let summary = serde_json::from_slice(&output.stdout)
@@ -547,7 +547,7 @@ async fn state_tables_edited_without_a_record_are_caught() {
         let out = std::process::Command::new(common::BIN)
             .args(args)
             .env("TOLLGATE_HOME", home)
-            .env("TOLLGATE_SERVER", server.url())
+            .env("TOLLGATE_CONTROL_PLANE", server.url())
             .env("TOLLGATE_TOKEN", token)
             .output()
             .unwrap();
@@ -668,8 +668,7 @@ async fn a_bundle_larger_than_a_chunk_streams_from_the_server_and_from_the_store
         &[
             "audit",
             "export",
-            "--server",
-            NO_SERVER,
+            "--direct",
             "--out",
             from_store.to_str().unwrap(),
         ],

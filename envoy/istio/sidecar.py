@@ -639,7 +639,7 @@ def check_plaintext(deployment, port):
         env = {e["name"]: str(e.get("value", "")) for e in c.get("env") or []}
         listen = next((args[i + 1] for i, x in enumerate(args[:-1]) if x == "--listen"), None)
         listen = next((x.split("=", 1)[1] for x in args if x.startswith("--listen=")), listen)
-        listen = listen or env.get("TOLLGATE_LISTEN")
+        listen = listen or env.get("TOLLGATE_CONTROL_PLANE")
         if not listen or listen.rpartition(":")[2] != str(port):
             continue
         if listen.rpartition(":")[0] not in ("0.0.0.0", "[::]"):

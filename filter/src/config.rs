@@ -43,6 +43,9 @@ pub struct FilterConfig {
     /// The jwt_authn provider's `payload_in_metadata` key: where the verified claims are.
     #[serde(default = "default_jwt_metadata_key")]
     pub jwt_metadata_key: String,
+    /// The jwt_authn provider's `failed_status_in_metadata` key: why a token was refused.
+    #[serde(default = "default_jwt_failure_key")]
+    pub jwt_failure_key: String,
     /// The jwt_authn provider's `forward_payload_header`: the verified payload, base64url JSON.
     #[serde(default = "default_jwt_payload_header")]
     pub jwt_payload_header: String,
@@ -128,6 +131,10 @@ fn default_approval_url() -> String {
 }
 fn default_jwt_metadata_key() -> String {
     "jwt_payload".to_owned()
+}
+
+fn default_jwt_failure_key() -> String {
+    "jwt_failure".to_owned()
 }
 fn default_jwt_payload_header() -> String {
     "x-tollgate-jwt-payload".to_owned()

@@ -110,12 +110,32 @@ pub fn unauthenticated(
     info: &RequestInfo,
     error: &IdentityError,
 ) -> Step {
+    // A path with no MCP endpoint is answered for what it is, token or not: a legacy client's
+    // `GET /sse` is told to use streamable HTTP, not to fix a token that would not help.
+    if route_path(&info.path) != config.mcp_path {
+        let reason = not_found_reason(config, &info.path);
+        let reply = LocalReply::jsonrpc_error(404, None, jsonrpc::GATEWAY_ERROR, &reason, None);
+        let mut record = record::auth_failed(info, &config.upstream, error, masker);
+        record["status"] = 404.into();
+        record["reason"] = format!("{reason}; {}", error.reason()).into();
+        return Step {
+            record,
+            next: Next::Reply(reply),
+        };
+    }
     let mut challenge = match &config.resource_metadata_url {
         Some(url) => format!("Bearer resource_metadata=\"{url}\""),
         None => "Bearer realm=\"tollgate\"".to_owned(),
     };
     if *error != IdentityError::Missing {
         challenge.push_str(", error=\"invalid_token\"");
+    }
+    // RFC 6750: what is wrong with the token, so the client can fix it (never the token).
+    if let IdentityError::NotVerified(Some(problem)) = error {
+        challenge.push_str(&format!(
+            ", error_description=\"token {}\"",
+            problem.describe()
+        ));
     }
     let mut reply = LocalReply::jsonrpc_error(
         401,
@@ -158,7 +178,7 @@ pub fn headers_only(
     end_of_stream: bool,
 ) -> Option<Step> {
     if route_path(&info.path) != config.mcp_path {
-        let reason = format!("no MCP endpoint at this path (only {})", config.mcp_path);
+        let reason = not_found_reason(config, &info.path);
         let reply = LocalReply::jsonrpc_error(404, None, jsonrpc::GATEWAY_ERROR, &reason, None);
         return Some(refuse(
             config,
@@ -225,6 +245,18 @@ pub fn headers_only(
 }
 
 /// The path without its query string.
+/// Why a path has no MCP endpoint, with the way on for the legacy HTTP+SSE transport's paths.
+fn not_found_reason(config: &FilterConfig, path: &str) -> String {
+    let mut reason = format!("no MCP endpoint at this path (only {})", config.mcp_path);
+    if matches!(route_path(path), "/sse" | "/messages" | "/message") {
+        reason.push_str(&format!(
+            "; the HTTP+SSE transport is not served: connect with streamable HTTP to {}",
+            config.mcp_path
+        ));
+    }
+    reason
+}
+
 fn route_path(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
 }
@@ -523,12 +555,17 @@ pub fn revoked(
     identity: &Identity,
     revocation: &crate::revocation::Entry,
 ) -> Step {
+    // The operator's reason is for the record only: the caller (perhaps the person it is
+    // about) gets a neutral refusal and the id to quote.
     let reason = format!("access revoked ({}): {}", revocation.id, revocation.reason);
     let reply = LocalReply::jsonrpc_error(
         403,
         None,
         jsonrpc::GATEWAY_ERROR,
-        &reason,
+        &format!(
+            "access revoked: ask your administrator, quoting {}",
+            revocation.id
+        ),
         Some(json!({ "revocationId": revocation.id })),
     );
     let mut step = refuse(config, masker, info, identity, (&[], &[]), reply, reason);

@@ -481,7 +481,7 @@ impl Stack {
             .arg("--home")
             .arg(&self.home)
             .args(args)
-            .env("TOLLGATE_SERVER", &self.control_plane_url)
+            .env("TOLLGATE_CONTROL_PLANE", &self.control_plane_url)
             .env_remove("TOLLGATE_TOKEN");
         if let Some(token) = token {
             command.env("TOLLGATE_TOKEN", token);

@@ -102,7 +102,7 @@ async fn an_impostor_control_plane_gets_no_call_and_the_request_fails_closed() {
             .arg("--home")
             .arg(&impostor_home)
             .args(args)
-            .env("TOLLGATE_SERVER", format!("https://{impostor_addr}"));
+            .env("TOLLGATE_CONTROL_PLANE", format!("https://{impostor_addr}"));
         if let Some(token) = token {
             command.env("TOLLGATE_TOKEN", token);
         }

@@ -256,7 +256,7 @@ impl Mesh {
             .arg(&self.home)
             .args(["audit", "query", "--json", "--server"])
             .arg(format!("http://{}", self.control_plane_addr))
-            .env_remove("TOLLGATE_SERVER")
+            .env_remove("TOLLGATE_CONTROL_PLANE")
             .env("TOLLGATE_TOKEN", self.operator_token())
             .output()
             .unwrap();

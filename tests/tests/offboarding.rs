@@ -115,12 +115,37 @@ async fn offboarded_contractor_and_their_ci_job_are_stopped_within_seconds() {
         assert_eq!(call(&stack, &alice).await, 200, "another user was affected");
     }
 
+    // The operator's reason is for the record: the person refused reads a neutral message and
+    // the id to quote.
+    let refused = post_mcp(
+        &stack.gateway_url,
+        Some(&contractor),
+        None,
+        initialize_body(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 403);
+    assert!(
+        !refused.body.contains("contract ended"),
+        "the operator's reason reached the client: {}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("ask your administrator") && refused.body.contains("rev_"),
+        "{}",
+        refused.body
+    );
+
     let records = stack.audit_records().unwrap();
     let refusals: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"] == "identity.revoked")
         .collect();
-    assert!(refusals.iter().any(|r| r["sub"] == CONTRACTOR));
+    assert!(refusals.iter().any(|r| r["sub"] == CONTRACTOR
+        && r["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("contract ended"))));
     assert!(refusals.iter().any(|r| r["sub"] == "svc-payments-deploy"));
 
     // The auditor's view of what the CI job did before it was stopped.

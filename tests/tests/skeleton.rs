@@ -51,10 +51,16 @@ async fn unauthenticated_calls_get_401_with_the_mcp_challenge() {
     let wrong_audience = stack
         .token("alice@example.com", &["--aud", "some-other-api"])
         .unwrap();
-    for (what, token) in [
-        ("expired", &expired),
-        ("wrong key", &wrong_key),
-        ("wrong audience", &wrong_audience),
+    // Each refusal names what is wrong with the token (never the token), to the client and
+    // in the record.
+    for (what, token, cause) in [
+        ("expired", &expired, "expired"),
+        ("wrong key", &wrong_key, "signature does not verify"),
+        (
+            "wrong audience",
+            &wrong_audience,
+            "issued for another audience",
+        ),
     ] {
         let answer = post_mcp(&stack.gateway_url, Some(token), None, initialize_body(1))
             .await
@@ -62,10 +68,51 @@ async fn unauthenticated_calls_get_401_with_the_mcp_challenge() {
         assert_eq!(answer.status, 401, "{what}: {}", answer.body);
         let challenge = answer.header("www-authenticate").unwrap_or_default();
         assert!(
-            challenge.contains("error=\"invalid_token\""),
+            challenge.contains("error=\"invalid_token\"")
+                && challenge.contains(&format!("error_description=\"token {cause}")),
             "{what}: {challenge}"
         );
+        assert!(
+            answer
+                .body
+                .contains(&format!("token not verified: {cause}")),
+            "{what}: {}",
+            answer.body
+        );
     }
+    let reasons: Vec<String> = stack
+        .audit_records()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"] == "auth.failed")
+        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+        .collect();
+    for cause in [
+        "expired",
+        "signature does not verify",
+        "issued for another audience",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(cause)),
+            "{cause} in {reasons:?}"
+        );
+    }
+
+    // A legacy HTTP+SSE client's `GET /sse` is told the transport, not blamed for its token.
+    let sse_url = stack.gateway_url.replace("/mcp", "/sse");
+    let legacy = reqwest::Client::new()
+        .get(&sse_url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status().as_u16(), 404);
+    assert!(legacy.headers().get("www-authenticate").is_none());
+    let body = legacy.text().await.unwrap();
+    assert!(
+        body.contains("connect with streamable HTTP to /mcp"),
+        "{body}"
+    );
 
     // A forged claims header without a verified token is not an identity.
     let forged = tollgate_e2e::post_mcp_with(

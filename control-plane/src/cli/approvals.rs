@@ -24,6 +24,15 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// One JSON object per line (as `list --json`) instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct DecideArgs {
     /// The approval id (`apr_...`), as `list` or the caller's error shows it.
     id: String,
@@ -116,33 +125,109 @@ pub async fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<28} {:<9} {:<24} {:<24} {:<19} {:<19} {:<22} REASON",
-        "ID", "STATE", "REQUESTER", "TOOL", "REQUESTED", "EXPIRES", "DECIDED BY"
-    );
-    for approval in &approvals {
-        let reason = if approval.decision_reason.is_empty() {
-            format!("{} (rule {})", approval.reason, approval.rule)
-        } else {
-            approval.decision_reason.clone()
-        };
-        println!(
-            "{:<28} {:<9} {:<24} {:<24} {:<19} {:<19} {:<22} {}",
-            approval.approval_id,
-            state_word(approval),
-            approval.requester,
-            approval.target,
-            short_time(&approval.requested_at),
-            short_time(&approval.expires_at),
-            if approval.decided_by.is_empty() {
-                "-"
-            } else {
-                &approval.decided_by
-            },
-            reason
-        );
+    for (i, approval) in approvals.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print!("{}", describe(approval));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An approval as an approver reads it before deciding: who asks, for which call with which
+/// (masked) arguments, under which rule, and how long is left.
+fn describe(approval: &pb::Approval) -> String {
+    let mut out = format!(
+        "{}  {}  requested {}  expires {}\n",
+        approval.approval_id,
+        state_word(approval),
+        short_time(&approval.requested_at),
+        short_time(&approval.expires_at),
+    );
+    let mut line = |label: &str, value: &str| {
+        out.push_str(&format!("  {label:<10} {value}\n"));
+    };
+    line("requester", &approval.requester);
+    line(
+        "call",
+        &format!(
+            "{} {} on {}",
+            approval.method, approval.target, approval.upstream
+        ),
+    );
+    // The control plane stores arguments masked (card numbers as the filter masked them).
+    line(
+        "arguments",
+        &String::from_utf8_lossy(&approval.masked_arguments_json),
+    );
+    let needed = approval.approvers_needed.max(1);
+    line(
+        "rule",
+        &format!(
+            "{} ({}): group {}, {} approver{}",
+            approval.rule,
+            approval.reason,
+            approval.approver_group,
+            needed,
+            if needed == 1 { "" } else { "s" }
+        ),
+    );
+    if !approval.approved_by.is_empty() {
+        line("approved", &approval.approved_by.join(", "));
+    }
+    if !approval.decided_by.is_empty() {
+        line(
+            "decided",
+            &format!(
+                "by {} at {}: {}",
+                approval.decided_by,
+                short_time(&approval.decided_at),
+                approval.decision_reason
+            ),
+        );
+    }
+    out
+}
+
+/// `tollgate approvals watch`: the pending requests, then every change as it happens, until
+/// interrupted.
+pub async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.server).await?;
+    // Subscribed before listing: a request made in between shows twice rather than never.
+    let mut changes = match client.watch(pb::WatchApprovalsRequest {}).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return refused(status),
+    };
+    let pending = match client
+        .list(pb::ListApprovalsRequest { pending_only: true })
+        .await
+    {
+        Ok(response) => response.into_inner().approvals,
+        Err(status) => return refused(status),
+    };
+    let show = |approval: &pb::Approval| {
+        if args.json {
+            println!("{}", to_json(approval));
+        } else {
+            println!("{}", describe(approval));
+        }
+    };
+    if !args.json {
+        println!(
+            "{} pending; watching for new requests and decisions (Ctrl-C stops)\n",
+            pending.len()
+        );
+    }
+    for approval in &pending {
+        show(approval);
+    }
+    loop {
+        match changes.message().await {
+            Ok(Some(approval)) => show(&approval),
+            Ok(None) => anyhow::bail!("the control plane ended the watch (it is stopping)"),
+            Err(status) => return refused(status),
+        }
+    }
 }
 
 pub async fn approve(args: &DecideArgs) -> anyhow::Result<ExitCode> {

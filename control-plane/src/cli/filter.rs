@@ -29,7 +29,8 @@ pub struct FilterArgs {
     /// Only records with a message whose JSON-RPC `method` is this (e.g. tools/call).
     #[arg(long)]
     pub method: Option<String>,
-    /// Only records whose `event` is this (e.g. mcp.request).
+    /// Only records whose `event` is this (e.g. mcp.request); `*` matches any run of
+    /// characters (`approval.*`, `*.failed`).
     #[arg(long)]
     pub event: Option<String>,
 }
@@ -78,8 +79,11 @@ impl FilterArgs {
             wanted.as_deref().is_some_and(|w| field(name) != Some(w))
         };
         if differs(&self.sub, "sub")
-            || differs(&self.event, "event")
             || differs(&self.session, "session")
+            || self
+                .event
+                .as_deref()
+                .is_some_and(|pattern| !field("event").is_some_and(|e| glob(pattern, e)))
         {
             return false;
         }
@@ -125,6 +129,26 @@ pub fn messages(record: &Value) -> impl Iterator<Item = &Value> {
         .flatten()
 }
 
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +184,14 @@ mod tests {
         assert!(!args(&["--sub", "bob@example.com"]).matches(&r));
         assert!(args(&["--event", "mcp.request"]).matches(&r));
         assert!(!args(&["--event", "mcp.response"]).matches(&r));
+        assert!(args(&["--event", "mcp.*"]).matches(&r));
+        assert!(args(&["--event", "*.request"]).matches(&r));
+        assert!(args(&["--event", "*"]).matches(&r));
+        assert!(!args(&["--event", "approval.*"]).matches(&r));
+        assert!(glob("approval.*", "approval.decided"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(!glob("ab*ba", "aba"));
         assert!(args(&["--tool", "get_customer"]).matches(&r));
         assert!(!args(&["--tool", "delete_merchant"]).matches(&r));
         assert!(args(&["--method", "tools/list"]).matches(&r));

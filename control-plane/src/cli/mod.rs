@@ -99,6 +99,12 @@ enum Command {
     /// last one it cosigned. Its key and records are under <home>/witness/.
     #[command(subcommand)]
     Witness(WitnessCommand),
+    /// Shell completions for tollgate, on stdout (e.g. `tollgate completions bash >
+    /// /etc/bash_completion.d/tollgate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,8 +135,10 @@ enum ServiceAccountsCommand {
 
 #[derive(Debug, Subcommand)]
 enum ApprovalsCommand {
-    /// Approval requests, newest first.
+    /// Approval requests, newest first, each with its (masked) arguments.
     List(approvals::ListArgs),
+    /// The pending requests, then every new request and decision as it happens.
+    Watch(approvals::WatchArgs),
     /// Approve a pending request: its grant lets the exact call through (once, or for the
     /// rule's time window).
     Approve(approvals::DecideArgs),
@@ -206,6 +214,14 @@ impl Cli {
     }
 
     pub async fn run(&self) -> anyhow::Result<ExitCode> {
+        // The address had three names once; one still set would now be ignored without a word.
+        for old in ["TOLLGATE_SERVER", "TOLLGATE_LISTEN"] {
+            if std::env::var_os(old).is_some_and(|v| !v.is_empty()) {
+                anyhow::bail!(
+                    "{old} is no longer read: the control plane's address is TOLLGATE_CONTROL_PLANE (host:port, or an http:// or https:// URL) for `make run`, `tollgate serve` and every command; unset {old}"
+                );
+            }
+        }
         let home = &self.home;
         crate::tls::trust_for_clients(
             self.ca
@@ -215,11 +231,22 @@ impl Cli {
         let operator = &self.operator;
         match &self.command {
             Command::Serve(args) => serve::run(home, args).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    *shell,
+                    &mut Cli::command(),
+                    "tollgate",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Dev(DevCommand::Init(args)) => dev_init::run(home, args),
             Command::Policy(PolicyCommand::Check(args)) => policy_check::run(args),
             Command::Store(StoreCommand::Migrate(args)) => store_cmd::migrate(home, args).await,
             Command::Mask(args) => mask_cmd::run(args),
             Command::Approvals(ApprovalsCommand::List(args)) => approvals::list(args).await,
+            Command::Approvals(ApprovalsCommand::Watch(args)) => approvals::watch(args).await,
             Command::Approvals(ApprovalsCommand::Approve(args)) => approvals::approve(args).await,
             Command::Approvals(ApprovalsCommand::Deny(args)) => approvals::deny(args).await,
             Command::Dev(DevCommand::Token(args)) => dev_token::run(home, args),

@@ -18,11 +18,12 @@ pub const EXIT_REFUSED: u8 = 1;
 /// The control plane an operator command talks to.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Control plane to talk to.
+    /// The control plane to talk to: host:port (https), or an https:// or http:// URL. The same
+    /// setting as `serve --listen` and `make run`.
     #[arg(
         long,
-        env = "TOLLGATE_SERVER",
-        default_value = "https://127.0.0.1:50051"
+        env = "TOLLGATE_CONTROL_PLANE",
+        default_value = "127.0.0.1:50051"
     )]
     pub server: String,
 }

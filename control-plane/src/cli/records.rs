@@ -1,6 +1,7 @@
 //! Where `tollgate audit`, `sessions` and `keys` commands read and act: the running control
-//! plane over gRPC, or, when none answers, the store under `--home` directly (sled allows one
-//! process at a time).
+//! plane over gRPC, or, when the operator says so (`--direct`, `--store`), a store directly (sled
+//! allows one process at a time). A control plane that does not answer is an error: reading
+//! another log in its place would answer a question nobody asked.
 //!
 //! Every read of audit data is recorded in the log first, with who asked: over gRPC the server
 //! writes the record (from the operator metadata sent here); directly, this process does. Only
@@ -22,23 +23,43 @@ use crate::note::NoteVerifier;
 use crate::operator::Operator;
 use crate::pb;
 use crate::pb::audit_client::AuditClient;
-use crate::store::{ArchiveCut, Location, Options, Reader, Store, StoredCheckpoint};
+use crate::store::{ArchiveCut, Location, Options, Reader, Store, StoreError, StoredCheckpoint};
+
+/// An error and its causes, on one line (a connection error's cause is often only below it).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {
-    /// Control plane to read from; when it cannot be reached, the store is read directly.
+    /// The control plane to ask: host:port (https), or an https:// or http:// URL. The same
+    /// setting as `serve --listen` and `make run`. A control plane that does not answer is an
+    /// error: the store is read directly only when --store or --direct says so.
     #[arg(
         long,
-        env = "TOLLGATE_SERVER",
-        default_value = "https://127.0.0.1:50051"
+        env = "TOLLGATE_CONTROL_PLANE",
+        default_value = "127.0.0.1:50051"
     )]
     server: String,
-    /// The store to read when no control plane answers: sled:PATH (default <home>/audit.sled)
-    /// or a postgres:// URL.
+    /// Read this store directly instead of asking a control plane: sled:PATH or a postgres://
+    /// URL (sled: only while no control plane has it open).
     #[arg(long, env = "TOLLGATE_STORE")]
     store: Option<String>,
+    /// Read the store under --home (<home>/audit.sled) directly instead of asking a control
+    /// plane.
+    #[arg(long)]
+    direct: bool,
 }
 
 /// Who runs this command, for the records of what it reads.
@@ -102,40 +123,42 @@ impl Source {
         source: &SourceArgs,
         operator: &Operator,
     ) -> anyhow::Result<Self> {
-        let connected = match crate::tls::endpoint(&source.server) {
-            Ok(endpoint) => endpoint
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect()
-                .await
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        if let Ok(channel) = connected {
-            let claims = Claims {
-                operator: operator.clone(),
-                token: token(),
-            };
-            if claims.token.is_none() {
-                eprintln!(
-                    "tollgate: no TOLLGATE_TOKEN: the control plane at {} reads the audit log only to operators of group auditors or security-admins (for a dev setup: `tollgate dev token --sub you@example.com --groups auditors --aud tollgate-operators`)",
-                    source.server
-                );
-            }
-            return Ok(Self::Server {
-                client: Box::new(
-                    AuditClient::with_interceptor(channel, claims)
-                        .max_decoding_message_size(64 << 20),
-                ),
-                address: source.server.clone(),
-            });
+        if source.direct || source.store.is_some() {
+            return Self::open_store(home, source).await;
         }
+        let address = crate::tls::control_plane_url(&source.server);
+        let channel = crate::tls::endpoint(&address)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| {
+                // Never another log in its place: the operator says which store to read.
+                anyhow::anyhow!(
+                    "no control plane answers at {address} ({}). Set TOLLGATE_CONTROL_PLANE (or --server) to the address `tollgate serve` listens on, or read the store directly with --direct (the store under --home) or --store sled:PATH|postgres://…",
+                    error_chain(&e)
+                )
+            })?;
+        let claims = Claims {
+            operator: operator.clone(),
+            token: token(),
+        };
+        if claims.token.is_none() {
+            eprintln!(
+                "tollgate: no TOLLGATE_TOKEN: the control plane at {address} reads the audit log only to operators of group auditors or security-admins (for a dev setup: `tollgate dev token --sub you@example.com --groups auditors --aud tollgate-operators`)"
+            );
+        }
+        Ok(Self::Server {
+            client: Box::new(
+                AuditClient::with_interceptor(channel, claims).max_decoding_message_size(64 << 20),
+            ),
+            address,
+        })
+    }
+
+    /// The store named by --store, or the one under `home` (--direct).
+    async fn open_store(home: &Path, source: &SourceArgs) -> anyhow::Result<Self> {
         let location =
             Location::parse(source.store.as_deref(), home).map_err(anyhow::Error::msg)?;
-        eprintln!(
-            "tollgate: no control plane at {}; reading {} directly",
-            source.server,
-            location.display()
-        );
         if let Location::Sled(path) = &location {
             if !path.exists() {
                 // Reader::open names the missing store.
@@ -146,14 +169,15 @@ impl Source {
         options.create_key = false;
         match Store::open(&location, &options).await {
             Ok(store) => Ok(Self::Store(Arc::new(store))),
+            Err(StoreError::Open { path, .. }) => anyhow::bail!(
+                "the store {} is open in another process (a running `tollgate serve`? sled allows one process at a time): ask that control plane instead (omit --direct/--store; its address in TOLLGATE_CONTROL_PLANE or --server)",
+                path.display()
+            ),
             Err(error) => {
                 eprintln!(
                     "tollgate: warning: cannot open the store for writing ({error}); reading it without recording this access"
                 );
-                let reader = Reader::open(&location).await.with_context(|| {
-                    "is `tollgate serve` running with this home? then pass its address as --server"
-                })?;
-                Ok(Self::Reader(reader))
+                Ok(Self::Reader(Reader::open(&location).await?))
             }
         }
     }

@@ -30,8 +30,13 @@ pub struct Args {
     /// several replicas share (docs/postgres.md).
     #[arg(long, env = "TOLLGATE_STORE")]
     store: Option<String>,
-    /// Address for gRPC; port 0 picks a free port (the address taken is printed).
-    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address for gRPC; port 0 picks a free port (the address taken is printed). The same
+    /// setting as every command's --server and `make run`'s control plane.
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROL_PLANE",
+        default_value = "127.0.0.1:50051"
+    )]
     listen: SocketAddr,
     /// Sign a checkpoint at least every this many records.
     #[arg(long, env = "TOLLGATE_CHECKPOINT_EVERY", default_value_t = 1000)]

@@ -90,10 +90,6 @@ pub fn held_call(
     }
 }
 
-/// An address where no control plane listens, so commands read the store directly.
-#[allow(dead_code)]
-pub const NO_SERVER: &str = "http://127.0.0.1:1";
-
 /// Runs the `tollgate` command line with `home`. A command sent to a control plane
 /// (`--server`) runs as an auditor and security admin of the dev issuer in `home`.
 #[allow(dead_code)]
@@ -102,7 +98,7 @@ pub fn tollgate(home: &Path, args: &[&str]) -> Output {
     command
         .args(args)
         .env("TOLLGATE_HOME", home)
-        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_CONTROL_PLANE")
         .env_remove("TOLLGATE_TOKEN");
     if args.contains(&"--server") {
         command.env(
@@ -133,7 +129,7 @@ pub fn dev_token(home: &Path, sub: &str, groups: &str, extra: &[&str]) -> String
         .args(audience)
         .args(extra)
         .env("TOLLGATE_HOME", home)
-        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_CONTROL_PLANE")
         .env_remove("TOLLGATE_TOKEN")
         .output()
         .expect("run tollgate dev token");

@@ -184,19 +184,70 @@ fn claim_texts(claim: Option<&Value>) -> Vec<String> {
 pub enum IdentityError {
     /// No bearer token was sent.
     Missing,
-    /// A token was sent but jwt_authn did not verify it (bad signature, expired, wrong issuer
-    /// or audience).
-    NotVerified,
+    /// A token was sent but jwt_authn did not verify it; why, when jwt_authn said
+    /// (`failed_status_in_metadata`).
+    NotVerified(Option<TokenProblem>),
     /// The forwarded payload is not the one jwt_authn verified: a forged header.
     Mismatch,
 }
 
 impl IdentityError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> String {
         match self {
-            IdentityError::Missing => "no bearer token",
-            IdentityError::NotVerified => "token not verified",
-            IdentityError::Mismatch => "forwarded claims do not match the verified token",
+            IdentityError::Missing => "no bearer token".into(),
+            IdentityError::NotVerified(None) => "token not verified".into(),
+            IdentityError::NotVerified(Some(problem)) => {
+                format!("token not verified: {}", problem.describe())
+            }
+            IdentityError::Mismatch => "forwarded claims do not match the verified token".into(),
+        }
+    }
+}
+
+/// Why jwt_authn refused a token, from the message it leaves in dynamic metadata (its
+/// `failed_status_in_metadata`): what a caller needs to fix it, and nothing of the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    Expired,
+    NotYetValid,
+    Audience,
+    Issuer,
+    Signature,
+    Malformed,
+    Other,
+}
+
+impl TokenProblem {
+    /// The problem jwt_authn's status message names (its wording, by the words that differ).
+    pub fn from_jwt_authn_message(message: &str) -> Self {
+        let message = message.to_ascii_lowercase();
+        let has = |word: &str| message.contains(word);
+        if has("expired") {
+            Self::Expired
+        } else if has("not yet valid") {
+            Self::NotYetValid
+        } else if has("audience") {
+            Self::Audience
+        } else if has("issuer") {
+            Self::Issuer
+        } else if has("verification fail") || has("kid") || has("alg") {
+            Self::Signature
+        } else if has("form of header") || has("base64") || has("parse") || has("missing") {
+            Self::Malformed
+        } else {
+            Self::Other
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::NotYetValid => "not valid yet (nbf)",
+            Self::Audience => "issued for another audience",
+            Self::Issuer => "from an issuer this gateway does not trust",
+            Self::Signature => "signature does not verify with the issuer's keys",
+            Self::Malformed => "malformed",
+            Self::Other => "refused by the token check",
         }
     }
 }
@@ -210,9 +261,19 @@ impl Identity {
         payload_header: Option<&str>,
         has_token: bool,
     ) -> Result<Identity, IdentityError> {
+        Self::from_jwt_authn_or_why(verified_sub, payload_header, has_token, None)
+    }
+
+    /// [`Self::from_jwt_authn`], with jwt_authn's failure message when it left one.
+    pub fn from_jwt_authn_or_why(
+        verified_sub: Option<&str>,
+        payload_header: Option<&str>,
+        has_token: bool,
+        failure: Option<&str>,
+    ) -> Result<Identity, IdentityError> {
         let Some(verified_sub) = verified_sub.filter(|s| !s.is_empty()) else {
             return Err(if has_token {
-                IdentityError::NotVerified
+                IdentityError::NotVerified(failure.map(TokenProblem::from_jwt_authn_message))
             } else {
                 IdentityError::Missing
             });
@@ -358,7 +419,41 @@ mod tests {
         );
         assert_eq!(
             Identity::from_jwt_authn(None, None, true),
-            Err(IdentityError::NotVerified)
+            Err(IdentityError::NotVerified(None))
+        );
+    }
+
+    #[test]
+    fn jwt_authn_failure_messages_name_what_to_fix() {
+        for (message, problem) in [
+            ("Jwt is expired", TokenProblem::Expired),
+            ("Jwt not yet valid", TokenProblem::NotYetValid),
+            ("Audiences in Jwt are not allowed", TokenProblem::Audience),
+            ("Jwt issuer is not configured", TokenProblem::Issuer),
+            ("Jwt verification fails", TokenProblem::Signature),
+            (
+                "Jwks doesn't have key to match kid or alg from Jwt",
+                TokenProblem::Signature,
+            ),
+            (
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+                TokenProblem::Malformed,
+            ),
+            ("something new", TokenProblem::Other),
+        ] {
+            assert_eq!(
+                TokenProblem::from_jwt_authn_message(message),
+                problem,
+                "{message}"
+            );
+        }
+        let error =
+            Identity::from_jwt_authn_or_why(None, None, true, Some("Jwt is expired")).unwrap_err();
+        assert_eq!(error.reason(), "token not verified: expired");
+        // Without a token there is nothing to explain, whatever the metadata says.
+        assert_eq!(
+            Identity::from_jwt_authn_or_why(None, None, false, Some("Jwt is expired")),
+            Err(IdentityError::Missing)
         );
     }
 

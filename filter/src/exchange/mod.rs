@@ -292,7 +292,24 @@ impl<H: Host> Exchange<H> {
         ]);
         let payload = self.host.request_header(&config.jwt_payload_header);
         let has_token = self.host.request_header("authorization").is_some();
-        Identity::from_jwt_authn(sub.as_deref(), payload.as_deref(), has_token)
+        // Why jwt_authn refused the token, read only when it did.
+        let failure = if sub.is_none() && has_token {
+            self.host.property(&[
+                "metadata",
+                "filter_metadata",
+                JWT_AUTHN_METADATA,
+                &config.jwt_failure_key,
+                "message",
+            ])
+        } else {
+            None
+        };
+        Identity::from_jwt_authn_or_why(
+            sub.as_deref(),
+            payload.as_deref(),
+            has_token,
+            failure.as_deref(),
+        )
     }
 
     /// Appends the step's record; the request waits for the acknowledgement.

@@ -69,7 +69,7 @@ const PAYMENT_URI_PREFIX: &str = "payments://payments/";
 
 const POLICY_TEXT: &str = "# Payments operations policy (demo)\n\
 \n\
-- Refunds above 500.00 USD need a second approver.\n\
+- Refunds above 10000.00 USD need a second approver (the gateway policy: approve-large-refund).\n\
 - Payout account changes need a second approver and are logged.\n\
 - Fraud threshold changes take effect immediately for new authorizations.\n\
 - Support staff must never read a full card number back to a customer.\n\

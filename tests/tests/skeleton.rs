@@ -129,11 +129,15 @@ async fn unauthenticated_calls_get_401_with_the_mcp_challenge() {
         "the server saw an unauthenticated call"
     );
     let records = stack.audit_records().unwrap();
-    let failures = records
+    let failures: Vec<&Value> = records
         .iter()
         .filter(|r| r["event"] == "auth.failed")
-        .count();
-    assert_eq!(failures, 5, "{records:#?}");
+        .collect();
+    // Five refused tokens and the legacy `GET /sse`, recorded with the 404 it got.
+    assert_eq!(failures.len(), 6, "{records:#?}");
+    assert!(failures
+        .iter()
+        .any(|r| r["status"] == 404 && r["route"] == "/sse"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -439,8 +439,11 @@ async fn identities_lists_who_called_and_who_went_quiet() {
         "sub": "svc-payments-ci", "client_id": "github-actions", "actor": "carol@contractor.example",
         "repository": "acme/payments", "workflow": "deploy",
     });
-    let dave = json!({"sub": "dave@example.com", "client_id": "claude-desktop"});
+    let dave = json!({"sub": "dave@example.com", "client_id": "claude-desktop", "iss": "https://idp-a.example"});
+    // Another issuer's dave is another person.
+    let other_dave = json!({"sub": "dave@example.com", "iss": "https://idp-b.example"});
     for append in [
+        request("dave@example.com", other_dave, &ago(1)),
         request("carol@contractor.example", carol.clone(), &ago(200)),
         request("carol@contractor.example", carol, &ago(120)),
         request("svc-payments-ci", ci.clone(), &ago(100)),
@@ -450,6 +453,8 @@ async fn identities_lists_who_called_and_who_went_quiet() {
         audit.append(append).await.unwrap();
     }
 
+    let sam = common::dev_token(home, "sam@example.com", GROUP, &[]);
+    let carol_revoked = revoke(&server, home, &sam, &["--sub", "carol@contractor.example"]);
     let auditor = common::operator_token(home, "auditor@example.com", "auditors");
     let run = |args: &[&str]| {
         let output = operator(
@@ -472,9 +477,14 @@ async fn identities_lists_who_called_and_who_went_quiet() {
         [
             "carol@contractor.example",
             "svc-payments-ci",
+            "dave@example.com",
             "dave@example.com"
         ]
     );
+    assert_eq!(all[2]["issuer"], "https://idp-a.example");
+    assert_eq!(all[3]["issuer"], "https://idp-b.example");
+    assert_eq!(all[0]["revoked"], carol_revoked.as_str());
+    assert!(all[1..].iter().all(|i| i["revoked"].is_null()), "{all:?}");
     assert_eq!(all[0]["calls"], 2);
     assert_eq!(all[0]["clients"], json!(["cursor-ide"]));
     assert_eq!(all[0]["firstSeen"].as_str().unwrap()[..10], ago(200)[..10]);
@@ -483,6 +493,7 @@ async fn identities_lists_who_called_and_who_went_quiet() {
     assert_eq!(all[1]["actingFor"], json!(["carol@contractor.example"]));
     assert_eq!(all[1]["clients"], json!(["github-actions"]));
     assert_eq!(all[2]["calls"], 1);
+    assert_eq!(all[3]["calls"], 1);
 
     let inactive: Vec<String> = run(&["--inactive", "90d", "--json"])
         .lines()
@@ -496,12 +507,17 @@ async fn identities_lists_who_called_and_who_went_quiet() {
     assert_eq!(inactive, ["carol@contractor.example", "svc-payments-ci"]);
     let table = run(&["--inactive", "110d"]);
     assert!(table.contains("carol@contractor.example"), "{table}");
+    assert!(
+        table.contains(&carol_revoked),
+        "the revoked column: {table}"
+    );
     assert!(!table.contains("svc-payments-ci"), "{table}");
 
-    // Each run was recorded as a read.
+    // Each run was recorded as a read (of the records, then of the revocation table).
     let reads: Vec<Value> = common::json_of(&common::list(&server).await)
         .into_iter()
         .filter(|r| r["event"] == "controlPlane.auditRead" && r["purpose"] == "identities")
+        .filter(|r| r["tables"].is_null())
         .collect();
     assert_eq!(reads.len(), 3, "{reads:?}");
     assert_eq!(reads[1]["filter"]["inactive"], "90d");

@@ -717,11 +717,53 @@ mod tests {
     }
 
     #[test]
+    fn a_legacy_sse_path_is_told_the_transport_token_or_not() {
+        let step = unauthenticated(
+            &config(),
+            &Masker::default(),
+            &info("GET", "/sse"),
+            &IdentityError::Missing,
+        );
+        let Next::Reply(reply) = step.next else {
+            panic!("forwarded")
+        };
+        assert_eq!(reply.status, 404);
+        assert!(!reply
+            .headers
+            .iter()
+            .any(|(name, _)| name == "www-authenticate"));
+        let body = String::from_utf8_lossy(&reply.body);
+        assert!(body.contains("streamable HTTP to /mcp"), "{body}");
+        assert_eq!(step.record["event"], "auth.failed");
+        assert_eq!(step.record["status"], 404);
+    }
+
+    #[test]
+    fn a_refused_token_is_told_why_in_the_challenge_and_the_record() {
+        let step = unauthenticated(
+            &config(),
+            &Masker::default(),
+            &info("POST", "/mcp"),
+            &IdentityError::NotVerified(Some(crate::identity::TokenProblem::Expired)),
+        );
+        let Next::Reply(reply) = step.next else {
+            panic!("forwarded")
+        };
+        assert_eq!(reply.status, 401);
+        assert!(reply
+            .headers
+            .iter()
+            .any(|(name, value)| name == "www-authenticate"
+                && value.contains("error=\"invalid_token\", error_description=\"token expired\"")));
+        assert_eq!(step.record["reason"], "token not verified: expired");
+    }
+
+    #[test]
     fn missing_token_gets_challenge_naming_resource_metadata() {
         let step = unauthenticated(
             &config(),
             &Masker::default(),
-            &RequestInfo::default(),
+            &info("POST", "/mcp"),
             &IdentityError::Missing,
         );
         let Next::Reply(reply) = step.next else {

@@ -2,7 +2,9 @@
 //! often, through which clients and workloads: what an access review (PCI DSS 8.2.6) asks for.
 //!
 //! Read from the `mcp.request` records of the audit chain (`sub`, `identity`, `time`); the read
-//! itself is recorded (`controlPlane.auditRead`, purpose `identities`).
+//! itself is recorded (`controlPlane.auditRead`, purpose `identities`). An identity is an issuer
+//! and a subject: the same `sub` from two issuers is two people. Whether a revocation names it
+//! comes from the control plane's revocation table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -78,6 +80,20 @@ impl Seen {
     }
 }
 
+/// The subjects an active revocation names by `sub`, each with its revocation id; `None` when the
+/// revocation table could not be read (a store opened read-only).
+fn revoked_subjects(state: Option<&Value>) -> Option<BTreeMap<String, String>> {
+    let revocations = state?.get("revocations")?.as_object()?;
+    Some(
+        revocations
+            .iter()
+            .filter(|(_, entry)| entry.get("liftedAt").is_none_or(Value::is_null))
+            .filter(|(_, entry)| entry.get("claim").and_then(Value::as_str) == Some("sub"))
+            .filter_map(|(id, entry)| Some((entry.get("value")?.as_str()?.to_string(), id.clone())))
+            .collect(),
+    )
+}
+
 fn stamp(micros: Option<Micros>) -> String {
     micros.map_or_else(|| "-".to_string(), clock::format)
 }
@@ -103,7 +119,8 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
     let filter = args.inactive.as_ref().map(|age| json!({"inactive": age}));
     let operator = operator.operator().with_purpose("identities", filter);
     let mut source = Source::open(home, &args.source, &operator).await?;
-    let mut identities: BTreeMap<String, Seen> = BTreeMap::new();
+    // Issuer, then subject.
+    let mut identities: BTreeMap<(String, String), Seen> = BTreeMap::new();
     let read = source
         .for_each(&operator, |stored| {
             let record = records::parse(&stored)?;
@@ -114,29 +131,43 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
                 .or_else(|| text(record.get("identity"), "sub"))
                 .unwrap_or("(anonymous)")
                 .to_string();
-            identities.entry(sub).or_default().add(&record);
+            let issuer = text(record.get("identity"), "iss")
+                .unwrap_or("-")
+                .to_string();
+            identities.entry((issuer, sub)).or_default().add(&record);
             Ok(true)
         })
         .await;
+    let state = match &read {
+        Ok(()) => source.state().await,
+        Err(_) => Ok(None),
+    };
     source.close().await?;
     read?;
+    let revoked = revoked_subjects(state?.as_ref());
 
     let now = clock::now_micros();
     let cutoff =
         inactive.map(|d| now.saturating_sub(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)));
-    let mut shown: Vec<(&String, &Seen)> = identities
+    let mut shown: Vec<(&(String, String), &Seen)> = identities
         .iter()
         .filter(|(_, seen)| match cutoff {
             Some(cutoff) => seen.last.is_none_or(|last| last < cutoff),
             None => true,
         })
         .collect();
+    let revocation = |sub: &str| -> String {
+        match &revoked {
+            Some(map) => map.get(sub).cloned().unwrap_or_else(|| "-".into()),
+            None => "?".into(),
+        }
+    };
     // Longest unseen first: what a reviewer acts on.
     shown.sort_by(|a, b| (a.1.last, a.0).cmp(&(b.1.last, b.0)));
 
     let mut out = std::io::stdout().lock();
     if args.json {
-        for (sub, seen) in &shown {
+        for ((issuer, sub), seen) in &shown {
             let days = seen
                 .last
                 .map(|last| now.saturating_sub(last) / 86_400_000_000);
@@ -145,6 +176,8 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
                 "{}",
                 json!({
                     "sub": sub,
+                    "issuer": issuer,
+                    "revoked": revoked.as_ref().map(|map| map.get(sub.as_str()).cloned()),
                     "firstSeen": seen.first.map(clock::format),
                     "lastSeen": seen.last.map(clock::format),
                     "daysSinceLastSeen": days,
@@ -171,14 +204,16 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
     }
     writeln!(
         out,
-        "{:<32} {:<27} {:<27} {:>7}  {:<24} {:<32} ACTING FOR",
-        "SUB", "FIRST SEEN", "LAST SEEN", "CALLS", "CLIENTS", "WORKLOADS"
+        "{:<32} {:<28} {:<14} {:<27} {:<27} {:>7}  {:<24} {:<32} ACTING FOR",
+        "SUB", "ISSUER", "REVOKED", "FIRST SEEN", "LAST SEEN", "CALLS", "CLIENTS", "WORKLOADS"
     )?;
-    for (sub, seen) in &shown {
+    for ((issuer, sub), seen) in &shown {
         writeln!(
             out,
-            "{:<32} {:<27} {:<27} {:>7}  {:<24} {:<32} {}",
+            "{:<32} {:<28} {:<14} {:<27} {:<27} {:>7}  {:<24} {:<32} {}",
             sub,
+            issuer,
+            revocation(sub),
             stamp(seen.first),
             stamp(seen.last),
             seen.calls,

@@ -155,20 +155,7 @@ async fn archive_prune_verify_and_replay_round_trip() {
     );
     assert!(segments_or_none(&archive).is_empty());
 
-    let archived = tollgate(
-        home.path(),
-        &[
-            "audit",
-            "archive",
-            "--before",
-            &before,
-            "--server",
-            &server.url(),
-            "--json",
-        ],
-    );
-    assert!(archived.status.success(), "{archived:?}");
-    let outcome: Value = serde_json::from_str(stdout(&archived).trim()).unwrap();
+    let outcome = archive_through(&server, home.path(), &before);
     let cut = outcome["toSeq"].as_u64().unwrap();
     assert_eq!(cut, first_new / BLOCK * BLOCK, "{outcome}");
     assert_eq!(outcome["fromSeq"], 0);
@@ -306,19 +293,7 @@ async fn archive_prune_verify_and_replay_round_trip() {
     assert!(json_lines(&without).len() < old_calls);
 
     // Archiving again finds nothing older; the server restarts on the pruned store.
-    let again = tollgate(
-        home.path(),
-        &[
-            "audit",
-            "archive",
-            "--before",
-            &before,
-            "--server",
-            &server.url(),
-            "--json",
-        ],
-    );
-    let again: Value = serde_json::from_str(stdout(&again).trim()).unwrap();
+    let again = archive_through(&server, home.path(), &before);
     assert_eq!(again["fromSeq"], again["toSeq"]);
     assert!(server.terminate().success());
     let server = Server::start_with(home.path(), &["--archive-dir", &archive_arg]);
@@ -378,6 +353,24 @@ async fn archive_prune_verify_and_replay_round_trip() {
         "{}",
         stdout(&tampered)
     );
+}
+
+/// `tollgate audit archive --before BEFORE` through `server`, as a security admin: what it did.
+fn archive_through(server: &Server, home: &Path, before: &str) -> Value {
+    let archived = tollgate(
+        home,
+        &[
+            "audit",
+            "archive",
+            "--before",
+            before,
+            "--server",
+            &server.url(),
+            "--json",
+        ],
+    );
+    assert!(archived.status.success(), "{archived:?}");
+    serde_json::from_str(stdout(&archived).trim()).unwrap()
 }
 
 fn segments_or_none(dir: &Path) -> Vec<PathBuf> {
@@ -569,20 +562,7 @@ async fn a_control_plane_killed_while_archiving_loses_no_record_and_archives_aga
     );
     let verified = tollgate(home.path(), &["audit", "verify", "--server", &server.url()]);
     assert!(verified.status.success(), "{verified:?}");
-    let archived = tollgate(
-        home.path(),
-        &[
-            "audit",
-            "archive",
-            "--before",
-            &before,
-            "--server",
-            &server.url(),
-            "--json",
-        ],
-    );
-    assert!(archived.status.success(), "{archived:?}");
-    let outcome: Value = serde_json::from_str(stdout(&archived).trim()).unwrap();
+    let outcome = archive_through(&server, home.path(), &before);
     let cut = outcome["toSeq"].as_u64().unwrap();
     assert!(cut >= 3 * 256, "{outcome}");
     assert_eq!(

@@ -249,3 +249,50 @@ impl crate::Stack {
         Ok(())
     }
 }
+
+/// A stack whose payments server answers in JSON: a `tools/call` needs no session, each POST
+/// stands alone.
+pub fn json_server() -> crate::StackOptions {
+    crate::StackOptions {
+        server_args: vec!["--json-response".to_owned()],
+        ..crate::StackOptions::default()
+    }
+}
+
+/// A `get_customer` call with JSON-RPC id `id` (its answer holds a card number).
+pub fn get_customer(id: &str) -> String {
+    tool_call(id, "get_customer", json!({"customer_id": "cus_1"}))
+}
+
+/// The ids of the `tools/call` requests the payments server received.
+pub fn server_call_ids(stack: &crate::Stack) -> std::collections::BTreeSet<String> {
+    stack
+        .server_requests()
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Polls until a call through the gateway is answered 200 (the path has recovered).
+pub async fn wait_for_success(stack: &crate::Stack, token: &str, what: &str) -> HttpAnswer {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let answer = post_mcp(
+            &stack.gateway_url,
+            Some(token),
+            None,
+            get_customer(&format!("{what}-probe-{n}")),
+        )
+        .await;
+        match answer {
+            Ok(answer) if answer.status == 200 => return answer,
+            other if std::time::Instant::now() > deadline => {
+                panic!("{what}: no success: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tollgate_e2e::faults::{concurrent_calls, forwarded_ids, tool_call, url_addr, Ended};
-use tollgate_e2e::{
-    gate_invariant_violations, post_mcp, raw_pans_in, HttpAnswer, Stack, StackOptions,
+use tollgate_e2e::faults::{
+    concurrent_calls, forwarded_ids, get_customer, json_server, server_call_ids, tool_call,
+    url_addr, wait_for_success, Ended,
 };
+use tollgate_e2e::{gate_invariant_violations, post_mcp, raw_pans_in, Stack, StackOptions};
 
 /// Callers busy when Envoy is killed; each has at most one call in flight.
 const CALLERS: usize = 6;
@@ -21,18 +22,6 @@ const HELD_CALLS: usize = 2;
 /// Load calls the upstream must have seen before the kill.
 const CALLS_BEFORE_KILL: usize = 30;
 
-fn json_server() -> StackOptions {
-    StackOptions {
-        // Stateless JSON answers: a `tools/call` needs no session, each POST stands alone.
-        server_args: vec!["--json-response".to_owned()],
-        ..StackOptions::default()
-    }
-}
-
-fn get_customer(id: &str) -> String {
-    tool_call(id, "get_customer", json!({"customer_id": "cus_1"}))
-}
-
 fn held_call(id: &str) -> String {
     // One step after the longest interval the server allows: the answer comes after the kill.
     tool_call(
@@ -40,37 +29,6 @@ fn held_call(id: &str) -> String {
         "slow_stream",
         json!({"count": 1, "interval_ms": 60_000}),
     )
-}
-
-/// The ids of the `tools/call` requests the payments server received.
-fn server_call_ids(stack: &Stack) -> BTreeSet<String> {
-    stack
-        .server_requests()
-        .iter()
-        .filter(|r| r["method"] == "tools/call")
-        .filter_map(|r| r["id"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// Polls until a call through the gateway is answered 200 (the path has recovered).
-async fn wait_for_success(stack: &Stack, token: &str, what: &str) -> HttpAnswer {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = 0;
-    loop {
-        n += 1;
-        let answer = post_mcp(
-            &stack.gateway_url,
-            Some(token),
-            None,
-            get_customer(&format!("{what}-probe-{n}")),
-        )
-        .await;
-        match answer {
-            Ok(answer) if answer.status == 200 => return answer,
-            other if Instant::now() > deadline => panic!("{what}: no success: {other:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 /// The ids of the calls whose answer has an `mcp.response` record.

@@ -9,35 +9,14 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tollgate_e2e::faults::{
-    concurrent_calls, envoy_memory, envoy_stat, forwarded_ids, post_head, raise_nofile, tool_call,
-    url_addr, DelayProxy, Ended,
+    concurrent_calls, envoy_memory, envoy_stat, forwarded_ids, get_customer, json_server,
+    post_head, raise_nofile, server_call_ids, tool_call, url_addr, wait_for_success, DelayProxy,
+    Ended,
 };
 use tollgate_e2e::{post_mcp, HttpAnswer, Stack, StackOptions};
 
 /// JSON-RPC error code of the gateway's own errors.
 const GATEWAY_ERROR: i64 = -32001;
-
-fn json_server() -> StackOptions {
-    StackOptions {
-        // Stateless JSON answers: a `tools/call` needs no session, each POST stands alone.
-        server_args: vec!["--json-response".to_owned()],
-        ..StackOptions::default()
-    }
-}
-
-fn get_customer(id: &str) -> String {
-    tool_call(id, "get_customer", json!({"customer_id": "cus_1"}))
-}
-
-/// The ids of the `tools/call` requests the payments server received.
-fn server_call_ids(stack: &Stack) -> BTreeSet<String> {
-    stack
-        .server_requests()
-        .iter()
-        .filter(|r| r["method"] == "tools/call")
-        .filter_map(|r| r["id"].as_str().map(str::to_owned))
-        .collect()
-}
 
 /// Polls until the chain holds a `mcp.request.failedClosed` note for each of `ids`: the gateway
 /// appends it once the control plane answers again. Returns the records.
@@ -62,27 +41,6 @@ fn wait_for_failed_closed_notes(stack: &Stack, ids: &[&String]) -> Vec<Value> {
             missing.first()
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Polls until a call through the gateway is answered 200 (the path has recovered).
-async fn wait_for_success(stack: &Stack, token: &str, what: &str) -> HttpAnswer {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = 0;
-    loop {
-        n += 1;
-        let answer = post_mcp(
-            &stack.gateway_url,
-            Some(token),
-            None,
-            get_customer(&format!("{what}-probe-{n}")),
-        )
-        .await;
-        match answer {
-            Ok(answer) if answer.status == 200 => return answer,
-            other if Instant::now() > deadline => panic!("{what}: no success: {other:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
     }
 }
 

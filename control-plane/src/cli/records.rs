@@ -313,11 +313,7 @@ impl Source {
     pub async fn archive_cut(&mut self) -> anyhow::Result<Option<ArchiveCut>> {
         Ok(match self {
             Self::Server { client, address } => {
-                let info = client
-                    .log_info(pb::LogInfoRequest {})
-                    .await
-                    .with_context(|| format!("asking {address} about the log"))?
-                    .into_inner();
+                let info = log_info(client, address).await?;
                 if info.archived_before == 0 {
                     None
                 } else {
@@ -386,11 +382,7 @@ impl Source {
     pub async fn verifier_keys(&mut self, home: &Path) -> anyhow::Result<Vec<NoteVerifier>> {
         match self {
             Self::Server { client, address } => {
-                let info = client
-                    .log_info(pb::LogInfoRequest {})
-                    .await
-                    .with_context(|| format!("asking {address} about the log"))?
-                    .into_inner();
+                let info = log_info(client, address).await?;
                 info.verifier_keys
                     .iter()
                     .map(|k| {
@@ -411,6 +403,14 @@ impl Source {
         }
         Ok(())
     }
+}
+
+async fn log_info(client: &mut Client, address: &str) -> anyhow::Result<pb::LogInfoResponse> {
+    Ok(client
+        .log_info(pb::LogInfoRequest {})
+        .await
+        .with_context(|| format!("asking {address} about the log"))?
+        .into_inner())
 }
 
 /// Records read from sled on another thread, in chunks, while `each` works on the previous

@@ -97,16 +97,29 @@ impl Reader {
             path: path.to_path_buf(),
             source,
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .use_compression(compressed(path))
             // zstd's fastest level: JSON records still shrink about fourfold, and it costs no
             // more CPU than writing them uncompressed (`make profile`); level 5 took a fifth of
             // the control plane's samples.
-            .compression_factor(1)
-            .open()
-            .map_err(open_error)?;
+            .compression_factor(1);
+        // A store just closed in this process may hold its file lock a moment longer (sled's
+        // I/O threads let go of it last): wait a little for it, not for another process.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < 20 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(open_error(e)),
+            }
+        };
         let meta = db.open_tree(META_TREE)?;
         match meta.get(FORMAT_KEY)? {
             Some(format) if format.as_ref() != FORMAT => {

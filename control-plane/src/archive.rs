@@ -368,14 +368,12 @@ struct KeyRotations {
 }
 
 impl KeyRotations {
-    const MEMBER: &'static [u8] = b"\"event\":\"controlPlane.keyRotated\"";
-
     fn update(&mut self, reader: &dyn Reads) -> Result<(), StoreError> {
         for record in reader.records(self.scanned_to, 0) {
             let record = record?;
             self.scanned_to = record.seq + 1;
             let json = &record.canonical_json;
-            if json.windows(Self::MEMBER.len()).any(|w| w == Self::MEMBER)
+            if tollgate_log::key_history::may_be_rotation(json)
                 && serde_json::from_slice::<Value>(json)
                     .is_ok_and(|v| v.get("event").and_then(Value::as_str) == Some(KEY_ROTATED))
             {

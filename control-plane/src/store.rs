@@ -375,7 +375,6 @@ pub fn retained_blocks(
     from: u64,
     cut: u64,
 ) -> Result<std::collections::BTreeSet<u64>, StoreError> {
-    const ROTATION: &[u8] = b"\"event\":\"controlPlane.keyRotated\"";
     let mut blocks = std::collections::BTreeSet::new();
     for record in reader.records(from, cut.saturating_sub(from)) {
         let record = record?;
@@ -383,8 +382,7 @@ pub fn retained_blocks(
             break;
         }
         let json = &record.canonical_json;
-        if crate::state::may_change_state(json)
-            || json.windows(ROTATION.len()).any(|w| w == ROTATION)
+        if crate::state::may_change_state(json) || tollgate_log::key_history::may_be_rotation(json)
         {
             blocks.insert(record.seq >> STORED_LEVEL);
         }

@@ -11,6 +11,13 @@ use crate::note::NoteVerifier;
 /// The `event` of a rotation record.
 pub const KEY_ROTATED: &str = "controlPlane.keyRotated";
 
+/// Whether a record's canonical JSON may be a key rotation: the fast test for scans of the whole
+/// log, without parsing each record (a nested `event` member can match too; parse to be sure).
+pub fn may_be_rotation(canonical_json: &[u8]) -> bool {
+    const MEMBER: &[u8] = b"\"event\":\"controlPlane.keyRotated\"";
+    memchr::memmem::find(canonical_json, MEMBER).is_some()
+}
+
 /// One rotation, as its record states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use tollgate_log::cli::{self, BundleArgs};
-use tollgate_log::key_history::{KeyHistory, Rotation, KEY_ROTATED};
+use tollgate_log::key_history::{may_be_rotation, KeyHistory, Rotation, KEY_ROTATED};
 
 use super::records::{OperatorArgs, Source, SourceArgs};
 use crate::chain::{Hash, StoredRecord};
@@ -132,9 +132,6 @@ impl ArchivedPrefix {
     }
 }
 
-/// How a key rotation record names its event, in canonical form.
-const ROTATION_MEMBER: &[u8] = b"\"event\":\"controlPlane.keyRotated\"";
-
 async fn verify_log(
     home: &Path,
     operator: &OperatorArgs,
@@ -182,10 +179,7 @@ async fn verify_log(
     let started = std::time::Instant::now();
     source
         .for_each(&operator, |record| {
-            let rotation = record
-                .canonical_json
-                .windows(ROTATION_MEMBER.len())
-                .any(|w| w == ROTATION_MEMBER);
+            let rotation = may_be_rotation(&record.canonical_json);
             if rotation || state::may_change_state(&record.canonical_json) {
                 if let Ok(json) = serde_json::from_slice::<Value>(&record.canonical_json) {
                     replay.observe(record.seq, &json);

@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run build-release test bench profile bench-ab bench-store bench-verify wasm wasm-fault build deps node-deps py-deps pg-deps lint unit e2e clean
+.PHONY: all run build-release test bench profile bench-ab bench-store bench-verify wasm wasm-fault build deps node-deps py-deps pg-deps browser-deps lint unit e2e clean
 
 all: build wasm
 
@@ -77,7 +77,7 @@ pg-deps:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
 	fi
 
-e2e: deps node-deps py-deps wasm wasm-fault build
+e2e: deps node-deps py-deps browser-deps wasm wasm-fault build
 	$(CARGO) test -p tollgate-e2e -- --test-threads=2
 
 ## node-deps: the MCP peers the e2e tests run (server-everything, the TypeScript SDK, the
@@ -97,6 +97,22 @@ py-deps: $(PY_DEPS)
 
 $(PY_DEPS): tests/node/requirements.txt | $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/node/requirements.txt
+	@touch $@
+
+## browser-deps: what the operator console's tests drive: Debian's `chromium` (installed only
+## when TOLLGATE_CHROMIUM is missing) and Playwright for Python, as tests/browser/requirements.txt
+## pins it, into the project's virtualenv. Playwright's own browser download is not used.
+export TOLLGATE_CHROMIUM ?= /usr/bin/chromium
+BROWSER_DEPS := $(VENV)/.browser-deps-installed
+browser-deps: $(BROWSER_DEPS)
+	@if [ -x "$(TOLLGATE_CHROMIUM)" ]; then \
+		echo "chromium for the browser tests: found"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+$(BROWSER_DEPS): tests/browser/requirements.txt | $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/browser/requirements.txt
 	@touch $@
 
 ## bench: the masking engine (corpus precision/recall, native MB/s), Tollgate against plain Envoy,

@@ -7,6 +7,7 @@ usage: render.py --out FILE --listen-port N --admin-port N --upstream URL --cont
                  [--hop-port N --hop-header NAME=VALUE ...] [--route-timeout DURATION]
                  [--request-timeout DURATION] [--tls-cert FILE --tls-key FILE] [--lds-dir DIR]
                  (--control-plane-tls DIR [--control-plane-identity URI] | --control-plane-plaintext)
+                 [--approval-url URL]
 --jwks reads the issuer's keys from a file once (the dev issuer); --remote-jwks fetches them from
 the OIDC provider's jwks_uri (an http:// URL, through a cluster of its own), again every
 --jwks-cache-duration seconds and in the background, so a provider's key rotation is picked up
@@ -25,6 +26,9 @@ gateway.pem and gateway-key.pem, and ca.pem, the CA the control plane's certific
 that certificate must also name --control-plane-identity (default
 spiffe://tollgate.local/control-plane). --control-plane-plaintext uses h2c instead, for a control
 plane run with --insecure-plaintext (behind a mesh sidecar); one of the two is required.
+--approval-url sets the filter's approvalUrl: the approval page held calls are sent to and named
+in, `{id}` standing for the approval id (e.g. http://127.0.0.1:9470/approvals/{id}, the console
+of `tollgate serve`). Default: the filter's own default, or --config's approvalUrl.
 --lds-dir serves the listeners (and with them the filter's configuration and policy) from
 DIR/lds.yaml instead of the bootstrap: rendering again with a new --config replaces that file
 atomically, and Envoy swaps the listener without a restart; requests in flight finish on the old
@@ -63,6 +67,7 @@ def main():
     cp_transport.add_argument("--control-plane-tls", metavar="DIR")
     cp_transport.add_argument("--control-plane-plaintext", action="store_true")
     ap.add_argument("--control-plane-identity", default="spiffe://tollgate.local/control-plane")
+    ap.add_argument("--approval-url", default="", metavar="URL")
     a = ap.parse_args()
     if bool(a.tls_cert) != bool(a.tls_key):
         sys.exit("render.py: --tls-cert and --tls-key go together")
@@ -73,6 +78,13 @@ def main():
     cp_host, _, cp_port = a.control_plane.rpartition(":")
     config_text = open(a.config[1:]).read() if a.config.startswith("@") else a.config
     config = json.loads(config_text)
+    if a.approval_url:
+        page = urlsplit(a.approval_url)
+        if page.scheme not in ("http", "https") or not page.hostname or "{id}" not in a.approval_url:
+            sys.exit(f"render.py: --approval-url must be an http(s):// URL with {{id}} in it, got {a.approval_url!r}")
+        if config.get("approvalUrl", a.approval_url) != a.approval_url:
+            sys.exit("render.py: --approval-url and --config's approvalUrl differ; give one")
+        config["approvalUrl"] = a.approval_url
     scheme = "https" if a.tls_cert else "http"
     resource = f"{scheme}://127.0.0.1:{a.listen_port}/mcp"
     config.setdefault("resourceMetadataUrl", f"{scheme}://127.0.0.1:{a.listen_port}/.well-known/oauth-protected-resource")

@@ -84,9 +84,11 @@ PY
 fi
 
 # The control plane judges approval requests by the same policy file the filter loads, and keeps
-# records older than 90 days in archive segments (retention: README).
+# records older than 90 days in archive segments (retention: README). Approval links (webhook
+# messages, held calls' answers) go to the operator console.
+CONSOLE_URL=http://127.0.0.1:${TOLLGATE_CONSOLE_PORT:-9470}
 "$TOLLGATE" serve --listen "$CONTROL_PLANE" --metrics-listen "$METRICS" --policy "$POLICY" \
-  --archive-dir "$TOLLGATE_HOME/archive" "${serve_args[@]}" \
+  --archive-dir "$TOLLGATE_HOME/archive" --console-url "$CONSOLE_URL" "${serve_args[@]}" \
   >"$LOGS/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for_line "$LOGS/control-plane.log" "listening on" $!
@@ -109,7 +111,8 @@ if sys.argv[2] == "oidc":
 print(json.dumps(config))' "$POLICY" "$IDP")
 python3 envoy/render.py --out "$TOLLGATE_HOME/envoy.yaml" --listen-port "$LISTEN_PORT" \
   --admin-port "$ADMIN_PORT" --upstream "$UPSTREAM" --control-plane "$CONTROL_PLANE" \
-  --control-plane-tls "$TOLLGATE_HOME/tls" "${jwks_args[@]}" --wasm "$WASM" --config "$config"
+  --control-plane-tls "$TOLLGATE_HOME/tls" "${jwks_args[@]}" --wasm "$WASM" --config "$config" \
+  --approval-url "$CONSOLE_URL/approvals/{id}"
 # No hot restart (a policy is reloaded through a watched listener file): without its shared
 # memory and domain socket, the demo starts beside any other Envoy on this machine.
 "$ENVOY" -c "$TOLLGATE_HOME/envoy.yaml" --concurrency 2 --log-level warn --disable-hot-restart \

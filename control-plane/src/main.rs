@@ -6,6 +6,7 @@ mod archive;
 mod bundle;
 mod cli;
 mod clock;
+mod console;
 mod issuer;
 mod keys;
 mod metrics;

@@ -677,35 +677,8 @@ async fn an_expired_request_cannot_be_decided_and_the_webhook_gets_each_request(
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     // A local receiver standing in for a chat tool's incoming webhook.
-    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hook = format!("http://{}/hooks/approvals", receiver.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in receiver.incoming() {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let request_line = line.clone();
-            let mut length = 0;
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .unwrap();
-            tx.send((request_line, body)).unwrap();
-        }
-    });
+    let (base, received) = plain_receiver();
+    let hook = format!("{base}/hooks/approvals");
     let server = Server::start_with(home, &["--approval-ttl", "1s", "--approval-webhook", &hook]);
     let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
     let mut filter = filter(&server).await;
@@ -713,7 +686,7 @@ async fn an_expired_request_cannot_be_decided_and_the_webhook_gets_each_request(
         .await
         .approval_id;
 
-    let (request_line, body) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (request_line, body) = received.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(
         request_line.starts_with("POST /hooks/approvals HTTP/1.1"),
         "{request_line}"
@@ -725,6 +698,10 @@ async fn an_expired_request_cannot_be_decided_and_the_webhook_gets_each_request(
     assert_eq!(summary["arguments"]["accountNumber"], "acct-6666");
     assert_eq!(summary["rule"], "payout-changes-need-approval");
     assert!(summary["expiresAt"].as_str().is_some());
+    assert!(
+        summary.get("approvalUrl").is_none(),
+        "no --console-url: no link"
+    );
     assert!(
         summary["approveCommand"]
             .as_str()
@@ -1008,6 +985,12 @@ async fn operator_keys_and_the_webhook_work_over_https_and_an_unusable_url_stops
     let (code, text) = refused_start(home, &["--approval-webhook", "ftp://hooks.example/x"]);
     assert_ne!(code, Some(0), "{text}");
     assert!(text.contains("--approval-webhook"), "{text}");
+    let (code, text) = refused_start(home, &["--console-url", "https://ops.example/?team=x"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("--console-url") && text.contains("no query"),
+        "{text}"
+    );
     // A policy that does not compile: the control plane would judge approvals by nothing.
     let broken = home.join("broken-policy.json");
     std::fs::write(
@@ -1049,6 +1032,238 @@ async fn operator_keys_and_the_webhook_work_over_https_and_an_unusable_url_stops
     assert_eq!(
         state(&wait(&mut filter, &id, 1000).await),
         pb::ApprovalState::Granted
+    );
+}
+
+/// A chat tool's incoming webhook over plain http: its base URL, and every request's head and
+/// body as received.
+fn plain_receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let Some(request) = read_request(&mut stream) else {
+                continue;
+            };
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = tx.send(request);
+        }
+    });
+    (base, received)
+}
+
+/// A card number as test data (never a real one), kept out of the source as one literal so a
+/// search for raw card numbers finds none here.
+fn test_card() -> String {
+    ["4111", "1111", "1111", "1111"].concat()
+}
+
+/// The call a service account makes for dana: a payout change whose arguments hold a card
+/// number and text meant to break out of a chat message.
+fn service_account_call() -> pb::ApprovalRequest {
+    common::held_call(
+        json!({"sub": "svc-payouts", "accountable": {"sub": "dana@example.com", "via": "actor"}}),
+        "update_payout_account",
+        json!({"merchant": "m_42", "card": test_card(),
+               "note": "<script>alert(1)</script> & <!channel>"}),
+    )
+}
+
+/// What a chat message may carry of [`service_account_call`]: the masked card, never the card.
+fn assert_masked(body: &str) {
+    assert!(
+        !body.contains(&test_card()),
+        "a card number left the control plane: {body}"
+    );
+    assert!(
+        body.contains("1111"),
+        "the masked card shows its last digits: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_gets_blocks_over_https_with_the_console_link_and_only_masked_arguments() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let receiver = HttpsEndpoint::start(home, Vec::new());
+    let hook = format!("{}/services/T000/B000/XXXX", receiver.base);
+    let ca = receiver.ca.display().to_string();
+    let server = Server::start_with(
+        home,
+        &[
+            "--approval-webhook",
+            &hook,
+            "--approval-webhook-format",
+            "slack",
+            "--console-url",
+            "https://tollgate.example.com/console/",
+            "--http-ca",
+            &ca,
+        ],
+    );
+    let id = ask(&mut filter(&server).await, service_account_call())
+        .await
+        .approval_id;
+    let posted = receiver
+        .posts
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap();
+    let text = String::from_utf8(posted).unwrap();
+    assert_masked(&text);
+    assert!(
+        !text.contains("<script>") && !text.contains("<!channel>"),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let blocks = body["blocks"].as_array().expect("blocks");
+    assert_eq!(blocks[0]["type"], "header");
+    let fields: Vec<&str> = blocks[1]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["text"].as_str().unwrap())
+        .collect();
+    for fact in [
+        "*Requester*\nsvc-payouts",
+        "*Accountable*\ndana@example.com (via actor)",
+        "*Tool*\nupdate_payout_account",
+        "*Rule*\npayout-changes-need-approval",
+    ] {
+        assert!(fields.contains(&fact), "{fact}: {fields:?}");
+    }
+    let arguments = blocks[2]["text"]["text"].as_str().unwrap();
+    assert!(
+        arguments.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;!channel&gt;"),
+        "{arguments}"
+    );
+    let link = format!("https://tollgate.example.com/console/approvals/{id}");
+    let button = &blocks.iter().find(|b| b["type"] == "actions").unwrap()["elements"][0];
+    assert_eq!(button["url"], link.as_str());
+    assert_eq!(button["text"]["text"], "Open approval");
+    let fallback = body["text"].as_str().unwrap();
+    assert!(
+        fallback.contains("svc-payouts") && fallback.contains(&link),
+        "{fallback}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_gets_an_adaptive_card_with_the_console_link_and_only_masked_arguments() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let (base, received) = plain_receiver();
+    let hook = format!("{base}/workflows/approvals?sig=s3cret");
+    let server = Server::start_with(
+        home,
+        &[
+            "--approval-webhook",
+            &hook,
+            "--approval-webhook-format",
+            "teams",
+            "--console-url",
+            "http://127.0.0.1:9470",
+        ],
+    );
+    let id = ask(&mut filter(&server).await, service_account_call())
+        .await
+        .approval_id;
+    let (head, posted) = received.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        head.starts_with("POST /workflows/approvals?sig=s3cret "),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let text = String::from_utf8(posted).unwrap();
+    assert_masked(&text);
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["type"], "message");
+    let attachment = &body["attachments"][0];
+    assert_eq!(
+        attachment["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    let card = &attachment["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert_eq!(card["version"], "1.4");
+    let items = card["body"].as_array().unwrap();
+    let facts = items.iter().find(|b| b["type"] == "FactSet").unwrap()["facts"]
+        .as_array()
+        .unwrap();
+    let fact = |title: &str| {
+        facts
+            .iter()
+            .find(|f| f["title"] == title)
+            .and_then(|f| f["value"].as_str())
+            .unwrap_or_default()
+    };
+    assert_eq!(fact("Requester"), "svc-payouts");
+    assert_eq!(fact("Accountable"), "dana@example.com (via actor)");
+    assert_eq!(fact("Tool"), "update_payout_account");
+    assert_eq!(fact("Upstream"), "payments");
+    assert_eq!(fact("Approval"), id);
+    let arguments = items
+        .iter()
+        .find_map(|b| b["inlines"][0]["text"].as_str())
+        .unwrap();
+    let arguments: Value = serde_json::from_str(arguments).unwrap();
+    assert_eq!(arguments["merchant"], "m_42");
+    assert_eq!(card["actions"][0]["type"], "Action.OpenUrl");
+    assert_eq!(
+        card["actions"][0]["url"],
+        format!("http://127.0.0.1:9470/approvals/{id}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_with_an_untrusted_certificate_gets_nothing_and_the_failure_is_recorded() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    // Its CA is not in --http-ca (nor among the web PKI roots).
+    let receiver = HttpsEndpoint::start(home, Vec::new());
+    let hook = format!("{}/services/T000/B000/XXXX?token=s3cret", receiver.base);
+    let server = Server::start_with(
+        home,
+        &[
+            "--approval-webhook",
+            &hook,
+            "--approval-webhook-format",
+            "slack",
+        ],
+    );
+    let id = ask(&mut filter(&server).await, service_account_call())
+        .await
+        .approval_id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failure = loop {
+        let failed = common::json_of(&common::list(&server).await)
+            .into_iter()
+            .find(|r| r["event"] == "approval.webhook_failed" && r["approvalId"] == id.as_str());
+        if let Some(failed) = failed {
+            break failed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval.webhook_failed record"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = failure["error"].as_str().unwrap();
+    assert!(error.to_lowercase().contains("certificate"), "{failure}");
+    assert_eq!(
+        failure["url"],
+        format!("{}/services/T000/B000/XXXX?token=REDACTED", receiver.base)
+    );
+    assert!(!failure.to_string().contains("s3cret"), "{failure}");
+    assert!(
+        receiver.posts.try_recv().is_err(),
+        "the receiver got a message"
     );
 }
 

@@ -22,6 +22,9 @@ pub struct Ask {
     /// The held call, when its client takes the approval as a multi round-trip request
     /// (2026-07-28, URL elicitation declared): it is answered `input_required` at once.
     pub mrtr: Option<Message>,
+    /// The approval page (`approvalUrl` of the configuration, `{id}` standing for the id), for
+    /// the answers that name it.
+    pub approval_url: String,
 }
 
 /// What the filter does after an answer from the control plane.
@@ -86,17 +89,31 @@ pub fn ask(
         call_id: message.id.clone(),
         mrtr: (message.is_stateless() && message.accepts_url_elicitation())
             .then(|| message.clone()),
+        approval_url: config.approval_url.clone(),
     })
+}
+
+/// The page of approval `approval_id` by the `approvalUrl` template; none when the deployment
+/// set it empty (no console to send people to).
+pub fn approval_page(template: &str, approval_id: &str) -> Option<String> {
+    (!template.is_empty()).then(|| template.replace("{id}", approval_id))
+}
+
+impl Ask {
+    fn page(&self, approval_id: &str) -> Option<String> {
+        approval_page(&self.approval_url, approval_id)
+    }
 }
 
 /// The answer that sends a 2026-07-28 client to the approval: `input_required` with a URL
 /// elicitation of the approval's page, and the gateway's state naming the approval for the
 /// retry. The state grants nothing (see [`modern::GATEWAY_STATE_PREFIX`]).
 pub fn input_required(ask: &Ask, approval_id: &str, config: &FilterConfig) -> LocalReply {
-    let Some(held) = &ask.mrtr else {
+    // A URL elicitation needs a URL: without a page, the client gets the error to retry.
+    let (Some(held), Some(url)) = (&ask.mrtr, approval_page(&config.approval_url, approval_id))
+    else {
         return still_pending(ask, approval_id, "");
     };
-    let url = config.approval_url.replace("{id}", approval_id);
     let message = format!(
         "{} needs approval {approval_id} from a member of {} (policy rule {:?}). Open {url}, or ask an approver to run: tollgate approvals approve {approval_id} --reason ... Then continue; the call is sent again and passes once approved.",
         ask.request.target, ask.request.approver_group, ask.request.rule
@@ -118,14 +135,21 @@ pub fn on_status(ask: &Ask, status: &ApprovalStatus) -> Outcome {
     match status.state() {
         ApprovalState::Granted => Outcome::Forward,
         ApprovalState::Pending => Outcome::Wait(id.to_owned()),
-        ApprovalState::Denied => reply(
-            ask,
-            &format!(
-                "approval {id} denied by {}: {}",
-                status.decided_by, status.reason
-            ),
-            json!({"approvalId": id, "state": "denied", "decidedBy": status.decided_by, "reason": status.reason}),
-        ),
+        ApprovalState::Denied => {
+            let mut data = json!({"approvalId": id, "state": "denied", "decidedBy": status.decided_by, "reason": status.reason});
+            // The page shows who decided and why, beside the request.
+            if let Some(url) = ask.page(id) {
+                data["approvalUrl"] = url.into();
+            }
+            reply(
+                ask,
+                &format!(
+                    "approval {id} denied by {}: {}",
+                    status.decided_by, status.reason
+                ),
+                data,
+            )
+        }
         ApprovalState::Expired => reply(
             ask,
             &format!("approval {id} expired; retry the call to ask again"),
@@ -138,12 +162,18 @@ pub fn on_status(ask: &Ask, status: &ApprovalStatus) -> Outcome {
 /// The held call's wait ended with the approval still pending.
 pub fn still_pending(ask: &Ask, approval_id: &str, expires_at: &str) -> LocalReply {
     let group = &ask.request.approver_group;
+    let page = ask.page(approval_id);
+    let open = page
+        .as_deref()
+        .map(|url| format!("open {url}, or "))
+        .unwrap_or_default();
     let message = format!(
         "approval required: {} needs approval {approval_id} from a member of {group} \
-         (tollgate approvals approve {approval_id} --reason ...); retry the same call once approved",
+         ({open}an approver runs: tollgate approvals approve {approval_id} --reason ...); \
+         retry the same call once approved",
         ask.request.target
     );
-    let data = json!({
+    let mut data = json!({
         "approvalId": approval_id,
         "state": "pending",
         "approverGroup": group,
@@ -151,6 +181,9 @@ pub fn still_pending(ask: &Ask, approval_id: &str, expires_at: &str) -> LocalRep
         "expiresAt": expires_at,
         "retry": true,
     });
+    if let Some(url) = page {
+        data["approvalUrl"] = url.into();
+    }
     reply(ask, &message, data).into_reply()
 }
 
@@ -198,6 +231,11 @@ mod tests {
     use serde_json::Map;
 
     fn held() -> Ask {
+        held_with(b"")
+    }
+
+    /// A held call under the plugin configuration `config`.
+    fn held_with(config: &[u8]) -> Ask {
         let Body::Single(message) = parse(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"update_payout_account","arguments":{"merchant_id":"m_1","account_number":"4111111111111111"}}}"#).unwrap() else { panic!() };
         let verdict = Verdict {
             action: Decision::Approve {
@@ -213,7 +251,7 @@ mod tests {
             claims: Map::new(),
             accountable: None,
         };
-        let config = FilterConfig::from_json(b"").unwrap();
+        let config = FilterConfig::from_json(config).unwrap();
         ask(
             &config,
             &Masker::default(),
@@ -279,5 +317,77 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("tollgate approvals approve apr_1"));
+    }
+
+    fn error_of(reply: &LocalReply) -> Value {
+        serde_json::from_slice::<Value>(&reply.body).unwrap()["error"].clone()
+    }
+
+    fn answer(ask: &Ask, state: ApprovalState) -> LocalReply {
+        let status = ApprovalStatus {
+            approval_id: "apr_1".into(),
+            state: state as i32,
+            reason: "no".into(),
+            decided_by: "bob".into(),
+            ..Default::default()
+        };
+        match on_status(ask, &status) {
+            Outcome::Reply(reply) => reply,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn held_call_answers_name_the_approval_page() {
+        let ask = held();
+        let pending = error_of(&still_pending(&ask, "apr_1", "2026-11-25T22:00:00Z"));
+        let page = "http://127.0.0.1:9470/approvals/apr_1";
+        assert_eq!(pending["data"]["approvalUrl"], page);
+        let message = pending["message"].as_str().unwrap();
+        assert!(message.contains(&format!("open {page}, or")), "{message}");
+        assert!(
+            message.contains("tollgate approvals approve apr_1 --reason"),
+            "{message}"
+        );
+        let denied = error_of(&answer(&ask, ApprovalState::Denied));
+        assert_eq!(denied["data"]["approvalUrl"], page);
+        assert_eq!(denied["data"]["decidedBy"], "bob");
+        // An expired approval's page offers nothing to do: the retry asks again.
+        let expired = error_of(&answer(&ask, ApprovalState::Expired));
+        assert!(expired["data"].get("approvalUrl").is_none(), "{expired}");
+
+        let ask =
+            held_with(br#"{"approvalUrl":"https://ops.example.com/tollgate/approvals/{id}"}"#);
+        let pending = error_of(&still_pending(&ask, "apr_2", ""));
+        assert_eq!(
+            pending["data"]["approvalUrl"],
+            "https://ops.example.com/tollgate/approvals/apr_2"
+        );
+    }
+
+    #[test]
+    fn without_an_approval_page_answers_name_the_command_only() {
+        let config = br#"{"approvalUrl":""}"#;
+        let mut ask = held_with(config);
+        let pending = error_of(&still_pending(&ask, "apr_1", ""));
+        assert!(pending["data"].get("approvalUrl").is_none(), "{pending}");
+        let message = pending["message"].as_str().unwrap();
+        assert!(!message.contains("open "), "{message}");
+        assert!(
+            message.contains("tollgate approvals approve apr_1"),
+            "{message}"
+        );
+        // A URL elicitation needs a URL: a 2026-07-28 client is told to retry instead.
+        let Body::Single(message) = parse(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"update_payout_account","arguments":{}}}"#).unwrap() else { panic!() };
+        ask.mrtr = Some(message);
+        let config = FilterConfig::from_json(config).unwrap();
+        let answer = input_required(&ask, "apr_1", &config);
+        assert_eq!(error_of(&answer)["data"]["state"], "pending");
+        let with_page = input_required(&ask, "apr_1", &FilterConfig::from_json(b"").unwrap());
+        let body: Value = serde_json::from_slice(&with_page.body).unwrap();
+        assert_eq!(body["result"]["resultType"], "input_required", "{body}");
+        assert!(body
+            .to_string()
+            .contains("http://127.0.0.1:9470/approvals/apr_1"));
     }
 }

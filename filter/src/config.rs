@@ -37,7 +37,8 @@ pub struct FilterConfig {
     #[serde(default = "default_approval_wait_ms")]
     pub approval_wait_ms: u64,
     /// The approval's page, `{id}` standing for the approval id: where a 2026-07-28 client is
-    /// sent (URL elicitation) for a call that needs approval.
+    /// sent (URL elicitation) for a call that needs approval, also named in the answers to a
+    /// held call (`approvalUrl`). Empty: no page; answers name the `tollgate approvals` command.
     #[serde(default = "default_approval_url")]
     pub approval_url: String,
     /// The jwt_authn provider's `payload_in_metadata` key: where the verified claims are.

@@ -2,8 +2,14 @@
 // `make run` demo. Tokens come out of its token endpoint, signed by its own keys, as JWT access
 // tokens for the resource (RFC 8707 resource indicator) the caller names:
 //
-// - people sign in with the password grant (RFC 6749 4.3, registered here as a custom grant:
-//   the provider has no login UI in a test) and get `sub`, `email`, `groups`;
+// - people sign in with the password grant (RFC 6749 4.3, registered here as a custom grant,
+//   for the CLI and the tests' helpers) and get `sub`, `email`, `groups`;
+// - or in a browser, with the authorization code flow and PKCE (the operator console): a tiny
+//   login page of this file's own at /interaction/UID (fields `email` and `password`, button
+//   "Sign in"; the email is an account's `sub` or its `email` claim), and consent is granted
+//   without a screen. With `resource=<indicator>` on the authorization request, the code
+//   exchanges for the same JWT access token the password grant gives, plus an id_token (scope
+//   `openid`) carrying the request's `nonce`;
 // - CI workloads use client_credentials and get the claims of their client entry, shaped like a
 //   GitHub Actions OIDC token (`repository`, `workflow`, `ref`, `actor`, `run_id`);
 // - a workload that acts for a person exchanges its own token, with the person's token as the
@@ -17,7 +23,18 @@
 //           "resources": { "<resource indicator>": { "audience": "...", "ttl": seconds } },
 //           "accounts": { "<sub>": { "password": "...", "claims": { ... }, "ttl": seconds } },
 //           "clients": [ { "client_id", "client_secret", "grant_types": [...], "claims": {...},
-//                          "ttl": seconds } ] }
+//                          "ttl": seconds },
+//                        { "client_id", "redirect_uris": ["http://..."],
+//                          "grant_types": ["authorization_code"],
+//                          "token_endpoint_auth_method": "none" } ] }
+//
+// A client with `redirect_uris` is a browser client (authorization code, response_type `code`).
+// Without a `client_secret` it is public ("none" is then the default method) and must send a
+// PKCE S256 challenge; with one it authenticates at the token endpoint by
+// `token_endpoint_auth_method` ("client_secret_basic" unless it says "client_secret_post").
+// Other clients authenticate with client_secret_post and default to client_credentials and
+// token exchange. Scopes beside `openid`: `email` and `groups` put those claims in the id_token;
+// `mcp` (every resource's scope) puts `scope: "mcp"` in the access token, like the password grant.
 //
 // A key named in signingKeys is generated (RSA 2048) into keysDir the first time and reused
 // after, so that two providers sharing keysDir sign with the same key (a wrong-issuer test), and
@@ -88,14 +105,9 @@ function build(config, issuer) {
   const keys = config.signingKeys.map((kid) => signingKey(config.keysDir, kid));
   const provider = new Provider(issuer, {
     jwks: { keys: keys.map((key) => ({ ...key })) },
-    clients: clients.map(({ client_id, client_secret, grant_types }) => ({
-      client_id,
-      client_secret,
-      grant_types: grant_types ?? ['client_credentials', TOKEN_EXCHANGE],
-      redirect_uris: [],
-      response_types: [],
-      token_endpoint_auth_method: 'client_secret_post',
-    })),
+    clients: clients.map(clientMetadata),
+    claims: { openid: ['sub'], email: ['email'], groups: ['groups'] },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
     features: {
       clientCredentials: { enabled: true },
       introspection: { enabled: false },
@@ -130,6 +142,133 @@ function build(config, issuer) {
     ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'resource'],
   );
   return provider;
+}
+
+/** A CONFIG client as oidc-provider registers it. */
+function clientMetadata({ client_id, client_secret, grant_types, redirect_uris, token_endpoint_auth_method }) {
+  if (redirect_uris) {
+    return {
+      client_id,
+      ...(client_secret ? { client_secret } : {}),
+      grant_types: grant_types ?? ['authorization_code'],
+      redirect_uris,
+      response_types: ['code'],
+      token_endpoint_auth_method: token_endpoint_auth_method ?? (client_secret ? 'client_secret_basic' : 'none'),
+    };
+  }
+  return {
+    client_id,
+    client_secret,
+    grant_types: grant_types ?? ['client_credentials', TOKEN_EXCHANGE],
+    redirect_uris: [],
+    response_types: [],
+    token_endpoint_auth_method: 'client_secret_post',
+  };
+}
+
+/** The account `login` names (its `sub`, else its `email` claim) if `password` is its own. */
+function signIn(accounts, login, password) {
+  const sub = Object.hasOwn(accounts, login)
+    ? login
+    : Object.keys(accounts).find((key) => accounts[key].claims?.email === login);
+  if (sub === undefined || typeof password !== 'string' || accounts[sub].password !== password) return undefined;
+  return sub;
+}
+
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+function loginPage(uid, email, error) {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in</title></head>
+<body><main>
+<h1>Sign in</h1>
+${error ? `<p role="alert">${escapeHtml(error)}</p>` : ''}
+<form method="post" action="/interaction/${escapeHtml(uid)}">
+<p><label for="email">Email</label> <input id="email" name="email" type="text" autocomplete="username" value="${escapeHtml(email)}" required autofocus></p>
+<p><label for="password">Password</label> <input id="password" name="password" type="password" autocomplete="current-password" required></p>
+<p><button type="submit">Sign in</button></p>
+</form>
+</main></body></html>
+`;
+}
+
+function send(res, status, html) {
+  res.writeHead(status, {
+    'content-type': 'text/html; charset=utf-8',
+    'cache-control': 'no-store',
+    // No form-action: Chromium applies it to the redirects after the POST, which leave for the
+    // client's redirect_uri.
+    'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
+  });
+  res.end(html);
+}
+
+/** The request's urlencoded form, at most 64 KiB. */
+async function formBody(req) {
+  let body = '';
+  for await (const chunk of req) {
+    body += chunk;
+    if (body.length > 65536) throw new Error('form too large');
+  }
+  return new URLSearchParams(body);
+}
+
+/**
+ * The login page (prompt `login`) and automatic consent (prompt `consent`): the grant covers
+ * what the authorization request asked for, OpenID scopes and claims and the resource's scopes.
+ */
+async function interaction(provider, accounts, req, res) {
+  let details;
+  try {
+    details = await provider.interactionDetails(req, res);
+  } catch (error) {
+    send(res, 400, `<!doctype html><title>Sign in</title><p>${escapeHtml(error.error_description ?? error.message)}</p>`);
+    return;
+  }
+  const { uid, prompt, params, session } = details;
+  if (prompt.name === 'login') {
+    if (req.method !== 'POST') {
+      send(res, 200, loginPage(uid, params.login_hint ?? '', null));
+      return;
+    }
+    const form = await formBody(req);
+    const accountId = signIn(accounts, form.get('email') ?? '', form.get('password'));
+    if (!accountId) {
+      send(res, 200, loginPage(uid, form.get('email') ?? '', 'Wrong email or password.'));
+      return;
+    }
+    await provider.interactionFinished(req, res, { login: { accountId } }, { mergeWithLastSubmission: false });
+    return;
+  }
+  if (prompt.name === 'consent') {
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+    const missing = prompt.details;
+    if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+    if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    const grantId = await grant.save();
+    await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+    return;
+  }
+  send(res, 400, `<!doctype html><title>Sign in</title><p>unsupported prompt ${escapeHtml(prompt.name)}</p>`);
+}
+
+/** The provider's endpoints, with the login page in front. */
+function app(config, issuer) {
+  const provider = build(config, issuer);
+  const accounts = config.accounts ?? {};
+  const callback = provider.callback();
+  return (req, res) => {
+    if (!req.url.startsWith('/interaction/')) return callback(req, res);
+    return interaction(provider, accounts, req, res).catch((error) => {
+      if (!res.headersSent) send(res, 500, `<!doctype html><title>Sign in</title><p>${escapeHtml(error.message)}</p>`);
+      else res.destroy();
+    });
+  };
 }
 
 /** The resource owner password grant: the account's own access token for one resource. */
@@ -238,7 +377,7 @@ const server = createServer((req, res) => handler(req, res));
 server.listen(config.port ?? 0, '127.0.0.1', () => {
   const issuer = config.issuer ?? `http://127.0.0.1:${server.address().port}`;
   const install = () => {
-    handler = build(config, issuer).callback();
+    handler = app(config, issuer);
   };
   install();
   process.on('SIGHUP', () => {

@@ -26,7 +26,7 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Where cargo put the binaries: the test executable lives in `<target>/<profile>/deps/`.
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     exe.parent()
         .and_then(Path::parent)

@@ -36,6 +36,8 @@ pub struct Directory {
     /// CI workloads: client id -> claims of their tokens (`repository`, `actor`, ...). Their
     /// secret is `<client id>-secret`.
     pub workloads: Vec<(String, Value)>,
+    /// Browser sign-in clients (authorization code + PKCE, public): client id -> redirect URI.
+    pub browser_clients: Vec<(String, String)>,
 }
 
 impl Directory {
@@ -46,6 +48,12 @@ impl Directory {
 
     pub fn workload(mut self, client_id: &str, claims: Value) -> Self {
         self.workloads.push((client_id.to_owned(), claims));
+        self
+    }
+
+    pub fn browser_client(mut self, client_id: &str, redirect_uri: &str) -> Self {
+        self.browser_clients
+            .push((client_id.to_owned(), redirect_uri.to_owned()));
         self
     }
 }
@@ -84,6 +92,12 @@ impl OidcProvider {
         for (client_id, claims) in &directory.workloads {
             clients.push(json!({"client_id": client_id,
                 "client_secret": format!("{client_id}-secret"), "claims": claims}));
+        }
+        for (client_id, redirect_uri) in &directory.browser_clients {
+            clients.push(
+                json!({"client_id": client_id, "redirect_uris": [redirect_uri],
+                "grant_types": ["authorization_code"], "token_endpoint_auth_method": "none"}),
+            );
         }
         let config = json!({
             "port": 0,

@@ -260,6 +260,8 @@ impl Entry {
             uses: self.uses,
             approvers_needed: self.approvers_needed,
             approved_by: self.approved_by.clone(),
+            acting_for: self.acting_for(),
+            session: self.session.clone(),
         }
     }
 

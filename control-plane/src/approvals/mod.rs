@@ -16,6 +16,7 @@ pub mod service;
 pub mod webhook;
 
 pub use service::ApprovalsService;
+pub use webhook::WebhookFormat;
 
 /// `tollgate serve` options for approvals and operator sign-in.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,9 +41,23 @@ pub struct Config {
     )]
     pub approval_requests_per_minute: u32,
     /// https:// (or http://) URL that gets a JSON POST for every new approval request (e.g. a
-    /// Slack or Teams hook). `serve` refuses to start on a URL it cannot use.
+    /// Slack or Teams incoming webhook). `serve` refuses to start on a URL it cannot use.
     #[arg(long, env = "TOLLGATE_APPROVAL_WEBHOOK")]
     pub approval_webhook: Option<String>,
+    /// The body --approval-webhook posts: `json` (Tollgate's summary), `slack` (a Slack
+    /// incoming-webhook message) or `teams` (a Teams Workflows webhook's Adaptive Card).
+    #[arg(
+        long,
+        env = "TOLLGATE_APPROVAL_WEBHOOK_FORMAT",
+        value_enum,
+        default_value_t = WebhookFormat::Json
+    )]
+    pub approval_webhook_format: WebhookFormat,
+    /// The operator console's address as approvers open it (http:// or https://, no query);
+    /// approval links are URL/approvals/ID. Without it, notifications name the
+    /// `tollgate approvals` command only.
+    #[arg(long, env = "TOLLGATE_CONSOLE_URL", value_parser = check_console_url)]
+    pub console_url: Option<String>,
     /// Operators' token issuer keys: a JWKS file, or an https:// (or http://) URL to fetch it
     /// from; `serve` refuses to start when they cannot be loaded. Default: found through the
     /// issuer's OpenID Connect discovery document (for an issuer other than the dev one), else
@@ -62,6 +77,36 @@ pub struct Config {
     pub http_ca: Option<std::path::PathBuf>,
 }
 
+/// A console address (`--console-url`, or one `serve` derives) as approval links start: http://
+/// or https:// with a host, without credentials, query or fragment (the link is shown to
+/// people in chat tools), and without a trailing slash.
+pub fn check_console_url(url: &str) -> Result<String, String> {
+    let refused = |why: &str| format!("{url:?} is not a console address: {why}");
+    let not_http = || {
+        refused(
+            "it must be an http:// or https:// URL with a host, e.g. https://tollgate.example.com",
+        )
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| not_http())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(not_http());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(refused("it must not carry credentials"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(refused(
+            "it must have no query or fragment (links are URL/approvals/ID)",
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The page of approval `id` on the console at `console_url` (as [`check_console_url`] returns it).
+pub fn approval_link(console_url: &str, id: &str) -> String {
+    format!("{console_url}/approvals/{id}")
+}
+
 impl Config {
     /// Where the operator JWKS comes from: `--operator-jwks`, else the issuer's discovery
     /// document for an issuer other than the dev one, else the dev issuer's file.
@@ -76,5 +121,71 @@ impl Config {
             }
             None => auth::JwksSource::File(crate::issuer::DevIssuer::at(home).jwks_path),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_console_url_is_checked_and_links_are_url_slash_approvals_slash_id() {
+        let base = check_console_url("https://ops.example.com/tollgate/").unwrap();
+        assert_eq!(
+            approval_link(&base, "apr_1"),
+            "https://ops.example.com/tollgate/approvals/apr_1"
+        );
+        assert_eq!(
+            check_console_url("http://127.0.0.1:9470").unwrap(),
+            "http://127.0.0.1:9470"
+        );
+        for (bad, why) in [
+            ("127.0.0.1:9470", "http:// or https://"),
+            ("ftp://ops.example.com", "http:// or https://"),
+            ("https://ops.example.com/?team=payments", "no query"),
+            ("https://ops.example.com/#approvals", "no query or fragment"),
+            ("https://admin:secret@ops.example.com", "credentials"),
+            ("not a url", "http:// or https://"),
+        ] {
+            let error = check_console_url(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn serve_takes_the_webhook_format_and_console_url_and_refuses_a_bad_one() {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            approvals: Config,
+        }
+        use clap::Parser;
+        let parsed = Serve::try_parse_from(["serve"]).unwrap().approvals;
+        assert_eq!(parsed.approval_webhook_format, WebhookFormat::Json);
+        assert_eq!(parsed.console_url, None);
+        let parsed = Serve::try_parse_from([
+            "serve",
+            "--approval-webhook-format",
+            "teams",
+            "--console-url",
+            "https://ops.example.com/",
+        ])
+        .unwrap()
+        .approvals;
+        assert_eq!(parsed.approval_webhook_format, WebhookFormat::Teams);
+        assert_eq!(
+            parsed.console_url.as_deref(),
+            Some("https://ops.example.com")
+        );
+        let error =
+            Serve::try_parse_from(["serve", "--console-url", "https://ops.example.com?x=1"])
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(
+            error.contains("--console-url") && error.contains("no query"),
+            "{error}"
+        );
+        assert!(Serve::try_parse_from(["serve", "--approval-webhook-format", "xml"]).is_err());
     }
 }

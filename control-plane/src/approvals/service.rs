@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::auth::VerifiedOperator;
 use super::judge::Judge;
 use super::ledger::{Ledger, LedgerError, LedgerOptions};
-use super::webhook::Webhook;
+use super::webhook::{Webhook, WebhookFormat};
 use super::Config;
 use crate::pb;
 use crate::pb::approvals_server::ApprovalsServer;
@@ -33,10 +33,26 @@ pub fn build(
     judge: Option<Arc<Judge>>,
     owners: Arc<Registry>,
 ) -> Result<ApprovalsServer<ApprovalsService>, LedgerError> {
-    let webhook = config
-        .approval_webhook
-        .clone()
-        .map(|url| Arc::new(Webhook { url }));
+    // Checked again: `serve` may have filled it in from its own console address.
+    let console_url = config
+        .console_url
+        .as_deref()
+        .map(super::check_console_url)
+        .transpose()
+        .map_err(|e| LedgerError::Invalid(format!("--console-url: {e}")))?;
+    if config.approval_webhook.is_some()
+        && console_url.is_none()
+        && config.approval_webhook_format != WebhookFormat::Json
+    {
+        eprintln!("tollgate: no --console-url: approval notifications carry no link, only the tollgate approvals command");
+    }
+    let webhook = config.approval_webhook.clone().map(|url| {
+        Arc::new(Webhook {
+            url,
+            format: config.approval_webhook_format,
+            console_url,
+        })
+    });
     let ledger = Ledger::open(
         store,
         LedgerOptions {

@@ -67,7 +67,7 @@ fn state_word(approval: &pb::Approval) -> &'static str {
     }
 }
 
-fn to_json(approval: &pb::Approval) -> Value {
+pub(crate) fn to_json(approval: &pb::Approval) -> Value {
     let arguments = serde_json::from_slice(&approval.masked_arguments_json).unwrap_or_else(|_| {
         Value::String(String::from_utf8_lossy(&approval.masked_arguments_json).into_owned())
     });
@@ -93,6 +93,8 @@ fn to_json(approval: &pb::Approval) -> Value {
         "uses": approval.uses,
         "approversNeeded": approval.approvers_needed.max(1),
         "approvedBy": approval.approved_by,
+        "actingFor": approval.acting_for,
+        "session": some(&approval.session),
     })
 }
 
@@ -148,6 +150,9 @@ fn describe(approval: &pb::Approval) -> String {
         out.push_str(&format!("  {label:<10} {value}\n"));
     };
     line("requester", &approval.requester);
+    if !approval.acting_for.is_empty() {
+        line("for", &approval.acting_for.join(", "));
+    }
     line(
         "call",
         &format!(

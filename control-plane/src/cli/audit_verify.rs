@@ -14,6 +14,7 @@ use super::records::{OperatorArgs, Source, SourceArgs};
 use crate::chain::{Hash, StoredRecord};
 use crate::keys::KeyDir;
 use crate::note::NoteVerifier;
+use crate::operator::Operator;
 use crate::state;
 use crate::store::{ArchiveCut, STORED_LEVEL};
 use crate::verify::{self, Finding, LogCheck, Report};
@@ -143,7 +144,21 @@ async fn verify_log(
         "verify",
         Some(json!({"checkpoints": args.check.checkpoints.len()})),
     );
-    let mut source = Source::open(home, &args.source, &operator).await?;
+    let source = Source::open(home, &args.source, &operator).await?;
+    verify_source(source, &operator, keys, external, args.archive.as_deref()).await
+}
+
+/// Verifies the whole log behind `source` as `operator`: every stored checkpoint (and the
+/// `external` ones) against `keys`, the chain and the Merkle tree record by record (across an
+/// archive cut, and through the segments in `archive` when given), the key rotations, and the
+/// state tables against the chain. The read is recorded like any other.
+pub async fn verify_source(
+    mut source: Source,
+    operator: &Operator,
+    keys: &[NoteVerifier],
+    external: &[(String, String)],
+    archive: Option<&Path>,
+) -> anyhow::Result<Report> {
     // The state tables are read before and after the records: a change in flight agrees with
     // one of the two reads, a table edited without a record with neither. The first read comes
     // before the fresh checkpoint, which then covers its record too.
@@ -178,7 +193,7 @@ async fn verify_log(
     let mut rotations = Vec::new();
     let started = std::time::Instant::now();
     source
-        .for_each(&operator, |record| {
+        .for_each(operator, |record| {
             let rotation = may_be_rotation(&record.canonical_json);
             if rotation || state::may_change_state(&record.canonical_json) {
                 if let Ok(json) = serde_json::from_slice::<Value>(&record.canonical_json) {
@@ -230,14 +245,14 @@ async fn verify_log(
         notes.push(format!(
             "records 0..{} are archived: checked here through the hot store's subtree hashes and the records it kept{}",
             cut.cut,
-            if args.archive.is_some() {
+            if archive.is_some() {
                 ", and record by record in the archive's segments"
             } else {
                 " (pass --archive DIR to check the segments record by record)"
             }
         ));
     }
-    if let Some(dir) = &args.archive {
+    if let Some(dir) = archive {
         let archived = crate::archive::check_archive(dir, keys, cut);
         eprintln!(
             "tollgate: checked {} archived records in {} segment(s) of {}",

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::records::{self, OperatorArgs, Source, SourceArgs};
 use crate::clock::{self, Micros};
+use crate::operator::Operator;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,7 +31,7 @@ pub struct Args {
 }
 
 #[derive(Default)]
-struct Seen {
+pub struct Seen {
     first: Option<Micros>,
     last: Option<Micros>,
     calls: u64,
@@ -106,6 +107,77 @@ fn joined(set: &BTreeSet<String>) -> String {
     }
 }
 
+/// Everyone who called the gateway, by issuer and subject, and the subjects a revocation names.
+pub struct Identities {
+    pub seen: BTreeMap<(String, String), Seen>,
+    /// Revoked `sub` -> revocation id; `None` when the revocation table could not be read.
+    pub revoked: Option<BTreeMap<String, String>>,
+}
+
+impl Identities {
+    /// Reads every `mcp.request` record of `source` (the read is recorded as `operator`'s),
+    /// then the revocation table.
+    pub async fn read(source: &mut Source, operator: &Operator) -> anyhow::Result<Self> {
+        // Issuer, then subject.
+        let mut seen: BTreeMap<(String, String), Seen> = BTreeMap::new();
+        source
+            .for_each(operator, |stored| {
+                let record = records::parse(&stored)?;
+                if record.get("event").and_then(Value::as_str) != Some("mcp.request") {
+                    return Ok(true);
+                }
+                let sub = text(Some(&record), "sub")
+                    .or_else(|| text(record.get("identity"), "sub"))
+                    .unwrap_or("(anonymous)")
+                    .to_string();
+                let issuer = text(record.get("identity"), "iss")
+                    .unwrap_or("-")
+                    .to_string();
+                seen.entry((issuer, sub)).or_default().add(&record);
+                Ok(true)
+            })
+            .await?;
+        let revoked = revoked_subjects(source.state().await?.as_ref());
+        Ok(Self { seen, revoked })
+    }
+
+    /// The identities to show, the longest unseen first (what a reviewer acts on); with
+    /// `inactive`, only those not seen for that long.
+    pub fn rows(&self, inactive: Option<Duration>, now: Micros) -> Vec<(&(String, String), &Seen)> {
+        let cutoff =
+            inactive.map(|d| now.saturating_sub(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)));
+        let mut shown: Vec<(&(String, String), &Seen)> = self
+            .seen
+            .iter()
+            .filter(|(_, seen)| match cutoff {
+                Some(cutoff) => seen.last.is_none_or(|last| last < cutoff),
+                None => true,
+            })
+            .collect();
+        shown.sort_by(|a, b| (a.1.last, a.0).cmp(&(b.1.last, b.0)));
+        shown
+    }
+
+    /// One identity as `identities --json` prints it.
+    pub fn row_json(&self, issuer: &str, sub: &str, seen: &Seen, now: Micros) -> Value {
+        let days = seen
+            .last
+            .map(|last| now.saturating_sub(last) / 86_400_000_000);
+        json!({
+            "sub": sub,
+            "issuer": issuer,
+            "revoked": self.revoked.as_ref().map(|map| map.get(sub).cloned()),
+            "firstSeen": seen.first.map(clock::format),
+            "lastSeen": seen.last.map(clock::format),
+            "daysSinceLastSeen": days,
+            "calls": seen.calls,
+            "clients": seen.clients,
+            "workloads": seen.workloads,
+            "actingFor": seen.acting_for,
+        })
+    }
+}
+
 pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::Result<ExitCode> {
     let inactive: Option<Duration> = args
         .inactive
@@ -119,74 +191,22 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
     let filter = args.inactive.as_ref().map(|age| json!({"inactive": age}));
     let operator = operator.operator().with_purpose("identities", filter);
     let mut source = Source::open(home, &args.source, &operator).await?;
-    // Issuer, then subject.
-    let mut identities: BTreeMap<(String, String), Seen> = BTreeMap::new();
-    let read = source
-        .for_each(&operator, |stored| {
-            let record = records::parse(&stored)?;
-            if record.get("event").and_then(Value::as_str) != Some("mcp.request") {
-                return Ok(true);
-            }
-            let sub = text(Some(&record), "sub")
-                .or_else(|| text(record.get("identity"), "sub"))
-                .unwrap_or("(anonymous)")
-                .to_string();
-            let issuer = text(record.get("identity"), "iss")
-                .unwrap_or("-")
-                .to_string();
-            identities.entry((issuer, sub)).or_default().add(&record);
-            Ok(true)
-        })
-        .await;
-    let state = match &read {
-        Ok(()) => source.state().await,
-        Err(_) => Ok(None),
-    };
+    let read = Identities::read(&mut source, &operator).await;
     source.close().await?;
-    read?;
-    let revoked = revoked_subjects(state?.as_ref());
-
+    let identities = read?;
     let now = clock::now_micros();
-    let cutoff =
-        inactive.map(|d| now.saturating_sub(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)));
-    let mut shown: Vec<(&(String, String), &Seen)> = identities
-        .iter()
-        .filter(|(_, seen)| match cutoff {
-            Some(cutoff) => seen.last.is_none_or(|last| last < cutoff),
-            None => true,
-        })
-        .collect();
+    let shown = identities.rows(inactive, now);
+    let revoked = &identities.revoked;
     let revocation = |sub: &str| -> String {
-        match &revoked {
+        match revoked {
             Some(map) => map.get(sub).cloned().unwrap_or_else(|| "-".into()),
             None => "?".into(),
         }
     };
-    // Longest unseen first: what a reviewer acts on.
-    shown.sort_by(|a, b| (a.1.last, a.0).cmp(&(b.1.last, b.0)));
-
     let mut out = std::io::stdout().lock();
     if args.json {
         for ((issuer, sub), seen) in &shown {
-            let days = seen
-                .last
-                .map(|last| now.saturating_sub(last) / 86_400_000_000);
-            writeln!(
-                out,
-                "{}",
-                json!({
-                    "sub": sub,
-                    "issuer": issuer,
-                    "revoked": revoked.as_ref().map(|map| map.get(sub.as_str()).cloned()),
-                    "firstSeen": seen.first.map(clock::format),
-                    "lastSeen": seen.last.map(clock::format),
-                    "daysSinceLastSeen": days,
-                    "calls": seen.calls,
-                    "clients": seen.clients,
-                    "workloads": seen.workloads,
-                    "actingFor": seen.acting_for,
-                })
-            )?;
+            writeln!(out, "{}", identities.row_json(issuer, sub, seen, now))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -194,7 +214,7 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
         writeln!(
             out,
             "{}",
-            if cutoff.is_some() {
+            if inactive.is_some() {
                 "no inactive identities"
             } else {
                 "no identities have called the gateway"

@@ -5,24 +5,24 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod approvals;
+pub(crate) mod approvals;
 mod audit_archive;
 mod audit_export;
 mod audit_query;
-mod audit_verify;
+pub(crate) mod audit_verify;
 mod dev_init;
 mod dev_token;
-mod filter;
-mod identities;
+pub(crate) mod filter;
+pub(crate) mod identities;
 mod keys_cmd;
 mod mask_cmd;
 mod operator_client;
 mod policy_check;
-mod records;
+pub(crate) mod records;
 mod revoke;
 mod serve;
 mod service_accounts;
-mod sessions;
+pub(crate) mod sessions;
 mod store_cmd;
 mod witness;
 

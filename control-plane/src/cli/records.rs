@@ -155,6 +155,22 @@ impl Source {
         })
     }
 
+    /// Reads through `channel`, already open to a control plane (the console's own, in
+    /// process), as `operator` with the operator's `token`: the control plane checks and
+    /// records the read exactly as it does the CLI's.
+    pub fn over(channel: Channel, address: &str, operator: &Operator, token: &str) -> Self {
+        let claims = Claims {
+            operator: operator.clone(),
+            token: Some(token.to_owned()),
+        };
+        Self::Server {
+            client: Box::new(
+                AuditClient::with_interceptor(channel, claims).max_decoding_message_size(64 << 20),
+            ),
+            address: address.to_owned(),
+        }
+    }
+
     /// The store named by --store, or the one under `home` (--direct).
     async fn open_store(home: &Path, source: &SourceArgs) -> anyhow::Result<Self> {
         let location =

@@ -78,6 +78,8 @@ pub struct Args {
     access: crate::access::AccessSettings,
     #[command(flatten)]
     retention: crate::archive::RetentionSettings,
+    #[command(flatten)]
+    console: crate::console::ConsoleSettings,
 }
 
 impl Args {
@@ -223,6 +225,26 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    // The console's listener before the approvals service: approval links name its address.
+    let console_listener = match args.console.console_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the console"))?,
+        ),
+        None => None,
+    };
+    let mut approvals_config = args.approvals.clone();
+    let console_url = match &console_listener {
+        Some(listener) => Some(crate::console::public_url(
+            listener.local_addr()?,
+            approvals_config.console_url.as_deref(),
+        )?),
+        None => None,
+    };
+    if approvals_config.console_url.is_none() {
+        approvals_config.console_url.clone_from(&console_url);
+    }
     let refusals = Refusals::new(store.clone());
     let registry = crate::revocations::registry::Registry::open(
         store.clone(),
@@ -232,7 +254,7 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         args.tls.gateway_identities.clone(),
         matches!(transport, Transport::Plaintext),
         refusals.clone(),
-        operators,
+        operators.clone(),
         Groups {
             auditors: args.access.auditor_groups.clone(),
             admins: args.revocations.revocation_group.clone(),
@@ -246,8 +268,12 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServer<AuditService>>().await;
-    let approvals =
-        crate::approvals::service::build(&args.approvals, store.clone(), judge, registry.clone())?;
+    let approvals = crate::approvals::service::build(
+        &approvals_config,
+        store.clone(),
+        judge,
+        registry.clone(),
+    )?;
     health
         .set_serving::<crate::pb::approvals_server::ApprovalsServer<crate::approvals::ApprovalsService>>()
         .await;
@@ -276,6 +302,27 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         ))
         .add_service(approvals)
         .add_service(revocations);
+    let console = match (console_listener, &console_url) {
+        (Some(listener), Some(url)) => {
+            // The console calls the same services through the same access layer, in process.
+            let (in_process, connections) = crate::console::InProcess::new();
+            tokio::spawn(router.clone().serve_with_incoming(connections));
+            let parts = crate::console::Parts {
+                store: store.clone(),
+                operators,
+                operator_issuer: args.approvals.operator_issuer.clone(),
+                operator_audience: args.approvals.operator_audience.clone(),
+                home: home.to_path_buf(),
+                published: published.clone(),
+                services: in_process.channel(),
+            };
+            let console = crate::console::Console::new(args.console.clone(), url.clone(), parts)
+                .await
+                .context("setting up the console (--console)")?;
+            Some((console, listener))
+        }
+        _ => None,
+    };
     let shutdown = async move {
         let signal = shutdown_signal().await;
         *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
@@ -307,6 +354,10 @@ pub async fn run(home: &Path, args: &Args) -> anyhow::Result<ExitCode> {
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "tollgate control plane listening on {address}")?;
+    if let (Some((console, listener)), Some(url)) = (console, &console_url) {
+        writeln!(stdout, "tollgate console at {url}")?;
+        tokio::spawn(console.serve(listener));
+    }
     if let Some(listener) = metrics_listener {
         writeln!(
             stdout,

@@ -16,6 +16,7 @@ use tollgate_engine::identity::act_subjects;
 
 use super::filter::{messages, FilterArgs};
 use super::records::{self, OperatorArgs, Source, SourceArgs};
+use crate::operator::Operator;
 use crate::store::RESERVED_EVENT_PREFIX;
 
 #[derive(Debug, clap::Args)]
@@ -119,15 +120,66 @@ pub async fn list(
         .operator()
         .with_purpose("sessions.list", Some(args.filter.to_json()));
     let mut source = Source::open(home, &args.source, &operator).await?;
+    let sessions = summaries(&mut source, &operator, &args.filter).await;
+    source.close().await?;
+    let sessions = sessions?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for line in &sessions {
+            writeln!(out, "{line}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<38}  {:<27}  {:<27}  {:<24}  {:>7}  {:>5}  {:>6}  TOOLS",
+        "SESSION", "FIRST", "LAST", "SUB", "RECORDS", "CALLS", "DENIED"
+    )?;
+    for s in &sessions {
+        let text = |name: &str| s[name].as_str().unwrap_or_default().to_string();
+        let joined = |name: &str| {
+            let items: Vec<&str> = s[name]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            items.join(",")
+        };
+        let subs = Some(joined("subs"))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".to_string());
+        writeln!(
+            out,
+            "{:<38}  {:<27}  {:<27}  {:<24}  {:>7}  {:>5}  {:>6}  {}",
+            text("session"),
+            text("first"),
+            text("last"),
+            subs,
+            s["records"],
+            s["calls"],
+            s["denied"],
+            joined("tools")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every session with a record that `filter` matches, in the order each began: one JSON object
+/// each (`session`, `first`, `last`, `subs`, `onBehalfOf`, `records`, `calls`, `denied`,
+/// `tools`), as `sessions list --json` prints them.
+pub async fn summaries(
+    source: &mut Source,
+    operator: &Operator,
+    filter: &FilterArgs,
+) -> anyhow::Result<Vec<Value>> {
     let mut sessions: BTreeMap<String, Summary> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     source
-        .for_each(&operator, |stored| {
+        .for_each(operator, |stored| {
             let record = records::parse(&stored)?;
             let Some(id) = session_of(stored.seq, &record) else {
                 return Ok(true);
             };
-            if !args.filter.matches(&record) {
+            if !filter.matches(&record) {
                 return Ok(true);
             }
             let summary = sessions.entry(id.clone()).or_insert_with(|| {
@@ -156,46 +208,41 @@ pub async fn list(
             Ok(true)
         })
         .await?;
-    source.close().await?;
-    let mut out = std::io::stdout().lock();
-    if !args.json {
-        writeln!(
-            out,
-            "{:<38}  {:<27}  {:<27}  {:<24}  {:>7}  {:>5}  {:>6}  TOOLS",
-            "SESSION", "FIRST", "LAST", "SUB", "RECORDS", "CALLS", "DENIED"
-        )?;
-    }
-    for id in order {
-        let s = &sessions[&id];
-        let join = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(",");
-        if args.json {
-            let line = json!({
+    Ok(order
+        .into_iter()
+        .map(|id| {
+            let s = &sessions[&id];
+            json!({
                 "session": id, "first": s.first, "last": s.last,
                 "subs": s.subs, "onBehalfOf": s.behalf, "records": s.records,
                 "calls": s.calls, "denied": s.denied, "tools": s.tools,
-            });
-            writeln!(out, "{line}")?;
-        } else {
-            let subs = if s.subs.is_empty() {
-                "-".to_string()
-            } else {
-                join(&s.subs)
-            };
-            writeln!(
-                out,
-                "{:<38}  {:<27}  {:<27}  {:<24}  {:>7}  {:>5}  {:>6}  {}",
-                id,
-                s.first,
-                s.last,
-                subs,
-                s.records,
-                s.calls,
-                s.denied,
-                join(&s.tools)
-            )?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+            })
+        })
+        .collect())
+}
+
+/// The hot store's records of session `id` from sequence number `from` on, in order, each with
+/// its chain hash.
+pub async fn session_records(
+    source: &mut Source,
+    operator: &Operator,
+    id: &str,
+    from: u64,
+) -> anyhow::Result<Vec<(u64, String, Value)>> {
+    let mut found = Vec::new();
+    source
+        .for_each(operator, |stored| {
+            if stored.seq < from {
+                return Ok(true);
+            }
+            let record = records::parse(&stored)?;
+            if session_of(stored.seq, &record).as_deref() == Some(id) {
+                found.push((stored.seq, stored.chain_hash, record));
+            }
+            Ok(true)
+        })
+        .await?;
+    Ok(found)
 }
 
 pub async fn replay(
@@ -231,19 +278,9 @@ pub async fn replay(
         .with_context(|| format!("reading the archive {}", dir.display()))?;
         found.extend(archived);
     }
-    source
-        .for_each(&operator, |stored| {
-            if stored.seq < hot_from {
-                return Ok(true);
-            }
-            let record = records::parse(&stored)?;
-            if session_of(stored.seq, &record).as_deref() == Some(args.id.as_str()) {
-                found.push((stored.seq, stored.chain_hash, record));
-            }
-            Ok(true)
-        })
-        .await?;
+    let hot = session_records(&mut source, &operator, &args.id, hot_from).await;
     source.close().await?;
+    found.extend(hot?);
     let mut out = std::io::stdout().lock();
     if args.json {
         for (seq, chain_hash, record) in &found {
@@ -280,7 +317,7 @@ pub async fn replay(
     Ok(ExitCode::SUCCESS)
 }
 
-fn identity_line(record: &Value) -> String {
+pub(crate) fn identity_line(record: &Value) -> String {
     let (sub, behalf) = who(record);
     let mut line = sub.unwrap_or_else(|| "(no verified identity)".into());
     if let Some(identity) = record.get("identity") {
@@ -305,7 +342,7 @@ fn identity_line(record: &Value) -> String {
 }
 
 /// How one record reads in a replay.
-fn replay_lines(seq: u64, record: &Value) -> Vec<String> {
+pub(crate) fn replay_lines(seq: u64, record: &Value) -> Vec<String> {
     let text = |name: &str| record.get(name).and_then(Value::as_str);
     let mut head = format!(
         "#{seq} {} {}",

@@ -10,6 +10,8 @@ LISTEN_PORT=${TOLLGATE_LISTEN_PORT:-10000}
 ADMIN_PORT=${TOLLGATE_ADMIN_PORT:-9901}
 METRICS=${TOLLGATE_METRICS_LISTEN:-127.0.0.1:9464}
 CONTROL_PLANE=${TOLLGATE_CONTROL_PLANE:-127.0.0.1:50051}
+CONSOLE=${TOLLGATE_CONSOLE:-127.0.0.1:9470}
+CONSOLE_URL=http://$CONSOLE
 DEMO_SERVER=${TOLLGATE_DEMO_LISTEN:-127.0.0.1:8081}
 UPSTREAM=${TOLLGATE_UPSTREAM:-http://$DEMO_SERVER/mcp}
 POLICY=${TOLLGATE_POLICY:-envoy/policy/payments.json}
@@ -48,7 +50,9 @@ wait_for_line() {
   echo "timed out waiting for $file"; exit 1
 }
 
-serve_args=()
+# The console signs people in with the dev issuer's own sign-in page (code + PKCE), or at the
+# OIDC provider, where it is registered as a public client.
+serve_args=(--console-dev-sign-in)
 jwks_args=(--jwks "$TOLLGATE_HOME/dev/jwks.json")
 if [ "$IDP" = oidc ]; then
   [ -x "$NODE" ] || make node-deps
@@ -56,9 +60,9 @@ if [ "$IDP" = oidc ]; then
   mkdir -p "$TOLLGATE_HOME/idp"
   # Demo people sign in with their sub as password (password grant); the CI workload's secret
   # is ci-deploy-secret. Keys persist in .tollgate/idp/keys.
-  python3 - "$TOLLGATE_HOME/idp" "$IDP_PORT" "$LISTEN_PORT" <<'PY'
+  python3 - "$TOLLGATE_HOME/idp" "$IDP_PORT" "$LISTEN_PORT" "$CONSOLE_URL" <<'PY'
 import json, os, sys
-home, port, listen = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+home, port, listen, console = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 person = lambda sub, groups: {"password": sub, "claims": {"email": sub, "groups": groups}}
 config = {
     "port": port, "keysDir": os.path.abspath(os.path.join(home, "keys")), "signingKeys": ["k1"],
@@ -68,6 +72,8 @@ config = {
                  "bob@example.com": person("bob@example.com", ["payments-approvers"]),
                  "sam@example.com": person("sam@example.com", ["security-admins"])},
     "clients": [{"client_id": "tollgate-cli", "client_secret": "tollgate-cli-secret", "grant_types": ["password"]},
+                {"client_id": "tollgate-console", "redirect_uris": [f"{console}/auth/callback"],
+                 "grant_types": ["authorization_code"], "token_endpoint_auth_method": "none"},
                 {"client_id": "ci-deploy", "client_secret": "ci-deploy-secret",
                  "claims": {"repository": "acme/payments", "workflow": "deploy", "ref": "refs/heads/main",
                             "actor": "alice@example.com", "run_id": "1"}}],
@@ -86,14 +92,18 @@ fi
 # The control plane judges approval requests by the same policy file the filter loads, and keeps
 # records older than 90 days in archive segments (retention: README). Approval links (webhook
 # messages, held calls' answers) go to the operator console.
-CONSOLE_URL=http://127.0.0.1:${TOLLGATE_CONSOLE_PORT:-9470}
 "$TOLLGATE" serve --listen "$CONTROL_PLANE" --metrics-listen "$METRICS" --policy "$POLICY" \
-  --archive-dir "$TOLLGATE_HOME/archive" --console-url "$CONSOLE_URL" "${serve_args[@]}" \
+  --archive-dir "$TOLLGATE_HOME/archive" --console "$CONSOLE" "${serve_args[@]}" \
   >"$LOGS/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for_line "$LOGS/control-plane.log" "listening on" $!
 echo "control plane   https://$CONTROL_PLANE   (gRPC over mutual TLS, dev PKI: $TOLLGATE_HOME/tls; sled: $TOLLGATE_HOME/audit.sled, archive: $TOLLGATE_HOME/archive, log: $LOGS/control-plane.log)"
 echo "                metrics http://$METRICS/metrics, health http://$METRICS/healthz"
+if [ "$IDP" = oidc ]; then
+  echo "console         $CONSOLE_URL   (sign in at the OIDC provider: bob@example.com approves, sam@example.com is a security admin; password = email)"
+else
+  echo "console         $CONSOLE_URL   (dev issuer sign-in: name yourself, e.g. bob@example.com in payments-approvers,auditors)"
+fi
 
 if [ -z "${TOLLGATE_UPSTREAM:-}" ]; then
   target/release/payments-server --listen "$DEMO_SERVER" >"$LOGS/payments-server.log" 2>&1 &
@@ -172,6 +182,9 @@ curl -s http://127.0.0.1:$LISTEN_PORT/mcp -H "Authorization: Bearer \$TOKEN" -H 
 Or with an MCP client (stdlib Python, in this checkout):
 
 python3 scripts/mcp_client.py http://127.0.0.1:$LISTEN_PORT/mcp "\$TOKEN" tools/list 'tools/call get_customer {"customer_id":"cus_1"}'
+
+Approve held calls, replay sessions, verify and export evidence, review identities in the
+operator console: $CONSOLE_URL
 
 Then, in a shell with this demo's control plane and state (and TOLLGATE_TOKEN above):
 

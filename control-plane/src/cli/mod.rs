@@ -57,7 +57,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the control plane (gRPC) until SIGINT or SIGTERM.
+    /// Run the control plane (gRPC, and the operator console with --console) until SIGINT or
+    /// SIGTERM.
     Serve(Box<serve::Args>),
     /// The development token issuer (a stand-in for a real OIDC provider).
     #[command(subcommand)]

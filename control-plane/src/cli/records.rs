@@ -65,8 +65,9 @@ pub struct SourceArgs {
 /// Who runs this command, for the records of what it reads.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
-    /// Your name as the operator, recorded with every read of the audit log (unverified until
-    /// operator sign-in exists; the OS user and the `sub` of TOLLGATE_TOKEN are recorded too).
+    /// A name for yourself, recorded with every read of the audit log beside the operator the
+    /// control plane verified from TOLLGATE_TOKEN (the name itself proves nothing; reading a
+    /// store with --direct verifies no token, and its records say so).
     #[arg(long, global = true, env = "TOLLGATE_OPERATOR")]
     pub operator: Option<String>,
 }

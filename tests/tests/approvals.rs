@@ -37,7 +37,15 @@ fn stack(wait_ms: u64) -> Stack {
 fn approval_id(answer: &HttpAnswer) -> String {
     let data = &answer.json()["error"]["data"];
     assert_eq!(data["state"], "pending", "{}", answer.body);
-    data["approvalId"].as_str().unwrap().to_owned()
+    let id = data["approvalId"].as_str().unwrap().to_owned();
+    // The answer names the approval's page in the console (the filter's default address).
+    assert_eq!(
+        data["approvalUrl"],
+        format!("http://127.0.0.1:9470/approvals/{id}"),
+        "{}",
+        answer.body
+    );
+    id
 }
 
 fn decide(stack: &Stack, operator: &str, verb: &str, id: &str, reason: &str) -> (bool, String) {

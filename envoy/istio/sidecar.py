@@ -62,7 +62,7 @@ in plaintext (`tollgate serve --insecure-plaintext`). What istiod would generate
   (appProtocol or the port name's prefix), HTTP/1.1 for http.
 Refused with an error: another kind of resource in the workload's namespace, a PeerAuthentication
 other than STRICT (or none: the mesh default is PERMISSIVE), portLevelMtls, an AuthorizationPolicy
-that is not ALLOW or uses `when`, ports, hosts, ipBlocks, path templates or targetRefs, a
+that is not ALLOW or uses `when`, notPorts, hosts, ipBlocks, path templates or targetRefs, a
 Deployment serving TLS itself or without a sidecar, a security policy in the root namespace
 (istio-system). Not modelled: the Service's other ports (only the one controlPlaneCluster names is
 rendered), istio's own filters (metadata exchange, istio_authn, stats), the probes (the injector
@@ -726,10 +726,14 @@ def rbac_policy(rule, name, payload_key):
     permissions = []
     for t in rule.get("to") or []:
         operation = t.get("operation") or {}
-        unsupported = set(operation) - {"paths", "notPaths", "methods", "notMethods"}
+        unsupported = set(operation) - {"paths", "notPaths", "methods", "notMethods", "ports"}
         if unsupported:
             sys.exit(f"sidecar.py: {name}: operation {sorted(unsupported)} not modelled")
         rules = []
+        if operation.get("ports"):
+            # istiod's destination_port: the port the caller dialled (the pod's port, which
+            # the inbound listener preserves as the original destination).
+            rules.append({"or_rules": {"rules": [{"destination_port": int(p)} for p in operation["ports"]]}})
         for field, make in (("paths", path_permission), ("methods", method_permission)):
             negated = "not" + field[0].upper() + field[1:]
             if operation.get(field):

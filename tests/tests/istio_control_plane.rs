@@ -492,6 +492,40 @@ async fn another_workload_cannot_append_and_its_record_is_not_in_the_chain() {
     assert_eq!(mesh.stat(&format!("{INBOUND}.rbac.denied")), 4);
 }
 
+/// The ingress gateway's identity: rule 5 lets it reach the console's port, and only that port.
+const INGRESS: &str =
+    "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_gateway_reaches_the_console_port_and_nothing_on_the_grpc_port() {
+    let mesh = Mesh::start();
+    let ingress = mesh.channel(INGRESS).await;
+    assert_rbac_denied(
+        AuditClient::new(ingress.clone())
+            .append(record("forged-through-the-ingress"))
+            .await,
+        "Append from the ingress gateway",
+    );
+    assert_rbac_denied(
+        AuditClient::new(ingress.clone())
+            .list_records(list_records(None, "ingress"))
+            .await,
+        "ListRecords from the ingress gateway without a token",
+    );
+    assert_rbac_denied(
+        ApprovalsClient::new(ingress)
+            .decide(pb::DecideRequest {
+                approval_id: "apr_1".into(),
+                approve: true,
+                reason: "through the ingress".into(),
+            })
+            .await,
+        "Approvals.Decide from the ingress gateway without a token",
+    );
+    assert_eq!(mesh.stat(&format!("{INBOUND}.rbac.denied")), 3);
+    assert!(markers(&mesh.chain()).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_certificate_of_the_mesh_there_is_no_connection() {
     let mesh = Mesh::start();

@@ -1390,3 +1390,57 @@ async fn list_shows_the_masked_arguments_and_watch_streams_each_new_request() {
         assert!(text.contains(part), "{part:?} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_watch_ends_when_its_operator_is_revoked_or_the_token_expires() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start(home);
+    let mut filter = filter(&server).await;
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
+    let mut watch = operator_client(&server)
+        .await
+        .watch(with_token(pb::WatchApprovalsRequest {}, &olga))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = ask(&mut filter, call("alice@example.com", "2001")).await;
+    let seen = watch.message().await.unwrap().unwrap();
+    assert_eq!(seen.approval_id, first.approval_id);
+
+    // Revoked while watching: the next change is not sent, the watch ends refused.
+    let out = common::tollgate(
+        home,
+        &[
+            "revoke",
+            "--sub",
+            "olga@example.com",
+            "--reason",
+            "left the team",
+            "--server",
+            &server.url(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    ask(&mut filter, call("bob@example.com", "2002")).await;
+    let refused = watch
+        .message()
+        .await
+        .expect_err("a revoked operator's watch goes on");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+
+    // A token that expires while watching ends the watch at its expiry.
+    let short = common::dev_token(home, "pia@example.com", GROUP, &["--ttl", "2s"]);
+    let mut watch = operator_client(&server)
+        .await
+        .watch(with_token(pb::WatchApprovalsRequest {}, &short))
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(15), watch.message())
+        .await
+        .expect("the watch outlived its token")
+        .expect_err("the watch ended without saying why");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+}

@@ -418,6 +418,12 @@ impl Ledger {
     }
 
     /// Every new request and every decision or expiry, as it happens.
+    /// The revocation registry the ledger checks owners in, for callers that must recheck an
+    /// operator during a long call.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.owners.clone()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Entry> {
         self.changes.subscribe()
     }

@@ -120,14 +120,52 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         &self,
         request: Request<pb::WatchApprovalsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        VerifiedOperator::of(&request)?;
+        let operator = VerifiedOperator::of(&request)?;
         let mut changes = self.ledger.subscribe();
+        let registry = self.ledger.registry();
+        // A watch is one call that lasts: the operator's token and revocation, checked when it
+        // began, are checked again for every change it would send, and it ends with the token.
+        let expires = operator
+            .claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .map(|exp| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+            });
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
+            let token_ends = async {
+                match expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(token_ends);
             loop {
-                let item = match changes.recv().await {
-                    Ok(entry) => Ok(entry.to_pb()),
+                let change = tokio::select! {
+                    change = changes.recv() => change,
+                    () = &mut token_ends => {
+                        let _ = tx.send(Err(Status::unauthenticated(
+                            "operator token expired; sign in again and watch again",
+                        ))).await;
+                        return;
+                    }
+                };
+                let item = match change {
+                    Ok(entry) => match registry.revoking(&operator.identity()).await {
+                        Ok(None) => Ok(entry.to_pb()),
+                        Ok(Some(revocation)) => Err(Status::permission_denied(format!(
+                            "{} is revoked ({}): a revoked operator may not call the control plane",
+                            operator.sub, revocation.id
+                        ))),
+                        Err(e) => Err(Status::unavailable(format!(
+                            "cannot read the revocation list: {e}"
+                        ))),
+                    },
                     Err(RecvError::Lagged(missed)) => Err(Status::data_loss(format!(
                         "watch fell behind and missed {missed} changes; list and watch again"
                     ))),

@@ -75,9 +75,15 @@ function requesterCell(a) {
 
 // ---------- approvals ----------
 
-function watchApprovals(onChange) {
+// Live changes; the server ends the stream (a `problem` event) when the operator's token
+// expires or the operator is revoked, and then the page stops reconnecting.
+function watchApprovals(onChange, onProblem = () => {}) {
   const source = new EventSource('/api/approvals/events');
   source.addEventListener('approval', (event) => onChange(JSON.parse(event.data)));
+  source.addEventListener('problem', (event) => {
+    source.close();
+    onProblem(JSON.parse(event.data).error);
+  });
   cleanup.push(() => source.close());
   return source;
 }
@@ -124,6 +130,8 @@ async function approvalsPage() {
     approvals.set(a.approvalId, a);
     if (!known && a.state === 'pending') announce(`New approval request from ${a.requester}: ${a.tool}`);
     render();
+  }, (error) => {
+    live.textContent = `Live updates stopped: ${error}. Reload the page to sign in again.`;
   });
   source.onopen = () => { live.textContent = 'Live: new requests and decisions appear as they happen.'; };
   source.onerror = () => { live.textContent = 'Live updates interrupted; reconnecting…'; };

@@ -297,6 +297,38 @@ async fn the_console_refuses_what_the_api_refuses() {
         "{body}"
     );
 
+    // A service account's request names the person who answers for it, and that person may
+    // not approve it either.
+    let claims = json!({"sub": "svc-payouts", "groups": ["payments-ops"],
+                        "accountable": {"sub": "dana@example.com", "via": "owner"}});
+    let request = held_call(
+        claims,
+        "update_payout_account",
+        json!({"merchant_id": "m_3", "account_number": "000456"}),
+    );
+    let service_account = ApprovalsClient::new(server.gateway_channel().await)
+        .request(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .approval_id;
+    let dana = sign_in(&console, "dana@example.com", "payments-approvers").await;
+    let (status, shown) = dana.get(&format!("/api/approvals/{service_account}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["approval"]["requester"], "svc-payouts");
+    assert_eq!(
+        shown["approval"]["actingFor"],
+        json!(["dana@example.com"]),
+        "{shown}"
+    );
+    let (status, body) = dana
+        .post(
+            &format!("/api/approvals/{service_account}/decision"),
+            json!({"approve": true, "reason": "my own service account"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
     // Another approver's POST without the CSRF token, or from another origin, changes nothing.
     let bob = sign_in(&console, "bob@example.com", "payments-approvers").await;
     let decision = format!("/api/approvals/{own}/decision");

@@ -445,3 +445,53 @@ fn serve_refuses_a_console_it_cannot_make_safe() {
     let error = refused_start(dir.path(), &["--console", "127.0.0.1:0"]);
     assert!(error.contains("no sign-in page"), "{error}");
 }
+
+#[tokio::test]
+async fn signing_out_ends_the_session_and_its_live_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, console) = console_server(dir.path());
+    let bob = sign_in(&console, "bob@example.com", "payments-approvers").await;
+    let mut events = client()
+        .get(format!("{console}/api/approvals/events"))
+        .header(COOKIE, format!("tollgate-session={}", bob.cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+
+    // A sign-out from another origin, or without the session's token, signs nobody out.
+    for (origin, csrf) in [
+        ("https://evil.example", bob.csrf.as_str()),
+        (console.as_str(), "guess"),
+    ] {
+        let refused = client()
+            .post(format!("{console}/auth/logout"))
+            .header(COOKIE, format!("tollgate-session={}", bob.cookie))
+            .header(ORIGIN, origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403);
+        assert_eq!(bob.get("/api/me").await.0, 200);
+    }
+    let out = client()
+        .post(format!("{console}/auth/logout"))
+        .header(COOKIE, format!("tollgate-session={}", bob.cookie))
+        .header(ORIGIN, &console)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={}", bob.csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 200);
+    assert_eq!(bob.get("/api/me").await.0, 401);
+    // The open stream ends too (keep-alives aside, nothing more arrives).
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while events.chunk().await.unwrap().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the live stream outlived the sign-out");
+}

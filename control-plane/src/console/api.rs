@@ -46,6 +46,7 @@ pub fn routes() -> Router<Arc<Console>> {
 /// A signed-in operator's call: the session, and where the browser is. Any method but GET
 /// must also carry the session's CSRF token in `x-csrf-token` and the console's own `Origin`.
 pub struct Call {
+    session_id: String,
     session: BrowserSession,
     browser: SocketAddr,
 }
@@ -57,14 +58,15 @@ impl FromRequestParts<Arc<Console>> for Call {
         parts: &mut Parts,
         console: &Arc<Console>,
     ) -> Result<Self, Self::Rejection> {
-        let session = cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|id| console.signins.get(id))
-            .ok_or_else(|| {
-                ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    "not signed in, or the session ended: sign in again".into(),
-                )
-            })?;
+        let session_id = cookie(&parts.headers, SESSION_COOKIE)
+            .unwrap_or_default()
+            .to_owned();
+        let session = console.signins.get(&session_id).ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "not signed in, or the session ended: sign in again".into(),
+            )
+        })?;
         if parts.method != Method::GET {
             let origin = parts
                 .headers
@@ -96,7 +98,11 @@ impl FromRequestParts<Arc<Console>> for Call {
             .get::<ConnectInfo<SocketAddr>>()
             .cloned()
             .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "no peer".into()))?;
-        Ok(Self { session, browser })
+        Ok(Self {
+            session_id,
+            session,
+            browser,
+        })
     }
 }
 
@@ -219,6 +225,17 @@ async fn approval_events(
                 .data(json!({"error": status.message()}).to_string()),
         })
     });
+    // The stream ends with the browser session too (sign-out, expiry), checked every 2 s.
+    let signed_in = console.clone();
+    let session_ended = async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if signed_in.signins.get(&call.session_id).is_none() {
+                return;
+            }
+        }
+    };
+    let events = events.take_until(session_ended);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

@@ -286,7 +286,9 @@ def main():
         page.get_by_role("link", name="Evidence").click()
         expect(page.get_by_role("heading", name="Chain head")).to_be_visible(timeout=15000)
         page.get_by_role("button", name="Verify now").click()
-        expect(page.locator(".badge.intact")).to_be_visible(timeout=60000)
+        expect(page.locator("#last-verification .badge.intact")).to_be_visible(timeout=60000)
+        # Verifying signed a fresh checkpoint, and the page shows it.
+        expect(page.locator("#latest-checkpoint")).to_be_visible(timeout=10000)
         pages.settle(page, "evidence")
         with page.expect_download(timeout=60000) as download_info:
             page.get_by_role("button", name="Download bundle").click()

@@ -54,8 +54,9 @@ function badge(word) {
   return el('span', { class: `badge ${word}` }, word);
 }
 
+// Times as the chain records them, in UTC, to the second.
 function shortTime(text) {
-  return text ? text.replace('T', ' ').slice(0, 19) : '–';
+  return text ? `${text.replace('T', ' ').slice(0, 19)} UTC` : '–';
 }
 
 function timeLeft(expiresAt, now = Date.now()) {
@@ -315,7 +316,8 @@ async function evidencePage() {
   }
   const verifyStatus = el('div', { 'aria-live': 'polite' });
   const showVerification = (v) => v
-    ? el('p', {}, badge(v.intact ? 'intact' : 'broken'), ` ${v.records} records checked by ${v.by} at ${shortTime(v.at)}`)
+    ? el('div', {}, el('p', { id: 'last-verification' }, badge(v.intact ? 'intact' : 'broken'), ` ${v.records} records checked by ${v.by} at ${shortTime(v.at)}`),
+      el('details', {}, el('summary', {}, 'Report'), el('pre', {}, JSON.stringify(v.report, null, 2))))
     : el('p', { class: 'muted' }, 'Not verified from the console since the control plane started.');
   verifyStatus.append(showVerification(data.lastVerification));
   const verifyButton = el('button', { type: 'button', onclick: async () => {
@@ -323,8 +325,10 @@ async function evidencePage() {
     verifyStatus.replaceChildren(el('p', {}, 'Verifying every record, checkpoint and signature…'));
     try {
       const outcome = await api('/api/verify', { method: 'POST' });
-      verifyStatus.replaceChildren(showVerification(outcome),
-        el('details', {}, el('summary', {}, 'Report'), el('pre', {}, JSON.stringify(outcome.report, null, 2))));
+      // Verifying signs a fresh checkpoint first: show the head and checkpoints it covered.
+      await evidencePage();
+      announce(`Verification: ${outcome.intact ? 'intact' : 'broken'}, ${outcome.records} records`);
+      return;
     } catch (error) {
       verifyStatus.replaceChildren(errorBox(error));
     } finally {

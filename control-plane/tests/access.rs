@@ -313,6 +313,7 @@ async fn approval_requests_are_shown_to_approvers_and_auditors_only() {
         async move {
             let mut request = tonic::Request::new(pb::ListApprovalsRequest {
                 pending_only: false,
+                limit: 0,
             });
             request
                 .metadata_mut()

@@ -1444,3 +1444,47 @@ async fn a_watch_ends_when_its_operator_is_revoked_or_the_token_expires() {
         .expect_err("the watch ended without saying why");
     assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
 }
+
+#[tokio::test]
+async fn list_keeps_the_newest_within_its_limit() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let server = Server::start(home);
+    let mut filter = filter(&server).await;
+    let olga = common::dev_token(home, "olga@example.com", GROUP, &[]);
+    let mut ids = Vec::new();
+    for (n, requester) in ["a@example.com", "b@example.com", "c@example.com"]
+        .iter()
+        .enumerate()
+    {
+        ids.push(
+            ask(&mut filter, call(requester, &format!("300{n}")))
+                .await
+                .approval_id,
+        );
+    }
+    let list = |limit: u32| {
+        let server = &server;
+        let olga = olga.clone();
+        async move {
+            operator_client(server)
+                .await
+                .list(with_token(
+                    pb::ListApprovalsRequest {
+                        pending_only: false,
+                        limit,
+                    },
+                    &olga,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .approvals
+                .into_iter()
+                .map(|a| a.approval_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(0).await.len(), 3);
+    assert_eq!(list(2).await, [ids[2].clone(), ids[1].clone()]);
+}

@@ -107,8 +107,15 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         request: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
         VerifiedOperator::of(&request)?;
-        let pending_only = request.into_inner().pending_only;
-        let entries = self.ledger.list(pending_only).await?;
+        let pb::ListApprovalsRequest {
+            pending_only,
+            limit,
+        } = request.into_inner();
+        let mut entries = self.ledger.list(pending_only).await?;
+        if limit > 0 {
+            // Newest first: the limit keeps the latest.
+            entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
         Ok(Response::new(pb::ListApprovalsResponse {
             approvals: entries.iter().map(|e| e.to_pb()).collect(),
         }))

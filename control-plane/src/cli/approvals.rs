@@ -108,6 +108,7 @@ pub async fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
     let approvals = match client
         .list(pb::ListApprovalsRequest {
             pending_only: args.pending,
+            limit: 0,
         })
         .await
     {
@@ -204,7 +205,10 @@ pub async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
         Err(status) => return refused(status),
     };
     let pending = match client
-        .list(pb::ListApprovalsRequest { pending_only: true })
+        .list(pb::ListApprovalsRequest {
+            pending_only: true,
+            limit: 0,
+        })
         .await
     {
         Ok(response) => response.into_inner().approvals,

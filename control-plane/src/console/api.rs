@@ -155,36 +155,41 @@ async fn me(State(console): State<Arc<Console>>, call: Call) -> Json<Value> {
     }))
 }
 
-#[derive(Deserialize)]
-struct ApprovalsQuery {
-    #[serde(default)]
-    pending: bool,
-}
+/// Decided approvals the list shows beside every pending one.
+const RECENT_DECISIONS: u32 = 50;
 
 async fn approvals(
     State(console): State<Arc<Console>>,
     call: Call,
-    Query(query): Query<ApprovalsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let answer = console
-        .approvals()
-        .list(call.request(
+    let list = |pending_only: bool, limit: u32| {
+        let mut client = console.approvals();
+        let request = call.request(
             "approvals.list",
             pb::ListApprovalsRequest {
-                pending_only: query.pending,
+                pending_only,
+                limit,
             },
-        ))
-        .await?
-        .into_inner();
-    let mut list: Vec<Value> = answer
-        .approvals
-        .iter()
-        .map(crate::cli::approvals::to_json)
-        .collect();
+        );
+        async move { client.list(request).await.map(|r| r.into_inner().approvals) }
+    };
+    let pending = list(true, 0).await?;
+    let recent = list(
+        false,
+        RECENT_DECISIONS + u32::try_from(pending.len()).unwrap_or(u32::MAX),
+    )
+    .await?;
+    let mut shown: Vec<Value> = pending.iter().map(crate::cli::approvals::to_json).collect();
+    shown.extend(
+        recent
+            .iter()
+            .filter(|a| a.state != pb::ApprovalState::Pending as i32)
+            .map(crate::cli::approvals::to_json),
+    );
     // Newest first: what an approver looks at.
-    list.sort_by(|a, b| b["requestedAt"].as_str().cmp(&a["requestedAt"].as_str()));
+    shown.sort_by(|a, b| b["requestedAt"].as_str().cmp(&a["requestedAt"].as_str()));
     Ok(Json(
-        json!({"approvals": list, "now": clock::format(clock::now_micros())}),
+        json!({"approvals": shown, "now": clock::format(clock::now_micros())}),
     ))
 }
 

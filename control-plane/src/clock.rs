@@ -17,6 +17,11 @@ pub fn now_micros() -> Micros {
         .unwrap_or(0)
 }
 
+/// The wall clock in whole seconds since the epoch: the unit of tokens' `exp`.
+pub fn now_secs() -> u64 {
+    now_micros() / 1_000_000
+}
+
 /// Writes `micros` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (years 1970..=9999).
 pub fn format_into(micros: Micros, out: &mut [u8; STAMP_LEN]) {
     let seconds = micros / 1_000_000;

@@ -349,15 +349,22 @@ impl pb::audit_server::Audit for AuditService {
             self.store.durable_len()
         };
         let store = self.store.clone();
-        let archive = tokio::task::spawn_blocking(move || store.reader().archive())
-            .await
-            .map_err(blocking_error)??;
+        let (archive, latest) = tokio::task::spawn_blocking(move || {
+            let reader = store.reader();
+            Ok::<_, crate::store::StoreError>((reader.archive()?, reader.latest_checkpoint()?))
+        })
+        .await
+        .map_err(blocking_error)??;
         Ok(Response::new(pb::LogInfoResponse {
             origin: self.store.origin().to_string(),
             verifier_keys: self.store.verifiers()?.iter().map(|k| k.encode()).collect(),
             size,
             archived_before: archive.map_or(0, |a| a.cut),
             archive_chain_hash: archive.map_or_else(Vec::new, |a| a.chain_hash.to_vec()),
+            latest_checkpoint: latest.map(|c| pb::SignedCheckpoint {
+                number: c.number,
+                note: c.note,
+            }),
         }))
     }
 

@@ -58,9 +58,10 @@ struct Browser {
     csrf: String,
 }
 
-/// Signs in through the whole code + PKCE flow, as the dev sign-in form does; `return_to` is
-/// where the browser asked to go. Returns the browser and where the console sent it.
-async fn sign_in_to(console: &str, sub: &str, groups: &str, return_to: &str) -> (Browser, String) {
+/// The first steps of a sign-in, as a browser takes them: start it (asking to come back to
+/// `return_to`), then name oneself on the dev sign-in form. Returns the callback URL the form
+/// sent the browser to (with the code) and the login cookie the start set.
+async fn authorize(console: &str, sub: &str, groups: &str, return_to: &str) -> (String, String) {
     let http = client();
     let query = serde_urlencoded::to_string([("return", return_to)]).unwrap();
     let login = http
@@ -82,7 +83,14 @@ async fn sign_in_to(console: &str, sub: &str, groups: &str, return_to: &str) -> 
         .await
         .unwrap();
     assert_eq!(code.status(), 303, "{}", code.text().await.unwrap());
-    let callback = location(&code);
+    (location(&code), login_cookie)
+}
+
+/// Signs in through the whole code + PKCE flow, as the dev sign-in form does; `return_to` is
+/// where the browser asked to go. Returns the browser and where the console sent it.
+async fn sign_in_to(console: &str, sub: &str, groups: &str, return_to: &str) -> (Browser, String) {
+    let http = client();
+    let (callback, login_cookie) = authorize(console, sub, groups, return_to).await;
     let done = http
         .get(&callback)
         .header(COOKIE, format!("tollgate-login={login_cookie}"))
@@ -218,24 +226,15 @@ async fn the_console_refuses_what_the_api_refuses() {
     assert_eq!(forged_cookie.status(), 401);
 
     // A code injected into someone else's browser (login CSRF) finds no matching state.
-    let login = http
-        .get(format!("{console}/auth/login"))
-        .send()
-        .await
-        .unwrap();
-    let authorize = reqwest::Url::parse(&location(&login)).unwrap();
-    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
-    form.push(("sub".into(), "mallory@example.com".into()));
-    form.push(("groups".into(), "payments-approvers".into()));
-    let code = http
-        .post(format!("{console}/dev-sign-in"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded::to_string(&form).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let (callback, _) = authorize(
+        &console,
+        "mallory@example.com",
+        "payments-approvers",
+        "/approvals",
+    )
+    .await;
     let injected = http
-        .get(location(&code))
+        .get(callback)
         .header(COOKIE, "tollgate-login=another-browsers-state")
         .send()
         .await

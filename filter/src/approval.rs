@@ -108,10 +108,9 @@ impl Ask {
 /// The answer that sends a 2026-07-28 client to the approval: `input_required` with a URL
 /// elicitation of the approval's page, and the gateway's state naming the approval for the
 /// retry. The state grants nothing (see [`modern::GATEWAY_STATE_PREFIX`]).
-pub fn input_required(ask: &Ask, approval_id: &str, config: &FilterConfig) -> LocalReply {
+pub fn input_required(ask: &Ask, approval_id: &str) -> LocalReply {
     // A URL elicitation needs a URL: without a page, the client gets the error to retry.
-    let (Some(held), Some(url)) = (&ask.mrtr, approval_page(&config.approval_url, approval_id))
-    else {
+    let (Some(held), Some(url)) = (&ask.mrtr, ask.page(approval_id)) else {
         return still_pending(ask, approval_id, "");
     };
     let message = format!(
@@ -379,11 +378,12 @@ mod tests {
         );
         // A URL elicitation needs a URL: a 2026-07-28 client is told to retry instead.
         let Body::Single(message) = parse(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"update_payout_account","arguments":{}}}"#).unwrap() else { panic!() };
-        ask.mrtr = Some(message);
-        let config = FilterConfig::from_json(config).unwrap();
-        let answer = input_required(&ask, "apr_1", &config);
+        ask.mrtr = Some(message.clone());
+        let answer = input_required(&ask, "apr_1");
         assert_eq!(error_of(&answer)["data"]["state"], "pending");
-        let with_page = input_required(&ask, "apr_1", &FilterConfig::from_json(b"").unwrap());
+        let mut with_default_page = held();
+        with_default_page.mrtr = Some(message);
+        let with_page = input_required(&with_default_page, "apr_1");
         let body: Value = serde_json::from_slice(&with_page.body).unwrap();
         assert_eq!(body["result"]["resultType"], "input_required", "{body}");
         assert!(body

@@ -77,6 +77,11 @@ pub struct VerifiedOperator {
 }
 
 impl VerifiedOperator {
+    /// The token's `exp`, seconds since the epoch: what the operator's sign-in lasts to.
+    pub fn expires(&self) -> Option<u64> {
+        self.claims.get("exp").and_then(Value::as_u64)
+    }
+
     /// The operator as a caller that revocations are matched against.
     pub fn identity(&self) -> tollgate_engine::identity::Identity {
         tollgate_engine::identity::Identity {

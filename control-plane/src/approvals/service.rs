@@ -132,16 +132,10 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         let registry = self.ledger.registry();
         // A watch is one call that lasts: the operator's token and revocation, checked when it
         // began, are checked again for every change it would send, and it ends with the token.
-        let expires = operator
-            .claims
-            .get("exp")
-            .and_then(serde_json::Value::as_u64)
-            .map(|exp| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
-            });
+        let expires = operator.expires().map(|exp| {
+            tokio::time::Instant::now()
+                + Duration::from_secs(exp.saturating_sub(crate::clock::now_secs()))
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;

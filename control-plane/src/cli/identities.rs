@@ -107,6 +107,12 @@ fn joined(set: &BTreeSet<String>) -> String {
     }
 }
 
+/// An inactivity age as `--inactive` and the console take it (90d, 12w, 36h).
+pub fn parse_inactive(age: &str) -> Result<Duration, String> {
+    humantime::parse_duration(age)
+        .map_err(|e| format!("{age:?} is not an age (90d, 12w, 36h): {e}"))
+}
+
 /// Everyone who called the gateway, by issuer and subject, and the subjects a revocation names.
 pub struct Identities {
     pub seen: BTreeMap<(String, String), Seen>,
@@ -182,11 +188,7 @@ pub async fn run(home: &Path, operator: &OperatorArgs, args: &Args) -> anyhow::R
     let inactive: Option<Duration> = args
         .inactive
         .as_deref()
-        .map(|age| {
-            humantime::parse_duration(age).map_err(|e| {
-                anyhow::anyhow!("--inactive {age:?} is not an age (90d, 12w, 36h): {e}")
-            })
-        })
+        .map(|age| parse_inactive(age).map_err(|e| anyhow::anyhow!("--inactive {e}")))
         .transpose()?;
     let filter = args.inactive.as_ref().map(|age| json!({"inactive": age}));
     let operator = operator.operator().with_purpose("identities", filter);

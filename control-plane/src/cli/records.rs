@@ -139,30 +139,27 @@ impl Source {
                     error_chain(&e)
                 )
             })?;
-        let claims = Claims {
-            operator: operator.clone(),
-            token: token(),
-        };
-        if claims.token.is_none() {
+        let token = token();
+        if token.is_none() {
             eprintln!(
                 "tollgate: no TOLLGATE_TOKEN: the control plane at {address} reads the audit log only to operators of group auditors or security-admins (for a dev setup: `tollgate dev token --sub you@example.com --groups auditors --aud tollgate-operators`)"
             );
         }
-        Ok(Self::Server {
-            client: Box::new(
-                AuditClient::with_interceptor(channel, claims).max_decoding_message_size(64 << 20),
-            ),
-            address,
-        })
+        Ok(Self::over(channel, &address, operator, token))
     }
 
-    /// Reads through `channel`, already open to a control plane (the console's own, in
-    /// process), as `operator` with the operator's `token`: the control plane checks and
-    /// records the read exactly as it does the CLI's.
-    pub fn over(channel: Channel, address: &str, operator: &Operator, token: &str) -> Self {
+    /// Reads through `channel`, open to a control plane (the CLI's connection, or the console's
+    /// own, in process), as `operator` with the operator's `token`: the control plane checks and
+    /// records the read.
+    pub fn over(
+        channel: Channel,
+        address: &str,
+        operator: &Operator,
+        token: Option<String>,
+    ) -> Self {
         let claims = Claims {
             operator: operator.clone(),
-            token: Some(token.to_owned()),
+            token,
         };
         Self::Server {
             client: Box::new(

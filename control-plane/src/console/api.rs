@@ -117,8 +117,18 @@ impl Call {
     }
 
     fn request<T>(&self, purpose: &str, message: T) -> tonic::Request<T> {
+        self.request_with(purpose, None, message)
+    }
+
+    /// A request as `request` makes it, recording `filter` as what the operator asked for.
+    fn request_with<T>(
+        &self,
+        purpose: &str,
+        filter: Option<Value>,
+        message: T,
+    ) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        self.operator(purpose, None)
+        self.operator(purpose, filter)
             .attach(request.metadata_mut(), Some(&self.session.token));
         request
     }
@@ -138,7 +148,7 @@ impl Console {
             self.parts.services.clone(),
             "the control plane",
             operator,
-            &call.session.token,
+            Some(call.session.token.clone()),
         )
     }
 }
@@ -365,21 +375,14 @@ async fn evidence(
     State(console): State<Arc<Console>>,
     call: Call,
 ) -> Result<Json<Value>, ApiError> {
-    let mut audit = console.audit();
-    let info = audit
+    let info = console
+        .audit()
         .log_info(call.request("evidence", pb::LogInfoRequest {}))
         .await?
         .into_inner();
-    let mut checkpoints = audit
-        .list_checkpoints(call.request("evidence", pb::ListCheckpointsRequest {}))
-        .await?
-        .into_inner();
-    let mut latest = None;
-    let mut count = 0u64;
-    while let Some(checkpoint) = checkpoints.message().await? {
-        count += 1;
-        latest = Some(checkpoint);
-    }
+    let latest = info.latest_checkpoint.as_ref();
+    // Checkpoints are numbered from 0 and never removed.
+    let count = latest.map_or(0, |c| c.number + 1);
     let log_names: Vec<&str> = info
         .verifier_keys
         .iter()
@@ -391,7 +394,7 @@ async fn evidence(
         .published
         .latest()
         .or_else(|| std::fs::read_to_string(console.parts.published.file()).ok());
-    let latest_json = latest.as_ref().map(|c| {
+    let latest_json = latest.map(|c| {
         json!({
             "number": c.number,
             "note": c.note,
@@ -500,10 +503,11 @@ async fn export(
         session: text(query.session),
     };
     let filter = json!({"from": request.from, "to": request.to, "sub": request.sub, "session": request.session});
-    let mut grpc = tonic::Request::new(request);
-    call.operator("export", Some(filter))
-        .attach(grpc.metadata_mut(), Some(&call.session.token));
-    let stream = console.audit().export(grpc).await?.into_inner();
+    let stream = console
+        .audit()
+        .export(call.request_with("export", Some(filter), request))
+        .await?
+        .into_inner();
     let body = axum::body::Body::from_stream(stream.map(|chunk| {
         chunk
             .map(|c| axum::body::Bytes::from(c.data))
@@ -545,12 +549,10 @@ async fn identities(
         .filter(|s| !s.is_empty())
     {
         None => None,
-        Some(age) => Some(humantime::parse_duration(age).map_err(|e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("inactive {age:?} is not an age (90d, 12w, 36h): {e}"),
-            )
-        })?),
+        Some(age) => Some(
+            crate::cli::identities::parse_inactive(age)
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("inactive {e}")))?,
+        ),
     };
     let operator = call.operator(
         "identities",

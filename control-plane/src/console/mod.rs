@@ -16,7 +16,7 @@ pub mod signin;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{Request, State};
@@ -119,9 +119,10 @@ pub struct Console {
 /// a non-loopback address must be behind TLS.
 pub fn public_url(listen: SocketAddr, url: Option<&str>) -> anyhow::Result<String> {
     let url = match url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
+        Some(url) => url.to_owned(),
         None => format!("http://{listen}"),
     };
+    let url = crate::approvals::check_console_url(&url).map_err(anyhow::Error::msg)?;
     let parsed = reqwest::Url::parse(&url).with_context(|| format!("console URL {url:?}"))?;
     let loopback = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -422,11 +423,4 @@ impl InProcess {
             }),
         )
     }
-}
-
-/// Seconds since the epoch, for token lifetimes.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -202,7 +202,7 @@ pub async fn callback(
         crate::clock::format(session.expires.saturating_mul(1_000_000)).into(),
     );
     console.record(event).await;
-    let max_age = session.expires.saturating_sub(super::unix_now());
+    let max_age = session.expires.saturating_sub(crate::clock::now_secs());
     let mut response = Redirect::to(&return_to).into_response();
     let cookies = response.headers_mut();
     for value in [

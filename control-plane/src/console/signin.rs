@@ -10,14 +10,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::approvals::auth::VerifiedOperator;
+use crate::clock::now_secs;
 
 /// How long a started sign-in may take at the issuer.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
@@ -70,12 +70,6 @@ pub struct BrowserSession {
 pub struct SignIns {
     pending: Mutex<HashMap<String, PendingLogin>>,
     sessions: Mutex<HashMap<String, BrowserSession>>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Only a path on the console itself may be returned to after sign-in (never `//host` or a
@@ -136,11 +130,7 @@ impl SignIns {
 
     /// Opens a session for a verified operator; returns its id (the cookie value).
     pub fn open(&self, token: String, operator: VerifiedOperator) -> (String, BrowserSession) {
-        let expires = operator
-            .claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .unwrap_or_else(now_secs);
+        let expires = operator.expires().unwrap_or_else(now_secs);
         let session = BrowserSession {
             token,
             operator,

@@ -523,7 +523,7 @@ impl<H: Host> Exchange<H> {
                         .as_ref()
                         .is_none_or(|retry| retry.accepted) =>
             {
-                let reply = approval::input_required(&ask, &approval_id, &self.runtime.config);
+                let reply = approval::input_required(&ask, &approval_id);
                 self.send(&reply);
             }
             approval::Outcome::Wait(approval_id)

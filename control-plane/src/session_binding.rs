@@ -132,7 +132,7 @@ impl SessionBindings {
 
     /// Checks one step and changes the binding when it passes. The caller holds the store's
     /// `sessions` lock for anything but a plain use, and chains the record after this returns:
-    /// on sled the change is durable with that record; on PostgreSQL it is at once.
+    /// the change is durable when this returns (sled flushes its table; PostgreSQL commits).
     pub async fn check(
         &self,
         check: &pb::SessionCheck,

@@ -44,6 +44,7 @@ use crate::note::NoteVerifier;
 pub mod pg;
 pub(crate) mod sequencer;
 pub mod sled_backend;
+pub(crate) mod wal;
 
 /// The field the store adds to every record.
 pub const RECEIVED_AT: &str = "receivedAt";
@@ -721,7 +722,8 @@ impl ChangeLock {
 }
 
 /// Key-value state beside the log: a sled tree, or rows of `tollgate_state` in PostgreSQL.
-/// A write is durable when the next append is acknowledged (sled) or at once (PostgreSQL).
+/// A write is durable when it returns: sled is flushed (its records are made durable by their
+/// own write-ahead log, not by sled's flush), PostgreSQL commits.
 pub enum Table {
     Sled(sled::Tree),
     Postgres(pg::Table),
@@ -739,6 +741,7 @@ impl Table {
         match self {
             Self::Sled(tree) => {
                 tree.insert(key, value)?;
+                tree.flush_async().await?;
                 Ok(())
             }
             Self::Postgres(table) => table.insert(key, value).await,
@@ -749,6 +752,7 @@ impl Table {
         match self {
             Self::Sled(tree) => {
                 tree.remove(key)?;
+                tree.flush_async().await?;
                 Ok(())
             }
             Self::Postgres(table) => table.remove(key).await,

@@ -4,8 +4,8 @@
 //! Table `approvals`: approval id = JSON [`Entry`]. Table `grants`: the call key (SHA-256 over
 //! requester, upstream, method, target and arguments hash) = the id of the latest approval
 //! asked for that exact call; a grant is that approval once approved, usable while
-//! [`Entry::grant_usable`]. Every change is written, then its audit record appended; the
-//! append's flush makes both durable before anyone hears of the change. Changes are serialised
+//! [`Entry::grant_usable`]. Every change is written durably, then its audit record appended
+//! durably, before anyone hears of the change. Changes are serialised
 //! by one lock (across every replica on PostgreSQL): approvals are human-paced, and it makes
 //! "use a grant once" simple to prove. A decision made on another replica reaches a waiting
 //! `Await` by polling the store (see [`SHARED_POLL`]).

@@ -4,8 +4,8 @@
 //!
 //! State lives beside the audit chain, table `revocations` ([`crate::store::Table`]): `rev_…` =
 //! JSON [`Entry`] (lifted entries are kept, marked lifted) and `version` = the list's version
-//! (big endian u64), bumped by every revoke and lift. Every change is written, then its audit record
-//! appended; the append's flush makes both durable before the operator is answered.
+//! (big endian u64), bumped by every revoke and lift. Every change is written durably, then its
+//! audit record appended durably, before the operator is answered.
 
 pub mod registry;
 pub mod service;

@@ -3,9 +3,12 @@
 //!
 //! # Contract, beyond the one in [`super`]
 //!
-//! - `Ok` from an append means sled's `flush` returned after the record was written.
-//! - Concurrent appends MUST share flushes (group commit): one writer thread takes every pending
-//!   append, writes them in one atomic batch, flushes once and then answers them all.
+//! - `Ok` from an append means the record's group is in the store's write-ahead log and
+//!   `fdatasync` returned ([`super::wal`]); sled gets the group after that, without a flush of
+//!   its own. sled is flushed once per full log file, and opening puts back into sled every
+//!   logged group it lost.
+//! - Concurrent appends MUST share syncs (group commit): one writer thread takes every pending
+//!   append, logs them as one entry, syncs once and then answers them all.
 //! - A checkpoint MUST be signed at least every `checkpoint_every` records and every
 //!   `checkpoint_interval` (also when no record arrived), and is stored in the same flush as the
 //!   records it covers, after them.
@@ -29,7 +32,8 @@
 //! big-endian), value = the signed note. Tree `meta`: `format` = `1`, `origin` = the log's
 //! origin line, `run` = present while a process has the store open, `archive` = where the hot
 //! store begins once records were archived ([`ArchiveCut`] as JSON), `pruning` = the same
-//! while a prune is under way (finished at the next open if the process died).
+//! while a prune is under way (finished at the next open if the process died). Directory
+//! `wal` beside sled's files: the write-ahead log.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::sequencer::{
     Committed, Driver, Message, Pending, Plan, Sequencer, Shared, Sign, Tip, Writer,
 };
+use super::wal;
 use super::RECEIVED_AT;
 use super::{
     retained_blocks, split_value, Appended, ArchiveCut, Head, Opened, Options, Prepared, Reads,
@@ -67,6 +72,7 @@ const RUN_KEY: &str = "run";
 const FRONTIER_KEY: &[u8] = b"frontier";
 const ARCHIVE_KEY: &str = "archive";
 const PRUNING_KEY: &str = "pruning";
+const WAL_DIR: &str = "wal";
 /// Records removed per sled batch while pruning: bounds the memory of one batch.
 const PRUNE_BATCH: u64 = 16 * 1024;
 
@@ -76,6 +82,7 @@ const QUEUE_CAPACITY: usize = 8192;
 /// Read access to a store, without a writer. `tollgate audit verify` uses it when no server
 /// runs; it must not trust the head, so opening does not recover or check anything.
 pub struct Reader {
+    path: std::path::PathBuf,
     db: sled::Db,
     records: sled::Tree,
     merkle: sled::Tree,
@@ -84,12 +91,15 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Opens an existing store at `path` (the `audit.sled` directory).
+    /// Opens an existing store at `path` (the `audit.sled` directory), with every group its
+    /// write-ahead log holds.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
             return Err(StoreError::NotFound(path.to_path_buf()));
         }
-        Self::open_or_create(path)
+        let reader = Self::open_or_create(path)?;
+        reader.replay()?;
+        Ok(reader)
     }
 
     fn open_or_create(path: &Path) -> Result<Self, StoreError> {
@@ -104,7 +114,10 @@ impl Reader {
             // zstd's fastest level: JSON records still shrink about fourfold, and it costs no
             // more CPU than writing them uncompressed (`make profile`); level 5 took a fifth of
             // the control plane's samples.
-            .compression_factor(1);
+            .compression_factor(1)
+            // Appends are durable in the write-ahead log; sled is flushed when a log file is
+            // retired, and by writes outside the log (tables, pruning, opening, closing).
+            .flush_every_ms(None);
         // A store just closed in this process may hold its file lock a moment longer (sled's
         // I/O threads let go of it last): wait a little for it, not for another process.
         let mut attempts = 0;
@@ -133,6 +146,7 @@ impl Reader {
             }
         }
         Ok(Self {
+            path: path.to_path_buf(),
             records: db.open_tree(RECORDS_TREE)?,
             merkle: db.open_tree(MERKLE_TREE)?,
             checkpoints: db.open_tree(CHECKPOINTS_TREE)?,
@@ -170,6 +184,106 @@ impl Reader {
         });
         Ok(time)
     }
+
+    fn wal_dir(&self) -> std::path::PathBuf {
+        self.path.join(WAL_DIR)
+    }
+
+    /// Puts back into sled what its write-ahead log holds beyond it: the records past sled's
+    /// last (a crash took them before sled's flush), with their Merkle nodes, frontier and
+    /// checkpoint; then flushes sled and removes the log. Refuses a log that would leave a gap,
+    /// or one damaged anywhere but at the end of its last file (only the last write can be
+    /// cut short, and it was never acknowledged).
+    fn replay(&self) -> Result<Replayed, StoreError> {
+        let dir = self.wal_dir();
+        let files = wal::files(&dir).map_err(wal_error)?;
+        let mut head = self.recover_head()?.len;
+        let mut frontier_size = match self.merkle.get(FRONTIER_KEY)? {
+            Some(bytes) => Frontier::decode(&bytes).map_or(0, |f| f.size()),
+            None => 0,
+        };
+        let mut records = 0;
+        for (n, (_, path)) in files.iter().enumerate() {
+            let bytes = wal::read(path).map_err(wal_error)?;
+            let (groups, end) = wal::decode(&bytes);
+            if let (wal::End::Torn { offset }, true) = (&end, n + 1 < files.len()) {
+                return Err(StoreError::Inconsistent(format!(
+                    "the write-ahead log file {} is damaged at byte {offset}, before later files",
+                    path.display()
+                )));
+            }
+            for group in groups {
+                let mut batch = sled::Batch::default();
+                for (seq, value) in group.records {
+                    if seq < head {
+                        continue;
+                    }
+                    if seq > head {
+                        return Err(StoreError::Inconsistent(format!(
+                            "records {head} to {} are neither in sled nor in its write-ahead log",
+                            seq - 1
+                        )));
+                    }
+                    batch.insert(&seq.to_be_bytes(), value);
+                    head += 1;
+                    records += 1;
+                }
+                self.records.apply_batch(batch)?;
+                let size = Frontier::decode(&group.frontier).map(|f| f.size());
+                if let Some(size) = size.filter(|size| *size > frontier_size) {
+                    let mut nodes = sled::Batch::default();
+                    for (level, index, hash) in &group.nodes {
+                        nodes.insert(&node_key(*level, *index), &hash[..]);
+                    }
+                    nodes.insert(FRONTIER_KEY, group.frontier);
+                    self.merkle.apply_batch(nodes)?;
+                    frontier_size = size;
+                }
+                if let Some((number, note)) = group.checkpoint {
+                    let key = number.to_be_bytes();
+                    if self.checkpoints.get(key)?.is_none() {
+                        self.checkpoints.insert(key, note.as_bytes())?;
+                    }
+                }
+            }
+        }
+        if !files.is_empty() {
+            self.db.flush()?;
+            sync_sled_files(&self.path).map_err(wal_error)?;
+            wal::remove_all(&dir).map_err(wal_error)?;
+        }
+        Ok(Replayed {
+            records,
+            last_generation: files.last().map(|(generation, _)| *generation),
+        })
+    }
+}
+
+/// `fsync` of sled's files: its `flush` waits for `sync_file_range`, which neither asks the
+/// device to empty a volatile write cache nor covers its blob files, and a log file is deleted
+/// on the strength of it.
+fn sync_sled_files(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path.join("db"))?.sync_all()?;
+    match std::fs::read_dir(path.join("blobs")) {
+        Ok(blobs) => {
+            for blob in blobs {
+                std::fs::File::open(blob?.path())?.sync_all()?;
+            }
+            std::fs::File::open(path.join("blobs"))?.sync_all()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What opening took from the write-ahead log.
+struct Replayed {
+    records: u64,
+    last_generation: Option<u64>,
+}
+
+fn wal_error(e: std::io::Error) -> StoreError {
+    StoreError::Io(sled::Error::Io(e))
 }
 
 impl Reads for Reader {
@@ -388,6 +502,7 @@ impl Store {
             )));
         }
         let signer = options.keys.signer(&origin)?;
+        let replayed = reader.replay()?;
         if let Some(removed) = reader.finish_pruning()? {
             eprintln!(
                 "tollgate: finished an interrupted prune of archived records ({removed} removed)"
@@ -434,8 +549,15 @@ impl Store {
             durable_len: AtomicU64::new(head.len),
             ..Shared::default()
         });
+        let flushed = reader.db.clone();
+        let store_path = path.to_path_buf();
+        let log = wal::Log::start(&reader.wal_dir(), replayed.last_generation, move || {
+            flushed.flush().map_err(|e| e.to_string())?;
+            sync_sled_files(&store_path).map_err(|e| e.to_string())
+        })
+        .map_err(wal_error)?;
         let driver = wrap(SledDriver {
-            db: reader.db.clone(),
+            log,
             records: reader.records.clone(),
             merkle: reader.merkle.clone(),
             checkpoints: reader.checkpoints.clone(),
@@ -473,6 +595,8 @@ impl Store {
                 event.insert("previousRun".into(), previous.clone());
                 event.insert("records".into(), head.len.into());
                 event.insert("merkleRebuilt".into(), merkle_rebuilt.into());
+                // Acknowledged records that only the write-ahead log still held.
+                event.insert("replayedFromLog".into(), replayed.records.into());
                 event.insert(
                     "latestCheckpointSize".into(),
                     checkpoint_size.map_or(Value::Null, Value::from),
@@ -482,7 +606,7 @@ impl Store {
             None => None,
         };
 
-        // The writer runs on a thread of its own (sled's flush blocks), in a runtime of its own.
+        // The writer runs on a thread of its own (its log sync blocks), in a runtime of its own.
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (started_tx, started) = std_mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
@@ -557,7 +681,7 @@ impl Store {
     }
 
     /// The sled database holding the chain, for state that must be durable with the records
-    /// (the approvals' own trees): the next append's flush covers writes made before it.
+    /// (the approvals' own trees, written through [`super::Table`], which flushes).
     pub fn db(&self) -> &sled::Db {
         &self.reader.db
     }
@@ -711,10 +835,16 @@ impl Store {
         };
         // The writer catches nothing; a panic there already failed its callers.
         let _ = handle.join();
-        if !self.shared.failed.load(Ordering::Acquire) {
+        let healthy = !self.shared.failed.load(Ordering::Acquire);
+        if healthy {
             self.reader.meta.remove(RUN_KEY)?;
         }
         self.reader.db.flush()?;
+        // After a failed write the log may hold a group sled lacks: the next open replays it.
+        if healthy {
+            sync_sled_files(&self.reader.path).map_err(wal_error)?;
+            wal::remove_all(&self.reader.wal_dir()).map_err(wal_error)?;
+        }
         Ok(())
     }
 
@@ -776,9 +906,9 @@ fn recover_frontier(reader: &Reader, len: u64) -> Result<(Frontier, u64), StoreE
 }
 
 /// sled as the writer's driver: the tip in memory (this process is the only writer), a write
-/// is two batches and a checkpoint insert, made durable by one `flush`.
+/// is one entry of the write-ahead log, synced, then two batches and a checkpoint insert.
 pub(super) struct SledDriver {
-    db: sled::Db,
+    log: wal::Log,
     records: sled::Tree,
     merkle: sled::Tree,
     checkpoints: sled::Tree,
@@ -793,6 +923,21 @@ impl Driver for SledDriver {
                 durable: Duration::ZERO,
             });
         };
+        let frontier = write.tip.frontier.encode();
+        let start = Instant::now();
+        self.log
+            .append(
+                &write.records,
+                &write.nodes,
+                &frontier,
+                write
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| (c.number, c.note.as_str())),
+            )
+            .map_err(wal_error)?;
+        let durable = start.elapsed();
+        // Readers see a record only once it is durable.
         let mut batch = sled::Batch::default();
         for (seq, value) in std::mem::take(&mut write.records) {
             batch.insert(&seq.to_be_bytes(), value);
@@ -801,16 +946,13 @@ impl Driver for SledDriver {
         for (level, index, hash) in &write.nodes {
             nodes.insert(&node_key(*level, *index), &hash[..]);
         }
-        nodes.insert(FRONTIER_KEY, write.tip.frontier.encode());
+        nodes.insert(FRONTIER_KEY, frontier);
         self.records.apply_batch(batch)?;
         self.merkle.apply_batch(nodes)?;
         if let Some(checkpoint) = &write.checkpoint {
             self.checkpoints
                 .insert(checkpoint.number.to_be_bytes(), checkpoint.note.as_bytes())?;
         }
-        let start = Instant::now();
-        self.db.flush()?;
-        let durable = start.elapsed();
         self.tip = write.tip.clone();
         Ok(Committed {
             write: Some(write),
@@ -818,8 +960,8 @@ impl Driver for SledDriver {
         })
     }
 
-    /// After a failed write or flush sled cannot say what reached the disk: a restart recovers
-    /// from what did.
+    /// After a failed log write or sled write the store cannot say what reached the disk: a
+    /// restart recovers from what did.
     fn failure_is_final(&self) -> bool {
         true
     }

@@ -772,3 +772,136 @@ async fn a_prune_cut_short_is_finished_at_the_next_open_keeping_what_must_stay()
         &root
     ));
 }
+
+/// Copies the directory tree at `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+async fn append_n(store: &Store, from: u64, n: u64) -> Vec<Appended> {
+    let mut acked = Vec::new();
+    for k in from..from + n {
+        // One at a time: each record is a group, an entry of the log, of its own.
+        acked.push(
+            store
+                .append(format!(r#"{{"n":{k}}}"#).as_bytes())
+                .await
+                .unwrap(),
+        );
+    }
+    acked
+}
+
+/// A crash after the log's sync but before sled wrote anything, made exactly: a copy of the
+/// store taken while it was closed, then the log of the run after it, copied while that run
+/// was still open (so sled in the copy never saw those groups).
+#[tokio::test]
+async fn acknowledged_groups_only_the_write_ahead_log_holds_are_put_back_on_open() {
+    let live = tempfile::tempdir().unwrap();
+    let path = live.path().join("audit.sled");
+    let store = Store::open(&path, &options(live.path())).unwrap();
+    append_n(&store, 0, 5).await;
+    store.close().unwrap();
+    drop(store);
+    let crashed = tempfile::tempdir().unwrap();
+    copy_tree(live.path(), crashed.path());
+
+    let store = Store::open(&path, &options(live.path())).unwrap();
+    let acked = append_n(&store, 5, 8).await;
+    let checkpoint = store.checkpoint().await.unwrap();
+    copy_tree(
+        &path.join(WAL_DIR),
+        &crashed.path().join("audit.sled").join(WAL_DIR),
+    );
+    let expected: Vec<StoredRecord> = store.records(0, 0).map(Result::unwrap).collect();
+    store.close().unwrap();
+    drop(store);
+
+    // The last entry torn, as a crash in the middle of its write leaves it: its record was
+    // never acknowledged, and the rest comes back.
+    let torn_dir = tempfile::tempdir().unwrap();
+    let torn = torn_dir.path();
+    copy_tree(crashed.path(), torn);
+    {
+        let wal = torn.join("audit.sled").join(WAL_DIR);
+        let (_, file) = wal::files(&wal).unwrap().pop().unwrap();
+        let mut bytes = wal::read(&file).unwrap();
+        let end = bytes.len() - bytes.iter().rev().position(|b| *b != 0).unwrap();
+        bytes[end - 1] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+    }
+
+    let store = Store::open(&crashed.path().join("audit.sled"), &options(crashed.path())).unwrap();
+    let stored: Vec<StoredRecord> = store.records(0, 0).map(Result::unwrap).collect();
+    assert_eq!(stored.len(), expected.len(), "every logged record is back");
+    for (stored, expected) in stored.iter().zip(&expected) {
+        assert_eq!(stored.chain_hash, expected.chain_hash);
+        assert_eq!(stored.canonical_json, expected.canonical_json);
+    }
+    for ack in &acked {
+        assert_eq!(
+            stored[ack.seq as usize].chain_hash,
+            hex::encode(ack.chain_hash)
+        );
+    }
+    assert_eq!(verify(&store).0, expected.len() as u64);
+    let latest = store.reader.latest_checkpoint().unwrap().unwrap();
+    assert_eq!(latest, checkpoint, "the checkpoint logged with its group");
+    assert_eq!(
+        store.reader.root(13).unwrap(),
+        root_of(&leaves(&store)[..13])
+    );
+    assert!(
+        wal::files(&store.reader.wal_dir()).unwrap().len() == 1,
+        "the replayed log is removed, a new one started"
+    );
+    // The chain goes on from the replayed head.
+    let next = store.append(b"{}").await.unwrap();
+    assert_eq!(next.seq, expected.len() as u64);
+    drop(store);
+
+    // The checkpoint alone was the last entry: it is lost with it, every record stays.
+    let store = Store::open(&torn.join("audit.sled"), &options(torn)).unwrap();
+    assert_eq!(store.records(0, 0).count(), expected.len());
+    assert!(store.reader.latest_checkpoint().unwrap().unwrap().number < checkpoint.number);
+    verify(&store);
+}
+
+#[tokio::test]
+async fn a_write_ahead_log_that_would_leave_a_gap_is_refused() {
+    let live = tempfile::tempdir().unwrap();
+    let path = live.path().join("audit.sled");
+    let store = Store::open(&path, &options(live.path())).unwrap();
+    append_n(&store, 0, 3).await;
+    drop(store);
+    let crashed = tempfile::tempdir().unwrap();
+    copy_tree(live.path(), crashed.path());
+    // Two more runs: the log copied is the second's, so the first's records are nowhere.
+    let store = Store::open(&path, &options(live.path())).unwrap();
+    append_n(&store, 3, 3).await;
+    drop(store);
+    let store = Store::open(&path, &options(live.path())).unwrap();
+    append_n(&store, 6, 3).await;
+    copy_tree(
+        &path.join(WAL_DIR),
+        &crashed.path().join("audit.sled").join(WAL_DIR),
+    );
+    drop(store);
+    let err = Store::open(&crashed.path().join("audit.sled"), &options(crashed.path()))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("neither in sled nor in its write-ahead log"),
+        "{err}"
+    );
+}

@@ -10,9 +10,10 @@
 //! # Files
 //!
 //! `<store>/wal/<generation>.wal`, generations counting up. Each file is made full of zeros and
-//! synced before it is used (a spare made ahead of time), so that an append overwrites blocks
-//! that already exist and `fdatasync` has no file size or extent to journal: 86 µs against 205
-//! µs for a growing file on this machine's ext4. An entry is
+//! synced before it is used (the next one made while the current one is half full), so that an
+//! append overwrites blocks that already exist and `fdatasync` has no file size or extent to
+//! journal: 116 µs of wall time and 46 of CPU per 2.5 KB append against 185 and 74 for a growing
+//! file on this machine's ext4. An entry is
 //!
 //! ```text
 //! length u32 LE | crc32 u32 LE (of the length's 4 bytes, then the payload) | payload
@@ -252,6 +253,8 @@ fn zeroed(path: &Path, size: u64) -> io::Result<File> {
 
 /// What the writer hands to the flusher.
 enum Job {
+    /// The open file is half full: make the next one ready.
+    Spare,
     /// A full file: flush sled, then delete it.
     Retire(PathBuf),
 }
@@ -265,6 +268,8 @@ pub(crate) struct Log {
     generation: u64,
     offset: u64,
     size: u64,
+    /// Whether the flusher was asked for the next file while this one filled.
+    spare_asked: bool,
     buffer: Vec<u8>,
     spares: mpsc::Receiver<(PathBuf, File)>,
     jobs: Option<mpsc::Sender<Job>>,
@@ -298,6 +303,7 @@ impl Log {
             generation,
             offset: 0,
             size: FILE_SIZE,
+            spare_asked: false,
             buffer: Vec::with_capacity(64 << 10),
             spares,
             jobs: Some(jobs),
@@ -323,6 +329,10 @@ impl Log {
         write_all_at(&self.file, &self.buffer, self.offset)?;
         self.file.sync_data()?;
         self.offset += length;
+        if !self.spare_asked && self.offset > self.size / 2 {
+            self.spare_asked = true;
+            self.send(Job::Spare);
+        }
         Ok(())
     }
 
@@ -349,11 +359,16 @@ impl Log {
         self.generation = generation;
         self.offset = 0;
         self.size = size;
-        if let Some(jobs) = &self.jobs {
-            // A flusher that is gone leaves the file for the next open to replay.
-            let _ = jobs.send(Job::Retire(full));
-        }
+        self.spare_asked = false;
+        self.send(Job::Retire(full));
         Ok(())
+    }
+
+    fn send(&self, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            // A flusher that is gone leaves full files for the next open to replay.
+            let _ = jobs.send(job);
+        }
     }
 }
 
@@ -380,7 +395,8 @@ fn remove_all_spares(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Keeps one spare ready and retires full files: sled is flushed, so every group of the file
+/// Makes the next file when asked (ahead of need: a store that never fills its first file
+/// never writes a second) and retires full files: sled is flushed, so every group of the file
 /// is durable there, and the file goes. A flush that fails keeps the file for the next open.
 fn flusher(
     dir: &Path,
@@ -401,24 +417,21 @@ fn flusher(
             Err(e) => eprintln!("tollgate: could not make a write-ahead log file: {e}"),
         }
     };
-    make_spare();
     while let Ok(job) = jobs.recv() {
         match job {
-            Job::Retire(path) => {
-                match flush() {
-                    Ok(()) => {
-                        if let Err(e) = remove(&path) {
-                            eprintln!("tollgate: could not remove {}: {e}", path.display());
-                        }
+            Job::Spare => make_spare(),
+            Job::Retire(path) => match flush() {
+                Ok(()) => {
+                    if let Err(e) = remove(&path) {
+                        eprintln!("tollgate: could not remove {}: {e}", path.display());
                     }
-                    Err(e) => eprintln!(
-                        "tollgate: flushing the audit store failed ({e}); {} stays for the next \
-                         open to replay",
-                        path.display()
-                    ),
                 }
-                make_spare();
-            }
+                Err(e) => eprintln!(
+                    "tollgate: flushing the audit store failed ({e}); {} stays for the next \
+                         open to replay",
+                    path.display()
+                ),
+            },
         }
     }
 }

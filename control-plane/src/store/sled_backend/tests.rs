@@ -840,6 +840,17 @@ async fn acknowledged_groups_only_the_write_ahead_log_holds_are_put_back_on_open
         std::fs::write(&file, bytes).unwrap();
     }
 
+    // The same damage in a file that a later one follows: only the last write of the last file
+    // can be cut short, so this one was acknowledged, and the store refuses to open.
+    let damaged_dir = tempfile::tempdir().unwrap();
+    let damaged = damaged_dir.path();
+    copy_tree(torn, damaged);
+    {
+        let wal = damaged.join("audit.sled").join(WAL_DIR);
+        let (generation, file) = wal::files(&wal).unwrap().pop().unwrap();
+        std::fs::copy(&file, wal.join(format!("{:020}.wal", generation + 1))).unwrap();
+    }
+
     let store = Store::open(&crashed.path().join("audit.sled"), &options(crashed.path())).unwrap();
     let stored: Vec<StoredRecord> = store.records(0, 0).map(Result::unwrap).collect();
     assert_eq!(stored.len(), expected.len(), "every logged record is back");
@@ -874,6 +885,12 @@ async fn acknowledged_groups_only_the_write_ahead_log_holds_are_put_back_on_open
     assert_eq!(store.records(0, 0).count(), expected.len());
     assert!(store.reader.latest_checkpoint().unwrap().unwrap().number < checkpoint.number);
     verify(&store);
+    drop(store);
+
+    let err = Store::open(&damaged.join("audit.sled"), &options(damaged))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("before later files"), "{err}");
 }
 
 #[tokio::test]

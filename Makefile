@@ -14,7 +14,7 @@ BIN := target/debug
 export TOLLGATE_ENVOY := $(abspath $(ENVOY))
 export TOLLGATE_WASM := $(abspath $(WASM))
 
-.PHONY: all run build-release test bench profile bench-ab bench-store bench-verify wasm wasm-fault build deps node-deps py-deps pg-deps browser-deps lint unit e2e clean
+.PHONY: all run build-release test bench profile bench-ab bench-floor bench-store bench-verify wasm wasm-fault wasm-floor build deps node-deps py-deps pg-deps browser-deps lint unit e2e clean
 
 all: build wasm
 
@@ -42,6 +42,13 @@ export TOLLGATE_WASM_FAULT := $(abspath $(WASM_FAULT))
 wasm-fault: .wasm-target
 	$(CARGO) build -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release --features fault-injection --target-dir target/fault
 
+## wasm-floor: the floor filter (tests/floor/filter: only buffers both bodies, or also waits for
+## one acknowledged stream message per body), which `make bench-floor` measures
+WASM_FLOOR := target/$(WASM_TARGET)/wasm-release/tollgate_floor_filter.wasm
+wasm-floor: .wasm-target
+	$(CARGO) build -p tollgate-floor-filter --target $(WASM_TARGET) --profile wasm-release
+	@ls -l $(WASM_FLOOR) | awk '{print "wasm: " $$5 " bytes  " $$9}'
+
 ## build: the control plane (`tollgate`), the assessor's verifier (`tollgate-verify`) and the
 ## demo payments MCP server
 build:
@@ -64,6 +71,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p tollgate-filter --target $(WASM_TARGET) --profile wasm-release -- -D warnings
+	$(CARGO) clippy -p tollgate-floor-filter --target $(WASM_TARGET) --profile wasm-release -- -D warnings
 
 unit: pg-deps
 	$(CARGO) test --workspace --exclude tollgate-e2e
@@ -145,6 +153,13 @@ BASE ?= 829378f
 NEW ?=
 bench-ab: deps
 	scripts/bench-ab.sh $(BASE) $(NEW)
+
+## bench-floor: the architecture's floor: what Envoy costs per request for a wasm filter that only
+## buffers and reads both bodies, and for one that also waits for an acknowledged stream message
+## per body (to floor-acks, tests/floor/acks), against plain Envoy and the full filter, in
+## alternating rounds (1 KiB call, 1 and 16 connections; scripts/bench-floor.sh for the settings)
+bench-floor: deps
+	scripts/bench-floor.sh
 
 clean:
 	$(CARGO) clean

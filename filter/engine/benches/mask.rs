@@ -1,6 +1,6 @@
 //! Throughput of the masking engine on the corpus (`tests/corpus/`), in MB/s, native.
 //!
-//! `cargo bench -p tollgate-filter --bench mask` (release profile). A plain harness: each case runs
+//! `cargo bench -p tollgate-engine --bench mask` (release profile). A plain harness: each case runs
 //! for about a second over the corpus file repeated to at least 4 MiB; the best of five rounds is
 //! printed. `MASK_BENCH_SECS` changes the time per round, `MASK_BENCH_FILTER` picks cases by name.
 

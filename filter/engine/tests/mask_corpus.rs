@@ -3,7 +3,7 @@
 //! number readable in any view of the output, and the independent checker finds none); every
 //! labelled hard negative must come out byte for byte.
 //!
-//! `cargo test -p tollgate-filter --release --test mask_corpus -- --nocapture` prints the table.
+//! `cargo test -p tollgate-engine --release --test mask_corpus -- --nocapture` prints the table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -367,10 +367,8 @@ impl<'m> JsonMasker<'m> {
             }
         }
         let first = edits.len();
-        self.scan.reset(base);
-        self.scan.feed(self.m, text, base, true, edits, report);
-        self.m
-            .extra_text_edits(text, base, &self.scan.extra_windows, edits, report);
+        self.scan
+            .feed_whole(self.m, text, base, base, true, edits, report);
         if edits.len() > first {
             let mut mine = edits.split_off(first);
             normalize(&mut mine);
@@ -406,8 +404,8 @@ impl<'m> JsonMasker<'m> {
             return;
         }
         let mut local = Vec::new();
-        self.scan.reset(s);
-        self.scan.feed(self.m, tok, s, true, &mut local, report);
+        self.scan
+            .feed_whole(self.m, tok, s, s, false, &mut local, report);
         if !local.is_empty() {
             edits.push(Edit::owned(s, s, b"\""));
             edits.append(&mut local);

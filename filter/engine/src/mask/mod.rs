@@ -11,7 +11,7 @@
 //!   acceptance checker does. Letters next to the digits do not hide a card (`PAN4111…`,
 //!   `…1111abc`), except by the hash rule: digits glued to letters inside a run of 24 or more ASCII
 //!   hex digits (hashes, trace and object ids), a UUID, or an IBAN written as one word are not a
-//!   card.
+//!   card, judged in the masked output (a hash that loses digits to a card protects nothing).
 //! - Track 2 equivalent data (`<card>D<YYMM><service code><discretionary>`, EMV tag 57) and
 //!   magnetic-stripe track 2 (`<card>=…`): the card is masked as displayed and every digit after
 //!   the separator is masked too; one card of its brand is counted.
@@ -308,6 +308,29 @@ impl MaskReport {
         }
         self.findings_dropped += other.findings_dropped;
     }
+
+    /// Takes back the counts of `other`, merged into this report when it held `findings`
+    /// findings and `dropped` dropped ones.
+    fn take_back(&mut self, other: MaskReport, findings: usize, dropped: u64) {
+        for (b, n) in other.by_brand {
+            if let Some(c) = self.by_brand.get_mut(b) {
+                *c = c.saturating_sub(n);
+                if *c == 0 {
+                    self.by_brand.remove(b);
+                }
+            }
+        }
+        for (d, n) in other.by_detector {
+            if let Some(c) = self.by_detector.get_mut(&d) {
+                *c = c.saturating_sub(n);
+                if *c == 0 {
+                    self.by_detector.remove(&d);
+                }
+            }
+        }
+        self.findings.truncate(findings);
+        self.findings_dropped = dropped;
+    }
 }
 
 /// The masking engine; cheap to share, immutable once built.
@@ -525,11 +548,7 @@ impl Masker {
     }
 
     fn text_edits(&self, body: &[u8], edits: &mut Vec<Edit>, report: &mut MaskReport) {
-        let mut s = scan::TextScan::new(0);
-        if scan::may_hold_digits(body) {
-            s.feed(self, body, 0, true, edits, report);
-        }
-        self.extra_text_edits(body, 0, &s.extra_windows, edits, report);
+        scan::TextScan::new(0).feed_whole(self, body, 0, 0, true, edits, report);
     }
 
     /// Edits of the extra detectors: CVV and track data in the scanner's `windows`, custom

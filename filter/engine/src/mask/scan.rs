@@ -18,6 +18,12 @@
 //! - in an IBAN written as one word (`GB82WEST12345698765432`: uppercase, a country code, two
 //!   digits, that country's IBAN length).
 //!
+//! The rule reads the text as it leaves the masker: digits masked there (a card written with a
+//! digit of another script, track data) are `*`, so a shape that loses digits to masking no longer
+//! protects the rest of them, and masking the output again changes nothing
+//! ([`TextScan::feed_whole`]; an event too large to buffer, masked piece by piece, is read as it
+//! came).
+//!
 //! Windows whose edges touch no letter are read exactly as before, so whatever the independent
 //! checker (`shared/smoke/pan.py`, which still requires no letter on either side) flags is masked.
 //! To decide, the scanner may need up to 64 bytes past a group; in a stream it waits for them.
@@ -50,6 +56,8 @@ const HOLD_DIGITS: usize = 40;
 pub(crate) const HEX_TOKEN: usize = 24;
 /// How far the hash rule looks either way (bytes of hex digits and dashes).
 const HEX_LOOK: usize = 64;
+/// Rounds of [`TextScan::feed_whole`] with the hash rule on; the last round has it off.
+const MAX_ROUNDS: usize = 4;
 
 /// What the characters around a closing group allow.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +131,14 @@ pub(crate) struct TextScan {
     /// CVV keyword, a 12–19 digit group followed by `=` or `^` (track data).
     pub(crate) extra_windows: Vec<(usize, usize, bool)>,
     plain_groups: Vec<(usize, usize)>,
+    /// In [`Self::feed_whole`]: note in `hash_words` the words the hash rule protected a group by.
+    whole: bool,
+    hash_words: Vec<(usize, usize)>,
+    /// Bytes (absolute ranges, sorted) masked in an earlier round over the same text: the hash rule
+    /// reads them as the `*` they become.
+    starred: Vec<(usize, usize)>,
+    /// The hash rule is off (the last round of [`Self::feed_whole`]).
+    no_hash: bool,
 }
 
 impl Default for TextScan {
@@ -146,6 +162,10 @@ impl TextScan {
             group_start_pos: pos,
             extra_windows: Vec::new(),
             plain_groups: Vec::new(),
+            whole: false,
+            hash_words: Vec::new(),
+            starred: Vec::new(),
+            no_hash: false,
         }
     }
 
@@ -160,6 +180,115 @@ impl TextScan {
         self.left_glued = false;
         self.track_at = None;
         self.extra_windows.clear();
+    }
+
+    /// Masks a complete text: `buf` (which starts at absolute position `base`) from `from` to its
+    /// end, then, with `extra`, the extra detectors over the same text.
+    ///
+    /// The hash rule reads the text as it leaves the masker, where masked digits are `*`: a hash
+    /// that loses digits to a card or track data no longer protects the rest of them (else masking
+    /// the output again would find cards this left). So while a round masks bytes in a word the
+    /// rule protected a group by, the text is scanned again with those bytes starred; the last
+    /// allowed round has the rule off (fail closed).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn feed_whole(
+        &mut self,
+        m: &Masker,
+        buf: &[u8],
+        base: usize,
+        from: usize,
+        extra: bool,
+        edits: &mut Vec<Edit>,
+        report: &mut MaskReport,
+    ) {
+        let first = edits.len();
+        let (findings, dropped) = (report.findings.len(), report.findings_dropped);
+        self.whole = true;
+        self.round(m, buf, base, from, extra, edits, report);
+        if self.star_masked_words(&edits[first..]) {
+            // Rare. Only the last round counts: the first, which counted into the report, is run
+            // once more to take its counts back out.
+            let mut round = 2;
+            let last = loop {
+                self.no_hash = round == MAX_ROUNDS;
+                edits.truncate(first);
+                let mut counts = report.empty_like();
+                self.round(m, buf, base, from, extra, edits, &mut counts);
+                if self.no_hash || !self.star_masked_words(&edits[first..]) {
+                    break counts;
+                }
+                round += 1;
+            };
+            self.no_hash = false;
+            self.starred.clear();
+            let mut first_round = report.empty_like();
+            self.round(m, buf, base, from, extra, &mut Vec::new(), &mut first_round);
+            report.take_back(first_round, findings, dropped);
+            report.merge(last);
+        }
+        self.whole = false;
+        self.no_hash = false;
+        self.starred.clear();
+        self.hash_words.clear();
+    }
+
+    /// One round of [`Self::feed_whole`].
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn round(
+        &mut self,
+        m: &Masker,
+        buf: &[u8],
+        base: usize,
+        from: usize,
+        extra: bool,
+        edits: &mut Vec<Edit>,
+        report: &mut MaskReport,
+    ) {
+        self.hash_words.clear();
+        self.reset(from);
+        self.feed(m, buf, base, true, edits, report);
+        if extra {
+            let text = buf.get(from.saturating_sub(base)..).unwrap_or_default();
+            m.extra_text_edits(text, from, &self.extra_windows, edits, report);
+        }
+    }
+
+    /// Adds to `starred` what `edits` masked in the words of `hash_words`; false when that adds
+    /// nothing (the round read every such byte as masked already).
+    fn star_masked_words(&mut self, edits: &[Edit]) -> bool {
+        if self.hash_words.is_empty() {
+            return false;
+        }
+        if !self.hash_words.is_sorted() {
+            self.hash_words = coalesce(std::mem::take(&mut self.hash_words));
+        }
+        let words = &self.hash_words;
+        let mut starred = Vec::new();
+        // The scanner's edits come in order, then the extra detectors' (each in order, mostly).
+        let (mut k, mut prev) = (0, 0);
+        for e in edits.iter().filter(|e| e.start < e.end) {
+            if e.start < prev {
+                k = words.partition_point(|w| w.1 <= e.start);
+            }
+            prev = e.start;
+            while words.get(k).is_some_and(|w| w.1 <= e.start) {
+                k += 1;
+            }
+            if words.get(k).is_some_and(|w| w.0 < e.end) {
+                starred.push((e.start, e.end));
+            }
+        }
+        if starred.is_empty() {
+            return false;
+        }
+        starred.extend_from_slice(&self.starred);
+        let starred = coalesce(starred);
+        if starred == self.starred {
+            return false;
+        }
+        self.starred = starred;
+        true
     }
 
     /// Everything before this position is decided (its edits were emitted).
@@ -290,7 +419,7 @@ impl TextScan {
 
     /// What the group that ends at `buf[ge]` allows, given the character there (`right_alpha`: an
     /// ASCII letter). `None`: the input ends too soon to tell (never with `last`).
-    fn glue(&self, cx: &Cx<'_, '_>, ge: usize, right_alpha: bool, last: bool) -> Option<Glue> {
+    fn glue(&mut self, cx: &Cx<'_, '_>, ge: usize, right_alpha: bool, last: bool) -> Option<Glue> {
         if self.oversize {
             return Some(Glue::FREE);
         }
@@ -310,12 +439,69 @@ impl TextScan {
                 ..Glue::FREE
             });
         }
-        let hashed = in_hex_token(buf, gs, ge, right_glued, last)? || in_iban(buf, gs, ge, last)?;
+        let hashed = !self.no_hash && self.hashed(cx, gs, ge, right_glued, last)?;
         Some(Glue {
             left_ok: !(self.left_glued && hashed),
             right_ok: !(right_glued && hashed),
             track,
         })
+    }
+
+    /// The hash rule for the group `buf[gs..ge]` ([`in_hex_token`], [`in_iban`]); in
+    /// [`Self::feed_whole`], as the group's word reads with the bytes of `starred` masked.
+    /// `None`: the input ends too soon to tell.
+    fn hashed(
+        &mut self,
+        cx: &Cx<'_, '_>,
+        gs: usize,
+        ge: usize,
+        right_glued: bool,
+        last: bool,
+    ) -> Option<bool> {
+        let buf = cx.buf;
+        let mut hashed =
+            in_hex_token(buf, gs, ge, right_glued, last)? || in_iban(buf, gs, ge, last)?;
+        if !hashed || !self.whole {
+            return Some(hashed);
+        }
+        // The word around the group, which holds all the rule reads.
+        let word = |b: &&u8| b.is_ascii_alphanumeric() || **b == b'-';
+        let ws = gs
+            - buf[..gs]
+                .iter()
+                .rev()
+                .take(HEX_LOOK)
+                .take_while(word)
+                .count();
+        let we = ge + buf[ge..].iter().take(HEX_LOOK).take_while(word).count();
+        let (s, e) = (cx.base + ws, cx.base + we);
+        let k = self.starred.partition_point(|r| r.1 <= s);
+        let stars = &self.starred[k..];
+        let stars = &stars[..stars.partition_point(|r| r.0 < e)];
+        if !stars.is_empty() {
+            // Masked, those bytes are `*` or part of a `pan_ref` token: a UUID or an IBAN that
+            // loses some is none, a hex run is measured up to them. Stars only take protection
+            // away, so each round masks all that the one before did.
+            let mut seen = buf[ws..we].to_vec();
+            for &(a, b) in stars {
+                seen[a.max(s) - s..b.min(e) - s].fill(b'*');
+            }
+            let hex = |b: &&u8| b.is_ascii_hexdigit();
+            let l = seen[..gs - ws].iter().rev().take_while(hex).count();
+            let r = if right_glued {
+                seen[ge - ws..].iter().take_while(hex).count()
+            } else {
+                0
+            };
+            hashed = buf[gs..ge].iter().all(u8::is_ascii_digit) && l + (ge - gs) + r >= HEX_TOKEN;
+        }
+        // Groups close in order: a word starts where the last one did or later.
+        match self.hash_words.last_mut() {
+            _ if !hashed => {}
+            Some(w) if w.0 <= s && s <= w.1 => w.1 = w.1.max(e),
+            _ => self.hash_words.push((s, e)),
+        }
+        Some(hashed)
     }
 
     /// Fast path for the common case: a run of ASCII digit groups, starting at `t`, that certainly
@@ -772,6 +958,19 @@ struct Cx<'a, 'b> {
     report: &'b mut MaskReport,
 }
 
+/// Sorted ranges with overlapping and touching ones joined.
+fn coalesce(mut ranges: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
 /// Index of the first byte at or after `from` where a digit may start, or `buf.len()`.
 pub(crate) fn find_trigger(buf: &[u8], from: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
@@ -807,11 +1006,6 @@ pub(crate) fn find_trigger(buf: &[u8], from: usize) -> usize {
         i += 1;
     }
     buf.len()
-}
-
-/// True when `buf` holds anything the detector could read as a digit.
-pub(crate) fn may_hold_digits(buf: &[u8]) -> bool {
-    find_trigger(buf, 0) < buf.len()
 }
 
 /// Whether track data follows a group ending at `buf[ge]`: `D`/`d` and seven digits whose third and
@@ -973,6 +1167,21 @@ pub(crate) fn is_ascii_alpha_class(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_the_hash_rule_a_hash_hides_nothing() {
+        let m = Masker::default();
+        let text = b"sha1 da39a3ee4111111111111111ef95601890afd807";
+        let mut edits = Vec::new();
+        let mut s = TextScan::new(0);
+        s.feed_whole(&m, text, 0, 0, true, &mut edits, &mut MaskReport::default());
+        assert!(edits.is_empty());
+        // The last round of `feed_whole`.
+        s.no_hash = true;
+        s.reset(0);
+        s.feed(&m, text, 0, true, &mut edits, &mut MaskReport::default());
+        assert_eq!(edits.len(), 12);
+    }
 
     #[test]
     fn trigger_search_matches_scalar() {

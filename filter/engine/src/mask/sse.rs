@@ -282,9 +282,7 @@ fn mask_event(m: &Masker, ev: &[u8], base: usize, report: &mut MaskReport) -> Ve
     }
     let mut scan = TextScan::new(base);
     for (s, e) in others {
-        scan.reset(base + s);
-        scan.feed(m, &ev[..e], base, true, &mut edits, report);
-        m.extra_text_edits(&ev[s..e], base + s, &scan.extra_windows, &mut edits, report);
+        scan.feed_whole(m, &ev[..e], base, base + s, true, &mut edits, report);
     }
     normalize(&mut edits);
     edits
@@ -465,8 +463,7 @@ fn link(m: &Masker, prev: &mut Vec<u8>, tail: Tail, next: &mut Vec<u8>, report: 
     let split = joined.len();
     joined.extend_from_slice(&htext[..hend]);
     let mut edits = Vec::new();
-    let mut scan = TextScan::new(0);
-    scan.feed(m, &joined, 0, true, &mut edits, report);
+    TextScan::new(0).feed_whole(m, &joined, 0, 0, false, &mut edits, report);
     let (mut pe, mut ne) = (Vec::new(), Vec::new());
     let (mut th, mut hh) = (0, 0);
     for e in edits {

@@ -116,6 +116,79 @@ fn hashes_uuids_and_ibans_are_not_cards() {
 }
 
 #[test]
+fn hash_rule_reads_the_masked_output() {
+    // In each, a card is glued to a hex run of 24 or more, or to a UUID, that loses digits to
+    // another card's masking: it is judged in the same pass, as a second pass would judge it.
+    for (input, want) in [
+        // A card with a fullwidth digit, then track data, on the right.
+        (
+            "4000000000006a30400000000006\u{ff13}095 0000 0000 00",
+            "*********0006a****************** **** **** **",
+        ),
+        (
+            "4000 0000 00006a4222222222222D2512101000",
+            "**** **** *0006a*********2222D**********",
+        ),
+        // Track data and a card with a fullwidth digit, on the left.
+        (
+            "4111111111111111D25121010000000abcdef4000000000006",
+            "************1111D**************abcdef*********0006",
+        ),
+        (
+            "4111111111111111=25121010000abcdef4000000000006",
+            "************1111=***********abcdef*********0006",
+        ),
+        (
+            "\u{ff14}111111111111111abc4000000000006",
+            "************1111abc*********0006",
+        ),
+        // A UUID that loses digits to a card is no longer a UUID.
+        (
+            "41111111-1111-4008-0000-12345678abcd",
+            "********-****-****-****-****5678abcd",
+        ),
+        (
+            "4111 1111 1111 0006abcd-1234-1234-4111-111111111103",
+            "**** **** **** 0006abcd-1234-1234-****-********1103",
+        ),
+    ] {
+        // Two cards, counted once each however many times the text was scanned.
+        assert_eq!(mask(input), (want.to_string(), 2), "{input}");
+        assert_eq!(mask(want), (want.to_string(), 0), "{input}");
+        let json = serde_json::json!({ "v": input }).to_string();
+        let (out, _) = mask_json_str(&Masker::default(), &json);
+        assert_eq!(out, serde_json::json!({ "v": want }).to_string(), "{input}");
+    }
+    let mut r = MaskReport::detailed();
+    Masker::default().mask_body(
+        "card 4111111111111111 then 4000000000006a30400000000006\u{ff13}095".as_bytes(),
+        &mut r,
+    );
+    let found: Vec<(usize, &str)> = r
+        .findings
+        .iter()
+        .map(|f| (f.offset, f.masked.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (5, "************1111"),
+            (27, "*********0006"),
+            (41, "**************3095")
+        ]
+    );
+    // Hashes whose digits stay are untouched, cards next to them masked.
+    let s = "sha1 da39a3ee4111111111111111ef95601890afd807 card 4111111111111111";
+    assert_eq!(
+        mask(s),
+        (
+            "sha1 da39a3ee4111111111111111ef95601890afd807 card ************1111".into(),
+            1
+        )
+    );
+}
+
+#[test]
 fn track_two_equivalent_data() {
     let m = Masker::default();
     for (input, want) in [

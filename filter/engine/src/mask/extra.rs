@@ -263,27 +263,30 @@ fn note(report: &mut MaskReport, name: &str, offset: usize, shown: &str) {
 }
 
 /// Stars the ASCII digits of `s[from..to]`, keeping the last `keep`.
+/// Stars the digits of `s[from..to]` but the last `keep`. Any numeric character counts (a
+/// fullwidth digit is a digit to a reader), so that neither the text nor its finding shows one.
 fn star_digits(s: &str, at: usize, from: usize, to: usize, keep: usize, edits: &mut Vec<Edit>) {
-    let bytes = &s.as_bytes()[from..to];
-    let total = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+    let part = &s[from..to];
+    let total = part.chars().filter(|c| c.is_numeric()).count();
     let mut seen = 0;
-    for (k, b) in bytes.iter().enumerate() {
-        if b.is_ascii_digit() {
+    for (k, c) in part.char_indices() {
+        if c.is_numeric() {
             if seen + keep < total {
                 let p = at + from + k;
-                edits.push(Edit::star(p, p + 1, false));
+                edits.push(Edit::star(p, p + c.len_utf8(), false));
             }
             seen += 1;
         }
     }
 }
 
+/// `s` as [`star_digits`] leaves it, for the finding.
 fn masked_digits(s: &str, keep: usize) -> String {
-    let total = s.chars().filter(char::is_ascii_digit).count();
+    let total = s.chars().filter(|c| c.is_numeric()).count();
     let mut seen = 0;
     s.chars()
         .map(|c| {
-            if c.is_ascii_digit() {
+            if c.is_numeric() {
                 seen += 1;
                 if seen + keep <= total {
                     return '*';

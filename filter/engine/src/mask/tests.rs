@@ -470,6 +470,41 @@ fn track_data_and_custom() {
     assert_eq!(r.by_detector.get("ssn"), Some(&1));
 }
 
+/// Track data whose discretionary part holds fullwidth digits (a card, read as one): neither the
+/// text nor a finding shows a digit of it, in any display.
+#[test]
+fn track_data_in_fullwidth_digits_is_masked_in_the_text_and_in_its_finding() {
+    let input = "%B4000000000006^^4000000000006\u{ff14}\u{ff10}\u{ff10}\u{ff10}\u{ff10}\u{ff10}\
+                 \u{ff10}\u{ff10}\u{ff10}\u{ff10}\u{ff10}\u{ff10}\u{ff16}";
+    for display in [r#"{}"#, r#"{"display":"binLastFour"}"#] {
+        let m = Masker::new(serde_json::from_str(display).unwrap()).unwrap();
+        let mut r = MaskReport::detailed();
+        let out = String::from_utf8(m.mask_body(input.as_bytes(), &mut r)).unwrap();
+        assert!(
+            !out.chars().any(|c| c.is_numeric() && !c.is_ascii()),
+            "{out}"
+        );
+        let track = r.findings.iter().find(|f| f.kind == "track1").unwrap();
+        assert!(
+            !track
+                .masked
+                .chars()
+                .any(|c| c.is_numeric() && !c.is_ascii()),
+            "{display}: {}",
+            track.masked
+        );
+        for finding in &r.findings {
+            let longest = finding
+                .masked
+                .split(|c: char| !c.is_ascii_digit())
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            assert!(longest <= 6, "{display}: {}", finding.masked);
+        }
+    }
+}
+
 #[test]
 fn content_types() {
     let m = Masker::default();

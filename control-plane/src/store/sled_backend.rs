@@ -80,7 +80,8 @@ const PRUNE_BATCH: u64 = 16 * 1024;
 const QUEUE_CAPACITY: usize = 8192;
 
 /// Read access to a store, without a writer. `tollgate audit verify` uses it when no server
-/// runs; it must not trust the head, so opening does not recover or check anything.
+/// runs; it must not trust the head, so opening recovers and checks nothing beyond putting back
+/// what the write-ahead log holds (acknowledged records, which are part of the log).
 pub struct Reader {
     path: std::path::PathBuf,
     db: sled::Db,
@@ -248,8 +249,7 @@ impl Reader {
             }
         }
         if !files.is_empty() {
-            self.db.flush()?;
-            sync_sled_files(&self.path).map_err(wal_error)?;
+            make_durable(&self.db, &self.path)?;
             wal::remove_all(&dir).map_err(wal_error)?;
         }
         Ok(Replayed {
@@ -257,6 +257,12 @@ impl Reader {
             last_generation: files.last().map(|(generation, _)| *generation),
         })
     }
+}
+
+/// sled's `flush`, then [`sync_sled_files`]: what must hold before a log file is deleted.
+fn make_durable(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    db.flush()?;
+    sync_sled_files(path).map_err(wal_error)
 }
 
 /// `fsync` of sled's files: its `flush` waits for `sync_file_range`, which neither asks the
@@ -552,8 +558,7 @@ impl Store {
         let flushed = reader.db.clone();
         let store_path = path.to_path_buf();
         let log = wal::Log::start(&reader.wal_dir(), replayed.last_generation, move || {
-            flushed.flush().map_err(|e| e.to_string())?;
-            sync_sled_files(&store_path).map_err(|e| e.to_string())
+            make_durable(&flushed, &store_path).map_err(|e| e.to_string())
         })
         .map_err(wal_error)?;
         let driver = wrap(SledDriver {
@@ -839,11 +844,12 @@ impl Store {
         if healthy {
             self.reader.meta.remove(RUN_KEY)?;
         }
-        self.reader.db.flush()?;
         // After a failed write the log may hold a group sled lacks: the next open replays it.
         if healthy {
-            sync_sled_files(&self.reader.path).map_err(wal_error)?;
+            make_durable(&self.reader.db, &self.reader.path)?;
             wal::remove_all(&self.reader.wal_dir()).map_err(wal_error)?;
+        } else {
+            self.reader.db.flush()?;
         }
         Ok(())
     }

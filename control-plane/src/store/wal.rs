@@ -175,25 +175,31 @@ impl<'a> Input<'a> {
     }
 }
 
-/// The log files in `dir`, oldest first, with their generations.
-pub(crate) fn files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut files = Vec::new();
+/// What `dir` holds, each with its file name (none when there is no `dir`).
+fn entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    for entry in entries {
-        let path = entry?.path();
-        let generation = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(SUFFIX))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(generation) = generation {
-            files.push((generation, path));
-        }
-    }
+    entries
+        .map(|entry| {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            Ok((name.to_owned(), path))
+        })
+        .collect()
+}
+
+/// The log files in `dir`, oldest first, with their generations.
+pub(crate) fn files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files: Vec<_> = entries(dir)?
+        .into_iter()
+        .filter_map(|(name, path)| {
+            let generation = name.strip_suffix(SUFFIX)?.parse::<u64>().ok()?;
+            Some((generation, path))
+        })
+        .collect();
     files.sort_unstable();
     Ok(files)
 }
@@ -207,15 +213,14 @@ pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
 
 /// Removes every log file and spare in `dir`: their groups are all in a flushed sled.
 pub(crate) fn remove_all(dir: &Path) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(SUFFIX) || name.starts_with(SPARE_PREFIX) {
+    remove_where(dir, |name| {
+        name.ends_with(SUFFIX) || name.starts_with(SPARE_PREFIX)
+    })
+}
+
+fn remove_where(dir: &Path, doomed: impl Fn(&str) -> bool) -> io::Result<()> {
+    for (name, path) in entries(dir)? {
+        if doomed(&name) {
             remove(&path)?;
         }
     }
@@ -285,7 +290,7 @@ impl Log {
         flush: impl Fn() -> Result<(), String> + Send + 'static,
     ) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        remove_all_spares(dir)?;
+        remove_where(dir, |name| name.starts_with(SPARE_PREFIX))?;
         let generation = last.map_or(0, |g| g + 1);
         let path = dir.join(format!("{generation:020}{SUFFIX}"));
         let file = zeroed(&path, FILE_SIZE)?;
@@ -379,20 +384,6 @@ impl Drop for Log {
             let _ = flusher.join();
         }
     }
-}
-
-fn remove_all_spares(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(SPARE_PREFIX))
-        {
-            remove(&path)?;
-        }
-    }
-    Ok(())
 }
 
 /// Makes the next file when asked (ahead of need: a store that never fills its first file

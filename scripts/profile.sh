@@ -107,10 +107,12 @@ PY
 }
 measure plain
 measure tollgate
-# perf's sampling costs the sampled process CPU, so it has a run of its own.
+# perf's sampling costs the sampled process CPU, so it has a run of its own. It samples the whole
+# machine and the report keeps the control plane: in a container, attaching to one process with
+# `-p` can record no samples at all.
 if command -v perf >/dev/null; then
   run_wrk "$STATE/results/warmup.json" "$(url tollgate)" body-1k.json 16 1 || true
-  perf record -F 999 -g -p "$CP_PID" -o "$STATE/control-plane.perf" -- sleep "$SECONDS_MEASURED" \
+  perf record -F 999 -g -a -o "$STATE/control-plane.perf" -- sleep "$SECONDS_MEASURED" \
     >"$STATE/logs/perf.log" 2>&1 &
   perf_pid=$!
   run_wrk "$STATE/results/perf.json" "$(url tollgate)" body-1k.json 16 "$SECONDS_MEASURED" || true
@@ -151,6 +153,6 @@ PY
 if [ -s "$STATE/control-plane.perf" ]; then
   echo
   echo "control plane, hottest symbols (perf, self time):"
-  perf report -i "$STATE/control-plane.perf" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
+  perf report -i "$STATE/control-plane.perf" --pid "$CP_PID" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
     | grep '%' | head -25 | cut -c1-120
 fi

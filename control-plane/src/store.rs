@@ -41,6 +41,7 @@ use crate::keys::{KeyDir, KeyError};
 use crate::merkle::{self, Frontier, NodeSource};
 use crate::note::NoteVerifier;
 
+mod pack;
 pub mod pg;
 pub(crate) mod sequencer;
 pub mod sled_backend;
@@ -174,6 +175,8 @@ pub struct Options {
     /// Generate a signing key when there is none (`serve`); otherwise a missing key is an
     /// error (a command that only reads must not invent a key).
     pub create_key: bool,
+    /// sled: the records sampled before a packing dictionary is trained (0: never train).
+    pub dictionary_after: usize,
 }
 
 impl Options {
@@ -185,6 +188,7 @@ impl Options {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             create_key: true,
+            dictionary_after: 1000,
         }
     }
 }

@@ -335,7 +335,7 @@ async fn archive_prune_verify_and_replay_round_trip() {
     {
         let db = sled::Config::new()
             .path(home.path().join("audit.sled"))
-            .use_compression(true)
+            .use_compression(false)
             .open()
             .unwrap();
         let merkle = db.open_tree("merkle").unwrap();

@@ -1330,7 +1330,7 @@ fn the_live_log_refuses_checkpoints_signed_by_a_retired_key() {
         copy_dir(&log.home, home.path());
         let db = sled::Config::new()
             .path(home.path().join("audit.sled"))
-            .use_compression(true)
+            .use_compression(false)
             .open()
             .unwrap();
         let tree = db.open_tree("checkpoints").unwrap();

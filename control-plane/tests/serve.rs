@@ -321,14 +321,15 @@ async fn verify_reads_the_store_offline_records_the_read_and_names_the_first_bad
     {
         let db = sled::Config::new()
             .path(&path)
-            .use_compression(true)
+            .use_compression(false)
             .open()
             .unwrap();
         let tree = db.open_tree("records").unwrap();
-        let mut value = tree.get(7u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let mut value = common::unpacked(&tree.get(7u64.to_be_bytes()).unwrap().unwrap());
         let at = value.windows(5).position(|w| w == b"allow").unwrap();
         value[at] = b'A';
-        tree.insert(7u64.to_be_bytes(), value).unwrap();
+        tree.insert(7u64.to_be_bytes(), common::packed(&value))
+            .unwrap();
         db.flush().unwrap();
     }
     let verify = tollgate(home.path(), &["audit", "verify", "--direct"]);

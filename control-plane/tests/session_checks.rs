@@ -152,7 +152,7 @@ async fn a_session_is_bound_checked_ended_and_survives_a_restart() {
 fn sled_tree_keys(home: &Path) -> Vec<String> {
     let db = sled::Config::new()
         .path(home.join("audit.sled"))
-        .use_compression(true)
+        .use_compression(false)
         .open()
         .unwrap();
     let tree = db.open_tree("sessions").unwrap();

@@ -54,7 +54,7 @@ fn assert_broken(home: &Path, extra: &[&str], seq: Option<u64>, problem: &str) -
 fn with_tree(home: &Path, tree: &str, edit: impl FnOnce(&sled::Tree)) {
     let db = sled::Config::new()
         .path(home.join("audit.sled"))
-        .use_compression(true)
+        .use_compression(false)
         .open()
         .unwrap();
     edit(&db.open_tree(tree).unwrap());
@@ -100,10 +100,33 @@ async fn intact_log_verifies_and_every_store_edit_is_caught() {
     // A changed byte.
     let home = attack("changed byte");
     with_tree(home.path(), "records", |t| {
-        let mut value = t.get(key(7)).unwrap().unwrap().to_vec();
+        let mut value = common::unpacked(&t.get(key(7)).unwrap().unwrap());
         let at = value.windows(5).position(|w| w == b"allow").unwrap();
         value[at] = b'A';
+        t.insert(key(7), common::packed(&value)).unwrap();
+    });
+    assert_broken(home.path(), &[], Some(7), "chain hash mismatch");
+
+    // A changed byte in the stored zstd frame itself: it unpacks to something else, or not at
+    // all and is read as stored.
+    let home = attack("changed byte in the packed record");
+    with_tree(home.path(), "records", |t| {
+        let mut value = t.get(key(7)).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0x55;
         t.insert(key(7), value).unwrap();
+    });
+    assert_broken(home.path(), &[], Some(7), "");
+
+    // A record written back as plain JSON, as a store created before packing holds it, but
+    // changed: plain values are read, and judged like any other.
+    let home = attack("record rewritten as plain JSON");
+    with_tree(home.path(), "records", |t| {
+        let value = common::unpacked(&t.get(key(7)).unwrap().unwrap());
+        let text = String::from_utf8(value[32..].to_vec()).unwrap();
+        let mut forged = value[..32].to_vec();
+        forged.extend(text.replacen("allow", "Allow", 1).into_bytes());
+        t.insert(key(7), forged).unwrap();
     });
     assert_broken(home.path(), &[], Some(7), "chain hash mismatch");
 
@@ -151,7 +174,7 @@ async fn a_forged_chain_is_caught_by_the_signed_roots() {
     with_tree(home.path(), "records", |t| {
         let mut previous: [u8; 32] = t.get(key(19)).unwrap().unwrap()[..32].try_into().unwrap();
         for seq in 20..62 {
-            let mut value = t.get(key(seq)).unwrap().unwrap().to_vec();
+            let mut value = common::unpacked(&t.get(key(seq)).unwrap().unwrap());
             if seq == 20 {
                 let at = value.windows(5).position(|w| w == b"allow").unwrap();
                 value[at..at + 5].copy_from_slice(b"denyy");
@@ -163,7 +186,7 @@ async fn a_forged_chain_is_caught_by_the_signed_roots() {
                 .into();
             value[..32].copy_from_slice(&hash);
             previous = hash;
-            t.insert(key(seq), value).unwrap();
+            t.insert(key(seq), common::packed(&value)).unwrap();
         }
     });
     let (code, summary) = verify(home.path(), &[]);

@@ -25,14 +25,17 @@
 //! # Layout
 //!
 //! Tree `records`: key = sequence number as 8 bytes big-endian (so sled's order is sequence
-//! order), value = 32-byte chain hash followed by the canonical JSON bytes. Tree `merkle`: key
+//! order), value = 32-byte chain hash followed by the canonical JSON bytes, as one zstd frame
+//! ([`super::pack`]) in a store created without sled's own compression (one created before
+//! keeps sled's compression and plain JSON). Tree `merkle`: key
 //! = level (1 byte) then index (8 bytes big-endian) = 32-byte hash of that perfect subtree, for
 //! levels >= [`STORED_LEVEL`] (lower ones are recomputed from the records); key `frontier` =
 //! the compact range of the whole tree. Tree `checkpoints`: key = checkpoint number (8 bytes
 //! big-endian), value = the signed note. Tree `meta`: `format` = `1`, `origin` = the log's
 //! origin line, `run` = present while a process has the store open, `archive` = where the hot
 //! store begins once records were archived ([`ArchiveCut`] as JSON), `pruning` = the same
-//! while a prune is under way (finished at the next open if the process died). Directory
+//! while a prune is under way (finished at the next open if the process died), `dict/<id>` =
+//! a packing dictionary, `dictionary` = the id of the one the writer packs with. Directory
 //! `wal` beside sled's files: the write-ahead log.
 
 use std::path::Path;
@@ -44,6 +47,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::pack::{Dictionaries, Packer, Samples};
 use super::sequencer::{
     Committed, Driver, Message, Pending, Plan, Sequencer, Shared, Sign, Tip, Writer,
 };
@@ -76,6 +80,11 @@ const WAL_DIR: &str = "wal";
 /// Records removed per sled batch while pruning: bounds the memory of one batch.
 const PRUNE_BATCH: u64 = 16 * 1024;
 
+/// `meta` key prefix of a packing dictionary: `dict/` then its id (4 bytes big-endian).
+const DICTIONARY_PREFIX: &[u8] = b"dict/";
+/// `meta` key of the id of the dictionary the writer packs with.
+const DICTIONARY_KEY: &str = "dictionary";
+
 /// Appends waiting for the writer; callers wait (backpressure) when it is full.
 const QUEUE_CAPACITY: usize = 8192;
 
@@ -89,6 +98,7 @@ pub struct Reader {
     merkle: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
+    dictionaries: Arc<Dictionaries>,
 }
 
 impl Reader {
@@ -111,10 +121,10 @@ impl Reader {
         let config = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
-            .use_compression(compressed(path))
-            // zstd's fastest level: JSON records still shrink about fourfold, and it costs no
-            // more CPU than writing them uncompressed (`make profile`); level 5 took a fifth of
-            // the control plane's samples.
+            // sled compresses every message with a zstd context of its own, Merkle nodes too:
+            // creating them was the writer thread's largest cost (`make profile`). The writer
+            // compresses records itself, with one context ([`pack`]).
+            .use_compression(sled_compresses(path))
             .compression_factor(1)
             // Appends are durable in the write-ahead log; sled is flushed when a log file is
             // retired, and by writes outside the log (tables, pruning, opening, closing).
@@ -146,6 +156,11 @@ impl Reader {
                 meta.insert(FORMAT_KEY, FORMAT)?;
             }
         }
+        let dictionaries = Dictionaries::default();
+        for entry in meta.scan_prefix(DICTIONARY_PREFIX) {
+            let (_, dictionary) = entry?;
+            dictionaries.add(&dictionary);
+        }
         Ok(Self {
             path: path.to_path_buf(),
             records: db.open_tree(RECORDS_TREE)?,
@@ -153,6 +168,7 @@ impl Reader {
             checkpoints: db.open_tree(CHECKPOINTS_TREE)?,
             meta,
             db,
+            dictionaries: Arc::new(dictionaries),
         })
     }
 
@@ -177,6 +193,7 @@ impl Reader {
         let Some((_, value)) = self.records.last()? else {
             return Ok(None);
         };
+        let value = self.dictionaries.unpack(&value);
         let time = value.get(32..).and_then(|json| {
             // A stored record, read as stored: one chained before appends were read as I-JSON
             // may hold an integer beyond 2^53, which `chain::parse_object` now refuses.
@@ -203,6 +220,8 @@ impl Reader {
             Some(bytes) => Frontier::decode(&bytes).map_or(0, |f| f.size()),
             None => 0,
         };
+        // Records an archive pruned stay pruned; a prune under way is finished after this.
+        let pruned_below = self.archive()?.map_or(0, |a| a.cut);
         let mut records = 0;
         for (n, (_, path)) in files.iter().enumerate() {
             let bytes = wal::read(path).map_err(wal_error)?;
@@ -214,30 +233,29 @@ impl Reader {
                 )));
             }
             for group in groups {
-                let mut batch = sled::Batch::default();
                 for (seq, value) in group.records {
-                    if seq < head {
-                        continue;
-                    }
                     if seq > head {
                         return Err(StoreError::Inconsistent(format!(
                             "records {head} to {} are neither in sled nor in its write-ahead log",
                             seq - 1
                         )));
                     }
-                    batch.insert(&seq.to_be_bytes(), value);
-                    head += 1;
-                    records += 1;
+                    // Below sled's last too: the writer inserts without sled batches, so what
+                    // sled kept of the log's span is checked record by record, not assumed.
+                    let key = seq.to_be_bytes();
+                    if seq >= pruned_below && !self.records.contains_key(key)? {
+                        self.records.insert(key, value)?;
+                        records += 1;
+                    }
+                    head = head.max(seq + 1);
                 }
-                self.records.apply_batch(batch)?;
+                // Nodes are fixed by the records: writing them again is harmless.
+                for (level, index, hash) in &group.nodes {
+                    self.merkle.insert(node_key(*level, *index), &hash[..])?;
+                }
                 let size = Frontier::decode(&group.frontier).map(|f| f.size());
                 if let Some(size) = size.filter(|size| *size > frontier_size) {
-                    let mut nodes = sled::Batch::default();
-                    for (level, index, hash) in &group.nodes {
-                        nodes.insert(&node_key(*level, *index), &hash[..]);
-                    }
-                    nodes.insert(FRONTIER_KEY, group.frontier);
-                    self.merkle.apply_batch(nodes)?;
+                    self.merkle.insert(FRONTIER_KEY, group.frontier)?;
                     frontier_size = size;
                 }
                 if let Some((number, note)) = group.checkpoint {
@@ -299,13 +317,14 @@ impl Reads for Reader {
         } else {
             usize::try_from(limit).unwrap_or(usize::MAX)
         };
+        let dictionaries = self.dictionaries.clone();
         Box::new(
             self.records
                 .range(from_seq.to_be_bytes()..)
                 .take(limit)
-                .map(|entry| {
+                .map(move |entry| {
                     let (key, value) = entry?;
-                    decode(&key, &value)
+                    decode(&dictionaries, &key, &value)
                 }),
         )
     }
@@ -419,16 +438,15 @@ impl Reader {
     }
 }
 
-/// Whether the store at `path` keeps its pages zstd-compressed: every new store does (records
-/// are JSON, about a quarter of their size compressed); one created before keeps its setting,
-/// which sled fixes at creation (its `conf` file) and refuses to change.
-fn compressed(path: &Path) -> bool {
-    match std::fs::read_to_string(path.join("conf")) {
-        Ok(conf) => conf
-            .lines()
-            .any(|line| line.trim() == "use_compression: true"),
-        Err(_) => true,
-    }
+/// Whether the store at `path` was created with sled's page compression, which sled fixes at
+/// creation (its `conf` file) and refuses to change. A new store is not: its writer packs
+/// records instead ([`pack`]).
+fn sled_compresses(path: &Path) -> bool {
+    // Not text throughout: sled ends the file with a checksum.
+    std::fs::read(path.join("conf")).is_ok_and(|conf| {
+        conf.split(|b| *b == b'\n')
+            .any(|line| line == b"use_compression: true")
+    })
 }
 
 fn node_key(level: u32, index: u64) -> [u8; 9] {
@@ -445,8 +463,12 @@ fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<StoredRecord, StoreError> {
-    Ok(split_value(seq_of(key)?, value))
+fn decode(
+    dictionaries: &Dictionaries,
+    key: &[u8],
+    value: &[u8],
+) -> Result<StoredRecord, StoreError> {
+    Ok(split_value(seq_of(key)?, &dictionaries.unpack(value)))
 }
 
 /// The audit store with its single writer. See the module documentation for the contract.
@@ -563,6 +585,7 @@ impl Store {
         .map_err(wal_error)?;
         let driver = wrap(SledDriver {
             log,
+            packing: Packing::start(&reader, options)?,
             records: reader.records.clone(),
             merkle: reader.merkle.clone(),
             checkpoints: reader.checkpoints.clone(),
@@ -915,10 +938,124 @@ fn recover_frontier(reader: &Reader, len: u64) -> Result<(Frontier, u64), StoreE
 /// is one entry of the write-ahead log, synced, then two batches and a checkpoint insert.
 pub(super) struct SledDriver {
     log: wal::Log,
+    /// Packs records when sled does not compress them.
+    packing: Option<Packing>,
     records: sled::Tree,
     merkle: sled::Tree,
     checkpoints: sled::Tree,
     tip: Tip,
+}
+
+/// The writer's packing: its [`Packer`], and the dictionary it waits for.
+struct Packing {
+    packer: Packer,
+    /// The first records, while the store has no dictionary.
+    samples: Option<Samples>,
+    /// A dictionary being trained (and stored) on a thread of its own.
+    training: Option<std_mpsc::Receiver<Result<Vec<u8>, String>>>,
+    dictionaries: Arc<Dictionaries>,
+    db: sled::Db,
+    meta: sled::Tree,
+    path: std::path::PathBuf,
+}
+
+impl Packing {
+    /// `None` for a store sled compresses.
+    fn start(reader: &Reader, options: &Options) -> Result<Option<Self>, StoreError> {
+        if sled_compresses(&reader.path) {
+            return Ok(None);
+        }
+        let mut packer = Packer::default();
+        let current = reader.meta.get(DICTIONARY_KEY)?.and_then(|id| {
+            let key = [DICTIONARY_PREFIX, &id].concat();
+            reader.meta.get(key).ok().flatten()
+        });
+        if let Some(dictionary) = &current {
+            packer.use_dictionary(dictionary);
+        }
+        Ok(Some(Self {
+            packer,
+            samples: (current.is_none() && options.dictionary_after > 0)
+                .then(|| Samples::new(options.dictionary_after)),
+            training: None,
+            dictionaries: reader.dictionaries.clone(),
+            db: reader.db.clone(),
+            meta: reader.meta.clone(),
+            path: reader.path.clone(),
+        }))
+    }
+
+    /// Packs every value of a write in place; samples them first while there is no dictionary.
+    fn pack(&mut self, records: &mut [(u64, Vec<u8>)]) -> std::io::Result<()> {
+        self.take_trained();
+        for (_, value) in records.iter_mut() {
+            if let Some(samples) = &mut self.samples {
+                if samples.add(value) {
+                    self.train();
+                }
+            }
+            *value = self.packer.pack(value)?;
+        }
+        Ok(())
+    }
+
+    /// Trains a dictionary on the samples off the writer's thread, and stores it durably
+    /// before the writer packs with it: a logged record must never name a dictionary that a
+    /// crash could lose.
+    fn train(&mut self) {
+        let Some(samples) = self.samples.take() else {
+            return;
+        };
+        let (done, training) = std_mpsc::channel();
+        let (db, meta, path) = (self.db.clone(), self.meta.clone(), self.path.clone());
+        let spawned = std::thread::Builder::new()
+            .name("audit-dictionary".into())
+            .spawn(move || {
+                let stored = samples
+                    .train()
+                    .map_err(|e| e.to_string())
+                    .and_then(|dictionary| {
+                        let id = zstd::zstd_safe::get_dict_id_from_dict(&dictionary);
+                        if id == 0 {
+                            return Err("the trained dictionary has no id".into());
+                        }
+                        let key = [DICTIONARY_PREFIX, &id.to_be_bytes()].concat();
+                        meta.insert(key, &dictionary[..])
+                            .and_then(|_| meta.insert(DICTIONARY_KEY, &id.to_be_bytes()))
+                            .map_err(|e| e.to_string())?;
+                        make_durable(&db, &path).map_err(|e| e.to_string())?;
+                        Ok(dictionary)
+                    });
+                let _ = done.send(stored);
+            });
+        match spawned {
+            Ok(_) => self.training = Some(training),
+            Err(e) => eprintln!("tollgate: could not start training a dictionary: {e}"),
+        }
+    }
+
+    /// Packs with the trained dictionary once it is stored.
+    fn take_trained(&mut self) {
+        let Some(training) = &self.training else {
+            return;
+        };
+        let stored = match training.try_recv() {
+            Ok(stored) => stored,
+            Err(std_mpsc::TryRecvError::Empty) => return,
+            Err(std_mpsc::TryRecvError::Disconnected) => Err("its thread ended".into()),
+        };
+        self.training = None;
+        match stored {
+            Ok(dictionary) => {
+                self.dictionaries.add(&dictionary);
+                self.packer.use_dictionary(&dictionary);
+            }
+            // Records are still packed, only larger.
+            Err(e) => eprintln!(
+                "tollgate: no dictionary for the audit store ({e}): records are packed without one"
+            ),
+        }
+    }
 }
 
 impl Driver for SledDriver {
@@ -930,6 +1067,9 @@ impl Driver for SledDriver {
             });
         };
         let frontier = write.tip.frontier.encode();
+        if let Some(packing) = &mut self.packing {
+            packing.pack(&mut write.records).map_err(wal_error)?;
+        }
         let start = Instant::now();
         self.log
             .append(
@@ -943,18 +1083,18 @@ impl Driver for SledDriver {
             )
             .map_err(wal_error)?;
         let durable = start.elapsed();
-        // Readers see a record only once it is durable.
-        let mut batch = sled::Batch::default();
+        // Readers see a record only once it is durable. Plain inserts, not sled batches: a
+        // batch makes sled write and `sync_file_range` its buffer twice (most of sled's I/O
+        // threads' CPU per call), and the log already makes the group atomic. sled recovers a
+        // prefix of its inserts, and the frontier goes last, so a crash leaves what replay
+        // completes: records past sled's last, nodes for a frontier it has not reached.
         for (seq, value) in std::mem::take(&mut write.records) {
-            batch.insert(&seq.to_be_bytes(), value);
+            self.records.insert(seq.to_be_bytes(), value)?;
         }
-        let mut nodes = sled::Batch::default();
         for (level, index, hash) in &write.nodes {
-            nodes.insert(&node_key(*level, *index), &hash[..]);
+            self.merkle.insert(node_key(*level, *index), &hash[..])?;
         }
-        nodes.insert(FRONTIER_KEY, frontier);
-        self.records.apply_batch(batch)?;
-        self.merkle.apply_batch(nodes)?;
+        self.merkle.insert(FRONTIER_KEY, frontier)?;
         if let Some(checkpoint) = &write.checkpoint {
             self.checkpoints
                 .insert(checkpoint.number.to_be_bytes(), checkpoint.note.as_bytes())?;

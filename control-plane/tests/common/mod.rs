@@ -803,3 +803,20 @@ pub mod bundle {
         }
     }
 }
+
+/// A `records` value of a sled store as its readers see it: the chain hash, then the canonical
+/// JSON, which the writer stores as one zstd frame.
+#[allow(dead_code)]
+pub fn unpacked(value: &[u8]) -> Vec<u8> {
+    let mut plain = value[..32].to_vec();
+    plain.extend(zstd::stream::decode_all(&value[32..]).unwrap());
+    plain
+}
+
+/// A value of [`unpacked`]'s form stored as the writer stores it.
+#[allow(dead_code)]
+pub fn packed(plain: &[u8]) -> Vec<u8> {
+    let mut value = plain[..32].to_vec();
+    value.extend(zstd::block::compress(&plain[32..], 1).unwrap());
+    value
+}

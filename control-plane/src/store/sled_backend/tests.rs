@@ -548,7 +548,7 @@ async fn tampering_in_sled_is_detected() {
         tree.iter()
             .map(|e| {
                 let (k, v) = e.unwrap();
-                decode(&k, &v).unwrap()
+                decode(&Dictionaries::default(), &k, &v).unwrap()
             })
             .map(|r| verifier.check(&r))
             .find_map(Result::err)
@@ -921,4 +921,164 @@ async fn a_write_ahead_log_that_would_leave_a_gap_is_refused() {
             .contains("neither in sled nor in its write-ahead log"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_record_sled_lost_below_its_last_is_put_back_from_the_write_ahead_log() {
+    let live = tempfile::tempdir().unwrap();
+    let path = live.path().join("audit.sled");
+    let store = Store::open(&path, &options(live.path())).unwrap();
+    append_n(&store, 0, 4).await;
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(&path, &options(live.path())).unwrap();
+    append_n(&store, 4, 6).await;
+    let logged = tempfile::tempdir().unwrap();
+    copy_tree(&path.join(WAL_DIR), logged.path());
+    let expected: Vec<StoredRecord> = store.records(0, 0).map(Result::unwrap).collect();
+    store.close().unwrap();
+    drop(store);
+
+    // The writer inserts a group's records one by one: sled keeping a later one and not an
+    // earlier is not assumed impossible.
+    let crashed = tempfile::tempdir().unwrap();
+    copy_tree(live.path(), crashed.path());
+    let crashed_path = crashed.path().join("audit.sled");
+    {
+        let reader = Reader::open_or_create(&crashed_path).unwrap();
+        assert!(reader.records.remove(7u64.to_be_bytes()).unwrap().is_some());
+        reader.db.flush().unwrap();
+    }
+    copy_tree(logged.path(), &crashed_path.join(WAL_DIR));
+
+    let store = Store::open(&crashed_path, &options(crashed.path())).unwrap();
+    let stored: Vec<StoredRecord> = store.records(0, 0).map(Result::unwrap).collect();
+    assert_eq!(stored.len(), expected.len());
+    assert_eq!(stored[7].chain_hash, expected[7].chain_hash);
+    assert_eq!(verify(&store).0, expected.len() as u64);
+}
+
+/// The dictionary ids of the stored frames, in record order (0: packed without one).
+fn frame_dictionaries(reader: &Reader) -> Vec<u32> {
+    reader
+        .records
+        .iter()
+        .map(|entry| {
+            let (_, value) = entry.unwrap();
+            assert_eq!(value[32..36], [0x28, 0xb5, 0x2f, 0xfd], "a packed record");
+            zstd::zstd_safe::get_dict_id_from_frame(&value[32..])
+        })
+        .collect()
+}
+
+async fn append_calls(store: &Store, from: u64, n: u64) {
+    for k in from..from + n {
+        let record = format!(
+            r#"{{"event":"mcp.request","decision":"allow","sub":"user{}@example.com","route":"/mcp","requestId":"req-{k:08}","tool":"tool{}"}}"#,
+            k % 7,
+            k % 3
+        );
+        store.append(record.as_bytes()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn records_are_packed_with_a_dictionary_trained_on_the_first_and_stored_before_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.sled");
+    let options = Options {
+        dictionary_after: 100,
+        ..options(dir.path())
+    };
+    let store = Store::open(&path, &options).unwrap();
+    append_calls(&store, 0, 100).await;
+    // Training runs beside the writer; the writer packs with the dictionary once it is stored.
+    let mut n = 100;
+    while store.reader.meta.get(DICTIONARY_KEY).unwrap().is_none() || n < 150 {
+        append_calls(&store, n, 10).await;
+        n += 10;
+        assert!(n < 5000, "no dictionary was trained");
+    }
+    append_calls(&store, n, 50).await;
+    let ids = frame_dictionaries(&store.reader);
+    let trained = *ids.last().unwrap();
+    assert_ne!(trained, 0);
+    assert!(
+        ids[..100].iter().all(|id| *id == 0),
+        "the samples packed without"
+    );
+    let first = ids.iter().position(|id| *id == trained).unwrap();
+    assert!(ids[first..].iter().all(|id| *id == trained));
+    let sizes: Vec<usize> = store
+        .reader
+        .records
+        .iter()
+        .map(|e| e.unwrap().1.len())
+        .collect();
+    let mean = |s: &[usize]| s.iter().sum::<usize>() / s.len();
+    assert!(
+        mean(&sizes[first..]) * 2 < mean(&sizes[..first]),
+        "with the dictionary {} bytes a record, without {}",
+        mean(&sizes[first..]),
+        mean(&sizes[..first])
+    );
+    let expected = records_json(&store);
+    assert_eq!(verify(&store).0, expected.len() as u64);
+    store.close().unwrap();
+    drop(store);
+
+    // Reopened: read back whole, and the writer packs with the stored dictionary at once.
+    let store = Store::open(&path, &options).unwrap();
+    assert_eq!(records_json(&store)[..expected.len()], expected[..]);
+    let len = expected.len() as u64;
+    append_calls(&store, len, 1).await;
+    assert_eq!(*frame_dictionaries(&store.reader).last().unwrap(), trained);
+    verify(&store);
+    store.close().unwrap();
+    drop(store);
+
+    // The dictionary removed: every record packed with it no longer reads as it was chained,
+    // and the chain breaks at the first of them.
+    {
+        let reader = Reader::open_or_create(&path).unwrap();
+        let key = [DICTIONARY_PREFIX, &trained.to_be_bytes()].concat();
+        assert!(reader.meta.remove(key).unwrap().is_some());
+        reader.db.flush().unwrap();
+    }
+    let reader = Reader::open(&path).unwrap();
+    let mut verifier = Verifier::new();
+    let broken = reader
+        .records(0, 0)
+        .map(|r| verifier.check(&r.unwrap()))
+        .find_map(Result::err)
+        .expect("the chain breaks");
+    assert_eq!(broken.seq, first as u64);
+}
+
+#[tokio::test]
+async fn a_store_created_with_sled_s_compression_keeps_it_and_plain_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.sled");
+    // As every store was created before records were packed.
+    drop(
+        sled::Config::new()
+            .path(&path)
+            .use_compression(true)
+            .open()
+            .unwrap(),
+    );
+    let store = Store::open(&path, &options(dir.path())).unwrap();
+    append_calls(&store, 0, 20).await;
+    let value = store
+        .reader
+        .records
+        .get(5u64.to_be_bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!(value[32], b'{', "stored as canonical JSON");
+    assert_eq!(verify(&store).0, 20);
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(&path, &options(dir.path())).unwrap();
+    assert_eq!(verify(&store).0, 20);
 }

@@ -1412,7 +1412,7 @@ pub fn filter_list_body(
     let filter = |json: &[u8]| -> Option<Vec<u8>> {
         let value: Value = serde_json::from_slice(json).ok()?;
         let filtered = policy.filter_list_response(method, &value, ctx)?;
-        Some(filtered.to_string().into_bytes())
+        Some(crate::record::to_json(&filtered))
     };
     if let Some(filtered) = filter(body) {
         return Some(filtered);

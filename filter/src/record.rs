@@ -258,18 +258,25 @@ fn message_json(message: &Message, verdict: Option<&Verdict>) -> Value {
 /// detectors' matches).
 pub fn mask_strings(value: &mut Value, masker: &Masker, report: &mut MaskReport) -> u64 {
     let before = report.total() + report.detector_total();
-    let text = value.to_string();
-    let masked = match masker.mask_json(text.as_bytes(), report) {
+    let text = to_json(value);
+    let masked = match masker.mask_json(&text, report) {
         Ok(masked) => masked,
         // Serialised JSON is always JSON; if the masker ever disagreed, mask it as text.
-        Err(_) => masker.mask_body(text.as_bytes(), report),
+        Err(_) => masker.mask_body(&text, report),
     };
-    if masked != text.as_bytes() {
+    if masked != text {
         // Masking keeps JSON valid; if it ever did not, keep the masked text rather than the value.
         *value = serde_json::from_slice(&masked)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&masked).into_owned()));
     }
     (report.total() + report.detector_total()).saturating_sub(before)
+}
+
+/// A record as the bytes it is sent as. `serde_json::to_vec`, not `to_string`: writing through
+/// `fmt::Write` made serialising a record a tenth of the filter's own time per call.
+pub fn to_json(value: &Value) -> Vec<u8> {
+    // Serialising a `Value` into memory cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
 }
 
 #[cfg(test)]

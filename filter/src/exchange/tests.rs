@@ -251,6 +251,15 @@ fn post(session: Option<&str>) -> (FakeHost, Exchange<FakeHost>) {
 
 /// [`post`] with more request headers.
 fn post_with(session: Option<&str>, extra: &[(&str, &str)]) -> (FakeHost, Exchange<FakeHost>) {
+    post_on(runtime(), session, extra)
+}
+
+/// [`post_with`] on a given runtime.
+fn post_on(
+    runtime: Rc<Runtime>,
+    session: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (FakeHost, Exchange<FakeHost>) {
     let host = FakeHost::default();
     {
         let mut scripted = host.0.borrow_mut();
@@ -284,7 +293,7 @@ fn post_with(session: Option<&str>, extra: &[(&str, &str)]) -> (FakeHost, Exchan
                 .insert((*name).to_owned(), (*value).to_owned());
         }
     }
-    let mut exchange = Exchange::new(host.clone(), runtime());
+    let mut exchange = Exchange::new(host.clone(), runtime);
     assert_eq!(exchange.on_request_headers(false), Flow::Continue);
     (host, exchange)
 }
@@ -967,4 +976,52 @@ fn a_retry_whose_client_declined_or_whose_state_is_forged_is_answered_never_forw
     };
     assert_eq!(body["error"]["data"]["state"], "pending", "{body}");
     assert!(!host.forwarded());
+}
+
+/// Native time of one 1 KiB call's exchange (both records built, masked and encoded), for
+/// profiling the VM's share: `cargo test --release -p tollgate-filter exchange_cost --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run explicitly"]
+fn exchange_cost() {
+    let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fixed_result","arguments":{"bytes":1024,"pans":1}}}"#;
+    let text = format!(
+        "card on file: 4111111111111111\\n{}",
+        "settled without exception, nothing to report for this batch.\\n".repeat(16)
+    );
+    let response = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"{text}"}}],"isError":false}}}}"#
+    );
+    let rounds = std::env::var("EXCHANGE_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000u32);
+    let runtime = runtime();
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        let (host, mut exchange) = post_on(runtime.clone(), None, &[]);
+        let size = body_arrives(&host, request);
+        exchange.on_request_body(size, true);
+        let (token, _, _) = host.last_append();
+        answer(&host, &mut exchange, token, Ok(""));
+        {
+            let mut scripted = host.0.borrow_mut();
+            scripted
+                .response_headers
+                .insert(":status".into(), "200".into());
+            scripted
+                .response_headers
+                .insert("content-type".into(), "application/json".into());
+            scripted.response_body = response.as_bytes().to_vec();
+        }
+        exchange.on_response_headers(false);
+        exchange.on_response_body(response.len(), true);
+        let (token, _, _) = host.last_append();
+        answer(&host, &mut exchange, token, Ok(""));
+        assert_eq!(host.calls().last(), Some(&Call::ResumeResponse));
+    }
+    eprintln!(
+        "{:.1} µs per exchange",
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
+    );
 }

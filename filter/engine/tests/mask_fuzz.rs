@@ -170,6 +170,10 @@ fn check_idempotent(input: &[u8]) {
 #[test]
 fn mask_fuzz_regressions() {
     for input in [
+        // A CVV keyword right after digits that a first pass masks: the code was masked only by
+        // a second pass.
+        "4111111111111111=25121010000cvv 123",
+        "exp 12/27cvv 123",
         // A hex run reaching into a group with a fullwidth digit, which is masked as a card: the
         // head of the run (`4000000000006`, a card) was left clear, then masked by a second pass.
         "4000000000006a30400000000006\u{ff13}095 0000 0000 00",

@@ -21,8 +21,12 @@ impl Extra {
         let re = |s: &str| Regex::new(s).ok();
         Self {
             cvv_text: if cvv {
+                // Not `\b` on either side: a keyword right after a digit (`exp 12/27cvv 123`)
+                // and a code right before a letter (`cvv 123exp`) are still a code, and whether
+                // a digit before the keyword gets masked must not decide it (a second pass
+                // would then mask what the first left).
                 re(
-                    r#"(?i)\b(?:cvv2?|cvc2?|cvn|cid|csc|security[ _-]?code)["']?[ \t:=]{1,4}["']?(\d{3,4})\b"#,
+                    r#"(?i)(?:^|[^a-z])(?:cvv2?|cvc2?|cvn|cid|csc|security[ _-]?code)["']?[ \t:=]{1,4}["']?(\d{3,4})(?:[^0-9]|$)"#,
                 )
             } else {
                 None
@@ -119,16 +123,19 @@ impl Extra {
             let s = chunk.valid();
             let at = base + off;
             if let Some(re) = self.cvv_text.as_ref().filter(|_| !track) {
-                for c in re.captures_iter(s) {
-                    if let Some(g) = c.get(1) {
-                        star_digits(s, at, g.start(), g.end(), 0, edits);
-                        note(
-                            report,
-                            "cvv",
-                            at + g.start(),
-                            &masked_digits(&s[g.start()..g.end()], 0),
-                        );
-                    }
+                // Each search starts on the last digit of the code before: the character before
+                // a keyword and the one after a code are part of a match, and one character can
+                // be both (`cvv 123;cvc 456`).
+                let mut from = 0;
+                while let Some(g) = re.captures_at(s, from).and_then(|c| c.get(1)) {
+                    star_digits(s, at, g.start(), g.end(), 0, edits);
+                    note(
+                        report,
+                        "cvv",
+                        at + g.start(),
+                        &masked_digits(&s[g.start()..g.end()], 0),
+                    );
+                    from = g.end() - 1;
                 }
             }
             // The scanner opened the window on the number (track 2) or on the `B` before it

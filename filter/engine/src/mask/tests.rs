@@ -440,6 +440,13 @@ fn cvv_by_key() {
     );
     assert_eq!(r.by_detector.get("cvv"), Some(&2));
     assert_eq!(mask("exp 12/27 CVV: 123 ok").0, "exp 12/27 CVV: *** ok");
+    // Right after a digit, right before a letter, and back to back.
+    assert_eq!(mask("exp 12/27cvv 123").0, "exp 12/27cvv ***");
+    assert_eq!(mask("cvv 123exp 12/27").0, "cvv ***exp 12/27");
+    assert_eq!(mask("cvv 123;cvc 4567").0, "cvv ***;cvc ****");
+    assert_eq!(mask("cvv:123cvc:456").0, "cvv:***cvc:***");
+    // Inside a word it is not a keyword; a longer number is not a code.
+    assert_eq!(mask("acid 123 and cvv 12345").0, "acid 123 and cvv 12345");
     let off = Masker::new(MaskConfig {
         cvv_keys: vec![],
         ..MaskConfig::default()

@@ -3,8 +3,9 @@
 //!
 //! sled's own page compression cost a zstd context per message on the writer thread (the
 //! largest cost `make profile` showed there); one record per frame with a reused context costs
-//! a fraction of it, and the dictionary makes a frame smaller than sled's pages were: records
-//! share almost all their keys and much of their values.
+//! a fraction of it. The dictionary shrinks a frame about fourfold (records share almost all
+//! their keys and much of their values), though sled's pages of 16 records compressed better
+//! still: the store takes more disk than it did (BENCHMARKS.md).
 //!
 //! A dictionary is stored in the store (`meta`, durable) before the first record packed with
 //! it is logged, and is never removed: a frame names its dictionary by id. A frame whose

@@ -85,6 +85,11 @@ const DICTIONARY_PREFIX: &[u8] = b"dict/";
 /// `meta` key of the id of the dictionary the writer packs with.
 const DICTIONARY_KEY: &str = "dictionary";
 
+/// The `meta` key of the dictionary whose id is `id` (4 bytes big-endian).
+fn dictionary_key(id: &[u8]) -> Vec<u8> {
+    [DICTIONARY_PREFIX, id].concat()
+}
+
 /// Appends waiting for the writer; callers wait (backpressure) when it is full.
 const QUEUE_CAPACITY: usize = 8192;
 
@@ -99,6 +104,8 @@ pub struct Reader {
     checkpoints: sled::Tree,
     meta: sled::Tree,
     dictionaries: Arc<Dictionaries>,
+    /// Created with sled's page compression (plain JSON records) rather than packed records.
+    sled_compresses: bool,
 }
 
 impl Reader {
@@ -118,13 +125,14 @@ impl Reader {
             path: path.to_path_buf(),
             source,
         };
+        let sled_compresses = sled_compresses(path);
         let config = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             // sled compresses every message with a zstd context of its own, Merkle nodes too:
             // creating them was the writer thread's largest cost (`make profile`). The writer
             // compresses records itself, with one context ([`pack`]).
-            .use_compression(sled_compresses(path))
+            .use_compression(sled_compresses)
             .compression_factor(1)
             // Appends are durable in the write-ahead log; sled is flushed when a log file is
             // retired, and by writes outside the log (tables, pruning, opening, closing).
@@ -169,6 +177,7 @@ impl Reader {
             meta,
             db,
             dictionaries: Arc::new(dictionaries),
+            sled_compresses,
         })
     }
 
@@ -935,7 +944,8 @@ fn recover_frontier(reader: &Reader, len: u64) -> Result<(Frontier, u64), StoreE
 }
 
 /// sled as the writer's driver: the tip in memory (this process is the only writer), a write
-/// is one entry of the write-ahead log, synced, then two batches and a checkpoint insert.
+/// is one entry of the write-ahead log, synced, then sled inserts: records, Merkle nodes, the
+/// frontier and any checkpoint.
 pub(super) struct SledDriver {
     log: wal::Log,
     /// Packs records when sled does not compress them.
@@ -962,14 +972,14 @@ struct Packing {
 impl Packing {
     /// `None` for a store sled compresses.
     fn start(reader: &Reader, options: &Options) -> Result<Option<Self>, StoreError> {
-        if sled_compresses(&reader.path) {
+        if reader.sled_compresses {
             return Ok(None);
         }
         let mut packer = Packer::default();
-        let current = reader.meta.get(DICTIONARY_KEY)?.and_then(|id| {
-            let key = [DICTIONARY_PREFIX, &id].concat();
-            reader.meta.get(key).ok().flatten()
-        });
+        let current = reader
+            .meta
+            .get(DICTIONARY_KEY)?
+            .and_then(|id| reader.meta.get(dictionary_key(&id)).ok().flatten());
         if let Some(dictionary) = &current {
             packer.use_dictionary(dictionary);
         }
@@ -1019,8 +1029,7 @@ impl Packing {
                         if id == 0 {
                             return Err("the trained dictionary has no id".into());
                         }
-                        let key = [DICTIONARY_PREFIX, &id.to_be_bytes()].concat();
-                        meta.insert(key, &dictionary[..])
+                        meta.insert(dictionary_key(&id.to_be_bytes()), &dictionary[..])
                             .and_then(|_| meta.insert(DICTIONARY_KEY, &id.to_be_bytes()))
                             .map_err(|e| e.to_string())?;
                         make_durable(&db, &path).map_err(|e| e.to_string())?;
@@ -1085,9 +1094,9 @@ impl Driver for SledDriver {
         let durable = start.elapsed();
         // Readers see a record only once it is durable. Plain inserts, not sled batches: a
         // batch makes sled write and `sync_file_range` its buffer twice (most of sled's I/O
-        // threads' CPU per call), and the log already makes the group atomic. sled recovers a
-        // prefix of its inserts, and the frontier goes last, so a crash leaves what replay
-        // completes: records past sled's last, nodes for a frontier it has not reached.
+        // threads' CPU per call), and the log already makes the group atomic. Whatever of the
+        // inserts a crash leaves, replay completes from the log, record by record, and the
+        // frontier goes last.
         for (seq, value) in std::mem::take(&mut write.records) {
             self.records.insert(seq.to_be_bytes(), value)?;
         }

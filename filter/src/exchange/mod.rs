@@ -333,7 +333,7 @@ impl<H: Host> Exchange<H> {
             .as_ref()
             .and_then(|identity| flow::session_check(&self.info, identity, &step.next));
         let append = AppendRequest {
-            record_json: crate::record::to_json(&step.record),
+            record_json: record::to_json(&step.record),
             session,
         };
         let token = self.dispatch_append(&append);
@@ -396,7 +396,7 @@ impl<H: Host> Exchange<H> {
     /// once the control plane answers.
     fn audit_failed(&mut self, next: Next, grpc_status: u32) {
         if let (Next::Forward, Some(record)) = (&next, self.fail_open_record.take()) {
-            let marked = crate::record::to_json(&crate::failopen::mark(&record));
+            let marked = record::to_json(&crate::failopen::mark(&record));
             if self.defer_record(marked, Room::All) {
                 self.host.count(metrics::FAIL_OPEN, 1);
                 self.release(true);
@@ -407,7 +407,7 @@ impl<H: Host> Exchange<H> {
             crate::failopen::failed_closed(&request, &rfc3339_micros(self.host.now()), grpc_status)
         });
         if let Some(note) = note {
-            self.defer_record(crate::record::to_json(&note), Room::Half);
+            self.defer_record(record::to_json(&note), Room::Half);
         }
         let reply = match next {
             Next::Forward | Next::Approve(_) => {
@@ -572,7 +572,7 @@ impl<H: Host> Exchange<H> {
         );
         count_record(&self.host, &record);
         let append = AppendRequest {
-            record_json: crate::record::to_json(&record),
+            record_json: record::to_json(&record),
             session: Some(check),
         };
         match self.dispatch_append(&append) {
@@ -593,7 +593,7 @@ impl<H: Host> Exchange<H> {
         if let Some(mut record) = self.response_json(false, self.host.now()) {
             record["outcome"] = "reset: the session it opens could not be bound".into();
             count_record(&self.host, &record);
-            self.defer_record(crate::record::to_json(&record), Room::Half);
+            self.defer_record(record::to_json(&record), Room::Half);
         }
         self.host.reset_response();
     }
@@ -626,10 +626,10 @@ impl<H: Host> Exchange<H> {
         count_record(&self.host, &record);
         if self.state.failed_open() {
             record["failOpen"] = true.into();
-            self.response_record = Some(crate::record::to_json(&record));
+            self.response_record = Some(record::to_json(&record));
         }
         let append = AppendRequest {
-            record_json: crate::record::to_json(&record),
+            record_json: record::to_json(&record),
             session: None,
         };
         let pipelined = self.runtime.config.response_record == ResponseRecord::Pipelined;
@@ -698,7 +698,7 @@ impl<H: Host> Exchange<H> {
             record["failOpen"] = true.into();
         }
         count_record(&self.host, &record);
-        self.defer_record(crate::record::to_json(&record), Room::Half);
+        self.defer_record(record::to_json(&record), Room::Half);
     }
 
     /// The response record of a fail-open call could not be appended: queue it. `false` when

@@ -14,7 +14,8 @@
 # Results stay in target/profile/. Environment: TOLLGATE_PROFILE_PORT_BASE (default 27000),
 # TOLLGATE_PROFILE_SECONDS (default 10), TOLLGATE_PROFILE_CONNECTIONS (default 16),
 # TOLLGATE_ENVOY, TOLLGATE_WASM, TOLLGATE_PERF_CALL_GRAPH (perf's call-graph option, default
-# `-g`; `--call-graph dwarf` unwinds the release build).
+# `-g`; `--call-graph dwarf` unwinds the release build; TOLLGATE_PROFILE_PERF=0 skips `perf`),
+# TOLLGATE_PROFILE_SERVE_ARGS (more arguments for `tollgate serve`, e.g. `--worker-threads 1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,7 +40,7 @@ rm -rf "$STATE"
 mkdir -p "$STATE/logs" "$STATE/results" "$STATE/home"
 
 "$TOLLGATE" --home "$STATE/home" serve --listen "127.0.0.1:$CP_PORT" \
-  --metrics-listen "127.0.0.1:$METRICS_PORT" >"$STATE/logs/control-plane.log" 2>&1 &
+  --metrics-listen "127.0.0.1:$METRICS_PORT" ${TOLLGATE_PROFILE_SERVE_ARGS:-} >"$STATE/logs/control-plane.log" 2>&1 &
 CP_PID=$!
 pids+=($CP_PID)
 wait_for_line "$STATE/logs/control-plane.log" "listening on" $CP_PID
@@ -83,16 +84,16 @@ metric() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" '$1 
 measure() { # NAME
   local name=$1 out=$STATE/results/$1.json
   run_wrk "$STATE/results/warmup.json" "$(url "$name")" body-1k.json "$CONNECTIONS" "$WARMUP" || true
-  local e0 c0 u0 f0 a0
+  local e0 c0 u0 f0 a0 s0
   e0=$(cpu_ticks "${EPID[$name]}") c0=$(cpu_ticks "$CP_PID") u0=$(cpu_ticks "$JSON_PID")
   thread_ticks "$CP_PID" >"$STATE/threads-$name-before.txt"
-  f0=$(metric tollgate_audit_flushes_total) a0=$(metric tollgate_audit_appends_total)
+  f0=$(metric tollgate_audit_flushes_total) a0=$(metric tollgate_audit_appends_total) s0=$(metric tollgate_audit_flush_seconds_total)
   run_wrk "$out" "$(url "$name")" body-1k.json "$CONNECTIONS" "$SECONDS_MEASURED"
   thread_ticks "$CP_PID" >"$STATE/threads-$name-after.txt"
   python3 - "$out" "$CLK_TCK" "$e0 $c0 $u0" \
     "$(cpu_ticks "${EPID[$name]}") $(cpu_ticks "$CP_PID") $(cpu_ticks "$JSON_PID")" \
     "$STATE/threads-$name-before.txt" "$STATE/threads-$name-after.txt" \
-    "$f0 $a0" "$(metric tollgate_audit_flushes_total) $(metric tollgate_audit_appends_total)" <<'PY'
+    "$f0 $a0 $s0" "$(metric tollgate_audit_flushes_total) $(metric tollgate_audit_appends_total) $(metric tollgate_audit_flush_seconds_total)" <<'PY'
 import json, sys
 out, tck = sys.argv[1], int(sys.argv[2])
 r = json.load(open(out))
@@ -103,8 +104,8 @@ r["cpu_us_per_req"] = dict(zip(("envoy", "control_plane", "upstream"), (per(b - 
 read = lambda p: {k: int(v) for k, v in (line.split() for line in open(p) if line.strip())}
 tb, ta = read(sys.argv[5]), read(sys.argv[6])
 r["control_plane_threads_us_per_req"] = {k: per(ta[k] - tb.get(k, 0)) for k in ta if ta[k] - tb.get(k, 0) > 0}
-(f0, a0), (f1, a1) = (list(map(float, a.split())) for a in sys.argv[7:9])
-r["appends"], r["flushes"] = a1 - a0, f1 - f0
+(f0, a0, s0), (f1, a1, s1) = (list(map(float, (a.split() + ["0", "0", "0"])[:3])) for a in sys.argv[7:9])
+r["appends"], r["flushes"], r["flush_seconds"] = a1 - a0, f1 - f0, s1 - s0
 json.dump(r, open(out, "w"))
 PY
 }
@@ -113,7 +114,7 @@ measure tollgate
 # perf's sampling costs the sampled process CPU, so it has a run of its own. It samples the whole
 # machine and the report keeps the control plane: in a container, attaching to one process with
 # `-p` can record no samples at all.
-if command -v perf >/dev/null; then
+if [ "${TOLLGATE_PROFILE_PERF:-1}" != 0 ] && command -v perf >/dev/null; then
   run_wrk "$STATE/results/warmup.json" "$(url tollgate)" body-1k.json "$CONNECTIONS" 1 || true
   perf record -F 999 ${TOLLGATE_PERF_CALL_GRAPH:--g} -a -o "$STATE/control-plane.perf" -- sleep "$SECONDS_MEASURED" \
     >"$STATE/logs/perf.log" 2>&1 &
@@ -144,7 +145,8 @@ print("Control plane by thread (µs per request): " + ", ".join(
     f"{k} {v:.0f}" for k, v in sorted(tg["control_plane_threads_us_per_req"].items(), key=lambda kv: -kv[1])))
 if tg.get("flushes"):
     print(f"Store: {tg['appends']:.0f} appends in {tg['flushes']:.0f} flushes, "
-          f"{tg['appends'] / tg['flushes']:.1f} records per flush, {tg['appends'] / max(tg['requests'], 1):.2f} per request")
+          f"{tg['appends'] / tg['flushes']:.1f} records per flush, {tg['appends'] / max(tg['requests'], 1):.2f} per request, "
+          f"{tg['flush_seconds'] * 1e6 / tg['flushes']:.0f} µs of wall time per flush (the log's write and fdatasync)")
 print()
 text = open(f"{state}/filter-timings.txt").read()
 for line in text.splitlines():

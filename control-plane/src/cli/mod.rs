@@ -207,9 +207,7 @@ impl Cli {
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         if let Command::Serve(args) = &self.command {
-            if let Some(threads) = args.worker_threads() {
-                builder.worker_threads(threads);
-            }
+            builder.worker_threads(args.worker_threads());
         }
         builder.enable_all().build()
     }

@@ -63,7 +63,9 @@ pub struct Args {
     /// --metrics-listen. Default: <home>/checkpoint.
     #[arg(long, env = "TOLLGATE_PUBLISH_CHECKPOINT")]
     publish_checkpoint: Option<PathBuf>,
-    /// Threads serving gRPC (the audit writer has its own). Default: one per CPU.
+    /// Threads serving gRPC (the audit writer has its own). Default: one per CPU but one, at
+    /// least one: the writer's thread gets a core of its own, and fewer idle gRPC threads mean
+    /// fewer cross-core wake-ups per record (BENCHMARKS.md, "One gRPC thread fewer").
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
     #[command(flatten)]
@@ -83,8 +85,11 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn worker_threads(&self) -> Option<usize> {
-        self.worker_threads.filter(|n| *n > 0)
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
+        })
     }
 }
 

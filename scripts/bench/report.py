@@ -187,7 +187,9 @@ def main():
         per_call = size / reqs
         p(goal("bytes on disk per call (sled)", f"{per_call:,.0f} B", "≤ 1 KB", per_call <= 1024))
     p("")
-    p("Durable appends per second with 64 writers are measured by `make bench-store` (below).")
+    p("Durable appends per second with 64 writers are measured by `make bench-store` (below); "
+      "the goals not met are set against the architecture's floor on the same machine, with and "
+      "without a durable store, by `make bench-floor` (the next part of `make bench`).")
     p("")
 
     # Memory

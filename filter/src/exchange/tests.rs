@@ -312,6 +312,18 @@ fn body_arrives(host: &FakeHost, bytes: &[u8]) -> usize {
     scripted.request_body.len()
 }
 
+/// The upstream's answer arrives whole: 200, JSON, `body`.
+fn json_answer_arrives(host: &FakeHost, body: Vec<u8>) {
+    let mut scripted = host.0.borrow_mut();
+    scripted
+        .response_headers
+        .insert(":status".into(), "200".into());
+    scripted
+        .response_headers
+        .insert("content-type".into(), "application/json".into());
+    scripted.response_body = body;
+}
+
 /// The control plane answers call `token`: acknowledged (optionally refusing the session), or
 /// failed with a gRPC status.
 fn answer(
@@ -794,20 +806,14 @@ fn a_tools_list_answer_teaches_the_mirrors_every_call_is_then_checked_against() 
     let (token, _, _) = host.last_append();
     answer(&host, &mut exchange, token, Ok(""));
     assert!(host.forwarded());
-    {
-        let mut scripted = host.0.borrow_mut();
-        scripted
-            .response_headers
-            .insert(":status".into(), "200".into());
-        scripted
-            .response_headers
-            .insert("content-type".into(), "application/json".into());
-        scripted.response_body = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+    json_answer_arrives(
+        &host,
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
             {"name": "by_region", "inputSchema": {"type": "object", "properties": {
                 "region": {"type": "string", "x-mcp-header": "Region"}}}}]}})
         .to_string()
-        .into_bytes();
-    }
+        .into_bytes(),
+    );
     exchange.on_response_headers(false);
     let size = host.0.borrow().response_body.len();
     exchange.on_response_body(size, true);
@@ -1004,16 +1010,7 @@ fn exchange_cost() {
         exchange.on_request_body(size, true);
         let (token, _, _) = host.last_append();
         answer(&host, &mut exchange, token, Ok(""));
-        {
-            let mut scripted = host.0.borrow_mut();
-            scripted
-                .response_headers
-                .insert(":status".into(), "200".into());
-            scripted
-                .response_headers
-                .insert("content-type".into(), "application/json".into());
-            scripted.response_body = response.as_bytes().to_vec();
-        }
+        json_answer_arrives(&host, response.as_bytes().to_vec());
         exchange.on_response_headers(false);
         exchange.on_response_body(response.len(), true);
         let (token, _, _) = host.last_append();

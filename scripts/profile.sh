@@ -79,21 +79,29 @@ thread_ticks() {
     echo "$(sed 's/[-0-9]*$//' "$t/comm") $(( ${12} + ${13} ))"
   done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
 }
-metric() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+# The store's flushes, appends and seconds spent flushing, from one read of its metrics (0 for
+# one it does not report).
+store_counters() {
+  curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk '
+    $1 == "tollgate_audit_flushes_total" {f = $2}
+    $1 == "tollgate_audit_appends_total" {a = $2}
+    $1 == "tollgate_audit_flush_seconds_total" {s = $2}
+    END {print f + 0, a + 0, s + 0}'
+}
 
 measure() { # NAME
   local name=$1 out=$STATE/results/$1.json
   run_wrk "$STATE/results/warmup.json" "$(url "$name")" body-1k.json "$CONNECTIONS" "$WARMUP" || true
-  local e0 c0 u0 f0 a0 s0
+  local e0 c0 u0 counters0
   e0=$(cpu_ticks "${EPID[$name]}") c0=$(cpu_ticks "$CP_PID") u0=$(cpu_ticks "$JSON_PID")
   thread_ticks "$CP_PID" >"$STATE/threads-$name-before.txt"
-  f0=$(metric tollgate_audit_flushes_total) a0=$(metric tollgate_audit_appends_total) s0=$(metric tollgate_audit_flush_seconds_total)
+  counters0=$(store_counters)
   run_wrk "$out" "$(url "$name")" body-1k.json "$CONNECTIONS" "$SECONDS_MEASURED"
   thread_ticks "$CP_PID" >"$STATE/threads-$name-after.txt"
   python3 - "$out" "$CLK_TCK" "$e0 $c0 $u0" \
     "$(cpu_ticks "${EPID[$name]}") $(cpu_ticks "$CP_PID") $(cpu_ticks "$JSON_PID")" \
     "$STATE/threads-$name-before.txt" "$STATE/threads-$name-after.txt" \
-    "$f0 $a0 $s0" "$(metric tollgate_audit_flushes_total) $(metric tollgate_audit_appends_total) $(metric tollgate_audit_flush_seconds_total)" <<'PY'
+    "$counters0" "$(store_counters)" <<'PY'
 import json, sys
 out, tck = sys.argv[1], int(sys.argv[2])
 r = json.load(open(out))
@@ -104,7 +112,7 @@ r["cpu_us_per_req"] = dict(zip(("envoy", "control_plane", "upstream"), (per(b - 
 read = lambda p: {k: int(v) for k, v in (line.split() for line in open(p) if line.strip())}
 tb, ta = read(sys.argv[5]), read(sys.argv[6])
 r["control_plane_threads_us_per_req"] = {k: per(ta[k] - tb.get(k, 0)) for k in ta if ta[k] - tb.get(k, 0) > 0}
-(f0, a0, s0), (f1, a1, s1) = (list(map(float, (a.split() + ["0", "0", "0"])[:3])) for a in sys.argv[7:9])
+(f0, a0, s0), (f1, a1, s1) = (list(map(float, a.split())) for a in sys.argv[7:9])
 r["appends"], r["flushes"], r["flush_seconds"] = a1 - a0, f1 - f0, s1 - s0
 json.dump(r, open(out, "w"))
 PY

@@ -8,9 +8,10 @@
 #   grpc      the same, and one ~600-byte message per body on the worker's Audit/AppendStream to
 #             floor-acks (tests/floor/acks, h2c), which acknowledges at once; each body is held
 #             until its acknowledgement, as Tollgate holds it for its durable record
-#   durable   the same against floor-acks --durable: each message acknowledged once its record is
-#             written to a file and synced (fdatasync, one per group of messages waiting
-#             together), the least a durable store does; no chain, index or masking
+#   durable   the same against floor-acks --durable: each message acknowledged once as many
+#             bytes as its record holds are written to a file and synced (fdatasync, one per
+#             group of messages waiting together), the least a durable store does; no chain,
+#             index or masking (and no record content on disk: the floor masks nothing)
 #   tollgate  the real filter and `tollgate serve` (sled, mTLS), rendered as bench-ab.sh does
 # in alternating rounds whose order rotates (as in bench-ab.sh), so that what else the machine
 # does spoils a round of each side alike. Reports the medians of the rounds, the per-round ratio

@@ -3,10 +3,12 @@
 //! acknowledgement (the sequence number counting up, a fixed chain hash): no store, no parsing
 //! beyond decoding the message. Every other method is unimplemented.
 //!
-//! With `--durable FILE` it is the floor of a *durable* store instead: every message's record is
-//! written to FILE and made stable with `fdatasync` before it is acknowledged, the messages that
-//! wait together sharing one write and one sync (group commit, on a thread of its own, as the
-//! control plane's writer does), and nothing else: no chain, no index, no masking. FILE is made
+//! With `--durable FILE` it is the floor of a *durable* store instead: as many bytes as every
+//! message's record holds are written to FILE and made stable with `fdatasync` before it is
+//! acknowledged, the messages that wait together sharing one write and one sync (group commit,
+//! on a thread of its own, as the control plane's writer does), and nothing else: no chain, no
+//! index, no masking. Only the records' sizes reach the disk, never their content: the floor
+//! filter's records quote the bodies, card numbers included, and it masks nothing. FILE is made
 //! full of zeros and synced first, as the control plane's write-ahead log is, so a sync has no
 //! file size to journal; it is written round and round.
 //!
@@ -40,7 +42,8 @@ struct Args {
     /// Address to serve h2c gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Acknowledge a message only once its record is synced to this file (group commit).
+    /// Acknowledge a message only once as many bytes as its record holds are synced to this
+    /// file (group commit).
     #[arg(long)]
     durable: Option<PathBuf>,
 }
@@ -50,11 +53,14 @@ const DURABLE_FILE_SIZE: u64 = 64 << 20;
 /// Messages a stream has waiting for the durable writer at most.
 const IN_FLIGHT_PER_STREAM: usize = 256;
 
-/// One record for the durable writer, and where to say it is stable.
-type Job = (Vec<u8>, oneshot::Sender<()>);
+/// The size of one record for the durable writer, and where to say it is stable.
+type Job = (usize, oneshot::Sender<()>);
 
-/// The durable floor's writer: takes every record waiting as one group, writes the group, syncs
-/// it, then answers the group.
+/// Stands in for every byte of a record on disk.
+const FILLER: u8 = b'x';
+
+/// The durable floor's writer: takes every record waiting as one group, writes the group (each
+/// record as its length and that many filler bytes), syncs it, then answers the group.
 fn durable_writer(file: File, jobs: mpsc::Receiver<Job>) -> std::io::Result<()> {
     let mut offset = 0u64;
     let mut group = Vec::with_capacity(64 << 10);
@@ -65,9 +71,9 @@ fn durable_writer(file: File, jobs: mpsc::Receiver<Job>) -> std::io::Result<()> 
             waiting.push(next);
         }
         group.clear();
-        for (record, _) in &waiting {
-            group.extend_from_slice(&(record.len() as u32).to_le_bytes());
-            group.extend_from_slice(record);
+        for (size, _) in &waiting {
+            group.extend_from_slice(&(*size as u32).to_le_bytes());
+            group.resize(group.len() + size, FILLER);
         }
         if offset + group.len() as u64 > DURABLE_FILE_SIZE {
             offset = 0;
@@ -170,10 +176,10 @@ impl Audit for Acks {
                 let durable = durable.clone();
                 async move {
                     let message = message?;
-                    let record = message.append.map(|a| a.record_json).unwrap_or_default();
+                    let size = message.append.map_or(0, |a| a.record_json.len());
                     let (stable, wait) = oneshot::channel();
                     durable
-                        .send((record, stable))
+                        .send((size, stable))
                         .map_err(|_| Status::unavailable("the durable writer stopped"))?;
                     wait.await
                         .map_err(|_| Status::unavailable("the durable writer failed"))?;
